@@ -1,0 +1,205 @@
+/**
+ * The vmdevd plugin API: the contract between the daemon's core and a backend.
+ *
+ * A plugin is an npm package (or a directory with a `package.json`) whose
+ * entry point exports a {@link VmdevdPlugin}, as its default export or as a
+ * named export `plugin`. The daemon imports it, checks {@link VmdevdPlugin.apiVersion},
+ * loads its `ContainerModule` into a container of its own, asks that container
+ * for the {@link BackendFactory} it binds, and creates one backend per entry
+ * of the config's `backends` list that names the plugin.
+ *
+ * Import everything from `vmdevd/plugin-api`, including `ContainerModule`, so
+ * that the plugin and the daemon share one inversify.
+ *
+ * Rules that hold for every method a backend implements:
+ * - it never blocks the JavaScript thread: hypervisor calls are asynchronous;
+ * - it reports failure by rejecting (or by a failed {@link DetachOutcome}),
+ *   preferably with a {@link BackendError} whose kind says what went wrong;
+ *   anything else it throws is logged and reported as `Failed`;
+ * - the core calls it from one thread and never calls `detach` or `setState`
+ *   before `start` has resolved or after `stop` was called.
+ */
+import { ContainerModule } from 'inversify';
+
+export { ContainerModule };
+
+/**
+ * The plugin-API version this daemon implements. A plugin declares the
+ * version it was built for; the daemon loads it only when they are equal.
+ */
+export const PLUGIN_API_VERSION = 1;
+
+/** The VM states vmdevd publishes. A backend translates its hypervisor's states to these. */
+export const VM_STATES = ['running', 'paused', 'shutdown', 'shutoff', 'crashed', 'pmsuspended', 'blocked', 'nostate'] as const;
+export type VmState = (typeof VM_STATES)[number];
+
+/** The states a client may ask for by writing `TestProperty`. */
+export const DESIRED_STATES = ['running', 'paused', 'shutdown', 'shutoff'] as const;
+export type DesiredState = (typeof DESIRED_STATES)[number];
+
+/** One VM as a backend sees it. */
+export interface VmInfo {
+  /** The VM's name, unique within its backend. Never contains `/`. */
+  readonly name: string;
+  /** The VM's UUID when the hypervisor has one (lower-case, with dashes). */
+  readonly uuid?: string | undefined;
+  /** The VM's type, matched by selectors (libvirt: from the domain metadata). */
+  readonly type?: string | undefined;
+  readonly state: VmState;
+}
+
+/** The device types a client can name in `TestMethod`. */
+export const DEVICE_TYPES = ['pci', 'usb', 'scsi', 'mdev', 'disk', 'interface', 'alias'] as const;
+export type DeviceType = (typeof DEVICE_TYPES)[number];
+
+/** One device of a `TestMethod` request, validated by the core. */
+export interface DeviceSpec {
+  /** The client's label for the device, echoed in the outcome signals. */
+  readonly label: string;
+  readonly type: DeviceType;
+  /**
+   * The tokens other than `type` and `persistent`, normalised: PCI
+   * addresses get their domain (`0000:`), ids and MACs are lower-case,
+   * numbers have no leading zeros.
+   */
+  readonly params: Readonly<Record<string, string>>;
+  /** `persistent=yes`: also remove the device from the persistent definition. */
+  readonly persistent: boolean;
+  /**
+   * The libvirt device XML the core built for it with xmlbuilder2, or
+   * `undefined` for type `alias`, which is detached by `params.name`.
+   */
+  readonly xml: string | undefined;
+  /** A canonical string that is equal for two specs naming the same device the same way. */
+  readonly identity: string;
+}
+
+/** The error kinds a backend reports; each maps to one D-Bus error name. */
+export const FAILURE_KINDS = ['DeviceNotFound', 'NotSupported', 'RemovalFailed', 'Timeout', 'BackendUnavailable', 'Failed'] as const;
+export type FailureKind = (typeof FAILURE_KINDS)[number];
+
+/** An error a backend throws (or rejects with) to say what kind of failure it was. */
+export class BackendError extends Error {
+  override readonly name = 'BackendError';
+  constructor(
+    readonly kind: FailureKind,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The confirmed outcome of one detach. */
+export type DetachOutcome =
+  | { readonly ok: true }
+  | { readonly ok: false; readonly error: FailureKind; readonly message: string };
+
+/** One device to detach from one VM. */
+export interface DetachRequest {
+  readonly vm: VmInfo;
+  readonly device: DeviceSpec;
+  /**
+   * How long the device may take, counted from when the backend issues its
+   * detach (see {@link issued}); `detachTimeoutSeconds` from the config.
+   */
+  readonly timeoutMs: number;
+  /**
+   * Aborted when the core stops waiting: at the timeout (reason
+   * `'timeout'`) or when the daemon shuts down (reason `'shutdown'`).
+   * After a `'timeout'` abort the backend has a short grace period to
+   * resolve with what it verified (for example `{ ok: true }` when the
+   * device turns out to be gone); after that the core reports `Timeout`.
+   */
+  readonly signal: AbortSignal;
+  /**
+   * Pauses the core's clock for this device while it waits for another
+   * operation of the same VM. Optional: a backend that issues every detach
+   * at once never calls it.
+   */
+  hold(): void;
+  /** Starts this device's clock now, with the full `timeoutMs`. */
+  issued(): void;
+}
+
+/** Whether a backend can reach its hypervisor; shown in the `Backends` property. */
+export type BackendHealth = { readonly connected: true } | { readonly connected: false; readonly reason: string };
+
+/** Levelled logging; each line is tagged with the backend id. */
+export interface Logger {
+  error(message: string, fields?: Record<string, unknown>): void;
+  warn(message: string, fields?: Record<string, unknown>): void;
+  info(message: string, fields?: Record<string, unknown>): void;
+  debug(message: string, fields?: Record<string, unknown>): void;
+}
+
+/** What the core gives a backend when it creates it. */
+export interface BackendContext {
+  /** The backend's id from the config. */
+  readonly id: string;
+  /** The backend's entry from the config without `id` and `plugin`, validated against the factory's `optionsSchema`. */
+  readonly options: Readonly<Record<string, unknown>>;
+  readonly log: Logger;
+  /**
+   * Replaces the whole list of this backend's VMs. Call it once the first
+   * complete list is known (that marks the backend ready), and again after
+   * a reconnect. Names must be unique within the list.
+   */
+  publish(vms: readonly VmInfo[]): void;
+  /** Adds or replaces one VM (matched by name), for a change the hypervisor reported. */
+  update(vm: VmInfo): void;
+  /** Removes one VM by name. */
+  remove(name: string): void;
+  /** Reports whether the hypervisor is reachable. A new backend starts as disconnected ("starting"). */
+  setHealth(health: BackendHealth): void;
+}
+
+/**
+ * A backend: one connection to one hypervisor, owning a set of VMs.
+ */
+export interface VmBackend {
+  /**
+   * Connects and publishes the first list of VMs. Called once. Resolve when
+   * the backend is running, even if the hypervisor is not reachable yet
+   * (report that with `setHealth` and keep trying); reject only when it can
+   * never work (for example an option the hypervisor refuses).
+   */
+  start(): Promise<void>;
+  /** Releases everything the backend holds. Called once, at shutdown. */
+  stop(): Promise<void>;
+  /**
+   * Detaches one device and resolves with the confirmed outcome: `{ ok: true }`
+   * only once the hypervisor confirms the device is gone. Must settle, at
+   * the latest shortly after `request.signal` is aborted.
+   */
+  detach(request: DetachRequest): Promise<DetachOutcome>;
+  /**
+   * Asks the hypervisor for a state change and resolves once it accepted
+   * the request; the new state itself arrives through `update`/`publish`.
+   */
+  setState(vm: VmInfo, state: DesiredState): Promise<void>;
+}
+
+/** What a plugin binds in its container: it creates the plugin's backends. */
+export interface BackendFactory {
+  /**
+   * A JSON Schema (draft 2020-12 or 07) for a backend's options (its config
+   * entry without `id` and `plugin`). An invalid config stops the daemon at
+   * start, naming the field.
+   */
+  readonly optionsSchema?: Record<string, unknown>;
+  /** Creates one backend; must not connect yet (that is `start`). */
+  create(context: BackendContext): VmBackend;
+}
+
+/** The inversify token a plugin binds its {@link BackendFactory} to. */
+export const BackendFactory = Symbol.for('vmdevd.plugin-api.BackendFactory');
+
+/** What a plugin package exports. */
+export interface VmdevdPlugin {
+  /** The plugin-API version it was built for: {@link PLUGIN_API_VERSION}. */
+  readonly apiVersion: number;
+  /** A short name for logs. */
+  readonly name: string;
+  /** Binds {@link BackendFactory}, and whatever the plugin needs internally. */
+  readonly module: ContainerModule;
+}
