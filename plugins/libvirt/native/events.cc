@@ -170,8 +170,9 @@ void CallEventJs(Napi::Env env, Napi::Function, EventSink* sink, EventData* raw)
   try {
     sink->Dispatch(env, *data);
   } catch (const Napi::Error& error) {
-    // A throwing listener: report it as Node reports any uncaught exception.
-    error.ThrowAsJavaScriptException();
+    // A throwing listener is an uncaught exception, as in any event
+    // emitter; Node would otherwise only warn about it for this API level.
+    napi_fatal_exception(env, error.Value());
   }
 }
 
