@@ -11,13 +11,13 @@
 
 namespace vmdevd {
 
-namespace {
-
 // What open() hands to the Connection constructor.
 struct Opened {
   virConnectPtr conn;
   std::shared_ptr<EventSink> sink;
 };
+
+namespace {
 
 // Deregisters the callbacks, closes, and stops event delivery. Any thread
 // but JavaScript's, except at environment teardown. Returns what
@@ -64,9 +64,13 @@ class OpenWorker final : public Napi::AsyncWorker {
       return;
     }
     Opened opened{conn_, sink_};
-    Napi::Object connection =
-        GetAddonData(env).connectionClass.New({Napi::External<Opened>::New(env, &opened)});
-    deferred_.Resolve(connection);
+    AddonData& data = GetAddonData(env);
+    data.constructing = &opened;
+    struct Reset {
+      AddonData& data;
+      ~Reset() { data.constructing = nullptr; }
+    } reset{data};
+    deferred_.Resolve(data.connectionClass.New({}));
   }
 
   void OnError(const Napi::Error& error) override {
@@ -167,10 +171,9 @@ Napi::Value Connection::Open(const Napi::CallbackInfo& info) {
 }
 
 Connection::Connection(const Napi::CallbackInfo& info) : ObjectWrap<Connection>(info), env_(info.Env()) {
-  if (info.Length() != 1 || !info[0].IsExternal()) {
-    throw Napi::TypeError::New(info.Env(), "use open() to create a connection");
-  }
-  Opened* opened = info[0].As<Napi::External<Opened>>().Data();
+  Opened* opened = GetAddonData(info.Env()).constructing;
+  if (opened == nullptr) throw Napi::TypeError::New(info.Env(), "use open() to create a connection");
+  GetAddonData(info.Env()).constructing = nullptr;
   conn_ = opened->conn;
   sink_ = std::move(opened->sink);
   napi_add_env_cleanup_hook(env_, OnEnvironmentCleanup, this);

@@ -19,7 +19,7 @@ class Connection : public Napi::ObjectWrap<Connection> {
   // registered before the promise resolves.
   static Napi::Value Open(const Napi::CallbackInfo& info);
 
-  // Only open() constructs it (with an External); `new` from JS throws.
+  // Only open() constructs it; `new` from JavaScript throws.
   explicit Connection(const Napi::CallbackInfo& info);
   // Garbage collected while still open: closed on the event loop thread.
   ~Connection() override;
