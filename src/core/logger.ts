@@ -14,7 +14,21 @@ export interface LogSink {
   write(line: string): void;
 }
 
-const stderrSink: LogSink = { write: (line) => process.stderr.write(line) };
+/**
+ * stderr, until it breaks: when whoever reads it goes away (EPIPE), logging
+ * stops instead of raising errors that would themselves be logged.
+ */
+function stderrSink(): LogSink {
+  let broken = false;
+  process.stderr.on('error', () => {
+    broken = true;
+  });
+  return {
+    write: (line) => {
+      if (!broken) process.stderr.write(line);
+    },
+  };
+}
 
 function formatValue(value: unknown): string {
   let text: string;
@@ -29,7 +43,7 @@ export class RootLogger {
   private level: LogLevel;
   private readonly journal: boolean;
 
-  constructor(level: LogLevel = 'info', private readonly sink: LogSink = stderrSink, env: NodeJS.ProcessEnv = process.env) {
+  constructor(level: LogLevel = 'info', private readonly sink: LogSink = stderrSink(), env: NodeJS.ProcessEnv = process.env) {
     this.level = level;
     this.journal = Boolean(env['JOURNAL_STREAM']);
   }

@@ -119,6 +119,8 @@ export class DbusFrontend implements Disposable {
     this.onBusLost = onLost;
     this.bus = await openBus(this.config.bus);
     this.bus.on('error', (err: unknown) => this.lost(err));
+    // dbus-next does not report the end of the stream on the bus object.
+    (this.bus as unknown as { _connection: NodeJS.EventEmitter })._connection.on('end', () => this.lost(new Error('the bus closed the connection')));
     this.log.info('connected to the bus', { bus: this.config.bus, uniqueName: (this.bus as unknown as { name: string }).name });
   }
 

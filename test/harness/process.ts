@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 
 const live = new Set<ChildProcess>();
-process.on('exit', () => {
+function killAll(): void {
   for (const child of live) {
     try {
       child.kill('SIGKILL');
@@ -14,7 +14,15 @@ process.on('exit', () => {
       // already gone
     }
   }
-});
+}
+process.on('exit', killAll);
+// A test run that is interrupted still takes its children with it.
+for (const [signal, number] of [['SIGTERM', 15], ['SIGINT', 2], ['SIGHUP', 1]] as const) {
+  process.once(signal, () => {
+    killAll();
+    process.exit(128 + number);
+  });
+}
 
 export interface ManagedProcess {
   readonly child: ChildProcess;

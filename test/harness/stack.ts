@@ -34,6 +34,8 @@ export interface Stack {
 
 export interface StackOptions {
   backends?: TestBackendOptions[];
+  /** Backend entries added after the test backends, as they are. */
+  extraBackends?: Array<Record<string, unknown>>;
   config?: Record<string, unknown>;
   daemon?: Omit<VmdevdOptions, 'address' | 'config'>;
 }
@@ -55,7 +57,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     controlSocket: dir.file(`control-${i}.sock`),
     ...b,
   }));
-  const config = { detachTimeoutSeconds: 2, logLevel: 'debug', backends, ...options.config };
+  const config = { detachTimeoutSeconds: 2, logLevel: 'debug', backends: [...backends, ...(options.extraBackends ?? [])], ...options.config };
   let bus: PrivateBus | undefined;
   let daemon: VmdevdProcess | undefined;
   try {
