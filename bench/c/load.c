@@ -307,7 +307,7 @@ static const char *check_body(const target_t *t, sd_bus_message *reply, verdict_
             return FAIL_ENTRY_COUNT;
         }
         if (v->want_summary)
-            snprintf(v->text, sizeof(v->text), "%" PRId64 " entries", entries);
+            snprintf(v->text, sizeof(v->text), "entries: %" PRId64, entries);
         return NULL;
     case KIND_LIBVIRT_GET_NAME:
         if (!sd_bus_message_has_signature(reply, "v") ||
