@@ -363,6 +363,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "ref-server: sd_bus_add_object_vtable: %s\n", strerror(-r));
         goto out;
     }
+    /* Without the bus there is nothing left to do: end the loop. */
+    r = sd_bus_set_exit_on_disconnect(bus, true);
+    if (r < 0) {
+        fprintf(stderr, "ref-server: sd_bus_set_exit_on_disconnect: %s\n", strerror(-r));
+        goto out;
+    }
     r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL);
     if (r < 0) {
         fprintf(stderr, "ref-server: sd_bus_attach_event: %s\n", strerror(-r));
@@ -381,9 +387,14 @@ int main(int argc, char **argv)
     printf("READY %s\n", unique);
     fflush(stdout);
 
+    /* 0 after SIGTERM/SIGINT; EXIT_FAILURE when the bus went away. */
     r = sd_event_loop(event);
     if (r < 0) {
         fprintf(stderr, "ref-server: event loop: %s\n", strerror(-r));
+        goto out;
+    }
+    if (r != 0) {
+        fprintf(stderr, "ref-server: disconnected from the bus\n");
         goto out;
     }
     status = EXIT_SUCCESS;

@@ -331,6 +331,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "signal-probe: AddMatch %s: %s\n", rule, strerror(-r));
         goto out;
     }
+    /* Without the bus there is nothing left to do: end the loop. */
+    r = sd_bus_set_exit_on_disconnect(bus, true);
+    if (r < 0) {
+        fprintf(stderr, "signal-probe: sd_bus_set_exit_on_disconnect: %s\n", strerror(-r));
+        goto out;
+    }
     r = sd_bus_attach_event(bus, probe.event, SD_EVENT_PRIORITY_NORMAL);
     if (r >= 0)
         r = sd_bus_get_unique_name(bus, &unique);
@@ -354,6 +360,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "signal-probe: event loop: %s\n", strerror(-r));
         goto out;
     }
+    /* 1 also when the bus went away (sd-bus exits the loop with EXIT_FAILURE). */
     status = r;
     if (probe.json)
         printf("{\"type\":\"end\",\"signals\":%" PRIu64 "}\n", probe.seen);
