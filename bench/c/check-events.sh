@@ -83,7 +83,7 @@ virsh -q -c "$uri" start "$vm" >/dev/null
 # libvirt-dbus names a domain by its UUID, '-' written as '_'.
 vm_path=/org/libvirt/QEMU/domain/_$(virsh -q -c "$uri" domuuid "$vm" | tr - _)
 
-echo "\$ event-probe --uri $uri --domain $vm --cycles $cycles"
+echo "\$ event-probe --uri $uri --domain $vm --cycles $cycles   # alone"
 "$bin/event-probe" --uri "$uri" --domain "$vm" --cycles "$cycles"
 
 # libvirt-dbus serves qemu:///system only with --system; point its
@@ -107,12 +107,15 @@ wait_until 10 grep -q '^READY' "$work/signals"
 "$bin/event-probe" --uri "$uri" --domain "$vm" --cycles "$cycles" --emit-timestamps \
     >"$work/calls"
 sleep 0.5
+echo "\$ event-probe --uri $uri --domain $vm --cycles $cycles --emit-timestamps   # libvirt-dbus listening"
+grep -v '^CALL ' "$work/calls"
 
-# The nth suspend call matches the nth SUSPENDED (3) DomainEvent, the nth
-# resume the nth RESUMED (4); other events of the domain are ignored.
-echo "libvirt-dbus DomainEvent, call start -> signal received (us):"
+# The nth suspend call matches the nth SUSPENDED (3) DomainEvent of our
+# domain, the nth resume the nth RESUMED (4). Per change: call start ->
+# signal receipt, and direct libvirt event -> signal receipt (what
+# libvirt-dbus and the bus add over a plain libvirt client).
 awk -v dom="$vm_path" '
-    $1 == "CALL" { call[$3, n[$3]++] = $4 }
+    $1 == "CALL" { call[$3, n[$3]] = $4; ev[$3, n[$3]++] = $6 }
     $1 == "SIGNAL" && $5 == "org.libvirt.Connect.DomainEvent" && $6 == dom {
         op = $7 == 3 ? "suspend" : $7 == 4 ? "resume" : ""
         if (op != "") sig[op, m[op]++] = $2
@@ -121,18 +124,29 @@ awk -v dom="$vm_path" '
         for (o = 0; o < 2; o++) {
             op = o == 0 ? "suspend" : "resume"
             k = n[op] < m[op] ? n[op] : m[op]
-            for (i = 0; i < k; i++) print op, (sig[op, i] - call[op, i]) / 1000
-            if (n[op] != m[op]) printf "mismatch %s: %d calls, %d signals\n", op, n[op], m[op] > "/dev/stderr"
+            for (i = 0; i < k; i++) {
+                print "call", op, (sig[op, i] - call[op, i]) / 1000
+                if (ev[op, i] > 0) print "event", op, (sig[op, i] - ev[op, i]) / 1000
+            }
+            if (n[op] != m[op])
+                printf "mismatch %s: %d calls, %d signals\n", op, n[op], m[op] > "/dev/stderr"
         }
-    }' "$work/calls" "$work/signals" | sort -k1,1 -k2,2n | awk '
-    { v[$1, c[$1]++] = $2; all[t++] = $2 }
-    function pct(op, p,   r) { r = int(p / 100 * c[op] + 0.999999); if (r < 1) r = 1; return v[op, r - 1] }
-    END {
-        for (o = 0; o < 2; o++) {
-            op = o == 0 ? "suspend" : "resume"
-            if (c[op]) printf "  %-8s n %d  p50 %.1f  p90 %.1f  p99 %.1f\n", op, c[op], pct(op, 50), pct(op, 90), pct(op, 99)
-        }
-    }'
+    }' "$work/calls" "$work/signals" >"$work/deltas"
+percentiles() { # from: "call" or "event"
+    awk -v from="$1" '$1 == from { print $2, $3 }' "$work/deltas" | sort -k1,1 -k2,2n | awk '
+        { v[$1, c[$1]++] = $2 }
+        function pct(op, p,   r) { r = int(p / 100 * c[op] + 0.999999); if (r < 1) r = 1; return v[op, r - 1] }
+        END {
+            for (o = 0; o < 2; o++) {
+                op = o == 0 ? "suspend" : "resume"
+                if (c[op]) printf "  %-8s n %d  p50 %.1f  p90 %.1f  p99 %.1f us\n", op, c[op], pct(op, 50), pct(op, 90), pct(op, 99)
+            }
+        }'
+}
+echo "libvirt-dbus DomainEvent in the same cycles, call start -> signal-probe receipt:"
+percentiles call
+echo "libvirt-dbus DomainEvent after event-probe's own event for the same change:"
+percentiles event
 
 # Other domains may exist on a shared libvirtd: expect what virsh sees.
 n_domains=$(virsh -q -c "$uri" list --all --name | grep -c .)
