@@ -1,8 +1,5 @@
 #include "bus.h"
 
-#include <errno.h>
-#include <string.h>
-
 int bus_open(const char *address, const char *description, sd_bus **out)
 {
     sd_bus *bus = NULL;
@@ -32,17 +29,4 @@ int bus_open(const char *address, const char *description, sd_bus **out)
     }
     *out = bus;
     return 0;
-}
-
-const char *bus_error_name(const sd_bus_error *error, int r)
-{
-    if (error && sd_bus_error_is_set(error))
-        return error->name;
-    switch (-r) {
-    case ETIMEDOUT: return "local.ETIMEDOUT";
-    case ECONNRESET: return "local.ECONNRESET";
-    case ENOTCONN: return "local.ENOTCONN";
-    case ENOMEM: return "local.ENOMEM";
-    default: return "local.error";
-    }
 }

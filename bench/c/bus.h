@@ -8,5 +8,3 @@
  * errno on failure. */
 int bus_open(const char *address, const char *description, sd_bus **out);
 
-/* The error name of a failed call, or a stable name for a local errno. */
-const char *bus_error_name(const sd_bus_error *error, int r);
