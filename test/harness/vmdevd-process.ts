@@ -1,5 +1,6 @@
 /** Runs the real `bin/vmdevd` as a child process, as an operator would. */
 import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startProcess, type ManagedProcess } from './process.js';
 import { makeTempDir, type TempDir } from './temp-dir.js';
@@ -23,11 +24,13 @@ export interface VmdevdOptions {
   readonly waitReady?: boolean;
   readonly env?: NodeJS.ProcessEnv;
   readonly readyTimeoutMs?: number;
+  /** Write the config file here (relative plugin paths and package names resolve from it). */
+  readonly configDir?: string;
 }
 
 export async function startVmdevd(options: VmdevdOptions): Promise<VmdevdProcess> {
   const dir = makeTempDir('vmdevd-daemon-');
-  const configFile = dir.file('config.json');
+  const configFile = options.configDir !== undefined ? join(options.configDir, 'vmdevd-config.json') : dir.file('config.json');
   const args = [VMDEVD_BIN];
   if (options.address !== undefined) args.push('--address', options.address);
   if (options.config !== undefined) {
