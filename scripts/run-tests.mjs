@@ -1,15 +1,16 @@
 #!/usr/bin/env node
 // Runs the compiled tests: every *.test.js under dist/test and plugins/*/dist/test.
 // Arguments filter the files by substring (e.g. `npm test -- unit/`).
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const roots = [join(root, 'dist/test')];
-for (const plugin of readdirSync(join(root, 'plugins'), { withFileTypes: true })) {
-  if (plugin.isDirectory()) roots.push(join(root, 'plugins', plugin.name, 'dist/test'));
+const pluginDir = join(root, 'plugins');
+for (const plugin of existsSync(pluginDir) ? readdirSync(pluginDir, { withFileTypes: true }) : []) {
+  if (plugin.isDirectory()) roots.push(join(pluginDir, plugin.name, 'dist/test'));
 }
 
 function walk(dir, out) {
