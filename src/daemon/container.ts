@@ -3,6 +3,7 @@
  * which token. Plugins get containers of their own, children of this one.
  */
 import { Container } from 'inversify';
+import { AccessPolicy, AccountFiles } from '../core/access-policy.js';
 import { BackendRegistry, BuiltinPluginDir, CoreContainer } from '../core/backend-registry.js';
 import { Config } from '../core/config.js';
 import { DetachGraceMs, DetachService } from '../core/detach-service.js';
@@ -20,6 +21,8 @@ export interface ContainerOptions {
   readonly coalesceWindowMs?: number;
   /** How long a backend may take to verify a device after its timeout. */
   readonly detachGraceMs?: number;
+  /** Where user and group names are looked up. */
+  readonly accountFiles?: AccountFiles;
 }
 
 export function createContainer(config: Config, logger: RootLogger, options: ContainerOptions = {}): Container {
@@ -31,6 +34,8 @@ export function createContainer(config: Config, logger: RootLogger, options: Con
   container.bind(CoalesceWindowMs).toConstantValue(options.coalesceWindowMs ?? 10);
   container.bind(DetachGraceMs).toConstantValue(options.detachGraceMs ?? 2000);
   container.bind(InterfaceDefinitionToken).toConstantValue(loadInterface());
+  container.bind(AccountFiles).toConstantValue(options.accountFiles ?? { passwd: '/etc/passwd', group: '/etc/group' });
+  container.bind(AccessPolicy).toSelf();
   container.bind(StateHub).toSelf();
   container.bind(BackendRegistry).toSelf();
   container.bind(DetachService).toSelf();

@@ -14,6 +14,7 @@ import dbus from 'dbus-next';
 import { inject, injectable } from 'inversify';
 import { builder, create } from 'xmlbuilder2';
 import type { Logger } from '../plugin-api.js';
+import { AccessPolicy, type Credentials } from '../core/access-policy.js';
 import { BackendRegistry } from '../core/backend-registry.js';
 import { Config } from '../core/config.js';
 import { DetachService, type DetachFinished } from '../core/detach-service.js';
@@ -35,6 +36,8 @@ type Message = dbus.Message;
 const PROPERTIES = 'org.freedesktop.DBus.Properties';
 const INTROSPECTABLE = 'org.freedesktop.DBus.Introspectable';
 const NO_REPLY_EXPECTED = 0x1;
+/** Unique names are never reused on a bus, so credentials can be kept; this bounds the memory. */
+const CREDENTIAL_CACHE_SIZE = 1024;
 const INTROSPECTION_HEADER =
   '<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n';
 
@@ -101,6 +104,7 @@ export class DbusFrontend implements Disposable {
   private announced = false;
   private closed = false;
   private onBusLost: ((err: Error) => void) | undefined;
+  private readonly credentialCache = new Map<string, Credentials>();
 
   constructor(
     @inject(Config) private readonly config: Config,
@@ -109,6 +113,7 @@ export class DbusFrontend implements Disposable {
     @inject(StateHub) private readonly hub: StateHub,
     @inject(BackendRegistry) private readonly registry: BackendRegistry,
     @inject(DetachService) private readonly detaches: DetachService,
+    @inject(AccessPolicy) private readonly access: AccessPolicy,
     @inject(RootLogger) logger: RootLogger,
   ) {
     this.log = logger.child('dbus');
@@ -245,10 +250,53 @@ export class DbusFrontend implements Disposable {
       throw invalidArgs(`${method.name} takes (${method.inSignature}), not (${signature})`);
     }
     if (!this.accepting) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
-    // TestMethod is the only method of the interface.
-    const accepted = this.service.detach({ name: msg.sender }, msg.body[0], msg.body[1]);
-    this.reply(msg, method.outSignature, [accepted]);
+    this.withAccess(msg, method.name, () => {
+      // TestMethod is the only method of the interface.
+      const accepted = this.service.detach({ name: msg.sender }, msg.body[0], msg.body[1]);
+      this.reply(msg, method.outSignature, [accepted]);
+    });
     return true;
+  }
+
+  /**
+   * Runs `fn` if the caller may change things, at once when its
+   * credentials are known, else after asking the bus; errors become replies.
+   */
+  private withAccess(msg: Message, what: string, fn: () => void): void {
+    const run = (creds: Credentials) => {
+      if (!this.access.isAllowed(creds)) {
+        this.log.warn('access denied', { caller: msg.sender, uid: creds.uid, call: what });
+        throw new VmdevError('AccessDenied', `uid ${creds.uid} may not call ${what} (allowed: ${this.access.describe()})`);
+      }
+      fn();
+    };
+    const cached = this.credentialCache.get(msg.sender);
+    if (cached !== undefined) {
+      run(cached);
+      return;
+    }
+    this.credentialsOf(msg.sender).then(run).catch((err: unknown) => this.replyError(msg, err, what));
+  }
+
+  /** The caller's uid and groups, from the bus daemon. */
+  private async credentialsOf(sender: string): Promise<Credentials> {
+    const ask = (member: string) =>
+      this.bus!.call(
+        new Message({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member, signature: 's', body: [sender] } as never),
+      );
+    let creds: Credentials;
+    try {
+      const reply = await ask('GetConnectionCredentials');
+      const dict = reply!.body[0] as Record<string, { value: unknown }>;
+      creds = { uid: dict['UnixUserID']!.value as number, gids: dict['UnixGroupIDs']?.value as number[] | undefined };
+    } catch {
+      const reply = await ask('GetConnectionUnixUser');
+      creds = { uid: reply!.body[0] as number };
+    }
+    if (typeof creds.uid !== 'number') throw new VmdevError('AccessDenied', 'the bus did not say who the caller is');
+    if (this.credentialCache.size >= CREDENTIAL_CACHE_SIZE) this.credentialCache.delete(this.credentialCache.keys().next().value!);
+    this.credentialCache.set(sender, creds);
+    return creds;
   }
 
   private callProperties(msg: Message): boolean {
@@ -288,10 +336,12 @@ export class DbusFrontend implements Disposable {
     const value = body[2] as { signature: string; value: unknown };
     if (value.signature !== prop.type) throw invalidArgs(`property ${name} has type ${prop.type}, not ${value.signature}`);
     if (!this.accepting) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
-    this.service.setStates({ name: msg.sender }, value.value).then(
-      () => this.reply(msg, '', []),
-      (err: unknown) => this.replyError(msg, err, `Set ${name}`),
-    );
+    this.withAccess(msg, `Set ${name}`, () => {
+      this.service.setStates({ name: msg.sender }, value.value).then(
+        () => this.reply(msg, '', []),
+        (err: unknown) => this.replyError(msg, err, `Set ${name}`),
+      );
+    });
     return true;
   }
 

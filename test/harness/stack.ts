@@ -38,6 +38,8 @@ export interface StackOptions {
   extraBackends?: Array<Record<string, unknown>>;
   config?: Record<string, unknown>;
   daemon?: Omit<VmdevdOptions, 'address' | 'config'>;
+  /** The bus configuration (default: a session-style bus open to its own user). */
+  bus?: (socket: string) => string;
 }
 
 export const DEFAULT_VMS = [
@@ -61,7 +63,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   let bus: PrivateBus | undefined;
   let daemon: VmdevdProcess | undefined;
   try {
-    bus = await startPrivateBus();
+    bus = await startPrivateBus(options.bus);
     daemon = await startVmdevd({ address: bus.address, config, ...options.daemon });
     const client = await TestClient.connect(bus.address);
     const sockets = new Map(backends.map((b) => [b.id, b.controlSocket as string]));
