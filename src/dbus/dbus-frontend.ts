@@ -45,6 +45,7 @@ const INTROSPECTION_HEADER =
 interface PropertySource {
   testProperty(): StateMap;
   backends(): Record<string, string>;
+  vms(): Record<string, Record<string, string>>;
 }
 
 type ModuleInterface = dbus.interface.Interface & {
@@ -65,6 +66,9 @@ function createInterface(def: InterfaceDefinition, source: PropertySource): Modu
     }
     get Backends(): Record<string, string> {
       return source.backends();
+    }
+    get Vms(): Record<string, Record<string, string>> {
+      return source.vms();
     }
     TestMethod(): never {
       // Calls never reach dbus-next's dispatch: the frontend's handler answers them first.
@@ -139,6 +143,7 @@ export class DbusFrontend implements Disposable {
     this.iface = createInterface(this.def, {
       testProperty: () => this.hub.map(),
       backends: () => this.registry.healthMap(),
+      vms: () => this.vmDetails(),
     });
     bus.export(OBJECT_PATH, this.iface);
     this.introspection = this.buildIntrospection();
@@ -202,12 +207,23 @@ export class DbusFrontend implements Disposable {
   private emitStates(map: StateMap): void {
     if (this.closed) return;
     this.iface!.TestSignal(map);
-    this.emitPropertiesChanged({ TestProperty: map });
+    this.emitPropertiesChanged({ TestProperty: map }, ['Vms']);
   }
 
-  private emitPropertiesChanged(changed: Record<string, unknown>): void {
+  private emitPropertiesChanged(changed: Record<string, unknown>, invalidated: string[] = []): void {
     if (this.closed) return;
-    Interface.emitPropertiesChanged(this.iface!, changed, []);
+    Interface.emitPropertiesChanged(this.iface!, changed, invalidated);
+  }
+
+  private vmDetails(): Record<string, Record<string, string>> {
+    const details: Record<string, Record<string, string>> = {};
+    for (const { key, backendId, vm } of this.hub.entries()) {
+      const d: Record<string, string> = { name: vm.name, state: vm.state, backend: backendId };
+      if (vm.uuid !== undefined) d['uuid'] = vm.uuid;
+      if (vm.type !== undefined) d['type'] = vm.type;
+      details[key] = d;
+    }
+    return details;
   }
 
   private emitOutcome(e: DetachFinished): void {
@@ -348,6 +364,7 @@ export class DbusFrontend implements Disposable {
   private propertyValue(name: string): unknown {
     if (name === 'TestProperty') return this.hub.map();
     if (name === 'Backends') return this.registry.healthMap();
+    if (name === 'Vms') return this.vmDetails();
     throw new VmdevError('Failed', `property ${name} has no value`);
   }
 

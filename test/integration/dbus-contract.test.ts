@@ -93,8 +93,18 @@ describe('D-Bus contract', () => {
       const [all] = (await stack.client.call({ interface: 'org.freedesktop.DBus.Properties', member: 'GetAll', signature: 's', body: [INTERFACE] })) as [
         Record<string, { value: unknown }>,
       ];
-      assert.deepEqual(Object.keys(all).sort(), ['Backends', 'TestProperty']);
+      assert.deepEqual(Object.keys(all).sort(), ['Backends', 'TestProperty', 'Vms']);
       assert.equal((all['TestProperty']!.value as Record<string, string>)['vm1'], 'running');
+    });
+
+    it('Vms gives each VM its name, state, backend, UUID and type', async () => {
+      assert.deepEqual((await stack.client.getProperty<Record<string, Record<string, string>>>('Vms'))['vm2'], {
+        name: 'vm2',
+        state: 'paused',
+        backend: 'test',
+        uuid: '22222222-2222-4222-8222-222222222222',
+        type: 'cluster',
+      });
     });
 
     it('Get of an unknown property is InvalidArgs', async () => {
@@ -305,6 +315,7 @@ describe('D-Bus contract', () => {
       await signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['vm1'] === 'paused' && (s.body[0] as Record<string, string>)['vm3'] === 'running');
       const changed = await signals.waitFor((s) => s.member === 'PropertiesChanged' && s.interface === 'org.freedesktop.DBus.Properties' && (s.body[1] as Record<string, { value: Record<string, string> }>)['TestProperty']?.value['vm1'] === 'paused');
       assert.equal(changed.body[0], INTERFACE);
+      assert.deepEqual(changed.body[2], ['Vms'], 'Vms is invalidated in the same signal');
       assert.equal((await stack.client.getProperty<Record<string, string>>('TestProperty'))['vm1'], 'paused');
       await stack.client.setProperty('TestProperty', 'a{ss}', { vm1: 'running', vm3: 'shutoff' });
       await signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['vm1'] === 'running' && (s.body[0] as Record<string, string>)['vm3'] === 'shutoff');
