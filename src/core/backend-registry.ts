@@ -1,0 +1,334 @@
+/**
+ * Loads the plugins the config names, creates one backend per config entry
+ * and stands between the core and each backend: every call into a backend is
+ * isolated, so a plugin that fails to load, targets another API version or
+ * throws shows up in `Backends` and in the log, never as a daemon crash.
+ */
+import { Ajv } from 'ajv';
+import { Container, inject, injectable } from 'inversify';
+import {
+  BackendError,
+  FAILURE_KINDS,
+  VM_STATES,
+  type BackendContext,
+  type BackendHealth,
+  type DesiredState,
+  type DetachOutcome,
+  type DetachRequest,
+  type FailureKind,
+  type Logger,
+  type VmBackend,
+  type VmInfo,
+} from '../plugin-api.js';
+import { Config, describeSchemaError, type BackendConfig } from './config.js';
+import type { Disposable } from './disposable.js';
+import { ConfigError, VmdevError, errorMessage } from './errors.js';
+import { Emitter, type Event } from './event.js';
+import { RootLogger } from './logger.js';
+import { loadPlugin, packageVersion, type LoadedPlugin } from './plugin-loader.js';
+import { StateHub } from './state-hub.js';
+
+/** The container plugins' containers are children of. */
+export const CoreContainer = Symbol('CoreContainer');
+/** Where in-repo plugins are looked up (`plugins/` of the package). */
+export const BuiltinPluginDir = Symbol('BuiltinPluginDir');
+
+const START_TIMEOUT_MS = 10_000;
+const STOP_TIMEOUT_MS = 5_000;
+
+/** One configured backend and what the core knows about it. */
+export class BackendHost {
+  health: BackendHealth = { connected: false, reason: 'starting' };
+  backend: VmBackend | undefined;
+  plugin: LoadedPlugin | undefined;
+  /** Set when the backend can never run (load or create failure). */
+  failure: string | undefined;
+  ready = false;
+  stopped = false;
+
+  constructor(
+    readonly config: BackendConfig,
+    readonly log: Logger,
+  ) {}
+
+  get id(): string {
+    return this.config.id;
+  }
+
+  /** `connected` or `disconnected: <reason>`, as the `Backends` property shows it. */
+  describe(): string {
+    return this.health.connected ? 'connected' : `disconnected: ${this.health.reason}`;
+  }
+}
+
+function isBackendError(err: unknown): err is { kind: FailureKind; message: string } {
+  if (err instanceof BackendError) return true;
+  const e = err as { name?: unknown; kind?: unknown; message?: unknown } | null;
+  return (
+    typeof e === 'object' && e !== null && e.name === 'BackendError' && typeof e.message === 'string' && (FAILURE_KINDS as readonly unknown[]).includes(e.kind)
+  );
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    promise,
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms / 1000} s`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+@injectable()
+export class BackendRegistry implements Disposable {
+  private readonly hostList: BackendHost[];
+  private readonly onDidChangeHealthEmitter = new Emitter<void>();
+  private readonly onDidBecomeReadyEmitter = new Emitter<void>();
+  private readonly log: Logger;
+
+  /** Fires when any backend's health changed. */
+  readonly onDidChangeHealth: Event<void> = this.onDidChangeHealthEmitter.event;
+
+  constructor(
+    @inject(Config) private readonly config: Config,
+    @inject(StateHub) private readonly hub: StateHub,
+    @inject(RootLogger) rootLogger: RootLogger,
+    @inject(CoreContainer) private readonly container: Container,
+    @inject(BuiltinPluginDir) private readonly builtinDir: string,
+  ) {
+    this.log = rootLogger.child('backends');
+    this.hostList = config.backends.map((c) => new BackendHost(c, rootLogger.child(`backend ${c.id}`)));
+  }
+
+  hosts(): readonly BackendHost[] {
+    return this.hostList;
+  }
+
+  host(id: string): BackendHost | undefined {
+    return this.hostList.find((h) => h.id === id);
+  }
+
+  /** Backend id → `connected` or `disconnected: <reason>`. */
+  healthMap(): Record<string, string> {
+    const map: Record<string, string> = {};
+    for (const host of this.hostList) map[host.id] = host.describe();
+    return map;
+  }
+
+  /**
+   * Loads every plugin named in the config and creates the backends. A plugin
+   * that cannot be loaded marks its backends failed; options that do not fit
+   * a plugin's schema are a config error and throw `ConfigError`.
+   */
+  async load(): Promise<void> {
+    const plugins = new Map<string, Promise<LoadedPlugin>>();
+    for (const host of this.hostList) {
+      const spec = host.config.plugin;
+      if (!plugins.has(spec)) plugins.set(spec, loadPlugin(spec, this.config.baseDir, this.container, this.builtinDir));
+    }
+    const ajv = new Ajv({ allErrors: false, strict: false });
+    for (const [index, host] of this.hostList.entries()) {
+      let plugin: LoadedPlugin;
+      try {
+        plugin = await plugins.get(host.config.plugin)!;
+      } catch (err) {
+        this.fail(host, errorMessage(err));
+        continue;
+      }
+      host.plugin = plugin;
+      const schema = plugin.factory.optionsSchema;
+      if (schema !== undefined) {
+        let valid: boolean;
+        let validate;
+        try {
+          validate = ajv.compile(schema);
+          valid = validate(host.config.options) as boolean;
+        } catch (err) {
+          this.fail(host, `plugin "${plugin.name}" has an invalid options schema: ${errorMessage(err)}`);
+          continue;
+        }
+        if (!valid) {
+          throw new ConfigError(describeSchemaError(validate.errors![0]!, `backends[${index}]`));
+        }
+      }
+      try {
+        host.backend = plugin.factory.create(this.contextFor(host));
+        this.log.info('backend created', { id: host.id, plugin: plugin.name, version: packageVersion(plugin.root), from: plugin.root });
+      } catch (err) {
+        this.fail(host, `plugin "${plugin.name}" could not create the backend: ${errorMessage(err)}`);
+      }
+    }
+  }
+
+  /**
+   * Starts every backend. Resolves once each one has published its first
+   * list, finished starting, failed, or taken longer than the start timeout.
+   */
+  async start(timeoutMs = START_TIMEOUT_MS): Promise<void> {
+    const waits = this.hostList.map(async (host) => {
+      if (host.backend === undefined) return;
+      const ready = new Promise<void>((resolve) => {
+        if (host.ready) return resolve();
+        const sub = this.onDidBecomeReadyEmitter.event(() => {
+          if (host.ready) {
+            sub.dispose();
+            resolve();
+          }
+        });
+      });
+      const started = this.guard(host, 'start', () => host.backend!.start()).catch((err: unknown) => {
+        this.fail(host, `start failed: ${errorMessage(err)}`);
+      });
+      await withTimeout(Promise.race([ready, started]), timeoutMs, `backend ${host.id}`).catch((err: unknown) => {
+        host.log.warn('backend is slow to start; going on without its list', { reason: errorMessage(err) });
+      });
+      this.markReady(host);
+    });
+    await Promise.all(waits);
+  }
+
+  /** True once every backend has its first list or gave up. */
+  allReady(): boolean {
+    return this.hostList.every((h) => h.ready);
+  }
+
+  /** Stops the backends, in the reverse order of the config. */
+  async stop(): Promise<void> {
+    for (const host of [...this.hostList].reverse()) {
+      if (host.stopped) continue;
+      host.stopped = true;
+      if (host.backend === undefined) continue;
+      await withTimeout(this.guard(host, 'stop', () => host.backend!.stop()), STOP_TIMEOUT_MS, `stopping backend ${host.id}`).catch((err: unknown) =>
+        host.log.warn('backend did not stop cleanly', { reason: errorMessage(err) }),
+      );
+    }
+  }
+
+  /** Runs a detach in the backend; never rejects. */
+  async detach(host: BackendHost, request: DetachRequest): Promise<DetachOutcome> {
+    if (host.backend === undefined || host.stopped) {
+      return { ok: false, error: 'BackendUnavailable', message: `backend "${host.id}" is ${host.describe()}` };
+    }
+    try {
+      const outcome = await this.guard(host, 'detach', () => host.backend!.detach(request));
+      if (outcome?.ok === true) return { ok: true };
+      if (outcome?.ok === false && (FAILURE_KINDS as readonly unknown[]).includes(outcome.error)) {
+        return { ok: false, error: outcome.error, message: String(outcome.message) };
+      }
+      host.log.warn('backend returned a malformed detach outcome', { outcome: JSON.stringify(outcome) });
+      return { ok: false, error: 'Failed', message: `backend "${host.id}" returned no valid outcome` };
+    } catch (err) {
+      if (isBackendError(err)) return { ok: false, error: err.kind, message: err.message };
+      host.log.warn('detach failed with an unexpected error', { error: errorMessage(err), stack: (err as Error)?.stack });
+      return { ok: false, error: 'Failed', message: `backend "${host.id}" failed: ${errorMessage(err)}` };
+    }
+  }
+
+  /** Applies a desired state; rejects with a `VmdevError`. */
+  async setState(host: BackendHost, vm: VmInfo, state: DesiredState): Promise<void> {
+    if (host.backend === undefined || host.stopped) {
+      throw new VmdevError('BackendUnavailable', `backend "${host.id}" is ${host.describe()}`);
+    }
+    try {
+      await this.guard(host, 'setState', () => host.backend!.setState(vm, state));
+    } catch (err) {
+      if (isBackendError(err)) throw new VmdevError(err.kind, err.message);
+      host.log.warn('setState failed with an unexpected error', { error: errorMessage(err), stack: (err as Error)?.stack });
+      throw new VmdevError('Failed', `backend "${host.id}" failed: ${errorMessage(err)}`);
+    }
+  }
+
+  /**
+   * Marks the backend whose plugin code appears in the error's stack as
+   * crashed. Returns false when no plugin can be blamed.
+   */
+  attributeCrash(err: unknown): boolean {
+    const stack = (err as Error | undefined)?.stack ?? '';
+    let blamed = false;
+    for (const host of this.hostList) {
+      const root = host.plugin?.root;
+      if (root !== undefined && stack.includes(root)) {
+        this.setHealth(host, { connected: false, reason: `plugin crashed: ${errorMessage(err)}` });
+        blamed = true;
+      }
+    }
+    return blamed;
+  }
+
+  dispose(): void {
+    this.onDidChangeHealthEmitter.dispose();
+    this.onDidBecomeReadyEmitter.dispose();
+  }
+
+  private guard<T>(host: BackendHost, what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      const result = fn();
+      if (!(result instanceof Promise) && typeof (result as { then?: unknown })?.then !== 'function') {
+        return Promise.reject(new Error(`${what}() did not return a promise`));
+      }
+      return Promise.resolve(result);
+    } catch (err) {
+      host.log.debug(`${what}() threw synchronously`, { error: errorMessage(err) });
+      return Promise.reject(err);
+    }
+  }
+
+  private fail(host: BackendHost, reason: string): void {
+    host.failure = reason;
+    host.log.error('backend unavailable', { reason });
+    this.setHealth(host, { connected: false, reason });
+    this.markReady(host);
+  }
+
+  private markReady(host: BackendHost): void {
+    if (host.ready) return;
+    host.ready = true;
+    this.onDidBecomeReadyEmitter.fire();
+  }
+
+  private setHealth(host: BackendHost, health: BackendHealth): void {
+    const before = host.describe();
+    host.health = health.connected ? { connected: true } : { connected: false, reason: String(health.reason || 'unknown reason') };
+    if (host.describe() !== before) {
+      host.log.info('health changed', { health: host.describe() });
+      this.onDidChangeHealthEmitter.fire();
+    }
+  }
+
+  private contextFor(host: BackendHost): BackendContext {
+    const active = () => !host.stopped;
+    const check = (vm: VmInfo): VmInfo | undefined => {
+      if (typeof vm?.name !== 'string' || vm.name.length === 0 || vm.name.includes('/')) {
+        host.log.warn('ignoring a VM with an invalid name', { name: String(vm?.name) });
+        return undefined;
+      }
+      if (!(VM_STATES as readonly string[]).includes(vm.state)) {
+        host.log.warn('VM reported with an unknown state; showing nostate', { vm: vm.name, state: String(vm.state) });
+        return { ...vm, state: 'nostate' };
+      }
+      return vm;
+    };
+    return {
+      id: host.id,
+      options: host.config.options,
+      log: host.log,
+      publish: (vms) => {
+        if (!active()) return;
+        const valid = (Array.isArray(vms) ? vms : []).map(check).filter((v): v is VmInfo => v !== undefined);
+        this.hub.publish(host.id, valid);
+        this.markReady(host);
+      },
+      update: (vm) => {
+        if (!active()) return;
+        const valid = check(vm);
+        if (valid) this.hub.update(host.id, valid);
+      },
+      remove: (name) => {
+        if (active()) this.hub.remove(host.id, String(name));
+      },
+      setHealth: (health) => {
+        if (active()) this.setHealth(host, health);
+      },
+    };
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * The state hub merges every backend's VMs into one map, VM key → state,
+ * and announces changes.
+ *
+ * Keys: a VM's key is its name. When VMs of the same name exist in two or
+ * more backends, each of them is keyed `<backend id>/<name>` for as long as
+ * the names collide. Names never contain `/`, so keys are unique, and they
+ * depend only on the current VMs, never on the order events arrived in.
+ *
+ * Announcements: the first change after a quiet period is announced at
+ * once; further changes within the coalescing window are announced together
+ * when it ends, so the last state is never lost.
+ */
+import { inject, injectable } from 'inversify';
+import type { VmInfo } from '../plugin-api.js';
+import type { Disposable } from './disposable.js';
+import { Emitter, type Event } from './event.js';
+
+export const CoalesceWindowMs = Symbol('CoalesceWindowMs');
+
+export type StateMap = Readonly<Record<string, string>>;
+
+export interface VmEntry {
+  readonly key: string;
+  readonly backendId: string;
+  readonly vm: VmInfo;
+}
+
+@injectable()
+export class StateHub implements Disposable {
+  private readonly backends = new Map<string, Map<string, VmInfo>>();
+  private entriesCache: readonly VmEntry[] | undefined;
+  private mapCache: StateMap | undefined;
+  private lastAnnounced: StateMap | undefined;
+  private forceNext = false;
+  private windowTimer: NodeJS.Timeout | undefined;
+  private pending = false;
+  private readonly onDidChangeMapEmitter = new Emitter<StateMap>();
+
+  /** Fires with the whole map when it changed (coalesced, see above). */
+  readonly onDidChangeMap: Event<StateMap> = this.onDidChangeMapEmitter.event;
+
+  constructor(@inject(CoalesceWindowMs) private readonly windowMs: number) {}
+
+  /** Replaces a backend's VMs. Always announced, even when equal: it is a republish. */
+  publish(backendId: string, vms: readonly VmInfo[]): void {
+    const byName = new Map<string, VmInfo>();
+    for (const vm of vms) byName.set(vm.name, vm);
+    this.backends.set(backendId, byName);
+    this.forceNext = true;
+    this.changed();
+  }
+
+  update(backendId: string, vm: VmInfo): void {
+    let byName = this.backends.get(backendId);
+    if (byName === undefined) {
+      byName = new Map();
+      this.backends.set(backendId, byName);
+    }
+    const old = byName.get(vm.name);
+    if (old && old.state === vm.state && old.uuid === vm.uuid && old.type === vm.type) return;
+    byName.set(vm.name, vm);
+    this.changed();
+  }
+
+  remove(backendId: string, name: string): void {
+    if (this.backends.get(backendId)?.delete(name)) this.changed();
+  }
+
+  /** Every VM with its key, sorted by key. */
+  entries(): readonly VmEntry[] {
+    if (this.entriesCache === undefined) {
+      const owners = new Map<string, number>();
+      for (const byName of this.backends.values()) {
+        for (const name of byName.keys()) owners.set(name, (owners.get(name) ?? 0) + 1);
+      }
+      const entries: VmEntry[] = [];
+      for (const [backendId, byName] of this.backends) {
+        for (const vm of byName.values()) {
+          const key = owners.get(vm.name)! > 1 ? `${backendId}/${vm.name}` : vm.name;
+          entries.push({ key, backendId, vm });
+        }
+      }
+      entries.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+      this.entriesCache = entries;
+    }
+    return this.entriesCache;
+  }
+
+  /** The map VM key → state, as `TestProperty` shows it. */
+  map(): StateMap {
+    if (this.mapCache === undefined) {
+      const map: Record<string, string> = {};
+      for (const entry of this.entries()) map[entry.key] = entry.vm.state;
+      this.mapCache = Object.freeze(map);
+    }
+    return this.mapCache;
+  }
+
+  /** The current entry of a VM, or `undefined` if it is gone. */
+  find(backendId: string, name: string): VmEntry | undefined {
+    const vm = this.backends.get(backendId)?.get(name);
+    if (vm === undefined) return undefined;
+    return this.entries().find((e) => e.backendId === backendId && e.vm.name === name);
+  }
+
+  /** The entry with exactly this key. */
+  byKey(key: string): VmEntry | undefined {
+    return this.entries().find((e) => e.key === key);
+  }
+
+  dispose(): void {
+    clearTimeout(this.windowTimer);
+    this.windowTimer = undefined;
+    this.onDidChangeMapEmitter.dispose();
+  }
+
+  private changed(): void {
+    this.entriesCache = undefined;
+    this.mapCache = undefined;
+    if (this.windowTimer !== undefined) {
+      this.pending = true;
+      return;
+    }
+    this.announce();
+  }
+
+  private announce(): void {
+    const map = this.map();
+    if (!this.forceNext && this.lastAnnounced !== undefined && sameMap(map, this.lastAnnounced)) return;
+    this.forceNext = false;
+    this.lastAnnounced = map;
+    this.windowTimer = setTimeout(() => this.windowEnded(), this.windowMs);
+    this.onDidChangeMapEmitter.fire(map);
+  }
+
+  private windowEnded(): void {
+    this.windowTimer = undefined;
+    if (this.pending) {
+      this.pending = false;
+      this.announce();
+    }
+  }
+}
+
+function sameMap(a: StateMap, b: StateMap): boolean {
+  const ak = Object.keys(a);
+  if (ak.length !== Object.keys(b).length) return false;
+  for (const k of ak) if (a[k] !== b[k]) return false;
+  return true;
+}

@@ -1,0 +1,148 @@
+/**
+ * The semantics of the D-Bus contract, without the bus: `TestMethod`
+ * (validate, resolve, start detaches), writes of `TestProperty`, and the
+ * one log line per request.
+ */
+import { inject, injectable } from 'inversify';
+import { DESIRED_STATES, type DesiredState, type Logger } from '../plugin-api.js';
+import { BackendRegistry, type BackendHost } from './backend-registry.js';
+import { DetachService } from './detach-service.js';
+import { parseDeviceMap } from './device-spec.js';
+import { VmdevError, errorMessage, invalidArgs } from './errors.js';
+import { RootLogger } from './logger.js';
+import { StateHub, type VmEntry } from './state-hub.js';
+
+export const MAX_SELECTOR_LENGTH = 1024;
+
+/** Who is calling, for logs (and for access checks made before the call reaches here). */
+export interface Caller {
+  /** The caller's unique bus name, e.g. `:1.42`. */
+  readonly name: string;
+}
+
+@injectable()
+export class VmdevService {
+  private readonly log: Logger;
+
+  constructor(
+    @inject(StateHub) private readonly hub: StateHub,
+    @inject(BackendRegistry) private readonly registry: BackendRegistry,
+    @inject(DetachService) private readonly detaches: DetachService,
+    @inject(RootLogger) logger: RootLogger,
+  ) {
+    this.log = logger.child('request');
+  }
+
+  /**
+   * `TestMethod`: validates every device, then resolves the selector, then
+   * starts one detach per device. Returns false when no VM matches.
+   */
+  detach(caller: Caller, selector: unknown, devices: unknown): boolean {
+    const labels = devices !== null && typeof devices === 'object' ? Object.keys(devices).slice(0, 16).join(',') : undefined;
+    try {
+      const specs = parseDeviceMap(devices);
+      const target = this.resolve(selector);
+      if (target === undefined) {
+        this.logRequest('TestMethod', caller, selector, labels, 'no such VM (false)');
+        return false;
+      }
+      this.detaches.start(target.host, target.entry, specs);
+      this.logRequest('TestMethod', caller, selector, labels, `accepted for ${target.entry.key}`);
+      return true;
+    } catch (err) {
+      this.logRequest('TestMethod', caller, selector, labels, describe(err));
+      throw err;
+    }
+  }
+
+  /**
+   * A write of `TestProperty`: VM key → desired state. The whole map is
+   * validated before anything is applied; then every change is requested
+   * and the call settles when the backends accepted (or refused) them.
+   */
+  async setStates(caller: Caller, desired: unknown): Promise<void> {
+    const summary = desired !== null && typeof desired === 'object' ? Object.entries(desired).slice(0, 16).map(([k, v]) => `${k}=${String(v)}`).join(',') : undefined;
+    try {
+      const changes = this.validateStates(desired);
+      const results = await Promise.allSettled(changes.map((c) => this.registry.setState(c.host, c.entry.vm, c.state)));
+      const failures = results.flatMap((r, i) => (r.status === 'rejected' ? [{ change: changes[i]!, err: r.reason as unknown }] : []));
+      if (failures.length > 0) {
+        const first = failures[0]!;
+        const kind = first.err instanceof VmdevError ? first.err.kind : 'Failed';
+        const text = failures.map((f) => `${f.change.entry.key}: ${errorMessage(f.err)}`).join('; ');
+        const applied = changes.length - failures.length;
+        throw new VmdevError(kind, `${failures.length} of ${changes.length} state changes failed (${applied} applied): ${text}`);
+      }
+      this.logRequest('Set TestProperty', caller, undefined, summary, 'applied');
+    } catch (err) {
+      this.logRequest('Set TestProperty', caller, undefined, summary, describe(err));
+      throw err;
+    }
+  }
+
+  private validateStates(desired: unknown): Array<{ entry: VmEntry; host: BackendHost; state: DesiredState }> {
+    if (typeof desired !== 'object' || desired === null || Array.isArray(desired)) {
+      throw invalidArgs('TestProperty takes a map of VM name to state (a{ss})');
+    }
+    const changes = [];
+    for (const [key, state] of Object.entries(desired as Record<string, unknown>)) {
+      const entry = this.hub.byKey(key);
+      if (entry === undefined) throw invalidArgs(`no VM is named ${JSON.stringify(key)}`);
+      if (typeof state !== 'string' || !(DESIRED_STATES as readonly string[]).includes(state)) {
+        throw invalidArgs(`VM ${JSON.stringify(key)}: unknown state ${JSON.stringify(state)} (expected ${DESIRED_STATES.join(', ')})`);
+      }
+      const host = this.registry.host(entry.backendId)!;
+      if (!host.health.connected) {
+        throw new VmdevError('BackendUnavailable', `VM ${JSON.stringify(key)} belongs to backend "${host.id}", which is ${host.describe()}`);
+      }
+      changes.push({ entry, host, state: state as DesiredState });
+    }
+    return changes;
+  }
+
+  /** Resolves a selector to one VM; `undefined` when none matches. */
+  private resolve(selector: unknown): { entry: VmEntry; host: BackendHost } | undefined {
+    if (typeof selector !== 'string' || selector.length === 0) {
+      throw invalidArgs('the selector is empty; give a VM name, UUID or type');
+    }
+    if (selector.length > MAX_SELECTOR_LENGTH) {
+      throw invalidArgs(`the selector is ${selector.length} characters long, at most ${MAX_SELECTOR_LENGTH} are allowed`);
+    }
+    const lower = selector.toLowerCase();
+    const matches = this.hub
+      .entries()
+      .filter((e) => e.key === selector || e.vm.name === selector || e.vm.type === selector || (e.vm.uuid !== undefined && e.vm.uuid.toLowerCase() === lower));
+    if (matches.length > 1) {
+      const names = matches.map((m) => m.key);
+      const shown = names.length > 10 ? `${names.slice(0, 10).join(', ')} and ${names.length - 10} more` : names.join(', ');
+      throw new VmdevError('AmbiguousSelector', `selector ${JSON.stringify(selector)} matches ${names.length} VMs: ${shown}`);
+    }
+    const match = matches[0];
+    if (match === undefined) {
+      const down = this.registry.hosts().filter((h) => !h.health.connected);
+      if (down.length > 0) {
+        const which = down.map((h) => `"${h.id}" (${h.describe()})`).join(', ');
+        throw new VmdevError('BackendUnavailable', `no VM matches ${JSON.stringify(selector)}, but backend ${which} may have it`);
+      }
+      return undefined;
+    }
+    const host = this.registry.host(match.backendId)!;
+    if (!host.health.connected) {
+      throw new VmdevError('BackendUnavailable', `VM ${JSON.stringify(match.key)} belongs to backend "${host.id}", which is ${host.describe()}`);
+    }
+    return { entry: match, host };
+  }
+
+  private logRequest(what: string, caller: Caller, selector: unknown, labels: string | undefined, result: string): void {
+    this.log.info(what, {
+      caller: caller.name,
+      selector: typeof selector === 'string' ? selector.slice(0, 200) : undefined,
+      devices: labels,
+      result,
+    });
+  }
+}
+
+function describe(err: unknown): string {
+  return err instanceof VmdevError ? `${err.kind}: ${err.message}` : `error: ${errorMessage(err)}`;
+}

@@ -1,0 +1,51 @@
+/** Command-line arguments of `vmdevd`. */
+import { parseArgs } from 'node:util';
+import { ConfigError } from '../core/errors.js';
+
+export const USAGE = `Usage: vmdevd [--system | --session | --address ADDR] [--config FILE]
+
+Device-management agent for hypervisor hosts, on D-Bus.
+
+Options:
+  --system          use the system bus
+  --session         use the session bus (the default without a config)
+  --address ADDR    use the bus at this D-Bus address (unix:path=...)
+  --config FILE     read the JSON config FILE (without it: the session bus and
+                    one libvirt backend on test:///default)
+  --help            print this help
+  --version         print the version
+`;
+
+export interface DaemonArgs {
+  readonly help: boolean;
+  readonly version: boolean;
+  readonly bus: string | undefined;
+  readonly config: string | undefined;
+}
+
+export function parseDaemonArgs(argv: readonly string[]): DaemonArgs {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      strict: true,
+      allowPositionals: false,
+      options: {
+        system: { type: 'boolean' },
+        session: { type: 'boolean' },
+        address: { type: 'string' },
+        config: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean' },
+      },
+    }));
+  } catch (err) {
+    throw new ConfigError(`${(err as Error).message}\n\n${USAGE}`);
+  }
+  const chosen = [values.system && 'system', values.session && 'session', values.address !== undefined && values.address].filter(
+    (v): v is string => typeof v === 'string',
+  );
+  if (chosen.length > 1) throw new ConfigError('give only one of --system, --session and --address');
+  if (values.address === '') throw new ConfigError('--address needs a D-Bus address such as unix:path=/run/vmdevd-bus');
+  return { help: values.help === true, version: values.version === true, bus: chosen[0], config: values.config };
+}

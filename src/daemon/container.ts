@@ -1,0 +1,45 @@
+/**
+ * The composition root: the only place that decides which class serves
+ * which token. Plugins get containers of their own, children of this one.
+ */
+import { Container } from 'inversify';
+import { AccessPolicy, AccountFiles } from '../core/access-policy.js';
+import { BackendRegistry, BuiltinPluginDir, CoreContainer } from '../core/backend-registry.js';
+import { Config } from '../core/config.js';
+import { DetachGraceMs, DetachService } from '../core/detach-service.js';
+import { RootLogger } from '../core/logger.js';
+import { BUILTIN_PLUGIN_DIR } from '../core/plugin-loader.js';
+import { CoalesceWindowMs, StateHub } from '../core/state-hub.js';
+import { VmdevService } from '../core/vmdev-service.js';
+import { DbusFrontend, InterfaceDefinitionToken } from '../dbus/dbus-frontend.js';
+import { loadInterface } from '../dbus/interface-definition.js';
+
+export interface ContainerOptions {
+  /** Where in-repo plugins are looked up; the package's `plugins/` by default. */
+  readonly builtinPluginDir?: string;
+  /** Window within which state changes are announced together. */
+  readonly coalesceWindowMs?: number;
+  /** How long a backend may take to verify a device after its timeout. */
+  readonly detachGraceMs?: number;
+  /** Where user and group names are looked up. */
+  readonly accountFiles?: AccountFiles;
+}
+
+export function createContainer(config: Config, logger: RootLogger, options: ContainerOptions = {}): Container {
+  const container = new Container({ defaultScope: 'Singleton' });
+  container.bind(Config).toConstantValue(config);
+  container.bind(RootLogger).toConstantValue(logger);
+  container.bind(CoreContainer).toConstantValue(container);
+  container.bind(BuiltinPluginDir).toConstantValue(options.builtinPluginDir ?? BUILTIN_PLUGIN_DIR);
+  container.bind(CoalesceWindowMs).toConstantValue(options.coalesceWindowMs ?? 10);
+  container.bind(DetachGraceMs).toConstantValue(options.detachGraceMs ?? 2000);
+  container.bind(InterfaceDefinitionToken).toConstantValue(loadInterface());
+  container.bind(AccountFiles).toConstantValue(options.accountFiles ?? { passwd: '/etc/passwd', group: '/etc/group' });
+  container.bind(AccessPolicy).toSelf();
+  container.bind(StateHub).toSelf();
+  container.bind(BackendRegistry).toSelf();
+  container.bind(DetachService).toSelf();
+  container.bind(VmdevService).toSelf();
+  container.bind(DbusFrontend).toSelf();
+  return container;
+}

@@ -1,0 +1,80 @@
+/** `vmdevd`: the daemon's command line entry. */
+import 'reflect-metadata';
+import { readFileSync } from 'node:fs';
+import { loadConfig } from '../core/config.js';
+import { ConfigError, errorMessage } from '../core/errors.js';
+import { RootLogger } from '../core/logger.js';
+import { parseDaemonArgs, USAGE } from './args.js';
+import { Daemon } from './daemon.js';
+
+/** sysexits.h: a config error, and a service that cannot be reached. */
+const EX_CONFIG = 78;
+const EX_UNAVAILABLE = 69;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  let config;
+  try {
+    const args = parseDaemonArgs(argv);
+    if (args.help) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    if (args.version) {
+      process.stdout.write(`vmdevd ${version()}\n`);
+      return 0;
+    }
+    config = loadConfig(args.config, { bus: args.bus });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`vmdevd: ${err.message}\n`);
+      return EX_CONFIG;
+    }
+    throw err;
+  }
+
+  const logger = new RootLogger(config.logLevel);
+  const log = logger.child('vmdevd');
+  const daemon = new Daemon(config, logger);
+
+  // A plugin's stray exception must not take the daemon down: log it and
+  // mark the backend it came from.
+  process.on('uncaughtException', (err) => {
+    const blamed = daemon.registry.attributeCrash(err);
+    log.error(blamed ? 'a plugin threw an uncaught exception' : 'uncaught exception', { error: errorMessage(err), stack: err.stack });
+  });
+  process.on('unhandledRejection', (err) => {
+    const blamed = daemon.registry.attributeCrash(err);
+    log.error(blamed ? 'a plugin left a promise rejection unhandled' : 'unhandled promise rejection', {
+      error: errorMessage(err),
+      stack: (err as Error | undefined)?.stack,
+    });
+  });
+
+  const exit = new Promise<number>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      void daemon.stop(`received ${signal}`).then(() => resolve(0));
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+    daemon.onBusLost((err) => {
+      void daemon.stop(`bus connection lost: ${err.message}`).then(() => resolve(EX_UNAVAILABLE));
+    });
+  });
+
+  log.info('starting', { version: version(), pid: process.pid, bus: config.bus, config: argv.includes('--config') ? undefined : 'built-in default' });
+  try {
+    await daemon.start();
+  } catch (err) {
+    const code = err instanceof ConfigError ? EX_CONFIG : EX_UNAVAILABLE;
+    if (err instanceof ConfigError) process.stderr.write(`vmdevd: ${err.message}\n`);
+    log.error('start failed', { error: errorMessage(err) });
+    await daemon.stop('start failed');
+    return code;
+  }
+  return exit;
+}

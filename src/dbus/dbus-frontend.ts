@@ -1,0 +1,400 @@
+/**
+ * The D-Bus frontend: the only part of vmdevd that knows dbus-next.
+ *
+ * The interface is configured from the interface XML with
+ * `Interface.configureMembers`; dbus-next marshals, emits the signals and
+ * answers the standard interfaces. Calls to our own interface, and the
+ * Properties and Introspectable calls on our object, are dispatched here
+ * (a method handler runs before dbus-next's) because they need the caller's
+ * name, asynchronous property writes, one reply per call (dbus-next replies
+ * twice to a write of a read-only property) and the argument names in
+ * `Introspect`.
+ */
+import dbus from 'dbus-next';
+import { inject, injectable } from 'inversify';
+import { builder, create } from 'xmlbuilder2';
+import type { Logger } from '../plugin-api.js';
+import { AccessPolicy, type Credentials } from '../core/access-policy.js';
+import { BackendRegistry } from '../core/backend-registry.js';
+import { Config } from '../core/config.js';
+import { DetachService, type DetachFinished } from '../core/detach-service.js';
+import { DisposableStore, type Disposable } from '../core/disposable.js';
+import { VmdevError, errorMessage, invalidArgs } from '../core/errors.js';
+import { RootLogger } from '../core/logger.js';
+import { StateHub, type StateMap } from '../core/state-hub.js';
+import { VmdevService } from '../core/vmdev-service.js';
+import { openBus, type MessageBus } from './bus-connection.js';
+import { PROPERTY_READ_ONLY, UNKNOWN_METHOD, errorName, toDBusError } from './error-map.js';
+import { INTERFACE_NAME, OBJECT_PATH, type InterfaceDefinition } from './interface-definition.js';
+
+export const InterfaceDefinitionToken = Symbol('InterfaceDefinition');
+
+const { Interface } = dbus.interface;
+const { Message, MessageType, Variant } = dbus;
+type Message = dbus.Message;
+
+const PROPERTIES = 'org.freedesktop.DBus.Properties';
+const INTROSPECTABLE = 'org.freedesktop.DBus.Introspectable';
+const NO_REPLY_EXPECTED = 0x1;
+/** Unique names are never reused on a bus, so credentials can be kept; this bounds the memory. */
+const CREDENTIAL_CACHE_SIZE = 1024;
+const INTROSPECTION_HEADER =
+  '<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n';
+
+/** What the generated dbus-next interface reads its property values from. */
+interface PropertySource {
+  testProperty(): StateMap;
+  backends(): Record<string, string>;
+  vms(): Record<string, Record<string, string>>;
+}
+
+type ModuleInterface = dbus.interface.Interface & {
+  TestSignal(states: StateMap): void;
+  DeviceDetached(vm: string, device: string): void;
+  DeviceDetachFailed(vm: string, device: string, error: string, message: string): void;
+};
+
+/**
+ * Builds a dbus-next interface class whose members are exactly those of the
+ * interface XML. A member in the XML that vmdevd does not implement is an
+ * error at start, so the file and the code cannot drift apart silently.
+ */
+function createInterface(def: InterfaceDefinition, source: PropertySource): ModuleInterface {
+  class Module extends Interface {
+    get TestProperty(): StateMap {
+      return source.testProperty();
+    }
+    get Backends(): Record<string, string> {
+      return source.backends();
+    }
+    get Vms(): Record<string, Record<string, string>> {
+      return source.vms();
+    }
+    TestMethod(): never {
+      // Calls never reach dbus-next's dispatch: the frontend's handler answers them first.
+      throw new Error('TestMethod is dispatched by the frontend');
+    }
+    TestSignal(states: StateMap): StateMap {
+      return states;
+    }
+    DeviceDetached(vm: string, device: string): string[] {
+      return [vm, device];
+    }
+    DeviceDetachFailed(vm: string, device: string, error: string, message: string): string[] {
+      return [vm, device, error, message];
+    }
+  }
+  const implemented = (name: string) => Object.getOwnPropertyDescriptor(Module.prototype, name) !== undefined;
+  const missing = [...def.methods.keys(), ...def.properties.keys(), ...def.signals.keys()].filter((n) => !implemented(n));
+  if (missing.length > 0) {
+    throw new VmdevError('Failed', `the interface file declares ${missing.join(', ')}, which this vmdevd does not implement`);
+  }
+  Module.configureMembers({
+    methods: Object.fromEntries([...def.methods.values()].map((m) => [m.name, { inSignature: m.inSignature, outSignature: m.outSignature }])),
+    properties: Object.fromEntries([...def.properties.values()].map((p) => [p.name, { signature: p.type, access: p.access }])),
+    signals: Object.fromEntries([...def.signals.values()].map((s) => [s.name, { signature: s.signature }])),
+  });
+  return new Module(def.name) as ModuleInterface;
+}
+
+@injectable()
+export class DbusFrontend implements Disposable {
+  private readonly log: Logger;
+  private readonly disposables = new DisposableStore();
+  private bus: MessageBus | undefined;
+  private iface: ModuleInterface | undefined;
+  private introspection: string | undefined;
+  private accepting = true;
+  private announced = false;
+  private closed = false;
+  private onBusLost: ((err: Error) => void) | undefined;
+  private readonly credentialCache = new Map<string, Credentials>();
+
+  constructor(
+    @inject(Config) private readonly config: Config,
+    @inject(InterfaceDefinitionToken) private readonly def: InterfaceDefinition,
+    @inject(VmdevService) private readonly service: VmdevService,
+    @inject(StateHub) private readonly hub: StateHub,
+    @inject(BackendRegistry) private readonly registry: BackendRegistry,
+    @inject(DetachService) private readonly detaches: DetachService,
+    @inject(AccessPolicy) private readonly access: AccessPolicy,
+    @inject(RootLogger) logger: RootLogger,
+  ) {
+    this.log = logger.child('dbus');
+  }
+
+  /** Connects to the bus. `onLost` is called if the connection breaks later. */
+  async connect(onLost: (err: Error) => void): Promise<void> {
+    this.onBusLost = onLost;
+    this.bus = await openBus(this.config.bus);
+    this.bus.on('error', (err: unknown) => this.lost(err));
+    // dbus-next does not report the end of the stream on the bus object.
+    (this.bus as unknown as { _connection: NodeJS.EventEmitter })._connection.on('end', () => this.lost(new Error('the bus closed the connection')));
+    this.log.info('connected to the bus', { bus: this.config.bus, uniqueName: (this.bus as unknown as { name: string }).name });
+  }
+
+  /**
+   * Exports the object, starts answering calls and forwarding events, and
+   * requests the bus name. Outcome signals are forwarded from here on, so no
+   * outcome of an accepted call can be lost.
+   */
+  async publish(): Promise<void> {
+    const bus = this.bus!;
+    this.iface = createInterface(this.def, {
+      testProperty: () => this.hub.map(),
+      backends: () => this.registry.healthMap(),
+      vms: () => this.vmDetails(),
+    });
+    bus.export(OBJECT_PATH, this.iface);
+    this.introspection = this.buildIntrospection();
+    const handler = (msg: Message) => this.dispatch(msg);
+    bus.addMethodHandler(handler);
+    this.disposables.add({ dispose: () => bus.removeMethodHandler(handler) });
+    this.disposables.add(this.detaches.onDidFinish((e) => this.emitOutcome(e)));
+    this.disposables.add(this.hub.onDidChangeMap((map) => this.announced && this.emitStates(map)));
+    this.disposables.add(
+      this.registry.onDidChangeHealth(() => {
+        if (this.announced) this.emitPropertiesChanged({ Backends: this.registry.healthMap() });
+      }),
+    );
+
+    const reply = await bus.requestName(this.config.busName, dbus.NameFlag.DO_NOT_QUEUE);
+    if (reply !== dbus.RequestNameReply.PRIMARY_OWNER && reply !== dbus.RequestNameReply.ALREADY_OWNER) {
+      throw new VmdevError('Failed', `the bus name ${this.config.busName} is owned by another process`);
+    }
+    this.log.info('owns the bus name', { name: this.config.busName });
+  }
+
+  /** Emits the first complete map, once; every change is emitted from then on. */
+  announce(): void {
+    if (this.announced) return;
+    this.announced = true;
+    this.emitStates(this.hub.map());
+  }
+
+  /** New calls are refused from now on (the daemon is shutting down). */
+  stopAccepting(): void {
+    this.accepting = false;
+  }
+
+  /** Releases the bus name and disconnects; signals already sent are flushed first. */
+  async close(): Promise<void> {
+    if (this.closed || this.bus === undefined) return;
+    this.closed = true;
+    this.disposables.dispose();
+    try {
+      // The reply to ReleaseName also means every message sent before it has left.
+      await Promise.race([this.bus.releaseName(this.config.busName), new Promise((r) => setTimeout(r, 2000))]);
+      this.log.info('released the bus name', { name: this.config.busName });
+    } catch (err) {
+      this.log.warn('could not release the bus name', { error: errorMessage(err) });
+    }
+    this.bus.disconnect();
+  }
+
+  dispose(): void {
+    this.disposables.dispose();
+  }
+
+  private lost(err: unknown): void {
+    if (this.closed) return;
+    this.closed = true;
+    const error = err instanceof Error ? err : new Error(String(err));
+    this.log.error('lost the bus connection', { error: error.message });
+    this.onBusLost?.(error);
+  }
+
+  private emitStates(map: StateMap): void {
+    if (this.closed) return;
+    this.iface!.TestSignal(map);
+    this.emitPropertiesChanged({ TestProperty: map }, ['Vms']);
+  }
+
+  private emitPropertiesChanged(changed: Record<string, unknown>, invalidated: string[] = []): void {
+    if (this.closed) return;
+    Interface.emitPropertiesChanged(this.iface!, changed, invalidated);
+  }
+
+  private vmDetails(): Record<string, Record<string, string>> {
+    const details: Record<string, Record<string, string>> = {};
+    for (const { key, backendId, vm } of this.hub.entries()) {
+      const d: Record<string, string> = { name: vm.name, state: vm.state, backend: backendId };
+      if (vm.uuid !== undefined) d['uuid'] = vm.uuid;
+      if (vm.type !== undefined) d['type'] = vm.type;
+      details[key] = d;
+    }
+    return details;
+  }
+
+  private emitOutcome(e: DetachFinished): void {
+    if (this.closed) {
+      this.log.warn('outcome not sent: the bus is closed', { vm: e.vm, device: e.device });
+      return;
+    }
+    if (e.outcome.ok) this.iface!.DeviceDetached(e.vm, e.device);
+    else this.iface!.DeviceDetachFailed(e.vm, e.device, errorName(e.outcome.error), e.outcome.message);
+  }
+
+  // ---- dispatch -------------------------------------------------------------
+
+  /** Returns true for every message it answers; the rest goes to dbus-next. */
+  private dispatch(msg: Message): boolean {
+    if (msg.type !== MessageType.METHOD_CALL || msg.path !== OBJECT_PATH) return false;
+    try {
+      const iface = msg.interface;
+      if (iface === INTERFACE_NAME || (!iface && this.def.methods.has(msg.member))) return this.callOwn(msg);
+      if (iface === PROPERTIES) return this.callProperties(msg);
+      if (iface === INTROSPECTABLE && msg.member === 'Introspect' && !msg.signature) {
+        this.reply(msg, 's', [this.introspection!]);
+        return true;
+      }
+      return false;
+    } catch (err) {
+      this.replyError(msg, err, msg.member);
+      return true;
+    }
+  }
+
+  private callOwn(msg: Message): boolean {
+    const method = this.def.methods.get(msg.member);
+    if (method === undefined) {
+      this.sendError(msg, UNKNOWN_METHOD, `${INTERFACE_NAME} has no method ${JSON.stringify(msg.member)}`);
+      return true;
+    }
+    const signature = msg.signature ?? '';
+    if (signature !== method.inSignature) {
+      throw invalidArgs(`${method.name} takes (${method.inSignature}), not (${signature})`);
+    }
+    if (!this.accepting) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
+    this.withAccess(msg, method.name, () => {
+      // TestMethod is the only method of the interface.
+      const accepted = this.service.detach({ name: msg.sender }, msg.body[0], msg.body[1]);
+      this.reply(msg, method.outSignature, [accepted]);
+    });
+    return true;
+  }
+
+  /**
+   * Runs `fn` if the caller may change things, at once when its
+   * credentials are known, else after asking the bus; errors become replies.
+   */
+  private withAccess(msg: Message, what: string, fn: () => void): void {
+    const run = (creds: Credentials) => {
+      if (!this.access.isAllowed(creds)) {
+        this.log.warn('access denied', { caller: msg.sender, uid: creds.uid, call: what });
+        throw new VmdevError('AccessDenied', `uid ${creds.uid} may not call ${what} (allowed: ${this.access.describe()})`);
+      }
+      fn();
+    };
+    const cached = this.credentialCache.get(msg.sender);
+    if (cached !== undefined) {
+      run(cached);
+      return;
+    }
+    this.credentialsOf(msg.sender).then(run).catch((err: unknown) => this.replyError(msg, err, what));
+  }
+
+  /** The caller's uid and groups, from the bus daemon. */
+  private async credentialsOf(sender: string): Promise<Credentials> {
+    const ask = (member: string) =>
+      this.bus!.call(
+        new Message({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member, signature: 's', body: [sender] } as never),
+      );
+    let creds: Credentials;
+    try {
+      const reply = await ask('GetConnectionCredentials');
+      const dict = reply!.body[0] as Record<string, { value: unknown }>;
+      creds = { uid: dict['UnixUserID']!.value as number, gids: dict['UnixGroupIDs']?.value as number[] | undefined };
+    } catch {
+      const reply = await ask('GetConnectionUnixUser');
+      creds = { uid: reply!.body[0] as number };
+    }
+    if (typeof creds.uid !== 'number') throw new VmdevError('AccessDenied', 'the bus did not say who the caller is');
+    if (this.credentialCache.size >= CREDENTIAL_CACHE_SIZE) this.credentialCache.delete(this.credentialCache.keys().next().value!);
+    this.credentialCache.set(sender, creds);
+    return creds;
+  }
+
+  private callProperties(msg: Message): boolean {
+    const signature = msg.signature ?? '';
+    const body = msg.body;
+    const expected: Record<string, string> = { Get: 'ss', GetAll: 's', Set: 'ssv' };
+    const want = expected[msg.member];
+    if (want === undefined) return false;
+    if (signature !== want) throw invalidArgs(`Properties.${msg.member} takes (${want}), not (${signature})`);
+    const ifaceName = body[0] as string;
+    if (ifaceName !== INTERFACE_NAME && ifaceName !== '') return false;
+
+    if (msg.member === 'GetAll') {
+      const all: Record<string, unknown> = {};
+      for (const p of this.def.properties.values()) {
+        if (p.access !== 'write') all[p.name] = new Variant(p.type, this.propertyValue(p.name));
+      }
+      this.reply(msg, 'a{sv}', [all]);
+      return true;
+    }
+
+    const name = body[1] as string;
+    const prop = this.def.properties.get(name);
+    if (prop === undefined) throw invalidArgs(`${INTERFACE_NAME} has no property ${JSON.stringify(name)}`);
+
+    if (msg.member === 'Get') {
+      if (prop.access === 'write') throw invalidArgs(`property ${name} cannot be read`);
+      this.reply(msg, 'v', [new Variant(prop.type, this.propertyValue(name))]);
+      return true;
+    }
+
+    // Set
+    if (prop.access === 'read') {
+      this.sendError(msg, PROPERTY_READ_ONLY, `property ${name} is read-only`);
+      return true;
+    }
+    const value = body[2] as { signature: string; value: unknown };
+    if (value.signature !== prop.type) throw invalidArgs(`property ${name} has type ${prop.type}, not ${value.signature}`);
+    if (!this.accepting) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
+    this.withAccess(msg, `Set ${name}`, () => {
+      this.service.setStates({ name: msg.sender }, value.value).then(
+        () => this.reply(msg, '', []),
+        (err: unknown) => this.replyError(msg, err, `Set ${name}`),
+      );
+    });
+    return true;
+  }
+
+  private propertyValue(name: string): unknown {
+    if (name === 'TestProperty') return this.hub.map();
+    if (name === 'Backends') return this.registry.healthMap();
+    if (name === 'Vms') return this.vmDetails();
+    throw new VmdevError('Failed', `property ${name} has no value`);
+  }
+
+  private reply(msg: Message, signature: string, body: unknown[]): void {
+    if ((msg.flags & NO_REPLY_EXPECTED) !== 0 || this.bus === undefined) return;
+    this.bus.send(Message.newMethodReturn(msg, signature, body));
+  }
+
+  private replyError(msg: Message, err: unknown, context: string): void {
+    const mapped = toDBusError(err, this.log, context);
+    this.sendError(msg, mapped.name, mapped.message);
+  }
+
+  private sendError(msg: Message, name: string, text: string): void {
+    if ((msg.flags & NO_REPLY_EXPECTED) !== 0 || this.bus === undefined) return;
+    this.bus.send(Message.newError(msg as unknown as string, name, text));
+  }
+
+  /** dbus-next's introspection of our object with our interface replaced by the file's element. */
+  private buildIntrospection(): string {
+    const generated = (this.bus as unknown as { _introspect(path: string): string })._introspect(OBJECT_PATH);
+    const doc = create(generated).node as unknown as {
+      getElementsByTagName(tag: string): ArrayLike<{ getAttribute(n: string): string | null; parentNode: { replaceChild(a: unknown, b: unknown): void } }>;
+      importNode(node: unknown, deep: boolean): unknown;
+      documentElement: unknown;
+    };
+    const ours = Array.from(doc.getElementsByTagName('interface')).find((el) => el.getAttribute('name') === INTERFACE_NAME);
+    if (ours === undefined) throw new Error('dbus-next did not introspect the exported interface');
+    ours.parentNode.replaceChild(doc.importNode(this.def.element, true), ours);
+    return INTROSPECTION_HEADER + builder(doc.documentElement as never).toString();
+  }
+}
+

@@ -1,0 +1,150 @@
+/**
+ * A low-level D-Bus client for tests, on dbus-next: raw calls with any
+ * signature, properties, and signal recording through match rules.
+ */
+import dbus from 'dbus-next';
+
+type Message = dbus.Message;
+const { Message: MessageClass, MessageType, Variant } = dbus;
+
+export const BUS_NAME = 'org.example.dbustest';
+export const OBJECT_PATH = '/org/example/dbustest';
+export const INTERFACE = 'org.example.dbustest.Module';
+
+/** What a failed call rejects with. */
+export interface CallError extends Error {
+  readonly type: string;
+  readonly text: string;
+}
+
+export interface Signal {
+  readonly sender: string;
+  readonly path: string;
+  readonly interface: string;
+  readonly member: string;
+  readonly body: unknown[];
+  readonly at: number;
+}
+
+export class SignalLog {
+  readonly signals: Signal[] = [];
+  private readonly waiters = new Set<() => void>();
+
+  push(signal: Signal): void {
+    this.signals.push(signal);
+    for (const w of this.waiters) w();
+  }
+
+  named(member: string): Signal[] {
+    return this.signals.filter((s) => s.member === member);
+  }
+
+  /** Resolves with the first signal (already seen or future) that matches. */
+  waitFor(predicate: (s: Signal) => boolean, timeoutMs = 10_000, what = 'signal'): Promise<Signal> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const found = this.signals.find(predicate);
+        if (found) {
+          done();
+          resolve(found);
+        }
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`no ${what} within ${timeoutMs} ms; seen: ${this.signals.map((s) => `${s.member}${JSON.stringify(s.body)}`).join('; ')}`));
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters.delete(check);
+      };
+      this.waiters.add(check);
+      check();
+    });
+  }
+
+  /** Resolves once `count` signals match. */
+  async waitForCount(predicate: (s: Signal) => boolean, count: number, timeoutMs = 10_000): Promise<Signal[]> {
+    await this.waitFor(() => this.signals.filter(predicate).length >= count, timeoutMs, `${count} matching signals`).catch((err: Error) => {
+      throw err;
+    });
+    return this.signals.filter(predicate);
+  }
+}
+
+export class TestClient {
+  private constructor(readonly bus: dbus.MessageBus) {}
+
+  static connect(address: string): Promise<TestClient> {
+    return new Promise((resolve, reject) => {
+      const bus = dbus.sessionBus({ busAddress: address });
+      bus.once('connect', () => resolve(new TestClient(bus)));
+      bus.once('error', reject);
+    });
+  }
+
+  get uniqueName(): string {
+    return (this.bus as unknown as { name: string }).name;
+  }
+
+  /** A raw method call; rejects with a `CallError` for an error reply. */
+  async call(options: { member: string; signature?: string; body?: unknown[]; interface?: string | undefined; path?: string; destination?: string }): Promise<unknown[]> {
+    const msg = new MessageClass({
+      destination: options.destination ?? BUS_NAME,
+      path: options.path ?? OBJECT_PATH,
+      interface: 'interface' in options ? options.interface : INTERFACE,
+      member: options.member,
+      signature: options.signature ?? '',
+      body: options.body ?? [],
+    } as never);
+    const reply = (await this.bus.call(msg)) as Message;
+    return reply.body;
+  }
+
+  async testMethod(selector: string, devices: Record<string, string[]>): Promise<boolean> {
+    const [accepted] = await this.call({ member: 'TestMethod', signature: 'sa{sas}', body: [selector, devices] });
+    return accepted as boolean;
+  }
+
+  async getProperty<T = unknown>(name: string, iface = INTERFACE): Promise<T> {
+    const [variant] = await this.call({ interface: 'org.freedesktop.DBus.Properties', member: 'Get', signature: 'ss', body: [iface, name] });
+    return (variant as { value: T }).value;
+  }
+
+  async setProperty(name: string, signature: string, value: unknown): Promise<void> {
+    await this.call({
+      interface: 'org.freedesktop.DBus.Properties',
+      member: 'Set',
+      signature: 'ssv',
+      body: [INTERFACE, name, new Variant(signature, value)],
+    });
+  }
+
+  async nameOwner(name = BUS_NAME): Promise<string | undefined> {
+    try {
+      const [owner] = await this.call({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'GetNameOwner', signature: 's', body: [name] });
+      return owner as string;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Adds a match rule and records every signal it lets through. */
+  async subscribe(rule: string): Promise<SignalLog> {
+    const log = new SignalLog();
+    await this.call({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'AddMatch', signature: 's', body: [rule] });
+    this.bus.on('message', (msg: Message) => {
+      if (msg.type !== MessageType.SIGNAL) return;
+      log.push({ sender: msg.sender, path: msg.path, interface: msg.interface, member: msg.member, body: msg.body, at: performance.now() });
+    });
+    return log;
+  }
+
+  /** Subscribes, by well-known name, to every signal of the daemon's object. */
+  subscribeAll(sender = BUS_NAME): Promise<SignalLog> {
+    return this.subscribe(`type='signal',sender='${sender}',path='${OBJECT_PATH}'`);
+  }
+
+  close(): void {
+    this.bus.disconnect();
+  }
+}

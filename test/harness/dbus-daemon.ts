@@ -1,0 +1,61 @@
+/**
+ * A private dbus-daemon for tests, with a session-style policy by default
+ * or with a caller-supplied configuration (for policy tests).
+ */
+import { existsSync, writeFileSync } from 'node:fs';
+import { create } from 'xmlbuilder2';
+import { startProcess, type ManagedProcess } from './process.js';
+import { makeTempDir, type TempDir } from './temp-dir.js';
+
+export interface PrivateBus {
+  readonly address: string;
+  readonly socket: string;
+  readonly process: ManagedProcess;
+  readonly dir: TempDir;
+  stop(): Promise<void>;
+}
+
+/** A session-style bus configuration that lets everyone do everything. */
+export function openBusConfig(socket: string): string {
+  const doc = create({ version: '1.0' })
+    .dtd({ pubID: '-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN', sysID: 'http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd' })
+    .ele('busconfig');
+  doc.ele('type').txt('session');
+  doc.ele('listen').txt(`unix:path=${socket}`);
+  doc.ele('auth').txt('EXTERNAL');
+  const policy = doc.ele('policy', { context: 'default' });
+  policy.ele('allow', { send_destination: '*', eavesdrop: 'true' });
+  policy.ele('allow', { eavesdrop: 'true' });
+  policy.ele('allow', { own: '*' });
+  return doc.end({ prettyPrint: true });
+}
+
+/**
+ * Starts a dbus-daemon and resolves once it listens. `config` receives the
+ * socket path and returns the configuration text.
+ */
+export async function startPrivateBus(config: (socket: string, dir: TempDir) => string = openBusConfig): Promise<PrivateBus> {
+  const dir = makeTempDir('vmdevd-bus-');
+  const socket = dir.file('bus.socket');
+  const configFile = dir.file('bus.conf');
+  writeFileSync(configFile, config(socket, dir));
+  const proc = startProcess('dbus-daemon', ['--config-file', configFile, '--nofork', '--print-address=1']);
+  try {
+    const [line] = await proc.waitForOutput(/^unix:[^\n]+$/m, 10_000);
+    if (!existsSync(socket)) throw new Error(`dbus-daemon printed ${line} but ${socket} does not exist`);
+  } catch (err) {
+    await proc.stop();
+    dir.remove();
+    throw err;
+  }
+  return {
+    address: `unix:path=${socket}`,
+    socket,
+    process: proc,
+    dir,
+    async stop() {
+      await proc.stop(5000);
+      dir.remove();
+    },
+  };
+}

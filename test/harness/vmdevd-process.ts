@@ -1,0 +1,61 @@
+/** Runs the real `bin/vmdevd` as a child process, as an operator would. */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startProcess, type ManagedProcess } from './process.js';
+import { makeTempDir, type TempDir } from './temp-dir.js';
+
+export const VMDEVD_BIN = fileURLToPath(new URL('../../../bin/vmdevd', import.meta.url));
+export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+
+export interface VmdevdProcess extends ManagedProcess {
+  readonly configFile: string;
+  readonly dir: TempDir;
+}
+
+export interface VmdevdOptions {
+  /** The bus address; passed as --address unless `args` says otherwise. */
+  readonly address?: string;
+  /** The config, written to a file and passed with --config (omitted when undefined). */
+  readonly config?: Record<string, unknown>;
+  /** Extra arguments. */
+  readonly args?: readonly string[];
+  /** Wait for the "ready" log line (default true). */
+  readonly waitReady?: boolean;
+  readonly env?: NodeJS.ProcessEnv;
+  readonly readyTimeoutMs?: number;
+  /** Write the config file here (relative plugin paths and package names resolve from it). */
+  readonly configDir?: string;
+}
+
+export async function startVmdevd(options: VmdevdOptions): Promise<VmdevdProcess> {
+  const dir = makeTempDir('vmdevd-daemon-');
+  const configFile = options.configDir !== undefined ? join(options.configDir, 'vmdevd-config.json') : dir.file('config.json');
+  const args = [VMDEVD_BIN];
+  if (options.address !== undefined) args.push('--address', options.address);
+  if (options.config !== undefined) {
+    writeFileSync(configFile, JSON.stringify(options.config, null, 2));
+    args.push('--config', configFile);
+  }
+  args.push(...(options.args ?? []));
+  const proc = startProcess(process.execPath, args, { env: { ...process.env, ...options.env } });
+  const handle: VmdevdProcess = {
+    ...proc,
+    configFile,
+    dir,
+    async stop(graceMs?: number) {
+      const code = await proc.stop(graceMs);
+      dir.remove();
+      return code;
+    },
+  };
+  if (options.waitReady !== false) {
+    try {
+      await proc.waitForOutput(/vmdevd: ready/, options.readyTimeoutMs ?? 20_000);
+    } catch (err) {
+      await handle.stop();
+      throw err;
+    }
+  }
+  return handle;
+}

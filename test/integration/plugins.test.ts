@@ -1,0 +1,156 @@
+/**
+ * Plugins and backends: broken plugins are isolated and shown in Backends,
+ * several backends share one map with deterministic keys, a disconnected
+ * backend is reported, and state changes are announced (coalesced in bursts).
+ */
+import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import type { CallError, SignalLog } from '../harness/bus-client.js';
+import { startStack, type Stack } from '../harness/stack.js';
+
+const E = 'org.example.dbustest.Error.';
+const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/plugins/${name}.js`, import.meta.url));
+
+async function callError(promise: Promise<unknown>): Promise<CallError> {
+  try {
+    await promise;
+  } catch (err) {
+    return err as CallError;
+  }
+  assert.fail('expected the call to fail');
+}
+
+describe('broken plugins', () => {
+  let stack: Stack;
+
+  before(async () => {
+    stack = await startStack({
+      backends: [{ id: 'good' }],
+      extraBackends: [
+          { id: 'wrong-api', plugin: fixture('wrong-api') },
+          { id: 'import-error', plugin: fixture('throws-on-import') },
+          { id: 'not-a-plugin', plugin: fixture('no-export') },
+          { id: 'create-error', plugin: fixture('create-throws') },
+          { id: 'start-error', plugin: fixture('start-rejects') },
+          { id: 'missing-path', plugin: './no/such/plugin' },
+          { id: 'missing-package', plugin: 'vmdevd-plugin-that-does-not-exist' },
+      ],
+    });
+  });
+  after(async () => {
+    await stack?.stop();
+  });
+
+  it('shows each failure in Backends with its reason, and the good backend connected', async () => {
+    const backends = await stack.client.getProperty<Record<string, string>>('Backends');
+    assert.equal(backends['good'], 'connected');
+    assert.match(backends['wrong-api']!, /^disconnected: plugin ".*wrong-api.js" targets plugin API 2; this vmdevd implements plugin API 1$/);
+    assert.match(backends['import-error']!, /^disconnected: plugin ".*" failed to load from .*: this plugin cannot be imported$/);
+    assert.match(backends['not-a-plugin']!, /exports no plugin/);
+    assert.match(backends['create-error']!, /could not create the backend: no hypervisor here/);
+    assert.match(backends['start-error']!, /start failed: the hypervisor refused the connection/);
+    assert.match(backends['missing-path']!, /plugin path .*no\/such\/plugin does not exist/);
+    assert.match(backends['missing-package']!, /plugin "vmdevd-plugin-that-does-not-exist" is not installed/);
+  });
+
+  it('keeps serving with the good backend', async () => {
+    assert.deepEqual(Object.keys(await stack.client.getProperty<Record<string, string>>('TestProperty')).sort(), ['vm1', 'vm2', 'vm3']);
+  });
+
+  it('says a VM may be in a failed backend rather than that it does not exist', async () => {
+    const e = await callError(stack.client.testMethod('elsewhere', { d: ['type=disk', 'target=vdb'] }));
+    assert.equal(e.type, `${E}BackendUnavailable`);
+    assert.match(e.text, /no VM matches "elsewhere", but backend "wrong-api"/);
+  });
+
+  it('survives a plugin that throws at run time and shows it in Backends', async () => {
+    const signals = await stack.client.subscribeAll();
+    await stack.control('good', { cmd: 'crash', message: 'kaboom from the plugin' });
+    await signals.waitFor((s) => s.member === 'PropertiesChanged' && JSON.stringify(s.body).includes('plugin crashed: kaboom from the plugin'));
+    const backends = await stack.client.getProperty<Record<string, string>>('Backends');
+    assert.equal(backends['good'], 'disconnected: plugin crashed: kaboom from the plugin');
+    await stack.daemon.waitForOutput(/a plugin threw an uncaught exception error="kaboom from the plugin"/);
+    // The plugin recovers by reporting its health again.
+    await stack.control('good', { cmd: 'health', connected: true });
+    assert.equal((await stack.client.getProperty<Record<string, string>>('Backends'))['good'], 'connected');
+    assert.equal(await stack.client.testMethod('vm1', { d: ['type=disk', 'target=vdb'] }), true);
+  });
+});
+
+describe('several backends', () => {
+  let stack: Stack;
+  let signals: SignalLog;
+
+  before(async () => {
+    stack = await startStack({
+      backends: [
+        { id: 'east', vms: [{ name: 'shared', state: 'running' }, { name: 'east-only', state: 'paused', type: 'db' }] },
+        { id: 'west', vms: [{ name: 'shared', state: 'shutoff' }, { name: 'west-only', state: 'running', type: 'db' }], startDelayMs: 300 },
+      ],
+    });
+    signals = await stack.client.subscribeAll();
+  });
+  after(async () => {
+    await stack?.stop();
+  });
+
+  it('keys colliding names by backend id and the rest by name', async () => {
+    assert.deepEqual(await stack.client.getProperty('TestProperty'), {
+      'east-only': 'paused',
+      'east/shared': 'running',
+      'west-only': 'running',
+      'west/shared': 'shutoff',
+    });
+  });
+
+  it('selects by key, and reports outcomes with the key', async () => {
+    assert.equal(await stack.client.testMethod('west/shared', { k: ['type=disk', 'target=vdb'] }), true);
+    const s = await signals.waitFor((x) => x.member === 'DeviceDetached' && x.body[1] === 'k');
+    assert.equal(s.body[0], 'west/shared');
+    const e = await callError(stack.client.testMethod('shared', { k2: ['type=disk', 'target=vdb'] }));
+    assert.equal(e.type, `${E}AmbiguousSelector`);
+    assert.match(e.text, /east\/shared, west\/shared/);
+  });
+
+  it('returns to the plain name when the collision ends', async () => {
+    await stack.control('west', { cmd: 'remove', name: 'shared' });
+    await signals.waitFor((s) => s.member === 'TestSignal' && 'shared' in (s.body[0] as object));
+    assert.deepEqual(await stack.client.getProperty('TestProperty'), { 'east-only': 'paused', shared: 'running', 'west-only': 'running' });
+    await stack.control('west', { cmd: 'add', vm: { name: 'shared', state: 'shutoff' } });
+    await signals.waitFor((s) => s.member === 'TestSignal' && 'west/shared' in (s.body[0] as object));
+  });
+
+  it('reports a disconnected backend in Backends and refuses its VMs with BackendUnavailable', async () => {
+    await stack.control('west', { cmd: 'health', connected: false, reason: 'hypervisor went away' });
+    await signals.waitFor((s) => s.member === 'PropertiesChanged' && JSON.stringify(s.body).includes('hypervisor went away'));
+    assert.equal((await stack.client.getProperty<Record<string, string>>('Backends'))['west'], 'disconnected: hypervisor went away');
+    const before = stack.journal().length;
+    const e = await callError(stack.client.testMethod('west-only', { d: ['type=disk', 'target=vdb'] }));
+    assert.equal(e.type, `${E}BackendUnavailable`);
+    assert.match(e.text, /belongs to backend "west", which is disconnected: hypervisor went away/);
+    const s = await callError(stack.client.setProperty('TestProperty', 'a{ss}', { 'east-only': 'running', 'west-only': 'paused' }));
+    assert.equal(s.type, `${E}BackendUnavailable`);
+    assert.equal(stack.journal().length, before, 'nothing was started or applied');
+    await stack.control('west', { cmd: 'health', connected: true });
+    assert.equal(await stack.client.testMethod('west-only', { d: ['type=disk', 'target=vdb'] }), true);
+  });
+
+  it('reports a refused state change with the backend error name', async () => {
+    await stack.control('east', { cmd: 'add', vm: { name: 'refuse-me', state: 'running' } });
+    const e = await callError(stack.client.setProperty('TestProperty', 'a{ss}', { 'refuse-me': 'paused' }));
+    assert.equal(e.type, `${E}NotSupported`);
+    assert.match(e.text, /1 of 1 state changes failed \(0 applied\): refuse-me: the test backend refuses/);
+  });
+
+  it('announces the first change at once and coalesces a burst, keeping the last state', async () => {
+    await new Promise((r) => setTimeout(r, 100));
+    const from = signals.signals.length;
+    const burst = ['running', 'paused', 'crashed', 'running', 'blocked', 'paused', 'running', 'pmsuspended', 'shutoff'];
+    await stack.control('east', { cmd: 'burst', vm: 'east-only', states: burst });
+    await signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['east-only'] === 'shutoff');
+    await new Promise((r) => setTimeout(r, 100));
+    const emitted = signals.signals.slice(from).filter((s) => s.member === 'TestSignal').map((s) => (s.body[0] as Record<string, string>)['east-only']);
+    assert.deepEqual(emitted, ['running', 'shutoff'], 'the first state at once, the last at the end of the window');
+  });
+});

@@ -1,0 +1,134 @@
+/**
+ * vmdevctl against the real daemon: every command, --json output parsed,
+ * and every exit code.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { EXIT } from '../../src/cli/vmdevctl.js';
+import { run, startProcess } from '../harness/process.js';
+import { startStack, type Stack } from '../harness/stack.js';
+import { REPO_ROOT } from '../harness/vmdevd-process.js';
+
+const VMDEVCTL = `${REPO_ROOT}bin/vmdevctl`;
+
+describe('vmdevctl', () => {
+  let stack: Stack;
+  const ctl = (...args: string[]) => run(process.execPath, [VMDEVCTL, '--address', stack.bus.address, ...args]);
+
+  before(async () => {
+    stack = await startStack();
+  });
+  after(async () => {
+    await stack?.stop();
+  });
+
+  it('status: a table, and JSON with backend, type and UUID', async () => {
+    const r = await ctl('status');
+    assert.equal(r.code, EXIT.ok, r.stderr);
+    assert.match(r.stdout, /^VM\s+STATE\s+BACKEND\s+TYPE\nvm1\s+running\s+test\s+ivi\nvm2\s+paused\s+test\s+cluster\nvm3\s+shutoff\s+test\s+cluster\n$/);
+    const j = await ctl('--json', 'status');
+    assert.deepEqual(JSON.parse(j.stdout)[0], { key: 'vm1', name: 'vm1', state: 'running', backend: 'test', uuid: '11111111-1111-4111-8111-111111111111', type: 'ivi' });
+  });
+
+  it('backends: a table and JSON', async () => {
+    assert.match((await ctl('backends')).stdout, /^BACKEND\s+STATUS\ntest\s+connected\n$/);
+    assert.deepEqual(JSON.parse((await ctl('backends', '--json')).stdout), { test: 'connected' });
+  });
+
+  it('detach --wait: prints each outcome and exits 0 when all are detached', async () => {
+    const r = await ctl('detach', 'vm1', 'd1:type=disk,target=vdb', 'usb:1:type=usb,vendor=0x1234,product=0x5678', '--wait');
+    assert.equal(r.code, EXIT.ok, r.stderr);
+    assert.match(r.stdout, /detached\s+vm1\s+d1\n/);
+    assert.match(r.stdout, /detached\s+vm1\s+usb:1\n/);
+    const j = await ctl('--json', 'detach', 'ivi', 'd2:type=disk,target=vdc', '--wait');
+    assert.deepEqual(JSON.parse(j.stdout), { accepted: true, outcomes: [{ vm: 'vm1', device: 'd2', result: 'detached' }], pending: [] });
+  });
+
+  it('detach without --wait: started', async () => {
+    const r = await ctl('detach', 'vm1', 'nowait:type=disk,target=vdd');
+    assert.equal(r.code, EXIT.ok);
+    assert.equal(r.stdout, 'started: nowait\n');
+  });
+
+  it('exits 3 when no VM matches', async () => {
+    const r = await ctl('detach', 'ghost', 'd1:type=disk,target=vdb', '--wait');
+    assert.equal(r.code, EXIT.noSuchVm);
+    assert.equal(r.stderr, 'vmdevctl: no VM matches "ghost"\n');
+  });
+
+  it('exits 4 on invalid arguments, with the error name', async () => {
+    const r = await ctl('detach', 'vm1', 'd1:type=floppy', '--wait');
+    assert.equal(r.code, EXIT.invalidArgs);
+    assert.equal(r.stderr, 'vmdevctl: org.freedesktop.DBus.Error.InvalidArgs: device "d1": unknown type "floppy" (expected one of pci, usb, scsi, mdev, disk, interface, alias)\n');
+  });
+
+  it('exits 5 when a device fails', async () => {
+    const r = await ctl('--json', 'detach', 'vm1', 'ok1:type=disk,target=vdb', 'fail-RemovalFailed:type=disk,target=vdc', '--wait');
+    assert.equal(r.code, EXIT.deviceFailed);
+    const out = JSON.parse(r.stdout) as { outcomes: Array<Record<string, string>> };
+    assert.deepEqual(out.outcomes.find((o) => o['device'] === 'fail-RemovalFailed')!['error'], 'org.example.dbustest.Error.RemovalFailed');
+  });
+
+  it('exits 6 when a device times out', async () => {
+    const r = await ctl('detach', 'vm1', 'hang1:type=disk,target=vdb', '--wait');
+    assert.equal(r.code, EXIT.timeout);
+    assert.match(r.stdout, /failed\s+vm1\s+hang1\s+org\.example\.dbustest\.Error\.Timeout: /);
+  });
+
+  it('exits 6 when --timeout runs out first, naming the pending device', async () => {
+    const r = await ctl('detach', 'vm1', 'slow1:type=disk,target=vde', '--wait', '--timeout', '0.3');
+    assert.equal(r.code, EXIT.timeout);
+    assert.match(r.stdout, /pending\s+slow1\s+\(no outcome within 0\.3 s\)/);
+  });
+
+  it('exits 1 for other errors, as one line with the error name', async () => {
+    const r = await ctl('detach', 'cluster', 'd:type=disk,target=vdb');
+    assert.equal(r.code, EXIT.error);
+    assert.equal(r.stderr, 'vmdevctl: org.example.dbustest.Error.AmbiguousSelector: selector "cluster" matches 2 VMs: vm2, vm3\n');
+    const noBus = await run(process.execPath, [VMDEVCTL, '--address', 'unix:path=/nonexistent/bus', 'status']);
+    assert.equal(noBus.code, EXIT.error);
+    assert.match(noBus.stderr, /^vmdevctl: cannot connect to unix:path=\/nonexistent\/bus: .*ENOENT.*\n$/);
+  });
+
+  it('set: requests states, and TestSignal follows', async () => {
+    const r = await ctl('set', 'vm1=paused', 'vm3=running');
+    assert.equal(r.code, EXIT.ok, r.stderr);
+    assert.equal(r.stdout, 'vm1: paused requested\nvm3: running requested\n');
+    const bad = await ctl('set', 'vm1=asleep');
+    assert.equal(bad.code, EXIT.invalidArgs);
+    assert.match(bad.stderr, /InvalidArgs: VM "vm1": unknown state "asleep"/);
+    assert.equal((await ctl('set', 'vm1=running', '--json')).stdout, '{"requested":{"vm1":"running"}}\n');
+  });
+
+  it('watch: one line per signal until interrupted', async () => {
+    const watch = startProcess(process.execPath, [VMDEVCTL, '--address', stack.bus.address, '--json', 'watch']);
+    try {
+      await new Promise((r) => setTimeout(r, 400));
+      await stack.control('test', { cmd: 'state', vm: 'vm2', state: 'running' });
+      await ctl('detach', 'vm1', 'w1:type=disk,target=vdb', 'fail-DeviceNotFound:type=disk,target=vdc');
+      await watch.waitForOutput(/"signal":"DeviceDetachFailed"/);
+      await watch.waitForOutput(/"signal":"DeviceDetached"/);
+      const lines = watch.output().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      assert.ok(lines.some((l) => l['signal'] === 'TestSignal' && (l['states'] as Record<string, string>)['vm2'] === 'running'));
+      assert.ok(lines.some((l) => l['signal'] === 'DeviceDetached' && l['device'] === 'w1' && l['vm'] === 'vm1'));
+      assert.ok(lines.some((l) => l['signal'] === 'DeviceDetachFailed' && l['error'] === 'org.example.dbustest.Error.DeviceNotFound'));
+      watch.child.kill('SIGINT');
+      assert.equal(await watch.exited(), 0);
+    } finally {
+      await watch.stop();
+    }
+  });
+
+  it('usage errors exit 2, help exits 0', async () => {
+    for (const args of [[], ['frob'], ['detach', 'vm1'], ['detach', 'vm1', 'nolabel'], ['set', 'vm1'], ['status', 'extra'], ['--system', '--session', 'status'], ['status', '--wait'], ['detach', 'vm1', 'd:type=disk,target=vdb', '--timeout', '1']]) {
+      const r = await ctl(...args);
+      assert.equal(r.code, EXIT.usage, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, /^vmdevctl: .*\n/);
+    }
+    const help = await ctl('detach', '--help');
+    assert.equal(help.code, EXIT.ok);
+    assert.match(help.stdout, /Usage: vmdevctl \[BUS OPTIONS\] detach SELECTOR LABEL:type=TYPE,NAME=VALUE… \[--wait\] \[--timeout S\]/);
+    assert.match((await ctl('--help')).stdout, /Commands:\n  status\n  watch\n  detach/);
+    for (const command of ['status', 'watch', 'set', 'backends']) assert.equal((await ctl(command, '--help')).code, EXIT.ok);
+  });
+});
