@@ -1,0 +1,127 @@
+/**
+ * Reading libvirt domain XML: finding the device a device spec names, its
+ * alias (to match DEVICE_REMOVED) and whether unplugging it waits on the
+ * guest; and the VM type in vmdevd's metadata.
+ */
+import { create } from 'xmlbuilder2';
+import type { DeviceSpec } from 'vmdevd/plugin-api';
+
+/** The part of xmlbuilder2's DOM this module reads. */
+interface El {
+  readonly nodeType: number;
+  readonly tagName: string;
+  readonly childNodes: ArrayLike<El>;
+  getAttribute(name: string): string | null;
+}
+
+export const METADATA_NAMESPACE = 'urn:vmdevd:vm:1';
+
+export interface FoundDevice {
+  /** The device's alias in this XML (live XML always has one; a definition only for user aliases). */
+  readonly alias: string | undefined;
+  /**
+   * True when the guest must release the device (it sits on a PCI bus, so
+   * QEMU asks the guest through ACPI hotplug and waits); false for devices
+   * QEMU removes on its own (USB, SCSI).
+   */
+  readonly needsGuest: boolean;
+}
+
+function children(el: El, tag?: string): El[] {
+  const out: El[] = [];
+  for (const n of Array.from(el.childNodes)) if (n.nodeType === 1 && (tag === undefined || n.tagName === tag)) out.push(n);
+  return out;
+}
+
+function child(el: El | undefined, tag: string): El | undefined {
+  return el === undefined ? undefined : children(el, tag)[0];
+}
+
+function attr(el: El | undefined, name: string): string | undefined {
+  return el?.getAttribute(name) ?? undefined;
+}
+
+/** Numeric equality of values libvirt may write in hex (`0x0a`) or decimal. */
+function sameNumber(a: string | undefined, b: string): boolean {
+  if (a === undefined) return false;
+  const n = (s: string) => (/^0x/i.test(s) ? parseInt(s, 16) : Number(s));
+  return n(a) === n(b);
+}
+
+function hexEqual(a: string | undefined, b: string): boolean {
+  return a !== undefined && parseInt(a, 16) === parseInt(b, 16);
+}
+
+function matches(device: El, spec: DeviceSpec): boolean {
+  const p = spec.params;
+  const source = child(device, 'source');
+  const address = child(source, 'address');
+  switch (spec.type) {
+    case 'pci': {
+      if (device.tagName !== 'hostdev' || attr(device, 'type') !== 'pci') return false;
+      const [dom, bus, rest] = p['address']!.split(':') as [string, string, string];
+      const [slot, fn] = rest.split('.') as [string, string];
+      return hexEqual(attr(address, 'domain') ?? '0', dom) && hexEqual(attr(address, 'bus'), bus) && hexEqual(attr(address, 'slot'), slot) && hexEqual(attr(address, 'function'), fn);
+    }
+    case 'usb': {
+      if (device.tagName !== 'hostdev' || attr(device, 'type') !== 'usb') return false;
+      if (p['vendor'] !== undefined) {
+        if (!hexEqual(attr(child(source, 'vendor'), 'id'), p['vendor']) || !hexEqual(attr(child(source, 'product'), 'id'), p['product']!)) return false;
+      }
+      if (p['bus'] !== undefined) {
+        if (!sameNumber(attr(address, 'bus'), p['bus']) || !sameNumber(attr(address, 'device'), p['device']!)) return false;
+      }
+      return true;
+    }
+    case 'scsi':
+      return (
+        device.tagName === 'hostdev' &&
+        attr(device, 'type') === 'scsi' &&
+        attr(child(source, 'adapter'), 'name') === p['adapter'] &&
+        sameNumber(attr(address, 'bus'), p['bus']!) &&
+        sameNumber(attr(address, 'target'), p['target']!) &&
+        sameNumber(attr(address, 'unit'), p['unit']!)
+      );
+    case 'mdev':
+      return device.tagName === 'hostdev' && attr(device, 'type') === 'mdev' && attr(address, 'uuid')?.toLowerCase() === p['uuid'];
+    case 'disk':
+      return device.tagName === 'disk' && attr(child(device, 'target'), 'dev') === p['target'];
+    case 'interface':
+      return device.tagName === 'interface' && attr(child(device, 'mac'), 'address')?.toLowerCase() === p['mac'];
+    case 'alias':
+      return attr(child(device, 'alias'), 'name') === p['name'];
+  }
+}
+
+/** The device of `domainXml` that `spec` names, or undefined. */
+export function findDevice(domainXml: string, spec: DeviceSpec): FoundDevice | undefined {
+  const doc = create(domainXml).node as unknown as { documentElement: El };
+  const devices = child(doc.documentElement, 'devices');
+  if (devices === undefined) return undefined;
+  for (const device of children(devices)) {
+    if (!matches(device, spec)) continue;
+    // The guest-side address (not the host source address of a hostdev).
+    const guestAddress = children(device, 'address')[0];
+    return { alias: attr(child(device, 'alias'), 'name'), needsGuest: attr(guestAddress, 'type') === 'pci' };
+  }
+  return undefined;
+}
+
+/** True when a device with this alias is in `domainXml`. */
+export function hasAlias(domainXml: string, alias: string): boolean {
+  const doc = create(domainXml).node as unknown as { documentElement: El };
+  const devices = child(doc.documentElement, 'devices');
+  return devices !== undefined && children(devices).some((d) => attr(child(d, 'alias'), 'name') === alias);
+}
+
+/** The `type` attribute of `<vmdevd:vm>` in a metadata element, if any. */
+export function metadataType(metadataXml: string | undefined): string | undefined {
+  if (metadataXml === undefined) return undefined;
+  try {
+    const doc = create(metadataXml).node as unknown as { documentElement: El };
+    const type = doc.documentElement.getAttribute('type');
+    return type === null || type === '' ? undefined : type;
+  } catch {
+    return undefined;
+  }
+}

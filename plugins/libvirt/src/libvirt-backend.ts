@@ -1,0 +1,374 @@
+/**
+ * The libvirt backend: one libvirt connection, the domains it sees, and
+ * detaches confirmed by libvirt's DEVICE_REMOVED event.
+ *
+ * State comes from libvirt's events, never from polling: a lifecycle event
+ * updates the domain at once; events that change which domains exist are
+ * followed by a lookup. When the connection is lost (libvirtd restarts),
+ * the backend reports it, reconnects with backoff, registers its events
+ * again and republishes every domain.
+ *
+ * Detaches: see DomainQueue for ordering and the clock.
+ */
+import type { BackendContext, DesiredState, DetachOutcome, DetachRequest, VmBackend, VmInfo, VmState } from 'vmdevd/plugin-api';
+import { BackendError } from 'vmdevd/plugin-api';
+import { Connection, constants as C, LibvirtError, type DomainEvent, type DomainInfo } from './binding.js';
+import { METADATA_NAMESPACE, metadataType } from './domain-devices.js';
+import { DomainQueue } from './domain-queue.js';
+import { isConnectionError, toBackendError } from './libvirt-errors.js';
+import { domainState, stateAfterEvent } from './states.js';
+
+export interface LibvirtOptions {
+  readonly uri: string;
+  readonly keepaliveIntervalSeconds: number;
+  readonly keepaliveCount: number;
+  readonly reconnectInitialMs: number;
+  readonly reconnectMaxMs: number;
+}
+
+export const OPTIONS_SCHEMA = {
+  type: 'object',
+  required: ['uri'],
+  additionalProperties: false,
+  properties: {
+    uri: { type: 'string', minLength: 1, description: 'libvirt connection URI, e.g. qemu:///system' },
+    keepaliveIntervalSeconds: { type: 'integer', minimum: 1, maximum: 3600 },
+    keepaliveCount: { type: 'integer', minimum: 1, maximum: 100 },
+    reconnectInitialMs: { type: 'integer', minimum: 10, maximum: 60000 },
+    reconnectMaxMs: { type: 'integer', minimum: 10, maximum: 600000 },
+  },
+} as const;
+
+export function readOptions(raw: Readonly<Record<string, unknown>>): LibvirtOptions {
+  return {
+    uri: raw['uri'] as string,
+    keepaliveIntervalSeconds: (raw['keepaliveIntervalSeconds'] as number | undefined) ?? 5,
+    keepaliveCount: (raw['keepaliveCount'] as number | undefined) ?? 3,
+    reconnectInitialMs: (raw['reconnectInitialMs'] as number | undefined) ?? 500,
+    reconnectMaxMs: (raw['reconnectMaxMs'] as number | undefined) ?? 30000,
+  };
+}
+
+/** What the backend knows of one domain. */
+export interface Domain {
+  readonly uuid: string;
+  readonly name: string;
+  readonly type: string | undefined;
+  readonly state: VmState;
+  readonly persistent: boolean;
+  readonly active: boolean;
+}
+
+const CLOSE_REASONS: Record<number, string> = {
+  [C.VIR_CONNECT_CLOSE_REASON_ERROR]: 'a socket error',
+  [C.VIR_CONNECT_CLOSE_REASON_EOF]: 'libvirt closed the connection',
+  [C.VIR_CONNECT_CLOSE_REASON_KEEPALIVE]: 'keepalive timed out',
+  [C.VIR_CONNECT_CLOSE_REASON_CLIENT]: 'closed by the client',
+};
+
+type RemovalResult = 'removed' | 'failed';
+
+export class LibvirtBackend implements VmBackend {
+  private readonly options: LibvirtOptions;
+  private conn: Connection | undefined;
+  private generation = 0;
+  private domains = new Map<string, Domain>();
+  private reloading: Set<string> | undefined;
+  private readonly removalWatchers = new Map<string, Set<(r: RemovalResult) => void>>();
+  private readonly queues = new Map<string, DomainQueue>();
+  private readonly connectedWaiters = new Set<() => void>();
+  private readonly gaveUp = new Set<string>();
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private backoffMs: number;
+  private stopped = false;
+
+  constructor(readonly ctx: BackendContext) {
+    this.options = readOptions(ctx.options);
+    this.backoffMs = this.options.reconnectInitialMs;
+  }
+
+  get uri(): string {
+    return this.options.uri;
+  }
+
+  /** The open connection, or a BackendUnavailable error. */
+  connection(): Connection {
+    if (this.conn === undefined) throw new BackendError('BackendUnavailable', `not connected to ${this.uri}`);
+    return this.conn;
+  }
+
+  isConnected(): boolean {
+    return this.conn !== undefined;
+  }
+
+  /** Resolves the next time the connection is (re)established; at once if it is up. */
+  whenConnected(signal?: AbortSignal): Promise<boolean> {
+    if (this.conn !== undefined) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        this.connectedWaiters.delete(onConnected);
+        signal?.removeEventListener('abort', onAbort);
+        resolve(ok);
+      };
+      const onConnected = () => done(true);
+      const onAbort = () => done(false);
+      this.connectedWaiters.add(onConnected);
+      signal?.addEventListener('abort', onAbort);
+    });
+  }
+
+  domain(uuid: string): Domain | undefined {
+    return this.domains.get(uuid);
+  }
+
+  async start(): Promise<void> {
+    try {
+      await this.connect();
+    } catch (err) {
+      this.connectFailed(err);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.reconnectTimer);
+    for (const queue of this.queues.values()) queue.stop();
+    const conn = this.conn;
+    this.conn = undefined;
+    this.generation++;
+    if (conn !== undefined) {
+      const refs = await conn.close().catch(() => -1);
+      if (refs > 0) this.ctx.log.warn('libvirt connection still referenced after close', { references: refs });
+    }
+    for (const wake of this.connectedWaiters) wake();
+  }
+
+  detach(request: DetachRequest): Promise<DetachOutcome> {
+    const domain = (request.vm.uuid !== undefined ? this.domains.get(request.vm.uuid) : undefined) ?? [...this.domains.values()].find((d) => d.name === request.vm.name);
+    if (domain === undefined) {
+      return Promise.resolve({ ok: false, error: 'Failed', message: `VM "${request.vm.name}" no longer exists` });
+    }
+    let queue = this.queues.get(domain.uuid);
+    if (queue === undefined) {
+      queue = new DomainQueue(this, domain.uuid);
+      this.queues.set(domain.uuid, queue);
+    }
+    return queue.submit(request);
+  }
+
+  async setState(vm: VmInfo, desired: DesiredState): Promise<void> {
+    const conn = this.connection();
+    const domain = vm.uuid !== undefined ? this.domains.get(vm.uuid) : undefined;
+    if (domain === undefined) throw new BackendError('Failed', `VM "${vm.name}" no longer exists`);
+    const { uuid, state } = domain;
+    const refuse = (why: string) => new BackendError('NotSupported', `VM "${vm.name}" is ${state}: ${why}`);
+    let call: (() => Promise<void>) | undefined;
+    switch (desired) {
+      case 'running':
+        if (state === 'shutoff') call = () => conn.create(uuid);
+        else if (state === 'paused') call = () => conn.resume(uuid);
+        else if (state === 'pmsuspended' || state === 'crashed') throw refuse('power it off first, then start it');
+        break;
+      case 'paused':
+        if (state === 'running' || state === 'blocked') call = () => conn.suspend(uuid);
+        else if (state !== 'paused') throw refuse('only a running VM can be paused');
+        break;
+      case 'shutdown':
+        if (state !== 'shutoff') call = () => conn.shutdown(uuid);
+        break;
+      case 'shutoff':
+        if (state !== 'shutoff') call = () => conn.destroy(uuid);
+        break;
+    }
+    if (call === undefined) return;
+    try {
+      await call();
+    } catch (err) {
+      throw toBackendError(err, `setting VM "${vm.name}" to ${desired}`);
+    }
+  }
+
+  /**
+   * Calls `listener` once when libvirt reports the device with `alias`
+   * removed from the domain (or its removal failed). Register before
+   * issuing the detach: the event can come before the call returns.
+   */
+  watchRemoval(uuid: string, alias: string, listener: (r: RemovalResult) => void): () => void {
+    const key = `${uuid}\u0000${alias}`;
+    let set = this.removalWatchers.get(key);
+    if (set === undefined) {
+      set = new Set();
+      this.removalWatchers.set(key, set);
+    }
+    set.add(listener);
+    this.gaveUp.delete(key);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.removalWatchers.delete(key);
+    };
+  }
+
+  /** Remembers a device given up on, so a late DEVICE_REMOVED is logged as such. */
+  noteGaveUp(uuid: string, alias: string): void {
+    this.gaveUp.add(`${uuid}\u0000${alias}`);
+    if (this.gaveUp.size > 1000) this.gaveUp.delete(this.gaveUp.values().next().value!);
+  }
+
+  // ---- connection ------------------------------------------------------------
+
+  private async connect(): Promise<void> {
+    const generation = ++this.generation;
+    const conn = await Connection.open(this.uri, {
+      onEvent: (e) => this.onEvent(generation, e),
+      onClose: (reason) => this.onClose(generation, reason),
+    });
+    if (this.stopped || generation !== this.generation) {
+      await conn.close().catch(() => undefined);
+      return;
+    }
+    try {
+      await conn.setKeepAlive(this.options.keepaliveIntervalSeconds, this.options.keepaliveCount);
+    } catch (err) {
+      // Drivers without a daemon (test:///) have no keepalive; nothing to watch there.
+      if (!(err instanceof LibvirtError && err.code === C.VIR_ERR_NO_SUPPORT)) throw err;
+    }
+    try {
+      await this.reload(conn);
+    } catch (err) {
+      await conn.close().catch(() => undefined);
+      throw err;
+    }
+    if (this.stopped || generation !== this.generation) {
+      await conn.close().catch(() => undefined);
+      return;
+    }
+    this.conn = conn;
+    this.backoffMs = this.options.reconnectInitialMs;
+    this.ctx.publish([...this.domains.values()].map(toVmInfo));
+    this.ctx.setHealth({ connected: true });
+    this.ctx.log.info('connected', { uri: this.uri, domains: this.domains.size });
+    for (const wake of [...this.connectedWaiters]) wake();
+  }
+
+  /** Lists every domain with its type; events that arrive meanwhile are replayed after. */
+  private async reload(conn: Connection): Promise<void> {
+    this.reloading = new Set();
+    try {
+      const infos = await conn.listDomains();
+      const domains = new Map<string, Domain>();
+      await Promise.all(infos.map(async (info) => domains.set(info.uuid, await this.describe(conn, info))));
+      this.domains = domains;
+      const touched = [...this.reloading];
+      this.reloading = undefined;
+      await Promise.all(touched.map((uuid) => this.lookup(conn, uuid, false)));
+    } finally {
+      this.reloading = undefined;
+    }
+  }
+
+  private async describe(conn: Connection, info: DomainInfo): Promise<Domain> {
+    let type: string | undefined;
+    try {
+      type = metadataType(await conn.getMetadata(info.uuid, METADATA_NAMESPACE));
+    } catch (err) {
+      if (isConnectionError(err)) throw err;
+      // The domain went away meanwhile, or has broken metadata: no type.
+    }
+    return { uuid: info.uuid, name: info.name, type, state: domainState(info.state), persistent: info.persistent, active: info.active };
+  }
+
+  /** Looks a domain up again and publishes what changed; removes it if it is gone. */
+  private async lookup(conn: Connection, uuid: string, publish = true): Promise<void> {
+    let next: Domain | undefined;
+    try {
+      next = await this.describe(conn, await conn.getDomain(uuid));
+    } catch (err) {
+      if (!(err instanceof LibvirtError && err.code === C.VIR_ERR_NO_DOMAIN)) {
+        if (!isConnectionError(err)) this.ctx.log.warn('domain lookup failed', { uuid, error: (err as Error).message });
+        return;
+      }
+    }
+    if (conn !== this.conn && this.conn !== undefined) return;
+    const old = this.domains.get(uuid);
+    if (next === undefined) {
+      if (old === undefined) return;
+      this.domains.delete(uuid);
+      if (publish) this.ctx.remove(old.name);
+      return;
+    }
+    this.domains.set(uuid, next);
+    if (!publish) return;
+    if (old !== undefined && old.name !== next.name) this.ctx.remove(old.name);
+    this.ctx.update(toVmInfo(next));
+  }
+
+  private onEvent(generation: number, e: DomainEvent): void {
+    if (generation !== this.generation || this.stopped) return;
+    if (e.kind === 'device-removed' || e.kind === 'device-removal-failed') {
+      const key = `${e.uuid}\u0000${e.alias}`;
+      const watchers = this.removalWatchers.get(key);
+      if (watchers !== undefined && watchers.size > 0) {
+        for (const w of [...watchers]) w(e.kind === 'device-removed' ? 'removed' : 'failed');
+      } else if (this.gaveUp.has(key)) {
+        this.ctx.log.info(`device ${e.kind === 'device-removed' ? 'removed' : 'removal failed'} after its detach was already reported`, {
+          vm: e.name,
+          alias: e.alias,
+        });
+        this.gaveUp.delete(key);
+      } else {
+        this.ctx.log.debug(e.kind, { vm: e.name, alias: e.alias });
+      }
+      return;
+    }
+    this.reloading?.add(e.uuid);
+    const known = this.domains.get(e.uuid);
+    const state = stateAfterEvent(e.event);
+    const membership =
+      e.event === C.VIR_DOMAIN_EVENT_DEFINED || e.event === C.VIR_DOMAIN_EVENT_UNDEFINED || (e.event === C.VIR_DOMAIN_EVENT_STOPPED && known?.persistent === false);
+    if (known !== undefined && state !== undefined) {
+      const active = state !== 'shutoff';
+      const next = { ...known, state, active };
+      this.domains.set(e.uuid, next);
+      if (this.conn !== undefined && this.reloading === undefined) this.ctx.update(toVmInfo(next));
+    }
+    if ((known === undefined || membership) && this.conn !== undefined && this.reloading === undefined) {
+      void this.lookup(this.conn, e.uuid);
+    }
+  }
+
+  private onClose(generation: number, reason: number): void {
+    if (generation !== this.generation || this.stopped) return;
+    const conn = this.conn;
+    this.conn = undefined;
+    this.generation++;
+    const why = CLOSE_REASONS[reason] ?? `reason ${reason}`;
+    this.ctx.log.warn('lost the connection to libvirt', { uri: this.uri, reason: why });
+    this.ctx.setHealth({ connected: false, reason: `lost the connection to ${this.uri} (${why}); reconnecting` });
+    for (const queue of this.queues.values()) queue.connectionLost();
+    if (conn !== undefined) void conn.close().catch(() => undefined);
+    this.scheduleReconnect();
+  }
+
+  private connectFailed(err: unknown): void {
+    if (this.stopped) return;
+    const seconds = this.backoffMs / 1000;
+    const message = (err as Error)?.message ?? String(err);
+    this.ctx.log.warn('cannot connect to libvirt', { uri: this.uri, error: message, retryInSeconds: seconds });
+    this.ctx.setHealth({ connected: false, reason: `cannot connect to ${this.uri}: ${message}; retrying` });
+    this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    if (this.stopped) return;
+    clearTimeout(this.reconnectTimer);
+    const delay = this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, this.options.reconnectMaxMs);
+    this.reconnectTimer = setTimeout(() => {
+      this.connect().catch((err: unknown) => this.connectFailed(err));
+    }, delay);
+  }
+}
+
+export function toVmInfo(d: Domain): VmInfo {
+  return { name: d.name, uuid: d.uuid, type: d.type, state: d.state };
+}
