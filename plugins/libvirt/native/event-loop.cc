@@ -3,11 +3,11 @@
 #include <libvirt/libvirt.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <chrono>
 #include <condition_variable>
-#include <mutex>
+#include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -130,10 +130,6 @@ bool OnLoopThread() {
   std::lock_guard<std::mutex> lock(mutex);
   return std::this_thread::get_id() == loopThreadId;
 }
-
-}  // namespace vmdevd::event_loop
-
-namespace vmdevd::event_loop {
 
 bool Sync(std::chrono::milliseconds timeout) {
   if (OnLoopThread()) return true;
