@@ -8,7 +8,9 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { create } from 'xmlbuilder2';
-import { Connection, LibvirtError, constants as C, type DomainEvent } from '../../src/binding.js';
+import { VM_METADATA_NAMESPACE as METADATA_NAMESPACE } from 'vmdevd/testing/test-vms';
+import { Connection, constants as C, type DomainEvent } from '../../src/binding.js';
+import { TEST_DOMAIN_UUID, TEST_URI, UNKNOWN_UUID, rejection } from '../support.js';
 
 export interface WorkloadConfig {
   /** Cycles on test:///default. */
@@ -36,13 +38,8 @@ export interface WorkloadResult {
   durationMs: number;
 }
 
-const TEST_URI = 'test:///default';
-const TEST_DOMAIN_UUID = '6695eb01-f6a4-8304-79aa-97f2502e193f';
-const UNKNOWN_UUID = '00000000-0000-4000-8000-000000000000';
-const METADATA_NAMESPACE = 'urn:vmdevd:vm:1';
-
 async function expectLibvirtError(promise: Promise<unknown>, code: number): Promise<void> {
-  await assert.rejects(promise, (error: unknown) => error instanceof LibvirtError && error.code === code);
+  assert.equal((await rejection(promise)).code, code);
 }
 
 function testDomainXml(): string {
