@@ -1,0 +1,223 @@
+/**
+ * Small throw-away QEMU VMs on `qemu:///system` for detach tests.
+ *
+ * Each VM is named `vmdevd-test-<random>` so it cannot collide with a
+ * host's own VMs: 64 MiB, one vCPU, no guest OS, machine `pc` with ACPI
+ * (without ACPI, QEMU refuses a PCI unplug outright instead of waiting for
+ * the guest), KVM when the QEMU user can use /dev/kvm and TCG otherwise.
+ * Its devices: a virtio-scsi and a qemu-xhci controller, a SCSI disk
+ * (`sda`) and a USB disk (`sdb`), both of which QEMU releases without a
+ * guest, and an e1000 NIC on PCI, which it never releases without one.
+ *
+ * The harness drives libvirt through a {@link TestVmConnection}, which the
+ * libvirt plugin's binding `Connection` satisfies; the core does not import
+ * the plugin.
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdtemp, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { create } from 'xmlbuilder2';
+
+const execFileAsync = promisify(execFile);
+
+type XMLBuilder = ReturnType<typeof create>;
+
+/** The namespace of vmdevd's domain metadata (`<vmdevd:vm type="…"/>`). */
+export const VM_METADATA_NAMESPACE = 'urn:vmdevd:vm:1';
+/** The user QEMU runs as under Debian's libvirt. */
+const QEMU_USER = 'libvirt-qemu';
+const DISK_IMAGE_BYTES = 1024 * 1024;
+
+/** The calls the harness needs from a libvirt connection. */
+export interface TestVmConnection {
+  defineXml(xml: string): Promise<{ readonly uuid: string; readonly name: string }>;
+  getDomain(uuid: string): Promise<{ readonly active: boolean }>;
+  create(uuid: string): Promise<void>;
+  destroy(uuid: string): Promise<void>;
+  undefine(uuid: string, flags?: number): Promise<void>;
+}
+
+export type VirtType = 'kvm' | 'qemu';
+
+export interface TestVmOptions {
+  /** The VM's type in its vmdevd metadata. Default `test`. */
+  readonly type?: string;
+  /** Start it after defining it. Default true. */
+  readonly start?: boolean;
+  /** Default: `kvm` when the QEMU user can use /dev/kvm, else `qemu` (TCG); or $VMDEVD_TEST_VIRT_TYPE. */
+  readonly virtType?: VirtType;
+  /** The NIC's MAC address. Default 52:54:00:76:6d:01. */
+  readonly mac?: string;
+}
+
+/** One device of a test VM. */
+export interface TestDevice {
+  /** The device's full XML, as defined: for detach (libvirt matches it) and to attach it again. */
+  readonly xml: string;
+  /** The alias libvirt gives it in a running VM. */
+  readonly alias: string;
+}
+
+export interface TestVm {
+  readonly name: string;
+  readonly uuid: string;
+  readonly type: string;
+  readonly virtType: VirtType;
+  /** The XML the VM was defined with. */
+  readonly xml: string;
+  readonly devices: {
+    /** `sda` on the virtio-scsi controller. */
+    readonly scsiDisk: TestDevice;
+    /** `sdb` on the USB controller. */
+    readonly usbDisk: TestDevice;
+    /** The e1000 NIC on PCI. */
+    readonly nic: TestDevice & { readonly mac: string };
+  };
+  /** Destroys and undefines the VM and deletes its disk images. Idempotent. */
+  remove(): Promise<void>;
+}
+
+/** Whether QEMU, running as libvirt's QEMU user, can open /dev/kvm for reading and writing. */
+export async function kvmUsable(): Promise<boolean> {
+  let device;
+  try {
+    device = await stat('/dev/kvm');
+  } catch {
+    return false;
+  }
+  const mode = device.mode;
+  if ((mode & 0o006) === 0o006) return true;
+  try {
+    const [uid, groups] = await Promise.all([
+      execFileAsync('id', ['-u', QEMU_USER]).then((out) => Number(out.stdout.trim())),
+      execFileAsync('id', ['-G', QEMU_USER]).then((out) => out.stdout.trim().split(/\s+/).map(Number)),
+    ]);
+    if (device.uid === uid && (mode & 0o600) === 0o600) return true;
+    return groups.includes(device.gid) && (mode & 0o060) === 0o060;
+  } catch {
+    // No such user: QEMU runs as someone we cannot check; TCG always works.
+    return false;
+  }
+}
+
+async function defaultVirtType(): Promise<VirtType> {
+  const forced = process.env['VMDEVD_TEST_VIRT_TYPE'];
+  if (forced === 'kvm' || forced === 'qemu') return forced;
+  return (await kvmUsable()) ? 'kvm' : 'qemu';
+}
+
+function fileDisk(parent: XMLBuilder, file: string, target: string, bus: string): XMLBuilder {
+  const disk = parent.ele('disk', { type: 'file', device: 'disk' });
+  disk.ele('driver', { name: 'qemu', type: 'raw' });
+  disk.ele('source', { file });
+  disk.ele('target', { dev: target, bus });
+  return disk;
+}
+
+function nic(parent: XMLBuilder, mac: string): XMLBuilder {
+  const element = parent.ele('interface', { type: 'user' });
+  element.ele('mac', { address: mac });
+  element.ele('model', { type: 'e1000' });
+  return element;
+}
+
+/** One device element on its own, as a string. */
+function deviceXml(build: (parent: XMLBuilder) => XMLBuilder): string {
+  const document = create();
+  build(document);
+  return document.end({ headless: true });
+}
+
+/** A libvirt domain definition for a test VM. */
+export function testVmXml(options: {
+  readonly name: string;
+  readonly type: string;
+  readonly virtType: VirtType;
+  readonly scsiImage: string;
+  readonly usbImage: string;
+  readonly mac: string;
+}): string {
+  const domain = create().ele('domain', { type: options.virtType });
+  domain.ele('name').txt(options.name);
+  domain.ele('metadata').ele(VM_METADATA_NAMESPACE, 'vmdevd:vm', { type: options.type });
+  domain.ele('memory', { unit: 'MiB' }).txt('64');
+  domain.ele('vcpu').txt('1');
+  domain.ele('os').ele('type', { arch: 'x86_64', machine: 'pc' }).txt('hvm');
+  domain.ele('features').ele('acpi');
+  domain.ele('on_poweroff').txt('destroy');
+  domain.ele('on_reboot').txt('restart');
+  domain.ele('on_crash').txt('destroy');
+  const devices = domain.ele('devices');
+  devices.ele('controller', { type: 'scsi', index: '0', model: 'virtio-scsi' });
+  devices.ele('controller', { type: 'usb', index: '0', model: 'qemu-xhci' });
+  fileDisk(devices, options.scsiImage, 'sda', 'scsi');
+  fileDisk(devices, options.usbImage, 'sdb', 'usb');
+  nic(devices, options.mac);
+  devices.ele('memballoon', { model: 'none' });
+  return domain.end({ prettyPrint: true, headless: true });
+}
+
+/**
+ * Defines (and by default starts) a test VM. Remove it with `remove()` in an
+ * `after()` hook or a `finally`, even when the test fails.
+ */
+export async function createTestVm(connection: TestVmConnection, options: TestVmOptions = {}): Promise<TestVm> {
+  const name = `vmdevd-test-${randomBytes(4).toString('hex')}`;
+  const type = options.type ?? 'test';
+  const mac = options.mac ?? '52:54:00:76:6d:01';
+  const virtType = options.virtType ?? (await defaultVirtType());
+  // mkdtemp makes the directory 0700: QEMU's user could not reach the images.
+  const dir = await mkdtemp(join(tmpdir(), `${name}-`));
+  let uuid: string | undefined;
+  try {
+    await chmod(dir, 0o755);
+    const scsiImage = join(dir, 'scsi.img');
+    const usbImage = join(dir, 'usb.img');
+    for (const image of [scsiImage, usbImage]) {
+      await writeFile(image, '');
+      await truncate(image, DISK_IMAGE_BYTES);
+    }
+    const xml = testVmXml({ name, type, virtType, scsiImage, usbImage, mac });
+    uuid = (await connection.defineXml(xml)).uuid;
+    if (options.start !== false) await connection.create(uuid);
+    const definedUuid = uuid;
+    let removed = false;
+    return {
+      name,
+      uuid: definedUuid,
+      type,
+      virtType,
+      xml,
+      devices: {
+        scsiDisk: { xml: deviceXml((parent) => fileDisk(parent, scsiImage, 'sda', 'scsi')), alias: 'scsi0-0-0-0' },
+        usbDisk: { xml: deviceXml((parent) => fileDisk(parent, usbImage, 'sdb', 'usb')), alias: 'usb-disk1' },
+        nic: { xml: deviceXml((parent) => nic(parent, mac)), alias: 'net0', mac },
+      },
+      async remove() {
+        if (removed) return;
+        removed = true;
+        await removeVm(connection, definedUuid, dir);
+      },
+    };
+  } catch (error) {
+    await removeVm(connection, uuid, dir).catch(() => {});
+    throw error;
+  }
+}
+
+async function removeVm(connection: TestVmConnection, uuid: string | undefined, dir: string): Promise<void> {
+  try {
+    if (uuid !== undefined) {
+      // A failed destroy must not be ignored: undefining a running VM
+      // would leave it running, as a transient domain.
+      if ((await connection.getDomain(uuid)).active) await connection.destroy(uuid);
+      await connection.undefine(uuid);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
