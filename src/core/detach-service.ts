@@ -10,7 +10,8 @@
  * or from when the backend says it issued the detach (`issued()`); a backend
  * that makes a device wait behind another operation pauses it (`hold()`).
  * When it runs out, the request's signal is aborted and the backend has a
- * short grace period to answer with what it verified; then it is `Timeout`.
+ * short grace period to answer with what it verified (a removal, a lost
+ * connection, its own Timeout); a generic failure or no answer is `Timeout`.
  */
 import { inject, injectable } from 'inversify';
 import type { DetachOutcome, DetachRequest, DeviceSpec, Logger } from '../plugin-api.js';
@@ -139,8 +140,11 @@ export class DetachService implements Disposable {
         });
         return;
       }
-      if (job.timedOut && !outcome.ok) {
-        this.settle(job, { ok: false, error: 'Timeout', message: outcome.error === 'Timeout' ? outcome.message : this.timeoutMessage() });
+      // After the timeout, a specific verdict the backend verified stands (the
+      // device is gone, or the connection was lost); a generic failure is
+      // just the abort, and the outcome is Timeout.
+      if (job.timedOut && !outcome.ok && outcome.error === 'Failed') {
+        this.settle(job, { ok: false, error: 'Timeout', message: this.timeoutMessage() });
       } else {
         this.settle(job, outcome);
       }

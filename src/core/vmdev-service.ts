@@ -43,14 +43,14 @@ export class VmdevService {
       const specs = parseDeviceMap(devices);
       const target = this.resolve(selector);
       if (target === undefined) {
-        this.logRequest('TestMethod', caller, selector, labels, 'no such VM (false)');
+        this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, 'no such VM (false)');
         return false;
       }
       this.detaches.start(target.host, target.entry, specs);
-      this.logRequest('TestMethod', caller, selector, labels, `accepted for ${target.entry.key}`);
+      this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, `accepted for ${target.entry.key}`);
       return true;
     } catch (err) {
-      this.logRequest('TestMethod', caller, selector, labels, describe(err));
+      this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, describe(err));
       throw err;
     }
   }
@@ -73,9 +73,9 @@ export class VmdevService {
         const applied = changes.length - failures.length;
         throw new VmdevError(kind, `${failures.length} of ${changes.length} state changes failed (${applied} applied): ${text}`);
       }
-      this.logRequest('Set TestProperty', caller, undefined, summary, 'applied');
+      this.logRequest('Set TestProperty', caller, { states: summary }, 'applied');
     } catch (err) {
-      this.logRequest('Set TestProperty', caller, undefined, summary, describe(err));
+      this.logRequest('Set TestProperty', caller, { states: summary }, describe(err));
       throw err;
     }
   }
@@ -133,14 +133,13 @@ export class VmdevService {
     return { entry: match, host };
   }
 
-  private logRequest(what: string, caller: Caller, selector: unknown, labels: string | undefined, result: string): void {
-    this.log.info(what, {
-      caller: caller.name,
-      selector: typeof selector === 'string' ? selector.slice(0, 200) : undefined,
-      devices: labels,
-      result,
-    });
+  private logRequest(what: string, caller: Caller, fields: Record<string, string | undefined>, result: string): void {
+    this.log.info(what, { caller: caller.name, ...fields, result });
   }
+}
+
+function text(value: unknown): string | undefined {
+  return typeof value === 'string' ? value.slice(0, 200) : undefined;
 }
 
 function describe(err: unknown): string {

@@ -7,15 +7,17 @@
  * `stop()` from an `after()` hook or a `finally`; should the test process
  * exit without it, an exit handler still sends SIGTERM to the children.
  *
- * Tests that use it must not run concurrently with each other (`node --test
- * --test-concurrency=1`): one of them may stop or restart the libvirtd the
- * other is using.
+ * Tests that use it must not run concurrently with each other, in one test
+ * run (`node --test --test-concurrency=1`) or in two: a handle that
+ * started libvirtd stops (or restarts) it even while another process uses
+ * it, whose VMs are then left behind.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync, mkdtempSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
@@ -39,7 +41,10 @@ export interface Libvirtd {
   readonly owned: boolean;
   /** libvirtd's PID when owned (it changes on `restart()`). */
   readonly pid: number | undefined;
-  /** Where the started daemons write their output, when owned. */
+  /**
+   * Where the started daemons write their output, when owned; removed by
+   * `stop()` unless $VMDEVD_TEST_KEEP_LOGS is set.
+   */
   readonly logFile: string | undefined;
   /** Stops what this handle started (libvirtd, then virtlogd); nothing when not owned. Idempotent. */
   stop(): Promise<void>;
@@ -159,6 +164,9 @@ class StartedLibvirtd implements Libvirtd {
     this.#stopped = true;
     await terminate(this.#libvirtd, this.stopTimeoutMs);
     if (this.virtlogd !== undefined) await terminate(this.virtlogd, this.stopTimeoutMs);
+    if (process.env['VMDEVD_TEST_KEEP_LOGS'] === undefined) {
+      await rm(dirname(this.logFile), { recursive: true, force: true });
+    }
   }
 
   async restart(options: { readonly signal?: NodeJS.Signals } = {}): Promise<void> {

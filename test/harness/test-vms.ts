@@ -34,6 +34,7 @@ const DISK_IMAGE_BYTES = 1024 * 1024;
 /** The calls the harness needs from a libvirt connection. */
 export interface TestVmConnection {
   defineXml(xml: string): Promise<{ readonly uuid: string; readonly name: string }>;
+  getDomain(uuid: string): Promise<{ readonly active: boolean }>;
   create(uuid: string): Promise<void>;
   destroy(uuid: string): Promise<void>;
   undefine(uuid: string, flags?: number): Promise<void>;
@@ -210,8 +211,9 @@ export async function createTestVm(connection: TestVmConnection, options: TestVm
 async function removeVm(connection: TestVmConnection, uuid: string | undefined, dir: string): Promise<void> {
   try {
     if (uuid !== undefined) {
-      // Fails when the VM is not running: nothing to do then.
-      await connection.destroy(uuid).catch(() => {});
+      // A failed destroy must not be ignored: undefining a running VM
+      // would leave it running, as a transient domain.
+      if ((await connection.getDomain(uuid)).active) await connection.destroy(uuid);
       await connection.undefine(uuid);
     }
   } finally {

@@ -70,12 +70,14 @@ describe('DetachService', () => {
     assert.deepEqual(t.finished.map((f) => f.outcome), [{ ok: true }]);
   });
 
-  it('reports Timeout when the backend fails in another way after the timeout', async () => {
-    const t = setup(0.05, 500, (r) => new Promise((resolve) => r.signal.addEventListener('abort', () => resolve({ ok: false, error: 'Failed', message: 'aborted' }))));
-    t.start('a');
+  it('after the timeout, reports a generic failure as Timeout but keeps a specific verdict', async () => {
+    const generic = setup(0.05, 500, (r) => new Promise((resolve) => r.signal.addEventListener('abort', () => resolve({ ok: false, error: 'Failed', message: 'aborted' }))));
+    const lost = setup(0.05, 500, (r) => new Promise((resolve) => r.signal.addEventListener('abort', () => resolve({ ok: false, error: 'BackendUnavailable', message: 'connection lost' }))));
+    generic.start('a');
+    lost.start('a');
     await sleep(120);
-    assert.equal(t.finished[0]!.outcome.ok, false);
-    assert.equal((t.finished[0]!.outcome as { error: string }).error, 'Timeout');
+    assert.deepEqual(generic.finished[0]!.outcome, { ok: false, error: 'Timeout', message: 'the device was not confirmed removed within 0.05 s' });
+    assert.deepEqual(lost.finished[0]!.outcome, { ok: false, error: 'BackendUnavailable', message: 'connection lost' });
   });
 
   it('pauses the clock while held and restarts it in full when issued', async () => {

@@ -124,7 +124,6 @@ class CloseWorker final : public Napi::AsyncWorker {
 };
 
 Napi::Value Boolean(Napi::Env env, bool& value) { return Napi::Boolean::New(env, value); }
-Napi::Value Info(Napi::Env env, DomainInfo& info) { return DomainInfoToJs(env, info); }
 Napi::Value InfoList(Napi::Env env, std::vector<DomainInfo>& list) {
   Napi::Array array = Napi::Array::New(env, list.size());
   for (size_t i = 0; i < list.size(); i++) array.Set(i, DomainInfoToJs(env, list[i]));
@@ -268,7 +267,7 @@ Napi::Value Connection::DefineXml(const Napi::CallbackInfo& info) {
         if (!dom) return error.Capture();
         return ReadDomainInfo(dom.get(), result, error);
       },
-      Info);
+      DomainInfoResult);
 }
 
 }  // namespace vmdevd

@@ -18,7 +18,6 @@ Napi::Value String(Napi::Env env, std::string& text) { return Napi::String::New(
 Napi::Value OptionalString(Napi::Env env, std::optional<std::string>& text) {
   return text ? Napi::String::New(env, *text) : env.Undefined();
 }
-Napi::Value Info(Napi::Env env, DomainInfo& info) { return DomainInfoToJs(env, info); }
 
 }  // namespace
 
@@ -29,7 +28,7 @@ Napi::Value Connection::GetDomain(const Napi::CallbackInfo& info) {
       [uuid](virConnectPtr conn, DomainInfo& result, CallError& error) {
         return WithDomain(conn, uuid, error, [&](virDomainPtr dom) { return ReadDomainInfo(dom, result, error); });
       },
-      Info);
+      DomainInfoResult);
 }
 
 Napi::Value Connection::GetXml(const Napi::CallbackInfo& info) {

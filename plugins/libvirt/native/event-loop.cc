@@ -3,8 +3,10 @@
 #include <libvirt/libvirt.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -127,6 +129,24 @@ void Post(std::function<void()> task) {
 bool OnLoopThread() {
   std::lock_guard<std::mutex> lock(mutex);
   return std::this_thread::get_id() == loopThreadId;
+}
+
+bool Sync(std::chrono::milliseconds timeout) {
+  if (OnLoopThread()) return true;
+  struct Barrier {
+    std::mutex mutex;
+    std::condition_variable reached;
+    bool done = false;
+  };
+  // Shared with the task, which may run after a timed-out wait returned.
+  auto barrier = std::make_shared<Barrier>();
+  Post([barrier] {
+    std::lock_guard<std::mutex> lock(barrier->mutex);
+    barrier->done = true;
+    barrier->reached.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(barrier->mutex);
+  return barrier->reached.wait_for(lock, timeout, [&] { return barrier->done; });
 }
 
 }  // namespace vmdevd::event_loop

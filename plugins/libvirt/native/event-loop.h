@@ -3,6 +3,7 @@
 // anything on the JavaScript thread polling for them.
 #pragma once
 
+#include <chrono>
 #include <functional>
 
 namespace vmdevd::event_loop {
@@ -26,5 +27,9 @@ void Start();
 void Post(std::function<void()> task);
 
 bool OnLoopThread();
+
+// Waits (at most `timeout`) until the loop has finished whatever callback
+// it is running now, by running a task on it. Returns false on timeout.
+bool Sync(std::chrono::milliseconds timeout);
 
 }  // namespace vmdevd::event_loop

@@ -8,10 +8,10 @@ namespace vmdevd {
 
 namespace {
 
-// How long Deregister waits for libvirt to let go of the sink. libvirt
-// defers the release only while it is dispatching an event to us, which
-// takes microseconds; the bound only matters if the loop were stuck.
-constexpr auto kReleaseWait = std::chrono::seconds(5);
+// How long Deregister waits for the event loop. It waits only for an event
+// dispatch in progress, which takes microseconds; the bound only matters
+// if the loop were stuck.
+constexpr auto kReleaseWait = std::chrono::milliseconds(5000);
 
 std::unique_ptr<EventData> DomainEvent(EventData::Kind kind, virDomainPtr dom) {
   auto data = std::make_unique<EventData>();
@@ -62,19 +62,11 @@ bool EventSink::Register(virConnectPtr conn, CallError& error) {
   };
   for (int i = 0; i < 3; i++) {
     auto* hold = new std::shared_ptr<EventSink>(shared_from_this());
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      libvirtHolds_++;
-    }
     int id = virConnectDomainEventRegisterAny(conn, nullptr, registrations[i].eventId, registrations[i].callback,
                                               hold, FreeHold);
     if (id < 0) {
       error.Capture();
       // On failure libvirt does not call the free callback: the hold is ours.
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        libvirtHolds_--;
-      }
       delete hold;
       Deregister(conn);
       return false;
@@ -101,23 +93,14 @@ void EventSink::Deregister(virConnectPtr conn) {
     if (id >= 0) virConnectDomainEventDeregisterAny(conn, id);
     id = -1;
   }
-  // On the loop thread no dispatch is in progress, and a wait could only
-  // stall the loop that has to run the free callbacks.
-  if (event_loop::OnLoopThread()) return;
-  std::unique_lock<std::mutex> lock(mutex_);
-  released_.wait_for(lock, kReleaseWait, [this] { return libvirtHolds_ == 0; });
+  // A callback deregistered while libvirt is dispatching events (on the
+  // loop thread) is only marked; libvirt frees it, and drops its reference
+  // on the connection, when that dispatch ends. Once the loop has run one
+  // more task, it has.
+  event_loop::Sync(kReleaseWait);
 }
 
-void EventSink::FreeHold(void* opaque) {
-  auto* hold = static_cast<std::shared_ptr<EventSink>*>(opaque);
-  std::shared_ptr<EventSink> sink = std::move(*hold);
-  delete hold;
-  {
-    std::lock_guard<std::mutex> lock(sink->mutex_);
-    sink->libvirtHolds_--;
-  }
-  sink->released_.notify_all();
-}
+void EventSink::FreeHold(void* opaque) { delete static_cast<std::shared_ptr<EventSink>*>(opaque); }
 
 void EventSink::Shutdown() {
   std::lock_guard<std::mutex> lock(mutex_);

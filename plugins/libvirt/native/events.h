@@ -5,7 +5,6 @@
 #include <libvirt/libvirt.h>
 #include <napi.h>
 
-#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -43,9 +42,9 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
   bool Register(virConnectPtr conn, CallError& error);
 
   // Undoes Register and waits (briefly, bounded) until libvirt has dropped
-  // every reference it held, so that virConnectClose sees no callback
-  // still holding the connection. Errors are ignored: on a broken
-  // connection libvirt still removes its local registrations.
+  // the references its callbacks held on the connection, so that
+  // virConnectClose sees none. Errors are ignored: on a broken connection
+  // libvirt still removes its local registrations.
   void Deregister(virConnectPtr conn);
 
   // Stops delivery: no callback reaches JavaScript after this, queued
@@ -71,9 +70,7 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
   void Dispatch(Napi::Env env, const EventData& data);
 
   std::mutex mutex_;
-  std::condition_variable released_;
-  bool usable_ = false;   // the thread-safe function may be called
-  int libvirtHolds_ = 0;  // registrations whose free callback has not run
+  bool usable_ = false;  // the thread-safe function may be called
   int callbackIds_[3] = {-1, -1, -1};
   bool closeRegistered_ = false;
   EventTsfn tsfn_;

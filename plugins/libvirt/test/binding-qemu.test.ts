@@ -5,8 +5,9 @@ import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
 import { startLibvirtd, type Libvirtd } from 'vmdevd/testing/libvirtd';
 import { createTestVm, VM_METADATA_NAMESPACE, type TestVm } from 'vmdevd/testing/test-vms';
-import { Connection, LibvirtError, constants as C } from '../src/binding.js';
+import { Connection, constants as C } from '../src/binding.js';
 import { EventRecorder } from './event-recorder.js';
+import { UNKNOWN_UUID, rejection } from './support.js';
 
 let libvirtd: Libvirtd;
 
@@ -43,16 +44,6 @@ function removedEvent(recorder: EventRecorder, vm: TestVm, alias: string): Promi
 
 function targets(xml: string): string[] {
   return [...xml.matchAll(/<target dev='([^']+)'/g)].map((match) => match[1] ?? '');
-}
-
-async function rejection(promise: Promise<unknown>): Promise<LibvirtError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof LibvirtError, `expected a LibvirtError, got ${String(error)}`);
-    return error;
-  }
-  assert.fail('expected the call to fail');
 }
 
 test('lists a running test VM with its vmdevd type', { timeout: 60_000 }, async () => {
@@ -159,7 +150,7 @@ test('detaching a device the VM does not have fails with libvirt\'s error', { ti
     const byAlias = await rejection(connection.detachDeviceAlias(vm.uuid, 'ua-no-such-device', C.VIR_DOMAIN_AFFECT_LIVE));
     assert.equal(byAlias.code, C.VIR_ERR_INTERNAL_ERROR);
     assert.match(byAlias.message, /no device found with alias ua-no-such-device/);
-    const unknownVm = await rejection(connection.detachDevice('00000000-0000-4000-8000-000000000000', vm.devices.usbDisk.xml, 0));
+    const unknownVm = await rejection(connection.detachDevice(UNKNOWN_UUID, vm.devices.usbDisk.xml, 0));
     assert.equal(unknownVm.code, C.VIR_ERR_NO_DOMAIN);
   });
 });

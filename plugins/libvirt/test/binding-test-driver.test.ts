@@ -5,13 +5,10 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { create } from 'xmlbuilder2';
-import { Connection, LibvirtError, constants as C, type DomainInfo } from '../src/binding.js';
+import { VM_METADATA_NAMESPACE as METADATA_NAMESPACE } from 'vmdevd/testing/test-vms';
+import { Connection, constants as C, type DomainInfo } from '../src/binding.js';
 import { EventRecorder } from './event-recorder.js';
-
-const URI = 'test:///default';
-const TEST_DOMAIN_UUID = '6695eb01-f6a4-8304-79aa-97f2502e193f';
-const UNKNOWN_UUID = '00000000-0000-4000-8000-000000000000';
-const METADATA_NAMESPACE = 'urn:vmdevd:vm:1';
+import { TEST_DOMAIN_UUID, TEST_URI as URI, UNKNOWN_UUID, rejection } from './support.js';
 
 async function withConnection(body: (connection: Connection, recorder: EventRecorder) => Promise<void>): Promise<void> {
   const recorder = new EventRecorder();
@@ -21,16 +18,6 @@ async function withConnection(body: (connection: Connection, recorder: EventReco
   } finally {
     assert.equal(await connection.close(), 0, 'close() must find no other reference to the connection');
   }
-}
-
-async function rejection(promise: Promise<unknown>): Promise<LibvirtError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof LibvirtError, `expected a LibvirtError, got ${String(error)}`);
-    return error;
-  }
-  assert.fail('expected the call to fail');
 }
 
 test('lists the test domain with its state', async () => {

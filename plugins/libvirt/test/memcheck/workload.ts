@@ -1,0 +1,192 @@
+// What runs under valgrind: `node --expose-gc workload.js CONFIG.json`.
+// Many open/call/close cycles through every path of the binding (success,
+// libvirt errors, events, the close callback registration), each close()
+// checked to resolve 0; then connections left to the garbage collector and
+// to a worker's teardown. Prints one line `memcheck-workload: {json}`.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { create } from 'xmlbuilder2';
+import { VM_METADATA_NAMESPACE as METADATA_NAMESPACE } from 'vmdevd/testing/test-vms';
+import { Connection, constants as C, type DomainEvent } from '../../src/binding.js';
+import { TEST_DOMAIN_UUID, TEST_URI, UNKNOWN_UUID, rejection } from '../support.js';
+
+export interface WorkloadConfig {
+  /** Cycles on test:///default. */
+  readonly testCycles: number;
+  /** Detach + re-attach cycles on a running QEMU VM, when given. */
+  readonly qemu?: {
+    readonly uri: string;
+    readonly uuid: string;
+    readonly deviceXml: string;
+    readonly alias: string;
+    readonly cycles: number;
+  };
+  /** Connections opened and never closed, left to the garbage collector. */
+  readonly gcConnections: number;
+  /** Connections left open in a worker thread that is then terminated. */
+  readonly workerConnections: number;
+}
+
+export interface WorkloadResult {
+  testCycles: number;
+  qemuCycles: number;
+  /** close() results other than 0, as `cycle:count`. */
+  nonZeroCloses: string[];
+  eventsReceived: number;
+  durationMs: number;
+}
+
+async function expectLibvirtError(promise: Promise<unknown>, code: number): Promise<void> {
+  assert.equal((await rejection(promise)).code, code);
+}
+
+function testDomainXml(): string {
+  const domain = create().ele('domain', { type: 'test' });
+  domain.ele('name').txt(`vmdevd-memcheck-${randomBytes(4).toString('hex')}`);
+  domain.ele('metadata').ele(METADATA_NAMESPACE, 'vmdevd:vm', { type: 'memcheck' });
+  domain.ele('memory', { unit: 'MiB' }).txt('64');
+  domain.ele('os').ele('type').txt('hvm');
+  return domain.end({ headless: true });
+}
+
+/** Resolves with the first event that matches, after `start()` ran. */
+function nextEvent(events: DomainEvent[], listeners: Array<() => void>, match: (event: DomainEvent) => boolean): Promise<DomainEvent> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no event within 60 s')), 60_000);
+    const check = (): void => {
+      const found = events.find(match);
+      if (found === undefined) return;
+      clearTimeout(timer);
+      listeners.splice(listeners.indexOf(check), 1);
+      resolve(found);
+    };
+    listeners.push(check);
+    check();
+  });
+}
+
+async function testCycle(result: WorkloadResult, cycle: number): Promise<void> {
+  const events: DomainEvent[] = [];
+  const connection = await Connection.open(TEST_URI, { onEvent: (event) => events.push(event), onClose: () => {} });
+  assert.ok((await connection.listDomains()).some((domain) => domain.uuid === TEST_DOMAIN_UUID));
+  await connection.getDomain(TEST_DOMAIN_UUID);
+  await connection.getXml(TEST_DOMAIN_UUID);
+  await connection.getXml(TEST_DOMAIN_UUID, { inactive: true });
+  assert.equal(await connection.getMetadata(TEST_DOMAIN_UUID, METADATA_NAMESPACE), undefined);
+  await expectLibvirtError(connection.getDomain(UNKNOWN_UUID), C.VIR_ERR_NO_DOMAIN);
+  await expectLibvirtError(connection.getXml('not-a-uuid'), C.VIR_ERR_INVALID_ARG);
+  await expectLibvirtError(
+    connection.detachDevice(TEST_DOMAIN_UUID, "<disk type='file' device='disk'><target dev='vda'/></disk>", C.VIR_DOMAIN_AFFECT_LIVE),
+    C.VIR_ERR_NO_SUPPORT,
+  );
+  await expectLibvirtError(connection.detachDeviceAlias(TEST_DOMAIN_UUID, 'ua-disk', 0), C.VIR_ERR_NO_SUPPORT);
+  await connection.suspend(TEST_DOMAIN_UUID);
+  await connection.resume(TEST_DOMAIN_UUID);
+  const defined = await connection.defineXml(testDomainXml());
+  assert.match((await connection.getMetadata(defined.uuid, METADATA_NAMESPACE)) ?? '', /memcheck/);
+  await connection.create(defined.uuid);
+  await connection.destroy(defined.uuid);
+  await connection.undefine(defined.uuid);
+  // Wait for the last event, so that deliveries overlap nothing of the next cycle.
+  await new Promise<void>((resolve) => {
+    const poll = (): void => {
+      if (events.some((event) => event.kind === 'lifecycle' && event.uuid === defined.uuid && event.event === C.VIR_DOMAIN_EVENT_UNDEFINED)) resolve();
+      else setTimeout(poll, 1);
+    };
+    poll();
+  });
+  result.eventsReceived += events.length;
+  const remaining = await connection.close();
+  if (remaining !== 0) result.nonZeroCloses.push(`test ${cycle}:${remaining}`);
+}
+
+async function qemuCycle(config: NonNullable<WorkloadConfig['qemu']>, result: WorkloadResult, cycle: number): Promise<void> {
+  const events: DomainEvent[] = [];
+  const listeners: Array<() => void> = [];
+  const connection = await Connection.open(config.uri, {
+    onEvent: (event) => {
+      events.push(event);
+      for (const listener of [...listeners]) listener();
+    },
+    onClose: () => {},
+  });
+  const removed = nextEvent(events, listeners, (event) => event.kind === 'device-removed' && event.uuid === config.uuid && event.alias === config.alias);
+  await connection.detachDevice(config.uuid, config.deviceXml, C.VIR_DOMAIN_AFFECT_LIVE);
+  await removed;
+  await expectLibvirtError(connection.detachDevice(config.uuid, config.deviceXml, C.VIR_DOMAIN_AFFECT_LIVE), C.VIR_ERR_DEVICE_MISSING);
+  await connection.attachDevice(config.uuid, config.deviceXml, C.VIR_DOMAIN_AFFECT_LIVE);
+  assert.match(await connection.getXml(config.uuid), new RegExp(`<alias name='${config.alias}'/>`));
+  await connection.listDomains();
+  result.eventsReceived += events.length;
+  const remaining = await connection.close();
+  if (remaining !== 0) result.nonZeroCloses.push(`qemu ${cycle}:${remaining}`);
+}
+
+async function openAndDrop(count: number): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    const connection = await Connection.open(TEST_URI, { onEvent: () => {}, onClose: () => {} });
+    await connection.listDomains();
+  }
+}
+
+async function leaveToGarbageCollector(count: number): Promise<void> {
+  // Opened in a function of its own: a suspended async frame would keep
+  // the last connection reachable through the collections below.
+  await openAndDrop(count);
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, 'run with --expose-gc');
+  for (let i = 0; i < 5; i++) {
+    gc();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function leaveInWorker(count: number): Promise<void> {
+  if (count === 0) return;
+  const worker = new Worker(new URL(import.meta.url), { workerData: { workerConnections: count } });
+  await new Promise((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
+  await worker.terminate();
+}
+
+async function main(config: WorkloadConfig): Promise<WorkloadResult> {
+  const started = Date.now();
+  const result: WorkloadResult = { testCycles: 0, qemuCycles: 0, nonZeroCloses: [], eventsReceived: 0, durationMs: 0 };
+  for (let cycle = 0; cycle < config.testCycles; cycle++) {
+    await testCycle(result, cycle);
+    result.testCycles++;
+  }
+  if (config.qemu !== undefined) {
+    for (let cycle = 0; cycle < config.qemu.cycles; cycle++) {
+      await qemuCycle(config.qemu, result, cycle);
+      result.qemuCycles++;
+    }
+  }
+  await leaveToGarbageCollector(config.gcConnections);
+  await leaveInWorker(config.workerConnections);
+  result.durationMs = Date.now() - started;
+  return result;
+}
+
+if (!isMainThread) {
+  const { workerConnections } = workerData as { workerConnections: number };
+  const kept: Connection[] = [];
+  for (let i = 0; i < workerConnections; i++) {
+    const connection = await Connection.open(TEST_URI, { onEvent: () => {} });
+    await connection.suspend(TEST_DOMAIN_UUID);
+    await connection.resume(TEST_DOMAIN_UUID);
+    kept.push(connection);
+  }
+  (globalThis as { kept?: unknown }).kept = kept;
+  parentPort?.postMessage('ready');
+} else if (process.argv[1] !== undefined && new URL(import.meta.url).pathname === process.argv[1]) {
+  const configFile = process.argv[2];
+  assert.ok(configFile, 'usage: workload.js CONFIG.json');
+  const config = JSON.parse(readFileSync(configFile, 'utf8')) as WorkloadConfig;
+  const result = await main(config);
+  console.log(`memcheck-workload: ${JSON.stringify(result)}`);
+}
