@@ -16,11 +16,12 @@ function killAll(): void {
   }
 }
 process.on('exit', killAll);
-// A test run that is interrupted still takes its children with it.
+// A test run that is interrupted still takes its children with it. A
+// program with a handler of its own (the demo's cleanup) keeps running it.
 for (const [signal, number] of [['SIGTERM', 15], ['SIGINT', 2], ['SIGHUP', 1]] as const) {
   process.once(signal, () => {
     killAll();
-    process.exit(128 + number);
+    if (process.listenerCount(signal) === 0) process.exit(128 + number);
   });
 }
 

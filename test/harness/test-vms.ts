@@ -17,7 +17,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { create } from 'xmlbuilder2';
 
@@ -51,6 +51,8 @@ export interface TestVmOptions {
   readonly virtType?: VirtType;
   /** The NIC's MAC address. Default 52:54:00:76:6d:01. */
   readonly mac?: string;
+  /** The VM's name. Default `vmdevd-test-<random>`. */
+  readonly name?: string;
 }
 
 /** One device of a test VM. */
@@ -165,7 +167,7 @@ export function testVmXml(options: {
  * `after()` hook or a `finally`, even when the test fails.
  */
 export async function createTestVm(connection: TestVmConnection, options: TestVmOptions = {}): Promise<TestVm> {
-  const name = `vmdevd-test-${randomBytes(4).toString('hex')}`;
+  const name = options.name ?? `vmdevd-test-${randomBytes(4).toString('hex')}`;
   const type = options.type ?? 'test';
   const mac = options.mac ?? '52:54:00:76:6d:01';
   const virtType = options.virtType ?? (await defaultVirtType());
@@ -208,7 +210,28 @@ export async function createTestVm(connection: TestVmConnection, options: TestVm
   }
 }
 
-async function removeVm(connection: TestVmConnection, uuid: string | undefined, dir: string): Promise<void> {
+/**
+ * Removes the VMs whose names start with `prefix` (left behind by a run that
+ * was killed before it could clean up), with the disk image directories the
+ * harness made for them. Returns their names.
+ */
+export async function removeLeftoverVms(
+  connection: TestVmConnection & { listDomains(): Promise<ReadonlyArray<{ readonly uuid: string; readonly name: string }>>; getXml(uuid: string): Promise<string> },
+  prefix: string,
+): Promise<string[]> {
+  const removed: string[] = [];
+  for (const domain of await connection.listDomains()) {
+    if (!domain.name.startsWith(prefix)) continue;
+    const xml = await connection.getXml(domain.uuid);
+    const dirs = new Set([...xml.matchAll(/<source file='([^']+)'/g)].map((m) => dirname(m[1]!)).filter((d) => d.startsWith(join(tmpdir(), `${domain.name}-`))));
+    await removeVm(connection, domain.uuid, undefined);
+    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+    removed.push(domain.name);
+  }
+  return removed;
+}
+
+async function removeVm(connection: TestVmConnection, uuid: string | undefined, dir: string | undefined): Promise<void> {
   try {
     if (uuid !== undefined) {
       // A failed destroy must not be ignored: undefining a running VM
@@ -217,7 +240,7 @@ async function removeVm(connection: TestVmConnection, uuid: string | undefined, 
       await connection.undefine(uuid);
     }
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   }
 }
 

@@ -107,13 +107,6 @@ export function findDevice(domainXml: string, spec: DeviceSpec): FoundDevice | u
   return undefined;
 }
 
-/** True when a device with this alias is in `domainXml`. */
-export function hasAlias(domainXml: string, alias: string): boolean {
-  const doc = create(domainXml).node as unknown as { documentElement: El };
-  const devices = child(doc.documentElement, 'devices');
-  return devices !== undefined && children(devices).some((d) => attr(child(d, 'alias'), 'name') === alias);
-}
-
 /** The `type` attribute of `<vmdevd:vm>` in a metadata element, if any. */
 export function metadataType(metadataXml: string | undefined): string | undefined {
   if (metadataXml === undefined) return undefined;

@@ -21,7 +21,7 @@
 import type { DetachOutcome, DetachRequest } from 'vmdevd/plugin-api';
 import { BackendError } from 'vmdevd/plugin-api';
 import { constants as C } from './binding.js';
-import { findDevice, hasAlias, type FoundDevice } from './domain-devices.js';
+import { findDevice, type FoundDevice } from './domain-devices.js';
 import { isConnectionError, toBackendError } from './libvirt-errors.js';
 import type { LibvirtBackend } from './libvirt-backend.js';
 
@@ -129,10 +129,6 @@ export class DomainQueue {
         item.resolve({ ok: false, error: 'DeviceNotFound', message: `VM "${domain.name}" has no ${describe(spec)}${live === undefined ? ' in its definition' : ''}` });
         continue;
       }
-      if (live !== undefined && found.alias === undefined) {
-        item.resolve({ ok: false, error: 'Failed', message: `the ${describe(spec)} of VM "${domain.name}" has no alias in the live XML` });
-        continue;
-      }
       let flags = live !== undefined ? C.VIR_DOMAIN_AFFECT_LIVE : C.VIR_DOMAIN_AFFECT_CONFIG;
       // persistent=yes also edits the definition, when the device is in it.
       if (live !== undefined && spec.persistent && config !== undefined && findDevice(config, spec) !== undefined) flags |= C.VIR_DOMAIN_AFFECT_CONFIG;
@@ -174,7 +170,8 @@ export class DomainQueue {
     const live = (item.flags! & C.VIR_DOMAIN_AFFECT_LIVE) !== 0;
     let result: 'removed' | 'failed' | undefined;
     let wake: () => void = () => {};
-    const unwatch = live ? this.backend.watchRemoval(this.uuid, found.alias!, (r) => ((result = r), wake())) : () => {};
+    // Without an alias (drivers that give none) only the XML can confirm the removal.
+    const unwatch = live && found.alias !== undefined ? this.backend.watchRemoval(this.uuid, found.alias, (r) => ((result = r), wake())) : () => {};
     request.issued();
     try {
       const conn = this.backend.connection();
@@ -199,17 +196,17 @@ export class DomainQueue {
 
   private async confirm(item: Item, result: () => 'removed' | 'failed' | undefined, onWake: (fn: () => void) => void): Promise<void> {
     const { request } = item;
-    const alias = item.found!.alias!;
+    const alias = item.found!.alias;
     const what = `the ${describe(request.device)} of VM "${this.name}"`;
     for (;;) {
       if (result() === 'removed') return item.resolve({ ok: true });
       if (result() === 'failed') return item.resolve({ ok: false, error: 'RemovalFailed', message: `libvirt reported that the removal of ${what} failed` });
       if (request.signal.aborted && request.signal.reason !== 'timeout') return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
       // Synchronous removals and removals while disconnected show only in the XML.
-      const gone = await this.aliasGone(alias);
+      const gone = await this.deviceGone(request.device);
       if (gone === true) return item.resolve({ ok: true });
       if (request.signal.aborted) {
-        this.backend.noteGaveUp(this.uuid, alias);
+        if (alias !== undefined) this.backend.noteGaveUp(this.uuid, alias);
         return item.resolve(
           gone === undefined
             ? { ok: false, error: 'BackendUnavailable', message: `the connection to ${this.backend.uri} was lost; whether ${what} was removed is unknown` }
@@ -226,11 +223,11 @@ export class DomainQueue {
     }
   }
 
-  /** True when the alias is gone from the live XML; undefined when that cannot be known now. */
-  private async aliasGone(alias: string): Promise<boolean | undefined> {
+  /** True when the device is gone from the live XML; undefined when that cannot be known now. */
+  private async deviceGone(spec: DetachRequest['device']): Promise<boolean | undefined> {
     if (!this.backend.isConnected()) return undefined;
     try {
-      return !hasAlias(await this.backend.connection().getXml(this.uuid), alias);
+      return findDevice(await this.backend.connection().getXml(this.uuid), spec) === undefined;
     } catch (err) {
       if (isConnectionError(err)) return undefined;
       // The domain is gone (or stopped): so is the device.
