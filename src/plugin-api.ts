@@ -66,8 +66,8 @@ export interface DeviceSpec {
   /** `persistent=yes`: also remove the device from the persistent definition. */
   readonly persistent: boolean;
   /**
-   * The libvirt device XML the core built for it with xmlbuilder2, or
-   * `undefined` for type `alias`, which is detached by `params.name`.
+   * The libvirt device XML the core built for it with xmlbuilder2 (on first
+   * read), or `undefined` for type `alias`, which is detached by `params.name`.
    */
   readonly xml: string | undefined;
   /** A canonical string that is equal for two specs naming the same device the same way. */

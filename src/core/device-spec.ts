@@ -121,41 +121,42 @@ function describeLabel(label: string): string {
 
 /** Validates and normalises one device; throws `InvalidArgs`. */
 export function parseDevice(label: string, tokens: unknown): DeviceSpec {
-  const at = `device ${describeLabel(label)}`;
+  // Only needed for an error: built then.
+  const at = () => `device ${describeLabel(label)}`;
   if (!LABEL_PATTERN.test(label)) {
-    throw invalidArgs(`${at}: a label is 1 to 64 characters of A-Z a-z 0-9 _ . : -`);
+    throw invalidArgs(`${at()}: a label is 1 to 64 characters of A-Z a-z 0-9 _ . : -`);
   }
   if (!Array.isArray(tokens) || tokens.some((t) => typeof t !== 'string')) {
-    throw invalidArgs(`${at}: the tokens must be a list of strings`);
+    throw invalidArgs(`${at()}: the tokens must be a list of strings`);
   }
   if (tokens.length === 0) {
-    throw invalidArgs(`${at}: no tokens; "type=…" is required`);
+    throw invalidArgs(`${at()}: no tokens; "type=…" is required`);
   }
   if (tokens.length > MAX_TOKENS_PER_DEVICE) {
-    throw invalidArgs(`${at}: ${tokens.length} tokens, at most ${MAX_TOKENS_PER_DEVICE} are allowed`);
+    throw invalidArgs(`${at()}: ${tokens.length} tokens, at most ${MAX_TOKENS_PER_DEVICE} are allowed`);
   }
   const values = new Map<string, string>();
   for (const token of tokens as string[]) {
     if (token.length > MAX_TOKEN_LENGTH) {
-      throw invalidArgs(`${at}: a token is ${token.length} characters long, at most ${MAX_TOKEN_LENGTH} are allowed`);
+      throw invalidArgs(`${at()}: a token is ${token.length} characters long, at most ${MAX_TOKEN_LENGTH} are allowed`);
     }
     const eq = token.indexOf('=');
     if (eq <= 0) {
-      throw invalidArgs(`${at}: token ${JSON.stringify(token)} is not of the form name=value`);
+      throw invalidArgs(`${at()}: token ${JSON.stringify(token)} is not of the form name=value`);
     }
     const name = token.slice(0, eq);
     if (values.has(name)) {
-      throw invalidArgs(`${at}: token "${name}" is given more than once`);
+      throw invalidArgs(`${at()}: token "${name}" is given more than once`);
     }
     values.set(name, token.slice(eq + 1));
   }
 
   const type = values.get('type');
   if (type === undefined) {
-    throw invalidArgs(`${at}: "type=…" is required (one of ${DEVICE_TYPES.join(', ')})`);
+    throw invalidArgs(`${at()}: "type=…" is required (one of ${DEVICE_TYPES.join(', ')})`);
   }
   if (!(DEVICE_TYPES as readonly string[]).includes(type)) {
-    throw invalidArgs(`${at}: unknown type ${JSON.stringify(type)} (expected one of ${DEVICE_TYPES.join(', ')})`);
+    throw invalidArgs(`${at()}: unknown type ${JSON.stringify(type)} (expected one of ${DEVICE_TYPES.join(', ')})`);
   }
   const rule = RULES[type as DeviceType];
 
@@ -166,7 +167,7 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
     const paramRule = name === 'persistent' ? PERSISTENT : rule.params[name];
     if (paramRule === undefined) {
       const known = [...Object.keys(rule.params), 'persistent'].join(', ');
-      throw invalidArgs(`${at}: unknown token "${name}" for type ${type} (known: ${known})`);
+      throw invalidArgs(`${at()}: unknown token "${name}" for type ${type} (known: ${known})`);
     }
     let normalized: string | undefined;
     if (paramRule.pattern.test(value)) {
@@ -177,7 +178,7 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
       }
     }
     if (normalized === undefined) {
-      throw invalidArgs(`${at}: malformed ${name} ${JSON.stringify(value)} (expected ${paramRule.expected})`);
+      throw invalidArgs(`${at()}: malformed ${name} ${JSON.stringify(value)} (expected ${paramRule.expected})`);
     }
     if (name === 'persistent') persistent = normalized === 'yes';
     else params[name] = normalized;
@@ -189,7 +190,7 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
   if (complete.length === 0 || started.length > 0) {
     const missing = (started[0] ?? groups[0]!).filter((n) => !(n in params));
     const alternatives = groups.map((g) => g.join(' and ')).join(', or ');
-    throw invalidArgs(`${at}: type ${type} requires ${alternatives}; missing ${missing.join(', ')}`);
+    throw invalidArgs(`${at()}: type ${type} requires ${alternatives}; missing ${missing.join(', ')}`);
   }
 
   const deviceType = type as DeviceType;
@@ -197,7 +198,20 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
     .sort()
     .map((k) => `${k}=${params[k]}`)
     .join(',')};persistent=${persistent ? 'yes' : 'no'}`;
-  return { label, type: deviceType, params, persistent, xml: buildDeviceXml(deviceType, params), identity };
+  // The XML costs more than the rest of the validation together; it is built
+  // when a backend first reads it (libvirt does; others may never).
+  let xml: string | undefined | null = null;
+  return {
+    label,
+    type: deviceType,
+    params,
+    persistent,
+    identity,
+    get xml() {
+      if (xml === null) xml = buildDeviceXml(deviceType, params);
+      return xml;
+    },
+  };
 }
 
 /**

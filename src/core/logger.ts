@@ -9,6 +9,7 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 
 const PRIORITY: Record<LogLevel, number> = { error: 3, warn: 4, info: 6, debug: 7 };
 const RANK: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
+const LEVEL_TAGS: Record<LogLevel, string> = { error: 'error ', warn: 'warn  ', info: 'info  ', debug: 'debug ' };
 
 export interface LogSink {
   write(line: string): void;
@@ -20,12 +21,23 @@ export interface LogSink {
  */
 function stderrSink(): LogSink {
   let broken = false;
+  let pending: string[] = [];
   process.stderr.on('error', () => {
     broken = true;
   });
+  // Lines of one turn of the event loop go out in one write: under load a
+  // request and its outcomes log several lines, and a write per line would
+  // cost a system call each.
+  const flush = () => {
+    if (pending.length === 0) return;
+    const text = pending.join('');
+    pending = [];
+    if (!broken) process.stderr.write(text);
+  };
+  process.on('exit', flush);
   return {
     write: (line) => {
-      if (!broken) process.stderr.write(line);
+      if (pending.push(line) === 1) setImmediate(flush);
     },
   };
 }
@@ -63,15 +75,28 @@ export class RootLogger {
     return { error: log('error'), warn: log('warn'), info: log('info'), debug: log('debug') };
   }
 
+  private stampMs = -1;
+  private stamp = '';
+
+  /** The time as ISO 8601, formatted once per millisecond: under load many lines share one. */
+  private now(): string {
+    const ms = Date.now();
+    if (ms !== this.stampMs) {
+      this.stampMs = ms;
+      this.stamp = new Date(ms).toISOString();
+    }
+    return this.stamp;
+  }
+
   private write(level: LogLevel, component: string, message: string, fields?: Record<string, unknown>): void {
     if (!this.enabled(level)) return;
-    let line = this.journal ? `<${PRIORITY[level]}>` : `${new Date().toISOString()} ${level.padEnd(5)} `;
+    let line = this.journal ? `<${PRIORITY[level]}>` : `${this.now()} ${LEVEL_TAGS[level]}`;
     line += `${component}: ${message}`;
     if (fields) {
       for (const [key, value] of Object.entries(fields)) {
         if (value !== undefined) line += ` ${key}=${formatValue(value)}`;
       }
     }
-    this.sink.write(line.replace(/\n/g, '\\n') + '\n');
+    this.sink.write((line.includes('\n') ? line.replace(/\n/g, '\\n') : line) + '\n');
   }
 }
