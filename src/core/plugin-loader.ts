@@ -9,11 +9,12 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Container } from 'inversify';
 import { BackendFactory, PLUGIN_API_VERSION, type VmdevdPlugin } from '../plugin-api.js';
+import { PACKAGE_ROOT } from '../paths.js';
 import { errorMessage } from './errors.js';
 
 /** Where the in-repo plugins live: `<package root>/plugins`. */
-export const BUILTIN_PLUGIN_DIR = fileURLToPath(new URL('../../../plugins/', import.meta.url));
-const VMDEVD_ROOT = resolve(fileURLToPath(new URL('../../../', import.meta.url)));
+export const BUILTIN_PLUGIN_DIR = join(PACKAGE_ROOT, 'plugins');
+const VMDEVD_ROOT = PACKAGE_ROOT;
 
 export class PluginLoadError extends Error {
   override readonly name = 'PluginLoadError';

@@ -1,9 +1,9 @@
 /** `vmdevd`: the daemon's command line entry. */
 import 'reflect-metadata';
-import { readFileSync } from 'node:fs';
 import { loadConfig } from '../core/config.js';
 import { ConfigError, errorMessage } from '../core/errors.js';
 import { RootLogger } from '../core/logger.js';
+import { VERSION } from '../paths.js';
 import { parseDaemonArgs, USAGE } from './args.js';
 import { Daemon } from './daemon.js';
 
@@ -11,10 +11,6 @@ import { Daemon } from './daemon.js';
 const EX_CONFIG = 78;
 const EX_UNAVAILABLE = 69;
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
 
 export async function main(argv: readonly string[]): Promise<number> {
   let config;
@@ -25,7 +21,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       return 0;
     }
     if (args.version) {
-      process.stdout.write(`vmdevd ${version()}\n`);
+      process.stdout.write(`vmdevd ${VERSION}\n`);
       return 0;
     }
     config = loadConfig(args.config, { bus: args.bus });
@@ -66,7 +62,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     });
   });
 
-  log.info('starting', { version: version(), pid: process.pid, bus: config.bus, config: argv.includes('--config') ? undefined : 'built-in default' });
+  log.info('starting', { version: VERSION, pid: process.pid, bus: config.bus, config: argv.includes('--config') ? undefined : 'built-in default' });
   try {
     await daemon.start();
   } catch (err) {

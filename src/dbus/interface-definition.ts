@@ -5,14 +5,15 @@
  * argument names and annotations).
  */
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../paths.js';
 import { create } from 'xmlbuilder2';
 import { ConfigError, errorMessage } from '../core/errors.js';
 
 export const INTERFACE_NAME = 'org.example.dbustest.Module';
 export const OBJECT_PATH = '/org/example/dbustest';
 /** The interface file shipped with the package. */
-export const INTERFACE_FILE = fileURLToPath(new URL('../../../dbus/org.example.dbustest.xml', import.meta.url));
+export const INTERFACE_FILE = join(PACKAGE_ROOT, 'dbus', 'org.example.dbustest.xml');
 
 /** The part of the DOM (xmlbuilder2's) this module reads. */
 export interface XmlElement {

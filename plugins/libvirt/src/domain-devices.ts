@@ -3,16 +3,8 @@
  * alias (to match DEVICE_REMOVED) and whether unplugging it waits on the
  * guest; and the VM type in vmdevd's metadata.
  */
-import { create } from 'xmlbuilder2';
 import type { DeviceSpec } from 'vmdevd/plugin-api';
-
-/** The part of xmlbuilder2's DOM this module reads. */
-interface El {
-  readonly nodeType: number;
-  readonly tagName: string;
-  readonly childNodes: ArrayLike<El>;
-  getAttribute(name: string): string | null;
-}
+import { attr, child, parseXml, type XmlElement as El } from './xml-tree.js';
 
 export const METADATA_NAMESPACE = 'urn:vmdevd:vm:1';
 
@@ -25,20 +17,6 @@ export interface FoundDevice {
    * QEMU removes on its own (USB, SCSI).
    */
   readonly needsGuest: boolean;
-}
-
-function children(el: El, tag?: string): El[] {
-  const out: El[] = [];
-  for (const n of Array.from(el.childNodes)) if (n.nodeType === 1 && (tag === undefined || n.tagName === tag)) out.push(n);
-  return out;
-}
-
-function child(el: El | undefined, tag: string): El | undefined {
-  return el === undefined ? undefined : children(el, tag)[0];
-}
-
-function attr(el: El | undefined, name: string): string | undefined {
-  return el?.getAttribute(name) ?? undefined;
 }
 
 /** Numeric equality of values libvirt may write in hex (`0x0a`) or decimal. */
@@ -58,13 +36,13 @@ function matches(device: El, spec: DeviceSpec): boolean {
   const address = child(source, 'address');
   switch (spec.type) {
     case 'pci': {
-      if (device.tagName !== 'hostdev' || attr(device, 'type') !== 'pci') return false;
+      if (device.name !== 'hostdev' || attr(device, 'type') !== 'pci') return false;
       const [dom, bus, rest] = p['address']!.split(':') as [string, string, string];
       const [slot, fn] = rest.split('.') as [string, string];
       return hexEqual(attr(address, 'domain') ?? '0', dom) && hexEqual(attr(address, 'bus'), bus) && hexEqual(attr(address, 'slot'), slot) && hexEqual(attr(address, 'function'), fn);
     }
     case 'usb': {
-      if (device.tagName !== 'hostdev' || attr(device, 'type') !== 'usb') return false;
+      if (device.name !== 'hostdev' || attr(device, 'type') !== 'usb') return false;
       if (p['vendor'] !== undefined) {
         if (!hexEqual(attr(child(source, 'vendor'), 'id'), p['vendor']) || !hexEqual(attr(child(source, 'product'), 'id'), p['product']!)) return false;
       }
@@ -75,7 +53,7 @@ function matches(device: El, spec: DeviceSpec): boolean {
     }
     case 'scsi':
       return (
-        device.tagName === 'hostdev' &&
+        device.name === 'hostdev' &&
         attr(device, 'type') === 'scsi' &&
         attr(child(source, 'adapter'), 'name') === p['adapter'] &&
         sameNumber(attr(address, 'bus'), p['bus']!) &&
@@ -83,11 +61,11 @@ function matches(device: El, spec: DeviceSpec): boolean {
         sameNumber(attr(address, 'unit'), p['unit']!)
       );
     case 'mdev':
-      return device.tagName === 'hostdev' && attr(device, 'type') === 'mdev' && attr(address, 'uuid')?.toLowerCase() === p['uuid'];
+      return device.name === 'hostdev' && attr(device, 'type') === 'mdev' && attr(address, 'uuid')?.toLowerCase() === p['uuid'];
     case 'disk':
-      return device.tagName === 'disk' && attr(child(device, 'target'), 'dev') === p['target'];
+      return device.name === 'disk' && attr(child(device, 'target'), 'dev') === p['target'];
     case 'interface':
-      return device.tagName === 'interface' && attr(child(device, 'mac'), 'address')?.toLowerCase() === p['mac'];
+      return device.name === 'interface' && attr(child(device, 'mac'), 'address')?.toLowerCase() === p['mac'];
     case 'alias':
       return attr(child(device, 'alias'), 'name') === p['name'];
   }
@@ -95,13 +73,12 @@ function matches(device: El, spec: DeviceSpec): boolean {
 
 /** The device of `domainXml` that `spec` names, or undefined. */
 export function findDevice(domainXml: string, spec: DeviceSpec): FoundDevice | undefined {
-  const doc = create(domainXml).node as unknown as { documentElement: El };
-  const devices = child(doc.documentElement, 'devices');
+  const devices = child(parseXml(domainXml), 'devices');
   if (devices === undefined) return undefined;
-  for (const device of children(devices)) {
+  for (const device of devices.children) {
     if (!matches(device, spec)) continue;
     // The guest-side address (not the host source address of a hostdev).
-    const guestAddress = children(device, 'address')[0];
+    const guestAddress = child(device, 'address');
     return { alias: attr(child(device, 'alias'), 'name'), needsGuest: attr(guestAddress, 'type') === 'pci' };
   }
   return undefined;
@@ -111,9 +88,8 @@ export function findDevice(domainXml: string, spec: DeviceSpec): FoundDevice | u
 export function metadataType(metadataXml: string | undefined): string | undefined {
   if (metadataXml === undefined) return undefined;
   try {
-    const doc = create(metadataXml).node as unknown as { documentElement: El };
-    const type = doc.documentElement.getAttribute('type');
-    return type === null || type === '' ? undefined : type;
+    const type = parseXml(metadataXml).attributes['type'];
+    return type === undefined || type === '' ? undefined : type;
   } catch {
     return undefined;
   }

@@ -1,0 +1,125 @@
+/**
+ * Helpers of the benchmark harness: running the C tools, statistics,
+ * processes with their output in files, and RSS.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const TOOLS = `${ROOT}bench/c/build`;
+
+/** Percentiles as the C tools report them, in µs. */
+export interface Latency {
+  readonly n: number;
+  readonly p50_us: number;
+  readonly p90_us: number;
+  readonly p99_us: number;
+  readonly mean_us: number;
+}
+
+export interface LoadResult {
+  readonly calls_per_s: number;
+  readonly latency: Latency;
+  readonly client: { readonly cpu_us_per_call: number };
+  readonly errors: Record<string, number>;
+  readonly failed: number;
+}
+
+export function median(values: readonly number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export function percentile(values: readonly number[], p: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+}
+
+/** Runs a command to completion; rejects with its output on a non-zero exit. */
+export function run(command: string, args: readonly string[], env: NodeJS.ProcessEnv = process.env, okCodes = [0]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => (okCodes.includes(code ?? -1) ? resolve(out) : reject(new Error(`${command} ${args.join(' ')} exited ${code}:\n${err}${out}`))));
+  });
+}
+
+/** `load` against one server; the parsed JSON summary. */
+export async function load(address: string, kind: string, options: { dest?: string; path?: string; inflight?: number; duration?: number; selector?: string; expectEntries?: number }): Promise<LoadResult> {
+  const args = ['--address', address, '--call', kind, '--json', '--duration', String(options.duration ?? 3), '--inflight', String(options.inflight ?? 1)];
+  if (options.dest) args.push('--dest', options.dest);
+  if (options.path) args.push('--path', options.path);
+  if (options.selector) args.push('--selector', options.selector);
+  if (options.expectEntries !== undefined) args.push('--expect-entries', String(options.expectEntries));
+  const out = await run(`${TOOLS}/load`, args);
+  const result = JSON.parse(out) as LoadResult;
+  if (result.failed > 0) throw new Error(`load ${kind} against ${options.dest}: ${result.failed} calls failed: ${JSON.stringify(result.errors)}`);
+  return result;
+}
+
+/** A long-running process whose output goes to a file, stopped by its PID. */
+export interface Service {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  readonly log: string;
+  output(): string;
+  stop(): Promise<void>;
+}
+
+const services = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of services) c.kill('SIGKILL');
+});
+
+export function startService(command: string, args: readonly string[], log: string, env: NodeJS.ProcessEnv = process.env): Service {
+  const fd = openSync(log, 'a');
+  const child = spawn(command, args, { env, stdio: ['ignore', fd, fd] });
+  closeSync(fd);
+  services.add(child);
+  const exited = new Promise<void>((resolve) => child.once('exit', () => (services.delete(child), resolve())));
+  return {
+    child,
+    pid: child.pid!,
+    log,
+    output: () => readFileSync(log, 'utf8'),
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+        await exited;
+        clearTimeout(t);
+      }
+    },
+  };
+}
+
+/** Resolves when `check()` is true, polling; rejects after `timeoutMs`. */
+export async function waitUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Resident set size of a process, in MiB. */
+export function rssMiB(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]);
+  return kb / 1024;
+}
+
+/** CLOCK_MONOTONIC in ns, the clock the C tools stamp with. */
+export function nowNs(): bigint {
+  return process.hrtime.bigint();
+}
+
+export const fmt = (v: number, digits = 1) => (Number.isFinite(v) ? v.toFixed(digits) : '–');
