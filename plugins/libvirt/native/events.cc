@@ -55,12 +55,13 @@ bool EventSink::Register(virConnectPtr conn, CallError& error) {
     int eventId;
     virConnectDomainEventGenericCallback callback;
   };
-  const Registration registrations[3] = {
+  const Registration registrations[4] = {
       {VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(OnLifecycle)},
+      {VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, VIR_DOMAIN_EVENT_CALLBACK(OnDeviceAdded)},
       {VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, VIR_DOMAIN_EVENT_CALLBACK(OnDeviceRemoved)},
       {VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, VIR_DOMAIN_EVENT_CALLBACK(OnDeviceRemovalFailed)},
   };
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 4; i++) {
     auto* hold = new std::shared_ptr<EventSink>(shared_from_this());
     int id = virConnectDomainEventRegisterAny(conn, nullptr, registrations[i].eventId, registrations[i].callback,
                                               hold, FreeHold);
@@ -123,6 +124,12 @@ void EventSink::OnLifecycle(virConnectPtr, virDomainPtr dom, int event, int deta
   SinkOf(opaque).Deliver(std::move(data));
 }
 
+void EventSink::OnDeviceAdded(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque) {
+  auto data = DomainEvent(EventData::Kind::DeviceAdded, dom);
+  if (alias != nullptr) data->alias = alias;
+  SinkOf(opaque).Deliver(std::move(data));
+}
+
 void EventSink::OnDeviceRemoved(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque) {
   auto data = DomainEvent(EventData::Kind::DeviceRemoved, dom);
   if (alias != nullptr) data->alias = alias;
@@ -169,6 +176,9 @@ void EventSink::Dispatch(Napi::Env env, const EventData& data) {
   switch (data.kind) {
     case EventData::Kind::Lifecycle:
       event.Set("kind", "lifecycle");
+      break;
+    case EventData::Kind::DeviceAdded:
+      event.Set("kind", "device-added");
       break;
     case EventData::Kind::DeviceRemoved:
       event.Set("kind", "device-removed");

@@ -14,7 +14,7 @@
 namespace vmdevd {
 
 struct EventData {
-  enum class Kind { Lifecycle, DeviceRemoved, DeviceRemovalFailed, Close };
+  enum class Kind { Lifecycle, DeviceAdded, DeviceRemoved, DeviceRemovalFailed, Close };
   Kind kind;
   std::string name;
   std::string uuid;
@@ -36,7 +36,7 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
   // JavaScript thread. Either callback may be undefined.
   static std::shared_ptr<EventSink> Create(Napi::Env env, Napi::Value onEvent, Napi::Value onClose);
 
-  // Registers LIFECYCLE, DEVICE_REMOVED, DEVICE_REMOVAL_FAILED for all
+  // Registers LIFECYCLE, DEVICE_ADDED, DEVICE_REMOVED, DEVICE_REMOVAL_FAILED for all
   // domains, and the close callback. Any thread but JavaScript's (it may
   // talk to the daemon). On failure nothing stays registered.
   bool Register(virConnectPtr conn, CallError& error);
@@ -62,6 +62,7 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
   static void OnFinalize(Napi::Env env, std::shared_ptr<EventSink>* hold, EventSink* sink);
   static void FreeHold(void* opaque);
   static void OnLifecycle(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque);
+  static void OnDeviceAdded(virConnectPtr conn, virDomainPtr dom, const char* alias, void* opaque);
   static void OnDeviceRemoved(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque);
   static void OnDeviceRemovalFailed(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque);
   static void OnClose(virConnectPtr, int reason, void* opaque);
@@ -71,7 +72,7 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
 
   std::mutex mutex_;
   bool usable_ = false;  // the thread-safe function may be called
-  int callbackIds_[3] = {-1, -1, -1};
+  int callbackIds_[4] = {-1, -1, -1, -1};
   bool closeRegistered_ = false;
   EventTsfn tsfn_;
   // JavaScript thread only; emptied when the thread-safe function is finalized.

@@ -7,7 +7,7 @@
  * addressed by UUID string: the binding looks the domain up, calls, and
  * frees it on every path, so no libvirt object outlives a call.
  *
- * Events (lifecycle, device removed, device removal failed) and the close
+ * Events (lifecycle, device added, device removed, device removal failed) and the close
  * callback are registered by {@link Connection.open} before it resolves,
  * so a detach can never be issued before its DEVICE_REMOVED event could be
  * received. libvirt's event loop runs on a native thread of its own; the
@@ -41,6 +41,7 @@ export type DomainEvent =
       /** A `VIR_DOMAIN_EVENT_<EVENT>_<DETAIL>` constant of that event. */
       readonly detail: number;
     }
+  | { readonly kind: 'device-added'; readonly name: string; readonly uuid: string; readonly alias: string }
   | { readonly kind: 'device-removed'; readonly name: string; readonly uuid: string; readonly alias: string }
   | { readonly kind: 'device-removal-failed'; readonly name: string; readonly uuid: string; readonly alias: string };
 

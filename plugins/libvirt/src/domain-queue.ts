@@ -107,11 +107,16 @@ export class DomainQueue {
     }
     let live: string | undefined;
     let config: string | undefined;
+    const wantConfig = domain.persistent && (!domain.active || batch.some((i) => i.request.device.persistent));
+    const read = async (fresh: boolean) => {
+      live = domain.active ? await this.backend.domainXml(this.uuid, false, fresh) : undefined;
+      config = wantConfig ? await this.backend.domainXml(this.uuid, true, fresh) : undefined;
+    };
     try {
-      const conn = this.backend.connection();
-      live = domain.active ? await conn.getXml(this.uuid) : undefined;
-      const wantConfig = domain.persistent && (!domain.active || batch.some((i) => i.request.device.persistent));
-      config = wantConfig ? await conn.getXml(this.uuid, { inactive: true }) : undefined;
+      await read(false);
+      // The XML kept from before lacks a device added since only if libvirt
+      // sent no event for it; ask once more before calling a device missing.
+      if (batch.some((i) => findDevice(live ?? config!, i.request.device) === undefined)) await read(true);
     } catch (err) {
       for (const item of batch) item.resolve(failure(toBackendError(err, `reading the XML of VM "${domain.name}"`)));
       return;
@@ -170,8 +175,16 @@ export class DomainQueue {
     const live = (item.flags! & C.VIR_DOMAIN_AFFECT_LIVE) !== 0;
     let result: 'removed' | 'failed' | undefined;
     let wake: () => void = () => {};
+    // The event settles a live-only detach at once, even before libvirt's call
+    // returns; with the definition to edit as well, the call's end is awaited.
+    const configToo = (item.flags! & C.VIR_DOMAIN_AFFECT_CONFIG) !== 0;
+    const onRemoval = (r: 'removed' | 'failed') => {
+      result = r;
+      if (!configToo) this.settleFromEvent(item, r);
+      wake();
+    };
     // Without an alias (drivers that give none) only the XML can confirm the removal.
-    const unwatch = live && found.alias !== undefined ? this.backend.watchRemoval(this.uuid, found.alias, (r) => ((result = r), wake())) : () => {};
+    const unwatch = live && found.alias !== undefined ? this.backend.watchRemoval(this.uuid, found.alias, onRemoval) : () => {};
     request.issued();
     try {
       const conn = this.backend.connection();
@@ -194,13 +207,19 @@ export class DomainQueue {
     void this.confirm(item, () => result, (fn) => (wake = fn)).finally(unwatch);
   }
 
+  private settleFromEvent(item: Item, r: 'removed' | 'failed'): void {
+    if (r === 'removed') item.resolve({ ok: true });
+    else item.resolve({ ok: false, error: 'RemovalFailed', message: `libvirt reported that the removal of the ${describe(item.request.device)} of VM "${this.name}" failed` });
+  }
+
   private async confirm(item: Item, result: () => 'removed' | 'failed' | undefined, onWake: (fn: () => void) => void): Promise<void> {
     const { request } = item;
     const alias = item.found!.alias;
     const what = `the ${describe(request.device)} of VM "${this.name}"`;
     for (;;) {
-      if (result() === 'removed') return item.resolve({ ok: true });
-      if (result() === 'failed') return item.resolve({ ok: false, error: 'RemovalFailed', message: `libvirt reported that the removal of ${what} failed` });
+      if (item.done) return;
+      const r = result();
+      if (r !== undefined) return this.settleFromEvent(item, r);
       if (request.signal.aborted && request.signal.reason !== 'timeout') return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
       // Synchronous removals and removals while disconnected show only in the XML.
       const gone = await this.deviceGone(request.device);
@@ -227,7 +246,7 @@ export class DomainQueue {
   private async deviceGone(spec: DetachRequest['device']): Promise<boolean | undefined> {
     if (!this.backend.isConnected()) return undefined;
     try {
-      return findDevice(await this.backend.connection().getXml(this.uuid), spec) === undefined;
+      return findDevice(await this.backend.domainXml(this.uuid, false, true), spec) === undefined;
     } catch (err) {
       if (isConnectionError(err)) return undefined;
       // The domain is gone (or stopped): so is the device.

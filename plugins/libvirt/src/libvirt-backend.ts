@@ -78,6 +78,8 @@ export class LibvirtBackend implements VmBackend {
   private readonly queues = new Map<string, DomainQueue>();
   private readonly connectedWaiters = new Set<() => void>();
   private readonly gaveUp = new Set<string>();
+  /** Domain XML by UUID, dropped on every event of the domain (see domainXml). */
+  private readonly xmlCache = new Map<string, { live?: Promise<string>; config?: Promise<string> }>();
   private reconnectTimer: NodeJS.Timeout | undefined;
   private backoffMs: number;
   private stopped = false;
@@ -119,6 +121,39 @@ export class LibvirtBackend implements VmBackend {
 
   domain(uuid: string): Domain | undefined {
     return this.domains.get(uuid);
+  }
+
+  /**
+   * The domain's live XML, or with `inactive` its definition. Kept between
+   * calls and dropped on any event of the domain (lifecycle, device added,
+   * removed or removal failed, which is every way its devices change), so a
+   * detach need not wait for a round trip to libvirt first. `fresh` asks
+   * libvirt in any case.
+   */
+  domainXml(uuid: string, inactive = false, fresh = false): Promise<string> {
+    let entry = this.xmlCache.get(uuid);
+    if (entry === undefined) {
+      entry = {};
+      this.xmlCache.set(uuid, entry);
+    }
+    const key = inactive ? 'config' : 'live';
+    const cached = entry[key];
+    if (cached !== undefined && !fresh) return cached;
+    const conn = this.connection();
+    const fetched = conn.getXml(uuid, { inactive });
+    entry[key] = fetched;
+    fetched.catch(() => {
+      if (this.xmlCache.get(uuid)?.[key] === fetched) delete this.xmlCache.get(uuid)![key];
+    });
+    return fetched;
+  }
+
+  private xmlChanged(uuid: string): void {
+    this.xmlCache.delete(uuid);
+    // Domains vmdevd detaches from get their XML fetched again at once, off the path of the next request.
+    if (this.queues.has(uuid) && this.conn !== undefined && this.domains.get(uuid)?.active) {
+      this.domainXml(uuid).catch(() => undefined);
+    }
   }
 
   async start(): Promise<void> {
@@ -253,6 +288,7 @@ export class LibvirtBackend implements VmBackend {
   /** Lists every domain with its type; events that arrive meanwhile are replayed after. */
   private async reload(conn: Connection): Promise<void> {
     this.reloading = new Set();
+    this.xmlCache.clear();
     try {
       const infos = await conn.listDomains();
       const domains = new Map<string, Domain>();
@@ -304,6 +340,8 @@ export class LibvirtBackend implements VmBackend {
 
   private onEvent(generation: number, e: DomainEvent): void {
     if (generation !== this.generation || this.stopped) return;
+    this.xmlChanged(e.uuid);
+    if (e.kind === 'device-added') return;
     if (e.kind === 'device-removed' || e.kind === 'device-removal-failed') {
       const key = `${e.uuid}\u0000${e.alias}`;
       const watchers = this.removalWatchers.get(key);
@@ -344,6 +382,7 @@ export class LibvirtBackend implements VmBackend {
     const why = CLOSE_REASONS[reason] ?? `reason ${reason}`;
     this.ctx.log.warn('lost the connection to libvirt', { uri: this.uri, reason: why });
     this.ctx.setHealth({ connected: false, reason: `lost the connection to ${this.uri} (${why}); reconnecting` });
+    this.xmlCache.clear();
     for (const queue of this.queues.values()) queue.connectionLost();
     if (conn !== undefined) void conn.close().catch(() => undefined);
     this.scheduleReconnect();

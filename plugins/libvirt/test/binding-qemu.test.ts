@@ -108,11 +108,12 @@ test('detaches by XML from the running VM and its definition', { timeout: 60_000
   });
 });
 
-test('a detached disk can be attached again', { timeout: 60_000 }, async () => {
+test('a detached disk can be attached again, with a DEVICE_ADDED event', { timeout: 60_000 }, async () => {
   await withVm(async (connection, vm, recorder) => {
     await connection.detachDevice(vm.uuid, vm.devices.usbDisk.xml, C.VIR_DOMAIN_AFFECT_LIVE);
     await removedEvent(recorder, vm, vm.devices.usbDisk.alias);
     await connection.attachDevice(vm.uuid, vm.devices.usbDisk.xml, C.VIR_DOMAIN_AFFECT_LIVE);
+    await recorder.waitFor('DEVICE_ADDED', (event) => event.kind === 'device-added' && event.uuid === vm.uuid && event.alias.length > 0);
     assert.deepEqual(targets(await connection.getXml(vm.uuid)).sort(), ['sda', 'sdb']);
   });
 });
