@@ -259,8 +259,12 @@ class Reader {
     const len = this.byte();
     this.need(len + 1);
     const start = this.pos;
-    if (this.buf[start + len] !== 0) throw new DecodeError('a signature is not NUL-terminated');
-    const s = this.buf.latin1Slice(start, start + len);
+    const b = this.buf;
+    if (b[start + len] !== 0) throw new DecodeError('a signature is not NUL-terminated');
+    let hash = len;
+    for (let i = start; i < start + len; i++) hash = (Math.imul(hash, 31) + b[i]!) | 0;
+    // Any byte that is not a type code (NUL, non-ASCII) fails the parse below.
+    const s = interned(b, start, len, hash & INTERN_MASK);
     this.pos = start + len + 1;
     try {
       parseSignature(s);
@@ -279,15 +283,18 @@ class Reader {
     const end = start + len;
     if (b[end] !== 0) throw new DecodeError('a string is not NUL-terminated');
     let s: string | undefined;
-    if (len <= 64) {
-      // Short ASCII strings are the common case: one pass checks for NUL and non-ASCII.
+    if (len <= MAX_INTERNED_LENGTH) {
+      // Short ASCII strings are the common case: one pass checks for NUL and
+      // non-ASCII and hashes, and a string seen before is reused.
       let ascii = true;
+      let hash = len;
       for (let i = start; i < end; i++) {
         const c = b[i]!;
         if (c === 0) throw new DecodeError('a string contains a NUL byte');
         if (c > 0x7f) ascii = false;
+        hash = (Math.imul(hash, 31) + c) | 0;
       }
-      if (ascii) s = b.latin1Slice(start, end);
+      if (ascii) s = interned(b, start, len, hash & INTERN_MASK);
     } else if (b.indexOf(0, start) < end) {
       throw new DecodeError('a string contains a NUL byte');
     }
@@ -402,6 +409,28 @@ class Reader {
     if (this.pos !== end) throw new DecodeError('an array element overruns the array');
     return out;
   }
+}
+
+/**
+ * Short ASCII strings recently decoded, by hash: names, paths, dict keys and
+ * values repeat from message to message, and comparing bytes with a kept
+ * string is several times cheaper than making a new string. Direct-mapped
+ * and bounded: a collision just replaces the entry.
+ */
+const MAX_INTERNED_LENGTH = 64;
+const INTERN_MASK = 511;
+const internTable = new Array<string>(INTERN_MASK + 1).fill('');
+
+function interned(b: FastBuffer, start: number, len: number, slot: number): string {
+  const kept = internTable[slot]!;
+  if (kept.length === len) {
+    let i = 0;
+    while (i < len && kept.charCodeAt(i) === b[start + i]) i++;
+    if (i === len) return kept;
+  }
+  const s = b.latin1Slice(start, start + len);
+  internTable[slot] = s;
+  return s;
 }
 
 function tooDeep(): DecodeError {
