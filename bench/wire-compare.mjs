@@ -3,7 +3,7 @@
 // Build first (npx tsc -b; make -C bench/c for the end-to-end part).
 //
 //   node bench/wire-compare.mjs codec            per-message encode/decode time, ours vs dbus-next
-//   node bench/wire-compare.mjs e2e [rounds] [seconds]
+//   node bench/wire-compare.mjs e2e [rounds] [seconds] [server,...]
 //        one private dbus-daemon; bench/c/build/load --call testmethod against
 //        (1) the sd-bus ref-server, (2) a bare dbus-next server replying true
 //        with dbus-next's connection, (3) the same with the fast connection
@@ -22,7 +22,7 @@ const { Message, Variant } = dbus;
 
 const [mode = 'codec', ...args] = process.argv.slice(2);
 if (mode === 'codec') await codec();
-else if (mode === 'e2e') await e2e(Number(args[0] ?? 3), Number(args[1] ?? 4));
+else if (mode === 'e2e') await e2e(Number(args[0] ?? 3), Number(args[1] ?? 4), args[2]?.split(','));
 else if (mode === 'serve') await serve(args[0], args[1], args[2]);
 else {
   console.error('usage: wire-compare.mjs codec | e2e [rounds] [seconds] | serve MODE NAME ADDRESS');
@@ -202,22 +202,29 @@ function runLoad(address, dest, inflight, seconds) {
   });
 }
 
+function fail(why) {
+  throw new Error(why);
+}
+
 function median(xs) {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-async function e2e(rounds, seconds) {
+/** `only`: server keys to run (ref, dbus-next, fast, immediate); the first is the reference of the ratios. */
+async function e2e(rounds, seconds, only) {
   const { startPrivateBus } = await import('../dist/test/harness/dbus-daemon.js');
   const bus = await startPrivateBus();
   const started = [];
   try {
-    const servers = [
+    let servers = [
       { key: 'sd-bus ref-server', name: 'org.example.ref', start: () => startProcess(`${root}/bench/c/build/ref-server`, ['--address', bus.address, '--name', 'org.example.ref']) },
       { key: 'dbus-next connection', name: 'org.example.bare.dbusnext', start: () => startProcess(process.execPath, [fileURLToPath(import.meta.url), 'serve', 'dbus-next', 'org.example.bare.dbusnext', bus.address]) },
       { key: 'fast connection', name: 'org.example.bare.fast', start: () => startProcess(process.execPath, [fileURLToPath(import.meta.url), 'serve', 'fast', 'org.example.bare.fast', bus.address]) },
       { key: 'fast, setImmediate flush', name: 'org.example.bare.immediate', start: () => startProcess(process.execPath, [fileURLToPath(import.meta.url), 'serve', 'fast-immediate', 'org.example.bare.immediate', bus.address]) },
     ];
+    const short = { ref: 'sd-bus ref-server', 'dbus-next': 'dbus-next connection', fast: 'fast connection', immediate: 'fast, setImmediate flush' };
+    if (only) servers = only.map((k) => servers.find((s) => s.key === short[k]) ?? fail(`unknown server ${k}`));
     for (const s of servers) {
       const p = s.start();
       started.push(p);
@@ -236,7 +243,7 @@ async function e2e(rounds, seconds) {
       console.error(`round ${i}: ${JSON.stringify(row)}`);
     }
     const table = servers.map((s) => {
-      const ref = (r) => r['sd-bus ref-server'];
+      const ref = (r) => r[servers[0].key];
       const p50s = results.map((r) => r[s.key].p50);
       return {
         server: s.key,
