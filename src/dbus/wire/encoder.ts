@@ -9,7 +9,11 @@
  * places where dbus-next would send something the bus rejects, which would
  * cost the whole connection: an invalid object path or signature, a variant
  * signature of more than one type, a Variant where another type is expected,
- * containers nested deeper than 64, arrays over 64 MiB, messages over 128 MiB.
+ * containers nested deeper than 64, arrays over 64 MiB, messages over 128 MiB,
+ * an 'ay' that is neither an array nor a typed array (dbus-next sends `{}` or
+ * `''` as an empty array). It accepts the smallest int64, -2^63, which
+ * dbus-next refuses by an off-by-one. It does not rewrite the message's body
+ * into marshaller form as dbus-next's marshaller does.
  *
  * Unix fds ('h') are not marshalled here: such a message goes through
  * dbus-next's marshaller, as before.
