@@ -1,8 +1,21 @@
 /**
- * Opening a dbus-next connection to the session bus, the system bus, or any
+ * Opening a dbus-next `MessageBus` to the session bus, the system bus, or any
  * address, and waiting until it is usable.
+ *
+ * On a unix socket the bus gets the connection of `./wire/` (our own
+ * marshalling, batched writes); other addresses, and every address when
+ * `VMDEVD_DBUS_CONNECTION=dbus-next`, get dbus-next's own connection.
  */
+import { createRequire } from 'node:module';
 import dbus from 'dbus-next';
+import { createFastConnection, isFastAddress } from './wire/fast-connection.js';
+
+const require = createRequire(import.meta.url);
+/** dbus-next's index does not export the class; its constructor takes any connection. */
+const MessageBusClass = require('dbus-next/lib/bus.js') as new (connection: unknown) => dbus.MessageBus;
+
+/** Set to `dbus-next` to use dbus-next's own connection everywhere. */
+export const CONNECTION_ENV = 'VMDEVD_DBUS_CONNECTION';
 
 export type MessageBus = dbus.MessageBus;
 
@@ -20,7 +33,7 @@ export function openBus(spec: BusSpec, timeoutMs = 10_000): Promise<MessageBus> 
   return new Promise((resolve, reject) => {
     let bus: MessageBus;
     try {
-      bus = spec === 'system' ? dbus.systemBus() : spec === 'session' ? dbus.sessionBus() : dbus.sessionBus({ busAddress: spec });
+      bus = createBus(spec);
     } catch (err) {
       reject(new Error(`cannot connect to ${describeBus(spec)}: ${(err as Error).message}`));
       return;
@@ -55,4 +68,28 @@ export function openBus(spec: BusSpec, timeoutMs = 10_000): Promise<MessageBus> 
     bus.on('connect', onConnect);
     bus.on('error', onError);
   });
+}
+
+/** The address dbus-next would resolve for a spec (undefined: dbus-next looks it up itself). */
+function addressOf(spec: BusSpec): string | undefined {
+  if (spec === 'system') return process.env['DBUS_SYSTEM_BUS_ADDRESS'] || 'unix:path=/var/run/dbus/system_bus_socket';
+  if (spec === 'session') return process.env['DBUS_SESSION_BUS_ADDRESS'] || undefined;
+  return spec;
+}
+
+function createBus(spec: BusSpec): MessageBus {
+  const address = addressOf(spec);
+  if (address !== undefined && process.env[CONNECTION_ENV] !== 'dbus-next' && isFastAddress(address)) {
+    return new MessageBusClass(createFastConnection({ busAddress: address }));
+  }
+  return spec === 'system' ? dbus.systemBus() : spec === 'session' ? dbus.sessionBus() : dbus.sessionBus({ busAddress: spec });
+}
+
+/**
+ * Calls `listener` once when the connection under `bus` ends or closes (the
+ * bus went away); `MessageBus` itself reports only errors. Both connections
+ * emit 'end' for it.
+ */
+export function onConnectionEnd(bus: MessageBus, listener: () => void): void {
+  (bus as unknown as { _connection: NodeJS.EventEmitter })._connection.once('end', listener);
 }

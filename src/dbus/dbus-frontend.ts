@@ -23,7 +23,7 @@ import { VmdevError, errorMessage, invalidArgs } from '../core/errors.js';
 import { RootLogger } from '../core/logger.js';
 import { StateHub, type StateMap } from '../core/state-hub.js';
 import { VmdevService } from '../core/vmdev-service.js';
-import { openBus, type MessageBus } from './bus-connection.js';
+import { onConnectionEnd, openBus, type MessageBus } from './bus-connection.js';
 import { PROPERTY_READ_ONLY, UNKNOWN_METHOD, errorName, toDBusError } from './error-map.js';
 import { INTERFACE_NAME, OBJECT_PATH, type InterfaceDefinition } from './interface-definition.js';
 
@@ -128,8 +128,7 @@ export class DbusFrontend implements Disposable {
     this.onBusLost = onLost;
     this.bus = await openBus(this.config.bus);
     this.bus.on('error', (err: unknown) => this.lost(err));
-    // dbus-next does not report the end of the stream on the bus object.
-    (this.bus as unknown as { _connection: NodeJS.EventEmitter })._connection.on('end', () => this.lost(new Error('the bus closed the connection')));
+    onConnectionEnd(this.bus, () => this.lost(new Error('the bus closed the connection')));
     this.log.info('connected to the bus', { bus: this.config.bus, uniqueName: (this.bus as unknown as { name: string }).name });
   }
 

@@ -1,0 +1,283 @@
+/**
+ * The fast connection under dbus-next's MessageBus: on a real private
+ * dbus-daemon (calls, services, order of many messages sent at once), and on
+ * a fake bus for what a real one never does (garbage, a bus that stops
+ * reading, closing during authentication), plus the address forms.
+ */
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import dbus from 'dbus-next';
+import { onConnectionEnd, openBus, type MessageBus } from '../../src/dbus/bus-connection.js';
+import { MessageFramer } from '../../src/dbus/wire/decoder.js';
+import { encodeMessage } from '../../src/dbus/wire/encoder.js';
+import { createFastConnection, FastConnection, unixTargets } from '../../src/dbus/wire/fast-connection.js';
+import { startPrivateBus, type PrivateBus } from '../harness/dbus-daemon.js';
+import { makeTempDir } from '../harness/temp-dir.js';
+
+const { Message, MessageType } = dbus;
+const MessageBusClass = createRequire(import.meta.url)('dbus-next/lib/bus.js') as new (conn: unknown) => MessageBus;
+
+const connectionOf = (bus: MessageBus) => (bus as unknown as { _connection: unknown })._connection;
+const uniqueName = (bus: MessageBus) => (bus as unknown as { name: string }).name;
+
+function ping(bus: MessageBus, destination: string, path = '/'): Promise<dbus.Message | null> {
+  return bus.call(new Message({ destination, path, interface: 'org.freedesktop.DBus.Peer', member: 'Ping' }));
+}
+
+describe('fast connection on a private dbus-daemon', () => {
+  let bus: PrivateBus;
+  before(async () => {
+    bus = await startPrivateBus();
+  });
+  after(async () => {
+    await bus?.stop();
+  });
+
+  it('is what openBus uses for a unix address, and talks to the bus', async () => {
+    const client = await openBus(bus.address);
+    try {
+      assert.ok(connectionOf(client) instanceof FastConnection);
+      assert.match(uniqueName(client), /^:1\.\d+$/);
+      const reply = await client.call(
+        new Message({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'ListNames' }),
+      );
+      assert.ok((reply!.body[0] as string[]).includes(uniqueName(client)));
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it('VMDEVD_DBUS_CONNECTION=dbus-next keeps dbus-next\'s own connection', async () => {
+    process.env['VMDEVD_DBUS_CONNECTION'] = 'dbus-next';
+    try {
+      const client = await openBus(bus.address);
+      assert.ok(!(connectionOf(client) instanceof FastConnection));
+      client.disconnect();
+    } finally {
+      delete process.env['VMDEVD_DBUS_CONNECTION'];
+    }
+  });
+
+  it('serves an interface to a dbus-next client, and answers Peer.Ping (a plain-object reply)', async () => {
+    const server = await openBus(bus.address);
+    process.env['VMDEVD_DBUS_CONNECTION'] = 'dbus-next';
+    const client = await openBus(bus.address).finally(() => delete process.env['VMDEVD_DBUS_CONNECTION']);
+    try {
+      class Echo extends dbus.interface.Interface {
+        Echo(what: unknown): unknown {
+          return what;
+        }
+      }
+      Echo.configureMembers({ methods: { Echo: { inSignature: 'v', outSignature: 'v' } } });
+      server.export('/test/echo', new Echo('org.example.Echo'));
+      await server.requestName('org.example.Echo', 0);
+      const proxy = await client.getProxyObject('org.example.Echo', '/test/echo');
+      const value = new dbus.Variant('a{sv}', { n: new dbus.Variant('x', -5n), b: new dbus.Variant('ay', Buffer.from([1, 2])) });
+      assert.deepStrictEqual(await proxy.getInterface('org.example.Echo')['Echo']!(value), value);
+      assert.equal((await ping(client, 'org.example.Echo'))!.type, MessageType.METHOD_RETURN);
+    } finally {
+      client.disconnect();
+      server.disconnect();
+    }
+  });
+
+  it('many messages sent in one tick arrive complete and in order', async () => {
+    const server = await openBus(bus.address);
+    const client = await openBus(bus.address);
+    try {
+      // Calls (the bus allows 128 pending replies per connection) and signals.
+      server.addMethodHandler((msg: dbus.Message) => {
+        if (msg.member !== 'Count') return false;
+        server.send(Message.newMethodReturn(msg, 'u', [msg.body[0]]));
+        return true;
+      });
+      const calls = Array.from({ length: 100 }, (_, i) =>
+        client.call(new Message({ destination: uniqueName(server), path: '/x', interface: 'org.example.Count', member: 'Count', signature: 'u', body: [i] })),
+      );
+      assert.deepEqual((await Promise.all(calls)).map((r) => r!.body[0]), Array.from({ length: 100 }, (_, i) => i));
+
+      const seen: number[] = [];
+      const all = new Promise<void>((resolve) =>
+        server.on('message', (msg: dbus.Message) => {
+          if (msg.member !== 'Tick') return;
+          seen.push(msg.body[0] as number);
+          if (seen.length === 3000) resolve();
+        }),
+      );
+      await server.call(
+        new Message({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'AddMatch', signature: 's', body: ["type='signal',interface='org.example.Count'"] }),
+      );
+      for (let i = 0; i < 3000; i++) client.send(Message.newSignal('/x', 'org.example.Count', 'Tick', 'us', [i, 'x'.repeat(i % 50)]));
+      await all;
+      assert.deepEqual(seen, Array.from({ length: 3000 }, (_, i) => i));
+    } finally {
+      client.disconnect();
+      server.disconnect();
+    }
+  });
+
+  it('a body that does not fit its signature throws to the caller and sends nothing', async () => {
+    const client = await openBus(bus.address);
+    try {
+      assert.throws(() => client.send(new Message({ type: MessageType.SIGNAL, path: '/x', interface: 'org.example.X', member: 'S', signature: 'u', body: ['no'] })), /integer/);
+      await assert.rejects(client.call(new Message({ destination: 'org.freedesktop.DBus', path: '/', member: 'Ping', signature: 's', body: [] })), /body elements/);
+      assert.equal((await ping(client, 'org.freedesktop.DBus'))!.type, MessageType.METHOD_RETURN);
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it('reports the end of the bus', async () => {
+    const own = await startPrivateBus();
+    const client = await openBus(own.address);
+    const ended = new Promise<void>((resolve) => onConnectionEnd(client, resolve));
+    const errors: unknown[] = [];
+    client.on('error', (e) => errors.push(e));
+    await own.stop();
+    await ended;
+    assert.equal(connectionOf(client) instanceof FastConnection, true);
+  });
+});
+
+// ---- a fake bus ----------------------------------------------------------------
+
+interface FakeBus {
+  readonly address: string;
+  /** Called with each connection once it has sent BEGIN and its Hello was answered. */
+  onClient?: (socket: net.Socket, framer: MessageFramer) => void;
+  /** Instead of answering AUTH. */
+  onAuth?: (socket: net.Socket) => void;
+  close(): Promise<void>;
+}
+
+async function startFakeBus(listen: string): Promise<FakeBus> {
+  const sockets = new Set<net.Socket>();
+  const fake: FakeBus = {
+    address: '',
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    let text = '';
+    let binary = false;
+    const framer = new MessageFramer();
+    socket.on('error', () => {});
+    socket.on('data', (chunk: Buffer) => {
+      if (binary) {
+        framer.push(chunk, (msg) => {
+          if (msg.member === 'Hello') {
+            socket.write(encodeMessage({ type: 2, serial: 1, replySerial: msg.serial!, destination: ':1.1', sender: 'org.freedesktop.DBus', signature: 's', body: [':1.1'] }));
+            fake.onClient?.(socket, framer);
+          }
+        });
+        return;
+      }
+      text += chunk.toString('latin1');
+      for (;;) {
+        const nl = text.indexOf('\r\n');
+        if (nl < 0) break;
+        const line = text.slice(0, nl).replace(/^\0/, '');
+        text = text.slice(nl + 2);
+        if (line.startsWith('AUTH')) {
+          if (fake.onAuth) fake.onAuth(socket);
+          else socket.write('OK 0123456789abcdef0123456789abcdef\r\n');
+        } else if (line === 'BEGIN') {
+          binary = true;
+          if (text.length > 0) socket.emit('data', Buffer.from(text, 'latin1'));
+          return;
+        }
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(listen, resolve));
+  return Object.assign(fake, { address: listen.startsWith('\0') ? `unix:abstract=${listen.slice(1)}` : `unix:path=${listen}` });
+}
+
+describe('fast connection on a fake bus', () => {
+  it('tries the addresses in order; abstract sockets, %-escapes and guid= work', async () => {
+    const name = `vmdevd-fake-${process.pid}`;
+    const fake = await startFakeBus(`\0${name}`);
+    try {
+      const bus = await openBus(`unix:path=/nonexistent/socket,guid=00;unix:abstract=${name.replace('-', '%2d')},guid=0123`);
+      assert.equal(uniqueName(bus), ':1.1');
+      bus.disconnect();
+    } finally {
+      await fake.close();
+    }
+    assert.deepEqual(unixTargets('unix:path=/a%20b,guid=1'), [{ path: '/a b', describe: 'unix:path=/a b' }]);
+    assert.equal(unixTargets('tcp:host=localhost,port=1'), undefined);
+    assert.equal(unixTargets('unix:path=/a;tcp:host=x,port=1'), undefined);
+    assert.equal(unixTargets('unix:tmpdir=/tmp'), undefined);
+  });
+
+  it('no address answers: one error naming each', async () => {
+    await assert.rejects(openBus('unix:path=/nonexistent/a;unix:path=/nonexistent/b'), /\/nonexistent\/a: .*ENOENT.*\/nonexistent\/b: .*ENOENT/);
+  });
+
+  it('malformed input from the bus is an error and ends the connection, no crash', async () => {
+    const dir = makeTempDir('vmdevd-fake-');
+    const fake = await startFakeBus(dir.file('bus'));
+    fake.onClient = (socket) => setTimeout(() => socket.write(Buffer.from('this is not a D-Bus message at all')), 50);
+    try {
+      const bus = await openBus(fake.address);
+      const error = new Promise<Error>((resolve) => bus.once('error', resolve));
+      const ended = new Promise<void>((resolve) => onConnectionEnd(bus, resolve));
+      assert.match((await error).message, /malformed message from the bus: not a message/);
+      await ended;
+    } finally {
+      await fake.close();
+      dir.remove();
+    }
+  });
+
+  it('a bus that closes during authentication fails openBus at once', async () => {
+    const dir = makeTempDir('vmdevd-fake-');
+    const fake = await startFakeBus(dir.file('bus'));
+    fake.onAuth = (socket) => socket.end();
+    try {
+      const started = Date.now();
+      await assert.rejects(openBus(fake.address), /during authentication/);
+      assert.ok(Date.now() - started < 5000);
+    } finally {
+      await fake.close();
+      dir.remove();
+    }
+  });
+
+  it('a bus that stops reading: output waits in order up to the bound, then the connection fails', async () => {
+    const dir = makeTempDir('vmdevd-fake-');
+    const fake = await startFakeBus(dir.file('bus'));
+    let stalled: net.Socket | undefined;
+    fake.onClient = (socket) => {
+      stalled = socket;
+      socket.pause();
+    };
+    try {
+      const conn = createFastConnection({ busAddress: fake.address, maxQueuedBytes: 1 << 20 });
+      const bus = new MessageBusClass(conn);
+      await new Promise((resolve) => bus.once('connect', resolve));
+      const errors: Error[] = [];
+      const error = new Promise<Error>((resolve) => bus.on('error', (e: Error) => resolve(errors[errors.push(e) - 1]!)));
+      const big = 'x'.repeat(60_000);
+      let sent = 0;
+      // Each tick's batch is written once; keep sending until the bound is hit.
+      while (conn.stream.writable && sent < 2000) {
+        for (let i = 0; i < 4; i++) bus.send(Message.newSignal('/x', 'org.example.X', 'Big', 's', [big]));
+        sent += 4;
+        await new Promise((r) => setImmediate(r));
+      }
+      assert.match((await error).message, /has not read the last \d+ bytes/);
+      assert.ok(sent < 2000, `still writable after ${sent} messages of 60 kB`);
+      assert.ok(stalled);
+    } finally {
+      await fake.close();
+      dir.remove();
+    }
+  });
+});
