@@ -6,13 +6,10 @@
  * marshalling, batched writes); other addresses, and every address when
  * `VMDEVD_DBUS_CONNECTION=dbus-next`, get dbus-next's own connection.
  */
-import { createRequire } from 'node:module';
 import dbus from 'dbus-next';
+import MessageBusClass from 'dbus-next/lib/bus.js';
 import { createFastConnection, isFastAddress } from './wire/fast-connection.js';
 
-const require = createRequire(import.meta.url);
-/** dbus-next's index does not export the class; its constructor takes any connection. */
-const MessageBusClass = require('dbus-next/lib/bus.js') as new (connection: unknown) => dbus.MessageBus;
 
 /** Set to `dbus-next` to use dbus-next's own connection everywhere. */
 export const CONNECTION_ENV = 'VMDEVD_DBUS_CONNECTION';

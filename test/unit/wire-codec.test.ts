@@ -11,7 +11,7 @@ import { PassThrough } from 'node:stream';
 import { describe, it } from 'node:test';
 import dbus from 'dbus-next';
 import { decodeMessage, DecodeError, MessageFramer, messageLength } from '../../src/dbus/wire/decoder.js';
-import { encodeMessage, encodeMessageInto, EncodeError, WireWriter, type OutgoingMessage } from '../../src/dbus/wire/encoder.js';
+import { encodeBody, encodeMessage, encodeMessageInto, EncodeError, WireWriter, type OutgoingMessage } from '../../src/dbus/wire/encoder.js';
 import { parseSignature, SignatureError, type TypeNode } from '../../src/dbus/wire/signature.js';
 
 const { Message, Variant } = dbus;
@@ -303,6 +303,21 @@ describe('wire codec: the same bytes and messages as dbus-next', () => {
     assert.equal(mine.length, cases.length);
     assert.equal(reference.length, cases.length);
     for (let i = 0; i < cases.length; i++) assert.deepStrictEqual(mine[i], reference[i], `case ${i} (seed ${seed}): decoded messages differ`);
+  });
+
+  it('a body encoded beforehand (rawBody) gives the same bytes as encoding it in place', () => {
+    const map: Record<string, string> = {};
+    for (let i = 0; i < 300; i++) map[`vm-${i}`] = i % 3 ? 'running' : 'paused';
+    for (const [signature, body] of [
+      ['v', [new dbus.Variant('a{ss}', map)]],
+      ['a{ss}', [map]],
+      ['sa{sv}as', ['x', { TestProperty: new dbus.Variant('a{ss}', map) }, ['Vms']]],
+    ] as Array<[string, unknown[]]>) {
+      for (const sender of [':1.1', ':1.123456', undefined]) {
+        const msg = { type: 2, serial: 9, replySerial: 4, destination: ':1.77', sender, signature, body };
+        assert.deepEqual(encodeMessage({ ...msg, rawBody: encodeBody(signature, body) }), encodeMessage(msg), `${signature} from ${sender}`);
+      }
+    }
   });
 
   it('big-endian messages decode as their little-endian twins', () => {

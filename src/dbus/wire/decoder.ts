@@ -18,16 +18,12 @@
  * a message is an error, as in dbus-next without fd passing.
  */
 import { Buffer, isUtf8 } from 'node:buffer';
-import { createRequire } from 'node:module';
 import dbus from 'dbus-next';
+import validators from 'dbus-next/lib/validators.js';
 import { MAX_ARRAY_LENGTH, MAX_MESSAGE_LENGTH, MAX_TOTAL_DEPTH } from './encoder.js';
 import { isObjectPath, parseSignature, parseSingleType, SignatureError, type TypeNode } from './signature.js';
 
 const { Message, Variant } = dbus;
-const validators = createRequire(import.meta.url)('dbus-next/lib/validators.js') as {
-  isBusNameValid(name: string): boolean;
-  isInterfaceNameValid(name: string): boolean;
-};
 type Message = dbus.Message;
 
 export class DecodeError extends Error {

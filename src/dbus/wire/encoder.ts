@@ -19,13 +19,12 @@
  * dbus-next's marshaller, as before.
  */
 import { Buffer } from 'node:buffer';
-import { createRequire } from 'node:module';
 import dbus from 'dbus-next';
+import marshallCompat from 'dbus-next/lib/marshall-compat.js';
 import { isObjectPath, parseSignature, parseSingleType, SignatureError, type TypeNode } from './signature.js';
 
 const { Variant } = dbus;
-const require = createRequire(import.meta.url);
-const { marshallMessage } = require('dbus-next/lib/marshall-compat.js') as { marshallMessage(msg: unknown): [Buffer, unknown[]] };
+const { marshallMessage } = marshallCompat;
 
 export class EncodeError extends Error {
   override readonly name = 'EncodeError';
@@ -52,6 +51,12 @@ export interface OutgoingMessage {
   readonly signature?: string;
   readonly body?: readonly unknown[];
   readonly unixFd?: number;
+  /**
+   * The body already encoded (by {@link encodeBody}) for `signature`; it is
+   * copied instead of encoding `body`. A connection without this codec
+   * ignores it and sends `body`, so both must say the same.
+   */
+  readonly rawBody?: Buffer;
 }
 
 /** Methods every Node Buffer has but @types/node does not declare. */
@@ -128,6 +133,18 @@ export function encodeMessage(msg: OutgoingMessage): Buffer {
   return scratch.take();
 }
 
+/**
+ * A message body encoded on its own, to be sent again and again as
+ * `rawBody` (a property value that changes rarely and is read often).
+ */
+export function encodeBody(signature: string, body: readonly unknown[]): Buffer {
+  const types = parseSignature(signature);
+  if (body.length !== types.length) throw new EncodeError(`Expected ${types.length} body elements for signature '${signature}' (got ${body.length})`);
+  const w = new WireWriter(256);
+  for (let i = 0; i < types.length; i++) writeValue(w, types[i]!, body[i], 0);
+  return w.take();
+}
+
 /** Thrown at an 'h' value: the whole message falls back to dbus-next. */
 class UnixFdValue extends Error {}
 
@@ -191,7 +208,14 @@ function writeMessage(w: WireWriter, msg: OutgoingMessage): void {
   pad(w, 8);
 
   const bodyStart = w.pos;
-  for (let i = 0; i < types.length; i++) writeValue(w, types[i]!, body[i], 0);
+  if (msg.rawBody !== undefined) {
+    // The body starts 8-aligned, as it did when it was encoded: alignment holds.
+    w.reserve(msg.rawBody.length);
+    msg.rawBody.copy(w.buf, w.pos);
+    w.pos += msg.rawBody.length;
+  } else {
+    for (let i = 0; i < types.length; i++) writeValue(w, types[i]!, body[i], 0);
+  }
   const bodyLength = w.pos - bodyStart;
   if (w.pos - start > MAX_MESSAGE_LENGTH) throw new EncodeError(`the message is longer than ${MAX_MESSAGE_LENGTH} bytes`);
   putU32(w.buf, start + 4, bodyLength);

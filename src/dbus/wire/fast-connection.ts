@@ -25,18 +25,12 @@
  * itself then holds at most one more batch.
  */
 import { EventEmitter } from 'node:events';
-import { createRequire } from 'node:module';
 import net from 'node:net';
+import clientHandshake from 'dbus-next/lib/handshake.js';
 import { encodeMessageInto, WireWriter, type OutgoingMessage } from './encoder.js';
 import { MessageFramer } from './decoder.js';
 import type dbus from 'dbus-next';
 
-const require = createRequire(import.meta.url);
-const clientHandshake = require('dbus-next/lib/handshake.js') as (
-  stream: net.Socket,
-  opts: { authMethods?: readonly string[] | undefined },
-  cb: (err: unknown, guid?: string) => void,
-) => void;
 
 export interface FastConnectionOptions {
   /** One or more `;`-separated unix addresses, tried in order. */

@@ -1,0 +1,27 @@
+/**
+ * Modules inside dbus-next that its index does not export and that the
+ * wire layer uses. They are imported (not required at run time) so that a
+ * bundle holds one dbus-next: a second copy would have classes of its own,
+ * and `instanceof` checks between the two would fail.
+ */
+declare module 'dbus-next/lib/bus.js' {
+  import type dbus from 'dbus-next';
+  const MessageBus: new (connection: unknown) => dbus.MessageBus;
+  export default MessageBus;
+}
+
+declare module 'dbus-next/lib/handshake.js' {
+  import type net from 'node:net';
+  const clientHandshake: (stream: net.Socket, opts: { authMethods?: readonly string[] | undefined }, cb: (err: unknown, guid?: string) => void) => void;
+  export default clientHandshake;
+}
+
+declare module 'dbus-next/lib/marshall-compat.js' {
+  const marshallCompat: { marshallMessage(msg: unknown): [Buffer, unknown[]] };
+  export default marshallCompat;
+}
+
+declare module 'dbus-next/lib/validators.js' {
+  const validators: { isBusNameValid(name: string): boolean; isInterfaceNameValid(name: string): boolean };
+  export default validators;
+}
