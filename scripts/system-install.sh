@@ -25,6 +25,8 @@
 # and the system bus to reload; uninstall first stops and disables the
 # service. Neither enables or starts anything.
 set -euo pipefail
+# Whatever the caller's umask, what is installed is readable by the service user.
+umask 022
 cd "$(dirname "$0")/.."
 root=$PWD
 
