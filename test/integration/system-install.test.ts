@@ -166,7 +166,7 @@ describe('system install into a DESTDIR', () => {
     assert.equal(r.code, 0, `--threshold failed it:\n${r.stdout}`);
   });
 
-  it('has a sysusers file that creates the service user and the admin group', async () => {
+  it('has a sysusers file that creates the service user and the admin group, and puts the user in libvirt', async () => {
     const root = makeTempDir('vmdevd-sysusers-');
     try {
       mkdirSync(root.file('etc'));
@@ -174,6 +174,7 @@ describe('system install into a DESTDIR', () => {
       assert.equal(r.code, 0, r.stderr);
       assert.match(readFileSync(root.file('etc/passwd'), 'utf8'), /^vmdevd:x:\d+:\d+:[^:]*:[^:]*:\/usr\/sbin\/nologin$/m);
       assert.match(readFileSync(root.file('etc/group'), 'utf8'), /^vmdevd-admin:x:\d+:$/m);
+      assert.match(readFileSync(root.file('etc/group'), 'utf8'), /^libvirt:x:\d+:vmdevd$/m, 'vmdevd is a member of libvirt (polkit looks there)');
     } finally {
       root.remove();
     }
