@@ -7,7 +7,7 @@
  *
  *   VMDEVD_FUZZ_SEED=N      repeat a run (the seed is printed)
  *   VMDEVD_FUZZ_CALLS=N     calls in the main phase (default 12000, at least 10000 in CI)
- *   VMDEVD_FUZZ_SECONDS=S   stop the main phase after S seconds (default 70)
+ *   VMDEVD_FUZZ_SECONDS=S   stop the main phase after S seconds (default 90)
  *
  * What is sent: TestMethod with valid requests, with requests that have one
  * known defect (bad labels, types, tokens, values, too many devices, too
@@ -41,7 +41,7 @@ import { Random } from './random-dbus.js';
 
 const SEED = process.env['VMDEVD_FUZZ_SEED'] !== undefined ? Number(process.env['VMDEVD_FUZZ_SEED']) : randomInt(2 ** 31);
 const CALLS = Number(process.env['VMDEVD_FUZZ_CALLS'] ?? 12_000);
-const SECONDS = Number(process.env['VMDEVD_FUZZ_SECONDS'] ?? 70);
+const SECONDS = Number(process.env['VMDEVD_FUZZ_SECONDS'] ?? 90);
 const MIN_CALLS = 10_000;
 const IN_FLIGHT = 16;
 const REPLY_TIMEOUT_MS = 15_000;
