@@ -4,6 +4,13 @@
  * with their native builds, a config that is never overwritten or removed,
  * and a unit that `systemd-analyze verify` accepts and `security` rates
  * 1.0 or lower.
+ *
+ * Both systemd-analyze checks work without systemd running, on the unit
+ * file's path in the DESTDIR: `verify` loads what the unit depends on
+ * (dbus.socket, sysinit.target) from the host, where the packages systemd
+ * and dbus put them (scripts/setup.sh installs both), and checks that the
+ * node of ExecStart exists. `--root=DESTDIR` would need those units and
+ * node inside the DESTDIR as well.
  */
 import assert from 'node:assert/strict';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
