@@ -8,9 +8,9 @@
 # uninstall-system` runs `uninstall`. DESTDIR, PREFIX, SYSCONFDIR and NODE
 # may be given as environment variables instead of options.
 #
-# PREFIX (default /usr/local) holds the program: PREFIX/lib/vmdevd (compiled
-# JavaScript, bin, the production node_modules, the plugins with their
-# native builds) and links in PREFIX/bin. The unit and the sysusers file go
+# PREFIX (default /usr/local) holds the program: PREFIX/lib/vmdevd (the
+# build output in dist/ but tests, bin, the production node_modules, the
+# plugins with their native builds) and links in PREFIX/bin. The unit and the sysusers file go
 # to PREFIX/lib/systemd/system and PREFIX/lib/sysusers.d when PREFIX is /usr
 # or /usr/local (systemd reads both), else to /etc/systemd/system and
 # /etc/sysusers.d. The bus policy, activation file and interface XML go to
@@ -137,6 +137,14 @@ copy_tree() {
   tar -C "$root" --exclude='*.tsbuildinfo' -cf - -- "$@" | tar -C "$dest" --no-same-owner -xf -
 }
 
+# Copies a package's build output (DIR/dist: compiled code, and bundles if
+# the build makes them), without its compiled tests and benchmarks.
+copy_dist() {
+  local dest=$1 dir=$2
+  tar -C "$root" --exclude='*.tsbuildinfo' --exclude="$dir/dist/test" --exclude="$dir/dist/bench" \
+    -cf - -- "$dir/dist" | tar -C "$dest" --no-same-owner -xf -
+}
+
 # The program: bin, compiled sources, interface XML, production node_modules
 # and the plugins, staged next to the old copy and then swapped in.
 install_program() {
@@ -146,7 +154,8 @@ install_program() {
   stage=$(mktemp -d "$parent/.vmdevd-install.XXXXXX")
   trap 'rm -rf "$stage" "$stage.old"' EXIT
 
-  copy_tree "$stage" package.json README.md bin dist/src dbus/org.example.dbustest.xml
+  copy_tree "$stage" package.json README.md bin dbus/org.example.dbustest.xml
+  copy_dist "$stage" .
 
   # Every package `npm ls` counts as production (dependencies of vmdevd and
   # of the plugins, not devDependencies), where npm put it.
@@ -163,14 +172,15 @@ install_program() {
   install -d -m 0755 "$stage/node_modules"
   ln -sfn .. "$stage/node_modules/vmdevd"
 
-  # A plugin at run time: its package.json, its compiled sources, and its
+  # A plugin at run time: its package.json, its build output, and its
   # native build (build/Release/*.node) if it has a binding.gyp.
   local dir name natives
   for dir in plugins/*/; do
     [ -f "$dir/package.json" ] || continue
     name=${dir%/}
-    [ -d "$name/dist/src" ] || die "plugin $name is not built (no $name/dist/src): run npm run build"
-    copy_tree "$stage" "$name/package.json" "$name/dist/src"
+    [ -d "$name/dist" ] || die "plugin $name is not built (no $name/dist): run npm run build"
+    copy_tree "$stage" "$name/package.json"
+    copy_dist "$stage" "$name"
     if [ -f "$name/binding.gyp" ]; then
       natives=("$name"/build/Release/*.node)
       [ -e "${natives[0]}" ] || die "plugin $name has no native build ($name/build/Release/*.node): run npm ci"
