@@ -158,9 +158,17 @@ install_program() {
   copy_dist "$stage" .
 
   # Every package `npm ls` counts as production (dependencies of vmdevd and
-  # of the plugins, not devDependencies), where npm put it.
-  local listing modules=()
-  listing=$(npm ls --omit=dev --all --parseable 2>&1) || die "npm ls found problems in node_modules (run npm ci):"$'\n'"$listing"
+  # of the plugins, not devDependencies), where npm put it. A tree npm finds
+  # fault with (an extraneous or invalid copy) is installed as it is, with a
+  # warning: the build ran against it.
+  local listing problems modules=()
+  problems=$(mktemp)
+  if ! listing=$(npm ls --omit=dev --all --parseable 2>"$problems"); then
+    [ -n "$listing" ] || die "npm ls cannot list node_modules (run npm ci): $(cat "$problems")"
+    echo "system-install: warning: npm ls finds problems in node_modules; installing them as they are:" >&2
+    grep -v '^npm error A complete log' "$problems" | sed 's/^/  /' >&2 || true
+  fi
+  rm -f "$problems"
   while IFS= read -r path; do
     case $path in
       "$root"/*/node_modules/* | "$root"/node_modules/*) modules+=("${path#"$root"/}") ;;

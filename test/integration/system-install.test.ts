@@ -61,7 +61,8 @@ describe('system install into a DESTDIR', () => {
 
   it('puts the unit, sysusers file, policy, activation file, interface XML and config where they belong, mode 0644', () => {
     const files = walk(inst.destdir).filter((p) => !p.startsWith('usr/local/lib/vmdevd') && !lstatSync(join(inst.destdir, p)).isDirectory());
-    assert.deepEqual(files.sort(), [...Object.keys(SYSTEM_FILES), 'usr/local/bin/vmdevd'].sort());
+    const links = readdirSync(join(REPO_ROOT, 'bin')).map((b) => `usr/local/bin/${b}`);
+    assert.deepEqual(files.sort(), [...Object.keys(SYSTEM_FILES), ...links].sort());
     for (const [file, expected] of Object.entries(SYSTEM_FILES)) {
       assert.equal(octal(mode(join(inst.destdir, file))), octal(expected), file);
     }
@@ -70,11 +71,14 @@ describe('system install into a DESTDIR', () => {
     assert.equal(readFileSync(inst.path('etc/vmdevd/config.json'), 'utf8'), readFileSync(join(REPO_ROOT, 'systemd/config.json'), 'utf8'));
   });
 
-  it('links PREFIX/bin/vmdevd to the installed program, which runs', async () => {
+  it('links every program into PREFIX/bin, and the installed vmdevd runs', async () => {
+    for (const bin of readdirSync(join(REPO_ROOT, 'bin'))) {
+      const l = inst.path(`usr/local/bin/${bin}`);
+      assert.ok(lstatSync(l).isSymbolicLink(), bin);
+      assert.equal(readlinkSync(l), `../lib/vmdevd/bin/${bin}`);
+      assert.equal(octal(mode(join(inst.pkglibdir, 'bin', bin))), '0755', bin);
+    }
     const link = inst.path('usr/local/bin/vmdevd');
-    assert.ok(lstatSync(link).isSymbolicLink());
-    assert.equal(readlinkSync(link), '../lib/vmdevd/bin/vmdevd');
-    assert.equal(octal(mode(inst.bin)), '0755');
     const r = await run(process.execPath, [link, '--version']);
     assert.equal(r.stdout.trim(), `vmdevd ${(JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version}`, r.stderr);
   });
