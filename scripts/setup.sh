@@ -19,6 +19,10 @@ PACKAGES=(
   valgrind
   # benchmarks: an sd-bus client and reference server, and libvirt-dbus to compare with
   libsystemd-dev libvirt-dbus
+  # the system install and bus policy tests: test accounts (useradd, groupadd),
+  # running clients and the daemon as them (setpriv), the unit checks
+  # (systemd-analyze, systemd-sysusers: package systemd, above)
+  passwd util-linux
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -222,7 +222,9 @@ export function parseDeviceMap(devices: unknown): DeviceSpec[] {
   if (typeof devices !== 'object' || devices === null || Array.isArray(devices)) {
     throw invalidArgs('the devices argument must be a map of label to tokens (a{sas})');
   }
-  // A label "__proto__" cannot survive the decoding into a plain object; say so instead of dropping it.
+  // Where Object.prototype has its __proto__ accessor (the daemon removes it at
+  // start), a label "__proto__" cannot survive the decoding into a plain
+  // object; say so instead of dropping it.
   const proto = Object.getPrototypeOf(devices);
   if (proto !== Object.prototype && proto !== null) {
     throw invalidArgs('device "__proto__": this label is reserved');

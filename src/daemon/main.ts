@@ -12,7 +12,23 @@ const EX_CONFIG = 78;
 const EX_UNAVAILABLE = 69;
 
 
+/**
+ * Makes "__proto__" an ordinary key. dbus-next decodes every D-Bus dict into
+ * a plain object by assignment, and vmdevd builds its maps the same way;
+ * through Object.prototype's `__proto__` accessor the key "__proto__" would
+ * set the prototype (or vanish) instead of becoming an entry: a write of
+ * TestProperty naming it was applied in part and answered as a success, and
+ * a VM of that name was missing from TestProperty. This is what node's
+ * `--disable-proto=delete` does; it also closes the usual path for prototype
+ * pollution. Object literals, `Object.getPrototypeOf` and `setPrototypeOf`
+ * are unaffected.
+ */
+function disableProtoAccessor(): void {
+  delete (Object.prototype as { __proto__?: unknown }).__proto__;
+}
+
 export async function main(argv: readonly string[]): Promise<number> {
+  disableProtoAccessor();
   let config;
   try {
     const args = parseDaemonArgs(argv);

@@ -72,8 +72,10 @@ function createInterface(def: InterfaceDefinition, source: PropertySource): Modu
       return source.vms();
     }
     TestMethod(): never {
-      // Calls never reach dbus-next's dispatch: the frontend's handler answers them first.
-      throw new Error('TestMethod is dispatched by the frontend');
+      // Calls never reach dbus-next's dispatch: the frontend's handler answers
+      // them first. Should one get here, dbus-next must not answer it with
+      // the stack trace it sends for any error that is not a DBusError.
+      throw new dbus.DBusError(errorName('Failed'), 'TestMethod could not be handled; the details are in the log of vmdevd');
     }
     TestSignal(states: StateMap): StateMap {
       return states;
@@ -111,6 +113,7 @@ export class DbusFrontend implements Disposable {
   private onBusLost: ((err: Error) => void) | undefined;
   private readonly credentialCache = new Map<string, Credentials>();
   private encodedStateCache = new WeakMap<StateMap, Buffer>();
+  private methodHandler: Disposable | undefined;
 
   constructor(
     @inject(Config) private readonly config: Config,
@@ -148,9 +151,11 @@ export class DbusFrontend implements Disposable {
     });
     bus.export(OBJECT_PATH, this.iface);
     this.introspection = this.buildIntrospection();
+    // Dispatching lasts as long as the connection (see close()); only the
+    // forwarding of events below ends when shutdown begins.
     const handler = (msg: Message) => this.dispatch(msg);
     bus.addMethodHandler(handler);
-    this.disposables.add({ dispose: () => bus.removeMethodHandler(handler) });
+    this.methodHandler = { dispose: () => bus.removeMethodHandler(handler) };
     this.disposables.add(this.detaches.onDidFinish((e) => this.emitOutcome(e)));
     this.disposables.add(this.hub.onDidChangeMap((map) => this.announced && this.emitStates(map)));
     this.disposables.add(
@@ -178,7 +183,12 @@ export class DbusFrontend implements Disposable {
     this.accepting = false;
   }
 
-  /** Releases the bus name and disconnects; signals already sent are flushed first. */
+  /**
+   * Releases the bus name and disconnects; signals already sent are flushed
+   * first. Calls keep being answered until the connection is gone (refused
+   * as shutting down, where they would change something): without our
+   * dispatch, dbus-next would answer them itself, with a stack trace.
+   */
   async close(): Promise<void> {
     if (this.closed || this.bus === undefined) return;
     this.closed = true;
@@ -191,10 +201,14 @@ export class DbusFrontend implements Disposable {
       this.log.warn('could not release the bus name', { error: errorMessage(err) });
     }
     this.bus.disconnect();
+    this.methodHandler?.dispose();
+    this.methodHandler = undefined;
   }
 
   dispose(): void {
     this.disposables.dispose();
+    this.methodHandler?.dispose();
+    this.methodHandler = undefined;
   }
 
   private lost(err: unknown): void {

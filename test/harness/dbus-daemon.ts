@@ -31,6 +31,36 @@ export function openBusConfig(socket: string): string {
 }
 
 /**
+ * A system-style bus configuration: the default policy of Debian's
+ * /usr/share/dbus-1/system.conf (no one owns names or calls methods unless
+ * a policy file allows it; signals and requested replies pass) on a
+ * private socket, plus `<include>`s of policy files such as the real one
+ * from dbus/. Every local user may connect.
+ */
+export function systemBusConfig(socket: string, includes: readonly string[]): string {
+  const doc = create({ version: '1.0' })
+    .dtd({ pubID: '-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN', sysID: 'http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd' })
+    .ele('busconfig');
+  doc.ele('type').txt('system');
+  doc.ele('listen').txt(`unix:path=${socket}`);
+  doc.ele('auth').txt('EXTERNAL');
+  const policy = doc.ele('policy', { context: 'default' });
+  policy.ele('allow', { user: '*' });
+  policy.ele('deny', { own: '*' });
+  policy.ele('deny', { send_type: 'method_call' });
+  policy.ele('allow', { send_type: 'signal' });
+  policy.ele('allow', { send_requested_reply: 'true', send_type: 'method_return' });
+  policy.ele('allow', { send_requested_reply: 'true', send_type: 'error' });
+  for (const type of ['method_call', 'method_return', 'error', 'signal']) policy.ele('allow', { receive_type: type });
+  for (const iface of ['org.freedesktop.DBus', 'org.freedesktop.DBus.Introspectable', 'org.freedesktop.DBus.Properties']) {
+    policy.ele('allow', { send_destination: 'org.freedesktop.DBus', send_interface: iface });
+  }
+  policy.ele('deny', { send_destination: 'org.freedesktop.DBus', send_interface: 'org.freedesktop.DBus', send_member: 'UpdateActivationEnvironment' });
+  for (const file of includes) doc.ele('include').txt(file);
+  return doc.end({ prettyPrint: true });
+}
+
+/**
  * Starts a dbus-daemon and resolves once it listens. `config` receives the
  * socket path and returns the configuration text.
  */

@@ -1,5 +1,5 @@
 /** Runs the real `bin/vmdevd` as a child process, as an operator would. */
-import { writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startProcess, type ManagedProcess } from './process.js';
@@ -26,19 +26,36 @@ export interface VmdevdOptions {
   readonly readyTimeoutMs?: number;
   /** Write the config file here (relative plugin paths and package names resolve from it). */
   readonly configDir?: string;
+  /** The vmdevd script to run (default: the checkout's `bin/vmdevd`), e.g. an installed copy. */
+  readonly bin?: string;
+  /** Options for node itself, before the script (`--jitless`). */
+  readonly nodeArgs?: readonly string[];
+  /**
+   * A command that runs node, e.g. `['setpriv', '--reuid=…', …]` to run the
+   * daemon as another user; the config is then readable by everyone.
+   */
+  readonly wrapper?: readonly string[];
 }
 
 export async function startVmdevd(options: VmdevdOptions): Promise<VmdevdProcess> {
   const dir = makeTempDir('vmdevd-daemon-');
   const configFile = options.configDir !== undefined ? join(options.configDir, 'vmdevd-config.json') : dir.file('config.json');
-  const args = [VMDEVD_BIN];
+  const args = [...(options.nodeArgs ?? []), options.bin ?? VMDEVD_BIN];
   if (options.address !== undefined) args.push('--address', options.address);
   if (options.config !== undefined) {
     writeFileSync(configFile, JSON.stringify(options.config, null, 2));
     args.push('--config', configFile);
+    if (options.wrapper !== undefined) {
+      chmodSync(dir.path, 0o755);
+      chmodSync(configFile, 0o644);
+    }
   }
   args.push(...(options.args ?? []));
-  const proc = startProcess(process.execPath, args, { env: { ...process.env, ...options.env } });
+  const [command, ...prefix] = options.wrapper ?? [];
+  const proc =
+    command === undefined
+      ? startProcess(process.execPath, args, { env: { ...process.env, ...options.env } })
+      : startProcess(command, [...prefix, process.execPath, ...args], { env: { ...process.env, ...options.env } });
   const handle: VmdevdProcess = {
     ...proc,
     configFile,

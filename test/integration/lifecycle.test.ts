@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import dbus from 'dbus-next';
-import { BUS_NAME, TestClient } from '../harness/bus-client.js';
+import { BUS_NAME, TestClient, type CallError } from '../harness/bus-client.js';
 import { startPrivateBus, type PrivateBus } from '../harness/dbus-daemon.js';
 import { run } from '../harness/process.js';
 import { DEFAULT_VMS, startStack, TEST_BACKEND } from '../harness/stack.js';
@@ -134,6 +134,42 @@ describe('running', () => {
       }
     });
   }
+
+  it('answers calls that arrive while it shuts down with clean errors, never a stack trace', async () => {
+    // Between the end of dispatching and leaving the bus, calls used to reach
+    // dbus-next's own dispatch, which sent com.github.dbus_next.ServiceError
+    // with a stack trace. Found by the bus fuzzer.
+    const daemon = await startVmdevd({ address: bus.address, config: { backends: [{ id: 't', plugin: TEST_BACKEND, vms: DEFAULT_VMS }] } });
+    const client = await TestClient.connect(bus.address);
+    const errors: Array<{ type: string; text: string }> = [];
+    let stopped = false;
+    const calls = [0, 1, 2, 3, 4, 5, 6, 7].map(async (w) => {
+      for (let i = 0; !stopped || i < 5; i++) {
+        const member = i % 2 === 0 ? 'TestMethod' : 'Set';
+        try {
+          if (member === 'TestMethod') await client.testMethod('vm1', { [`s${w}-${i}`]: ['type=disk', 'target=vdb'] });
+          else await client.setProperty('TestProperty', 'a{ss}', { vm1: 'running' });
+        } catch (err) {
+          const e = err as CallError;
+          errors.push({ type: e.type, text: e.text });
+          if (e.type === 'org.freedesktop.DBus.Error.ServiceUnknown') break;
+        }
+      }
+    });
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      daemon.child.kill('SIGTERM');
+      assert.equal(await daemon.exited(), 0);
+      stopped = true;
+      await Promise.all(calls);
+      assert.deepEqual(errors.filter((e) => !e.type.startsWith('org.freedesktop.DBus.Error.') && !e.type.startsWith('org.example.dbustest.Error.')), []);
+      assert.deepEqual(errors.filter((e) => /\n\s*at /.test(e.text)), []);
+    } finally {
+      stopped = true;
+      client.close();
+      await daemon.stop();
+    }
+  });
 
   it('exits when the bus name is taken', async () => {
     const squatter = await TestClient.connect(bus.address);
