@@ -4,7 +4,7 @@
 // from its ~370 separate modules takes ~100 ms; from a bundle, ~9 ms. The
 // entries share chunks, so a plugin that imports vmdevd/plugin-api gets
 // the very same inversify instance as the daemon.
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -23,6 +23,8 @@ const common = {
   external: ['x11', 'usocket'],
 };
 
+// Chunks are named by content: start from an empty directory, or old ones pile up.
+rmSync(join(root, 'dist/bundle'), { recursive: true, force: true });
 await build({
   ...common,
   entryPoints: {
@@ -39,6 +41,7 @@ const plugins = join(root, 'plugins');
 for (const name of existsSync(plugins) ? readdirSync(plugins) : []) {
   const entry = join(plugins, name, 'dist/src/index.js');
   if (!existsSync(entry)) continue;
+  rmSync(join(plugins, name, 'dist/bundle'), { recursive: true, force: true });
   await build({
     ...common,
     entryPoints: { index: entry },

@@ -23,10 +23,14 @@
 /* Desired states a TestProperty write may ask for (design 1.3). */
 static const char *const desired_states[] = { "running", "paused", "shutdown", "shutoff" };
 
+/* The most devices one request may name (the daemon's limit too). */
+#define DEVICES_MAX 256
+
 typedef struct {
     size_t n_vms;
     char **vm_names;        /* vm-0000, vm-0001, ... */
     const char **vm_states; /* points into desired_states */
+    bool outcomes;          /* send DeviceDetached per device, as the contract requires */
 } server_t;
 
 static void server_free(server_t *s)
@@ -109,11 +113,12 @@ static int read_device_tokens(sd_bus_message *m, const char *label, sd_bus_error
 
 static int method_test(sd_bus_message *m, void *userdata, sd_bus_error *error)
 {
+    const server_t *s = userdata;
     const char *selector;
+    const char *labels[DEVICES_MAX]; /* point into m, which lives until we return */
     size_t n_devices = 0;
     int r;
 
-    (void)userdata;
     r = sd_bus_message_read_basic(m, 's', &selector);
     if (r < 0)
         return r;
@@ -142,7 +147,10 @@ static int method_test(sd_bus_message *m, void *userdata, sd_bus_error *error)
         r = sd_bus_message_exit_container(m); /* {sas} */
         if (r < 0)
             return r;
-        n_devices++;
+        if (n_devices == DEVICES_MAX)
+            return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                     "More than %d devices.", DEVICES_MAX);
+        labels[n_devices++] = label;
     }
     if (r < 0)
         return r;
@@ -151,7 +159,19 @@ static int method_test(sd_bus_message *m, void *userdata, sd_bus_error *error)
         return r;
     if (n_devices == 0)
         return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "The device map is empty.");
-    return sd_bus_reply_method_return(m, "b", 1);
+    r = sd_bus_reply_method_return(m, "b", 1);
+    if (r < 0 || !s->outcomes)
+        return r;
+    /* Every device of an accepted request ends with an outcome signal: a
+     * reference server of the contract sends them too (confirmed at once,
+     * as by the fastest backend). */
+    for (size_t i = 0; i < n_devices; i++) {
+        r = sd_bus_emit_signal(sd_bus_message_get_bus(m), VMDEVD_OBJECT_PATH, VMDEVD_INTERFACE,
+                               "DeviceDetached", "ss", selector, labels[i]);
+        if (r < 0)
+            return r;
+    }
+    return 1;
 }
 
 /* Appends the VM name -> state map, for the property and for TestSignal. */
@@ -280,10 +300,11 @@ static const sd_bus_vtable module_vtable[] = {
 
 static void usage(FILE *f)
 {
-    fputs("Usage: ref-server [--address ADDR] [--name NAME] [--vms N]\n"
+    fputs("Usage: ref-server [--address ADDR] [--name NAME] [--vms N] [--no-outcomes]\n"
           "  --address ADDR  D-Bus address (default: DBUS_SESSION_BUS_ADDRESS)\n"
           "  --name NAME     bus name to own (default " VMDEVD_BUS_NAME ")\n"
           "  --vms N         entries in TestProperty: vm-0000 -> running ... (default 1)\n"
+          "  --no-outcomes   no DeviceDetached after an accepted TestMethod\n"
           "Prints 'READY <unique name>' once the name is owned; exits on SIGTERM/SIGINT.\n",
           f);
 }
@@ -294,11 +315,13 @@ int main(int argc, char **argv)
         { "address", required_argument, NULL, 'a' },
         { "name", required_argument, NULL, 'n' },
         { "vms", required_argument, NULL, 'v' },
+        { "no-outcomes", no_argument, NULL, 'o' },
         { "help", no_argument, NULL, 'h' },
         { 0 }
     };
     const char *address = NULL, *name = VMDEVD_BUS_NAME, *unique;
     uint64_t n_vms = 1;
+    bool outcomes = true;
     server_t server = { 0 };
     sd_event *event = NULL;
     sd_bus *bus = NULL;
@@ -316,6 +339,7 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'o': outcomes = false; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -326,6 +350,7 @@ int main(int argc, char **argv)
     }
 
     r = server_init(&server, n_vms);
+    server.outcomes = outcomes;
     if (r < 0) {
         fprintf(stderr, "ref-server: %s\n", strerror(-r));
         goto out;

@@ -39,10 +39,27 @@ interface Subscriber {
 
 class DetachJob {
   readonly subscribers: Subscriber[] = [];
-  readonly controller = new AbortController();
+  /** Made when the backend first looks at the request's signal: most never do. */
+  controller: AbortController | undefined;
+  abortReason: 'timeout' | 'shutdown' | undefined;
+
+  /** Aborts the request's signal, now or when the backend first reads it. */
+  abort(reason: 'timeout' | 'shutdown'): void {
+    this.abortReason ??= reason;
+    this.controller?.abort(reason);
+  }
+
+  signal(): AbortSignal {
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.abortReason !== undefined) this.controller.abort(this.abortReason);
+    }
+    return this.controller.signal;
+  }
   settled = false;
   timedOut = false;
-  clock: NodeJS.Timeout | undefined;
+  /** When the clock runs out (performance.now() ms); Infinity while held. */
+  deadline = Infinity;
   grace: NodeJS.Timeout | undefined;
 
   constructor(
@@ -59,6 +76,7 @@ export class DetachService implements Disposable {
   private readonly onDidFinishEmitter = new Emitter<DetachFinished>();
   private readonly log: Logger;
   private readonly timeoutMs: number;
+  private sweeper: NodeJS.Timeout | undefined;
 
   /** Fires once per device of every accepted request. */
   readonly onDidFinish: Event<DetachFinished> = this.onDidFinishEmitter.event;
@@ -101,29 +119,32 @@ export class DetachService implements Disposable {
   shutdown(): void {
     for (const job of [...this.jobs.values()]) {
       this.settle(job, { ok: false, error: 'Failed', message: 'vmdevd shut down before the detach was confirmed' });
-      job.controller.abort('shutdown');
+      job.abort('shutdown');
     }
   }
 
   dispose(): void {
     this.shutdown();
+    clearInterval(this.sweeper);
+    this.sweeper = undefined;
     this.onDidFinishEmitter.dispose();
   }
 
   private run(job: DetachJob): void {
     const startClock = () => {
-      clearTimeout(job.clock);
-      job.clock = setTimeout(() => this.expire(job), this.timeoutMs);
+      job.deadline = performance.now() + this.timeoutMs;
+      this.watchClocks();
     };
     const request: DetachRequest = {
       vm: job.vm.vm,
       device: job.device,
       timeoutMs: this.timeoutMs,
-      signal: job.controller.signal,
+      get signal() {
+        return job.signal();
+      },
       hold: () => {
         if (!job.settled && !job.timedOut) {
-          clearTimeout(job.clock);
-          job.clock = undefined;
+          job.deadline = Infinity;
         }
       },
       issued: () => {
@@ -151,6 +172,25 @@ export class DetachService implements Disposable {
     });
   }
 
+  /**
+   * One timer for every job's clock: it looks for expired deadlines a few
+   * times per timeout, instead of each device arming, restarting and
+   * clearing a timer of its own. A timeout is late by at most a quarter of
+   * itself (and 50 ms).
+   */
+  private watchClocks(): void {
+    if (this.sweeper !== undefined) return;
+    const every = Math.max(1, Math.min(50, this.timeoutMs / 4));
+    this.sweeper = setInterval(() => {
+      const now = performance.now();
+      for (const job of this.jobs.values()) if (!job.timedOut && job.deadline <= now) this.expire(job);
+      if (this.jobs.size === 0) {
+        clearInterval(this.sweeper);
+        this.sweeper = undefined;
+      }
+    }, every);
+  }
+
   private timeoutMessage(): string {
     return `the device was not confirmed removed within ${this.timeoutMs / 1000} s`;
   }
@@ -158,25 +198,22 @@ export class DetachService implements Disposable {
   private expire(job: DetachJob): void {
     if (job.settled) return;
     job.timedOut = true;
-    job.controller.abort('timeout');
+    job.abort('timeout');
     job.grace = setTimeout(() => this.settle(job, { ok: false, error: 'Timeout', message: this.timeoutMessage() }), this.graceMs);
   }
 
   private settle(job: DetachJob, outcome: DetachOutcome): void {
     if (job.settled) return;
     job.settled = true;
-    clearTimeout(job.clock);
     clearTimeout(job.grace);
     this.jobs.delete(job.key);
     const current = this.hub.find(job.host.id, job.vm.vm.name)?.key;
     for (const sub of job.subscribers) {
       const vm = current ?? sub.vmKey;
-      this.log.info('detach finished', {
-        vm,
-        device: sub.label,
-        result: outcome.ok ? 'detached' : outcome.error,
-        message: outcome.ok ? undefined : outcome.message,
-      });
+      // A failure is news at info; a confirmed detach is logged at debug, as
+      // the request itself already was.
+      if (outcome.ok) this.log.debug('detach finished', { vm, device: sub.label, result: 'detached' });
+      else this.log.info('detach finished', { vm, device: sub.label, result: outcome.error, message: outcome.message });
       this.onDidFinishEmitter.fire({ vm, device: sub.label, outcome });
     }
   }

@@ -25,6 +25,11 @@ interface TypeRule {
   readonly params: Readonly<Record<string, ParamRule>>;
 }
 
+interface CompiledRule extends TypeRule {
+  /** The parameter names, in a fixed order (for the identity). */
+  readonly names: readonly string[];
+}
+
 const decimal = (max: number): ParamRule => ({
   pattern: /^[0-9]{1,10}$/,
   expected: `a decimal number from 0 to ${max}`,
@@ -48,7 +53,7 @@ function normalizePciAddress(value: string): string {
   return `${(m[1] ?? '0000').toLowerCase()}:${m[2]!.toLowerCase()}:${m[3]!.toLowerCase()}.${m[4]}`;
 }
 
-const RULES: Readonly<Record<DeviceType, TypeRule>> = {
+const RULE_TABLE: Readonly<Record<DeviceType, TypeRule>> = {
   pci: {
     required: [['address']],
     params: {
@@ -113,6 +118,10 @@ const RULES: Readonly<Record<DeviceType, TypeRule>> = {
   },
 };
 
+const RULES = Object.fromEntries(
+  Object.entries(RULE_TABLE).map(([type, rule]) => [type, { ...rule, names: Object.keys(rule.params) }]),
+) as unknown as Readonly<Record<DeviceType, CompiledRule>>;
+
 const PERSISTENT: ParamRule = { pattern: /^(yes|no)$/, expected: 'yes or no' };
 
 function describeLabel(label: string): string {
@@ -126,7 +135,7 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
   if (!LABEL_PATTERN.test(label)) {
     throw invalidArgs(`${at()}: a label is 1 to 64 characters of A-Z a-z 0-9 _ . : -`);
   }
-  if (!Array.isArray(tokens) || tokens.some((t) => typeof t !== 'string')) {
+  if (!Array.isArray(tokens)) {
     throw invalidArgs(`${at()}: the tokens must be a list of strings`);
   }
   if (tokens.length === 0) {
@@ -135,8 +144,12 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
   if (tokens.length > MAX_TOKENS_PER_DEVICE) {
     throw invalidArgs(`${at()}: ${tokens.length} tokens, at most ${MAX_TOKENS_PER_DEVICE} are allowed`);
   }
-  const values = new Map<string, string>();
-  for (const token of tokens as string[]) {
+  // Names and values side by side: a handful of tokens, cheaper than a Map.
+  const names: string[] = [];
+  const values: string[] = [];
+  let type: string | undefined;
+  for (const token of tokens as unknown[]) {
+    if (typeof token !== 'string') throw invalidArgs(`${at()}: the tokens must be a list of strings`);
     if (token.length > MAX_TOKEN_LENGTH) {
       throw invalidArgs(`${at()}: a token is ${token.length} characters long, at most ${MAX_TOKEN_LENGTH} are allowed`);
     }
@@ -145,13 +158,15 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
       throw invalidArgs(`${at()}: token ${JSON.stringify(token)} is not of the form name=value`);
     }
     const name = token.slice(0, eq);
-    if (values.has(name)) {
+    if (names.includes(name)) {
       throw invalidArgs(`${at()}: token "${name}" is given more than once`);
     }
-    values.set(name, token.slice(eq + 1));
+    const value = token.slice(eq + 1);
+    if (name === 'type') type = value;
+    names.push(name);
+    values.push(value);
   }
 
-  const type = values.get('type');
   if (type === undefined) {
     throw invalidArgs(`${at()}: "type=…" is required (one of ${DEVICE_TYPES.join(', ')})`);
   }
@@ -162,9 +177,12 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
 
   const params: Record<string, string> = {};
   let persistent = false;
-  for (const [name, value] of values) {
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i]!;
     if (name === 'type') continue;
-    const paramRule = name === 'persistent' ? PERSISTENT : rule.params[name];
+    const value = values[i]!;
+    // Own keys only: a token named "constructor" is unknown, not Object's.
+    const paramRule = name === 'persistent' ? PERSISTENT : Object.hasOwn(rule.params, name) ? rule.params[name] : undefined;
     if (paramRule === undefined) {
       const known = [...Object.keys(rule.params), 'persistent'].join(', ');
       throw invalidArgs(`${at()}: unknown token "${name}" for type ${type} (known: ${known})`);
@@ -185,33 +203,43 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
   }
 
   const groups = rule.required;
-  const complete = groups.filter((g) => g.every((n) => n in params));
-  const started = groups.filter((g) => g.some((n) => n in params) && !g.every((n) => n in params));
-  if (complete.length === 0 || started.length > 0) {
-    const missing = (started[0] ?? groups[0]!).filter((n) => !(n in params));
+  let complete = false;
+  let started: readonly string[] | undefined;
+  for (const g of groups) {
+    let present = 0;
+    for (const n of g) if (n in params) present++;
+    if (present === g.length) complete = true;
+    else if (present > 0) started ??= g;
+  }
+  if (!complete || started !== undefined) {
+    const missing = (started ?? groups[0]!).filter((n) => !(n in params));
     const alternatives = groups.map((g) => g.join(' and ')).join(', or ');
     throw invalidArgs(`${at()}: type ${type} requires ${alternatives}; missing ${missing.join(', ')}`);
   }
 
-  const deviceType = type as DeviceType;
-  const identity = `${deviceType}:${Object.keys(params)
-    .sort()
-    .map((k) => `${k}=${params[k]}`)
-    .join(',')};persistent=${persistent ? 'yes' : 'no'}`;
-  // The XML costs more than the rest of the validation together; it is built
-  // when a backend first reads it (libvirt does; others may never).
-  let xml: string | undefined | null = null;
-  return {
-    label,
-    type: deviceType,
-    params,
-    persistent,
-    identity,
-    get xml() {
-      if (xml === null) xml = buildDeviceXml(deviceType, params);
-      return xml;
-    },
-  };
+  // Canonical: the type's parameters in their fixed order, whatever the token order.
+  let identity = `${type}:`;
+  for (const n of rule.names) if (n in params) identity += `${n}=${params[n]},`;
+  identity += persistent ? ';persistent=yes' : ';persistent=no';
+  return new ParsedDevice(label, type as DeviceType, params, persistent, identity);
+}
+
+/** A validated device; its XML is built when a backend first reads it (libvirt does; others may never), as it costs more than the rest of the validation together. */
+class ParsedDevice implements DeviceSpec {
+  #xml: string | undefined | null = null;
+
+  constructor(
+    readonly label: string,
+    readonly type: DeviceType,
+    readonly params: Readonly<Record<string, string>>,
+    readonly persistent: boolean,
+    readonly identity: string,
+  ) {}
+
+  get xml(): string | undefined {
+    if (this.#xml === null) this.#xml = buildDeviceXml(this.type, this.params);
+    return this.#xml;
+  }
 }
 
 /**

@@ -12,7 +12,12 @@ export class VmdevError extends Error {
     readonly kind: ErrorKind,
     message: string,
   ) {
+    // These report a caller's mistake or a state of the world, never a bug:
+    // no stack trace (capturing one costs more than validating a request).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message);
+    Error.stackTraceLimit = limit;
   }
 }
 

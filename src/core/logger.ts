@@ -12,8 +12,17 @@ const RANK: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 const LEVEL_TAGS: Record<LogLevel, string> = { error: 'error ', warn: 'warn  ', info: 'info  ', debug: 'debug ' };
 
 export interface LogSink {
-  write(line: string): void;
+  /** `urgent`: an error or a warning, written without delay. */
+  write(line: string, urgent?: boolean): void;
+  /**
+   * When present, takes the line as a function that formats it, called when
+   * the line is written: formatting then costs nothing on the path of the
+   * request that logs it.
+   */
+  defer?(line: () => string, urgent: boolean): void;
 }
+
+const FLUSH_INTERVAL_MS = 10;
 
 /**
  * stderr, until it breaks: when whoever reads it goes away (EPIPE), logging
@@ -21,25 +30,30 @@ export interface LogSink {
  */
 function stderrSink(): LogSink {
   let broken = false;
-  let pending: string[] = [];
+  let pending: Array<string | (() => string)> = [];
   process.stderr.on('error', () => {
     broken = true;
   });
-  // Lines of one turn of the event loop go out in one write: under load a
-  // request and its outcomes log several lines, and a write per line would
-  // cost a system call each.
+  // Lines are written at most every 10 ms, together: under load every
+  // request logs a line, and a write each would cost a system call per
+  // request. Errors and warnings, and whatever waits at exit, go out at once.
+  let timer: NodeJS.Timeout | undefined;
   const flush = () => {
+    clearTimeout(timer);
+    timer = undefined;
     if (pending.length === 0) return;
-    const text = pending.join('');
+    let text = '';
+    for (const line of pending) text += typeof line === 'string' ? line : line();
     pending = [];
     if (!broken) process.stderr.write(text);
   };
   process.on('exit', flush);
-  return {
-    write: (line) => {
-      if (pending.push(line) === 1) setImmediate(flush);
-    },
+  const add = (line: string | (() => string), urgent?: boolean) => {
+    pending.push(line);
+    if (urgent) flush();
+    else timer ??= setTimeout(flush, FLUSH_INTERVAL_MS).unref();
   };
+  return { write: add, defer: add };
 }
 
 function formatValue(value: unknown): string {
@@ -79,8 +93,7 @@ export class RootLogger {
   private stamp = '';
 
   /** The time as ISO 8601, formatted once per millisecond: under load many lines share one. */
-  private now(): string {
-    const ms = Date.now();
+  private time(ms: number): string {
     if (ms !== this.stampMs) {
       this.stampMs = ms;
       this.stamp = new Date(ms).toISOString();
@@ -90,13 +103,21 @@ export class RootLogger {
 
   private write(level: LogLevel, component: string, message: string, fields?: Record<string, unknown>): void {
     if (!this.enabled(level)) return;
-    let line = this.journal ? `<${PRIORITY[level]}>` : `${this.now()} ${LEVEL_TAGS[level]}`;
+    const urgent = RANK[level] <= RANK.warn;
+    const ms = Date.now();
+    if (this.sink.defer) this.sink.defer(() => this.format(ms, level, component, message, fields), urgent);
+    else this.sink.write(this.format(ms, level, component, message, fields), urgent);
+  }
+
+  private format(ms: number, level: LogLevel, component: string, message: string, fields?: Record<string, unknown>): string {
+    let line = this.journal ? `<${PRIORITY[level]}>` : `${this.time(ms)} ${LEVEL_TAGS[level]}`;
     line += `${component}: ${message}`;
     if (fields) {
-      for (const [key, value] of Object.entries(fields)) {
+      for (const key in fields) {
+        const value = fields[key];
         if (value !== undefined) line += ` ${key}=${formatValue(value)}`;
       }
     }
-    this.sink.write((line.includes('\n') ? line.replace(/\n/g, '\\n') : line) + '\n');
+    return (line.includes('\n') ? line.replace(/\n/g, '\\n') : line) + '\n';
   }
 }

@@ -14,6 +14,14 @@ import { StateHub, type VmEntry } from './state-hub.js';
 
 export const MAX_SELECTOR_LENGTH = 1024;
 
+/** The answer to `TestMethod`, and what starts the detaches it accepted. */
+export interface Acceptance {
+  readonly accepted: boolean;
+  start(): void;
+}
+
+const NOT_ACCEPTED: Acceptance = { accepted: false, start: () => {} };
+
 /** Who is calling, for logs (and for access checks made before the call reaches here). */
 export interface Caller {
   /** The caller's unique bus name, e.g. `:1.42`. */
@@ -34,21 +42,22 @@ export class VmdevService {
   }
 
   /**
-   * `TestMethod`: validates every device, then resolves the selector, then
-   * starts one detach per device. Returns false when no VM matches.
+   * `TestMethod`: validates every device, then resolves the selector.
+   * `accepted` is false when no VM matches; `start()` starts one detach per
+   * device. The caller replies between the two, so the reply does not wait
+   * for the detaches to be set up; nothing can fail in between.
    */
-  detach(caller: Caller, selector: unknown, devices: unknown): boolean {
+  detach(caller: Caller, selector: unknown, devices: unknown): Acceptance {
     const labels = devices !== null && typeof devices === 'object' ? Object.keys(devices).slice(0, 16).join(',') : undefined;
     try {
       const specs = parseDeviceMap(devices);
       const target = this.resolve(selector);
       if (target === undefined) {
         this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, 'no such VM (false)');
-        return false;
+        return NOT_ACCEPTED;
       }
-      this.detaches.start(target.host, target.entry, specs);
       this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, `accepted for ${target.entry.key}`);
-      return true;
+      return { accepted: true, start: () => this.detaches.start(target.host, target.entry, specs) };
     } catch (err) {
       this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, describe(err));
       throw err;

@@ -8,7 +8,7 @@
  */
 import dbus from 'dbus-next';
 import MessageBusClass from 'dbus-next/lib/bus.js';
-import { createFastConnection, isFastAddress } from './wire/fast-connection.js';
+import { createFastConnection, isFastAddress, type OversizedMessage } from './wire/fast-connection.js';
 
 
 /** Set to `dbus-next` to use dbus-next's own connection everywhere. */
@@ -26,11 +26,18 @@ export function describeBus(spec: BusSpec): string {
 }
 
 /** Connects and resolves once the bus has answered Hello. */
-export function openBus(spec: BusSpec, timeoutMs = 10_000): Promise<MessageBus> {
+export interface OpenOptions {
+  readonly timeoutMs?: number;
+  /** The longest message to accept (see `FastConnectionOptions.maxIncomingLength`). */
+  readonly maxIncomingLength?: number;
+}
+
+export function openBus(spec: BusSpec, options: OpenOptions = {}): Promise<MessageBus> {
+  const timeoutMs = options.timeoutMs ?? 10_000;
   return new Promise((resolve, reject) => {
     let bus: MessageBus;
     try {
-      bus = createBus(spec);
+      bus = createBus(spec, options.maxIncomingLength);
     } catch (err) {
       reject(new Error(`cannot connect to ${describeBus(spec)}: ${(err as Error).message}`));
       return;
@@ -74,10 +81,10 @@ function addressOf(spec: BusSpec): string | undefined {
   return spec;
 }
 
-function createBus(spec: BusSpec): MessageBus {
+function createBus(spec: BusSpec, maxIncomingLength?: number): MessageBus {
   const address = addressOf(spec);
   if (address !== undefined && process.env[CONNECTION_ENV] !== 'dbus-next' && isFastAddress(address)) {
-    return new MessageBusClass(createFastConnection({ busAddress: address }));
+    return new MessageBusClass(createFastConnection({ busAddress: address, maxIncomingLength }));
   }
   return spec === 'system' ? dbus.systemBus() : spec === 'session' ? dbus.sessionBus() : dbus.sessionBus({ busAddress: spec });
 }
@@ -89,4 +96,41 @@ function createBus(spec: BusSpec): MessageBus {
  */
 export function onConnectionEnd(bus: MessageBus, listener: () => void): void {
   (bus as unknown as { _connection: NodeJS.EventEmitter })._connection.once('end', listener);
+}
+
+/** A message vmdevd builds itself: every name in it is a constant of ours or came from the bus. */
+export interface TrustedMessage {
+  readonly type: number;
+  readonly flags?: number;
+  readonly path?: string;
+  readonly interface?: string;
+  readonly member?: string;
+  readonly errorName?: string;
+  readonly replySerial?: number;
+  readonly destination?: string;
+  readonly signature: string;
+  readonly body: readonly unknown[];
+  /** See `OutgoingMessage.rawBody`. */
+  readonly rawBody?: Buffer;
+}
+
+/**
+ * Sends a message without dbus-next's `Message` (its constructor checks every
+ * name with regular expressions; replies, errors and signals of our own need
+ * no checking, and on the hot path of a request the checks cost more than
+ * the encoding). Both connections accept a plain object.
+ */
+export function sendTrusted(bus: MessageBus, msg: TrustedMessage): void {
+  const internals = bus as unknown as { newSerial(): number; _connection: { message(m: unknown): void } };
+  // The callers build the object just for this: it takes its serial in place.
+  (msg as { serial?: number }).serial = internals.newSerial();
+  internals._connection.message(msg);
+}
+
+/**
+ * Calls `listener` for each message the connection dropped for its length
+ * (only our own connection limits it).
+ */
+export function onOversized(bus: MessageBus, listener: (m: OversizedMessage) => void): void {
+  (bus as unknown as { _connection: NodeJS.EventEmitter })._connection.on('oversized', listener);
 }

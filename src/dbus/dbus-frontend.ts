@@ -23,7 +23,7 @@ import { VmdevError, errorMessage, invalidArgs } from '../core/errors.js';
 import { RootLogger } from '../core/logger.js';
 import { StateHub, type StateMap } from '../core/state-hub.js';
 import { VmdevService } from '../core/vmdev-service.js';
-import { onConnectionEnd, openBus, type MessageBus } from './bus-connection.js';
+import { onConnectionEnd, onOversized, openBus, sendTrusted, type MessageBus } from './bus-connection.js';
 import { encodeBody } from './wire/encoder.js';
 import { PROPERTY_READ_ONLY, UNKNOWN_METHOD, errorName, toDBusError } from './error-map.js';
 import { INTERFACE_NAME, OBJECT_PATH, type InterfaceDefinition } from './interface-definition.js';
@@ -37,6 +37,15 @@ type Message = dbus.Message;
 const PROPERTIES = 'org.freedesktop.DBus.Properties';
 const INTROSPECTABLE = 'org.freedesktop.DBus.Introspectable';
 const NO_REPLY_EXPECTED = 0x1;
+/**
+ * The longest call vmdevd reads. The largest valid request (256 devices of 16
+ * tokens of 256 characters) is about 1.1 MB; a longer message is dropped as
+ * it arrives, so it cannot make the daemon hold its size in memory, and a
+ * call gets LimitsExceeded.
+ */
+export const MAX_CALL_BYTES = 4 * 1024 * 1024;
+const LIMITS_EXCEEDED = 'org.freedesktop.DBus.Error.LimitsExceeded';
+
 /** Unique names are never reused on a bus, so credentials can be kept; this bounds the memory. */
 const CREDENTIAL_CACHE_SIZE = 1024;
 const INTROSPECTION_HEADER =
@@ -77,6 +86,8 @@ function createInterface(def: InterfaceDefinition, source: PropertySource): Modu
       // the stack trace it sends for any error that is not a DBusError.
       throw new dbus.DBusError(errorName('Failed'), 'TestMethod could not be handled; the details are in the log of vmdevd');
     }
+    // The signals are sent by the frontend itself (sendTrusted); these give
+    // dbus-next the members configureMembers declares.
     TestSignal(states: StateMap): StateMap {
       return states;
     }
@@ -131,7 +142,20 @@ export class DbusFrontend implements Disposable {
   /** Connects to the bus. `onLost` is called if the connection breaks later. */
   async connect(onLost: (err: Error) => void): Promise<void> {
     this.onBusLost = onLost;
-    this.bus = await openBus(this.config.bus);
+    this.bus = await openBus(this.config.bus, { maxIncomingLength: MAX_CALL_BYTES });
+    onOversized(this.bus, ({ header, length, limit }) => {
+      this.log.warn('dropped a message that is too long', { caller: header.sender, member: header.member, bytes: length });
+      if (header.type === MessageType.METHOD_CALL && (header.flags & NO_REPLY_EXPECTED) === 0 && header.sender !== undefined) {
+        sendTrusted(this.bus!, {
+          type: MessageType.ERROR,
+          errorName: LIMITS_EXCEEDED,
+          replySerial: header.serial,
+          destination: header.sender,
+          signature: 's',
+          body: [`the call is ${length} bytes long; vmdevd reads calls of at most ${limit} bytes`],
+        });
+      }
+    });
     this.bus.on('error', (err: unknown) => this.lost(err));
     onConnectionEnd(this.bus, () => this.lost(new Error('the bus closed the connection')));
     this.log.info('connected to the bus', { bus: this.config.bus, uniqueName: (this.bus as unknown as { name: string }).name });
@@ -221,8 +245,12 @@ export class DbusFrontend implements Disposable {
 
   private emitStates(map: StateMap): void {
     if (this.closed) return;
-    this.iface!.TestSignal(map);
-    this.emitPropertiesChanged({ TestProperty: map }, ['Vms']);
+    this.signal(INTERFACE_NAME, 'TestSignal', 'a{ss}', [map]);
+    this.signal(PROPERTIES, 'PropertiesChanged', 'sa{sv}as', [INTERFACE_NAME, { TestProperty: new Variant('a{ss}', map) }, ['Vms']]);
+  }
+
+  private signal(iface: string, member: string, signature: string, body: unknown[]): void {
+    sendTrusted(this.bus!, { type: MessageType.SIGNAL, path: OBJECT_PATH, interface: iface, member, signature, body });
   }
 
   private emitPropertiesChanged(changed: Record<string, unknown>, invalidated: string[] = []): void {
@@ -246,8 +274,8 @@ export class DbusFrontend implements Disposable {
       this.log.warn('outcome not sent: the bus is closed', { vm: e.vm, device: e.device });
       return;
     }
-    if (e.outcome.ok) this.iface!.DeviceDetached(e.vm, e.device);
-    else this.iface!.DeviceDetachFailed(e.vm, e.device, errorName(e.outcome.error), e.outcome.message);
+    if (e.outcome.ok) this.signal(INTERFACE_NAME, 'DeviceDetached', 'ss', [e.vm, e.device]);
+    else this.signal(INTERFACE_NAME, 'DeviceDetachFailed', 'ssss', [e.vm, e.device, errorName(e.outcome.error), e.outcome.message]);
   }
 
   // ---- dispatch -------------------------------------------------------------
@@ -283,8 +311,10 @@ export class DbusFrontend implements Disposable {
     if (!this.accepting) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
     this.withAccess(msg, method.name, () => {
       // TestMethod is the only method of the interface.
-      const accepted = this.service.detach({ name: msg.sender }, msg.body[0], msg.body[1]);
-      this.reply(msg, method.outSignature, [accepted]);
+      const acceptance = this.service.detach({ name: msg.sender }, msg.body[0], msg.body[1]);
+      this.reply(msg, method.outSignature, [acceptance.accepted]);
+      // The reply's write is queued first: the detaches start right behind it.
+      process.nextTick(acceptance.start);
     });
     return true;
   }
@@ -401,9 +431,7 @@ export class DbusFrontend implements Disposable {
 
   private reply(msg: Message, signature: string, body: unknown[], rawBody?: Buffer): void {
     if ((msg.flags & NO_REPLY_EXPECTED) !== 0 || this.bus === undefined) return;
-    const reply = Message.newMethodReturn(msg, signature, body);
-    if (rawBody !== undefined) (reply as { rawBody?: Buffer }).rawBody = rawBody;
-    this.bus.send(reply);
+    sendTrusted(this.bus, { type: MessageType.METHOD_RETURN, replySerial: msg.serial!, destination: msg.sender, signature, body, rawBody });
   }
 
   private replyError(msg: Message, err: unknown, context: string): void {
@@ -413,7 +441,7 @@ export class DbusFrontend implements Disposable {
 
   private sendError(msg: Message, name: string, text: string): void {
     if ((msg.flags & NO_REPLY_EXPECTED) !== 0 || this.bus === undefined) return;
-    this.bus.send(Message.newError(msg as unknown as string, name, text));
+    sendTrusted(this.bus, { type: MessageType.ERROR, errorName: name, replySerial: msg.serial!, destination: msg.sender, signature: 's', body: [text] });
   }
 
   /** dbus-next's introspection of our object with our interface replaced by the file's element. */

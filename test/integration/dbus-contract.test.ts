@@ -295,6 +295,18 @@ describe('D-Bus contract', () => {
       });
     }
 
+    it('answers a call longer than 4 MiB with LimitsExceeded, without reading it into memory', async () => {
+      const before = stack.journal().length;
+      const rssBefore = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${stack.daemon.pid}/status`, 'utf8'))![1]);
+      const huge = 'x'.repeat(5 * 1024 * 1024);
+      await rejects(stack.client.testMethod(huge, { d: ['type=disk', 'target=vdb'] }), 'org.freedesktop.DBus.Error.LimitsExceeded', /bytes long; vmdevd reads calls of at most 4194304 bytes/);
+      await stack.daemon.waitForOutput(/dropped a message that is too long caller=:1\.\d+ member=TestMethod bytes=\d+/);
+      const rssAfter = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${stack.daemon.pid}/status`, 'utf8'))![1]);
+      assert.ok(rssAfter - rssBefore < 4096, `RSS grew by ${rssAfter - rssBefore} KiB`);
+      assert.equal(stack.journal().length, before);
+      assert.equal(await stack.client.testMethod('vm1', { after: ['type=disk', 'target=vdb'] }), true, 'the connection goes on');
+    });
+
     it('rejects a whole request when one of several devices is bad', async () => {
       const before = stack.journal().length;
       await rejects(stack.client.testMethod('vm1', { good: ['type=disk', 'target=vdb'], bad: ['type=disk'] }), INVALID_ARGS, /device "bad"/);

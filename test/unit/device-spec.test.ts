@@ -107,6 +107,8 @@ describe('rejections', () => {
     ['an unknown token', { d: ['type=usb', 'vendor=0x1234', 'product=0x5678', 'speed=high'] }, /unknown token "speed" for type usb \(known: vendor, product, bus, device, persistent\)/],
     ['a repeated token', { d: ['type=usb', 'vendor=0x1234', 'vendor=0x1234', 'product=0x5678'] }, /"vendor" is given more than once/],
     ['a repeated type', { d: ['type=disk', 'type=disk', 'target=vdb'] }, /"type" is given more than once/],
+    ['a token named after an Object method', { d: ['type=disk', 'target=vdb', 'constructor=x'] }, /unknown token "constructor" for type disk/],
+    ['a token named toString', { d: ['type=pci', 'address=01:00.0', 'toString=1'] }, /unknown token "toString" for type pci/],
     ['a token with no name', { d: ['type=disk', '=vdb'] }, /not of the form name=value/],
     ['a missing required token (pci)', { d: ['type=pci'] }, /type pci requires address; missing address/],
     ['a missing required token (scsi)', { d: ['type=scsi', 'adapter=scsi_host0'] }, /missing bus, target, unit/],

@@ -553,6 +553,22 @@ describe('wire codec: framing', () => {
     }
   });
 
+  it('drops a message longer than the limit as it arrives, reports its header, and frames what follows', () => {
+    const big = ourBytes({ type: 1, serial: 9, sender: ':1.5', path: PATH, interface: IFACE, member: 'TestMethod', signature: 'ay', body: [Buffer.alloc(5000, 7)] });
+    // Between the first message of the stream and the rest.
+    const first = ourBytes(reply('b', [true], 1));
+    const input = Buffer.concat([first, big, stream.subarray(first.length)]);
+    for (const step of [1, 7, 64, 1000, input.length]) {
+      const got: Message[] = [];
+      const oversized: Array<{ member: string | undefined; serial: number; sender: string | undefined; length: number }> = [];
+      const framer = new MessageFramer(1024, (h, length) => oversized.push({ member: h.member, serial: h.serial, sender: h.sender, length }));
+      for (let i = 0; i < input.length; i += step) framer.push(input.subarray(i, i + step), (m) => got.push(m));
+      assert.deepStrictEqual(got, expected, `in chunks of ${step}`);
+      assert.deepEqual(oversized, [{ member: 'TestMethod', serial: 9, sender: ':1.5', length: big.length }], `in chunks of ${step}`);
+      assert.equal(framer.pending, 0);
+    }
+  });
+
   it('one byte at a time, and in random chunks', () => {
     const out: Message[] = [];
     const framer = new MessageFramer();

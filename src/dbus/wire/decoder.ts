@@ -64,6 +64,66 @@ export function messageLength(buf: Buffer, off: number): number {
  */
 export function decodeMessage(buf: Buffer, off: number, length: number): Message | undefined {
   const r = new Reader(buf as FastBuffer, off, buf[off] === LITTLE);
+  const { type, flags, serial, path, iface, member, errorName, replySerial, destination, sender, signature } = readHeader(r, buf, off);
+
+  r.end = off + length;
+  r.align(8);
+  const body: unknown[] = [];
+  if (signature) {
+    const types = parseSignature(signature);
+    for (let i = 0; i < types.length; i++) body.push(r.value(types[i]!, 0));
+  }
+  if (r.pos !== r.end) throw new DecodeError(`the body is longer than its signature ${JSON.stringify(signature ?? '')} says`);
+
+  if (type > 4) return undefined;
+  checkFields(type, path, iface, member, errorName, replySerial, destination);
+
+  // The fields dbus-next's Message constructor sets, in its order; its
+  // validation is done above (and cached), so it is not run again.
+  const msg = Object.create(Message.prototype) as Record<string, unknown>;
+  msg['type'] = type;
+  msg['_sent'] = false;
+  msg['_serial'] = serial;
+  msg['path'] = path;
+  msg['interface'] = iface;
+  msg['member'] = member;
+  msg['errorName'] = errorName;
+  msg['replySerial'] = replySerial;
+  msg['destination'] = destination;
+  msg['sender'] = sender;
+  msg['signature'] = signature || '';
+  msg['body'] = body;
+  msg['flags'] = flags;
+  return msg as unknown as Message;
+}
+
+/** The header of a message, without its body. */
+export interface MessageHeader {
+  readonly type: number;
+  readonly flags: number;
+  readonly serial: number;
+  readonly path: string | undefined;
+  readonly iface: string | undefined;
+  readonly member: string | undefined;
+  readonly errorName: string | undefined;
+  readonly replySerial: number | undefined;
+  readonly destination: string | undefined;
+  readonly sender: string | undefined;
+  readonly signature: string | undefined;
+}
+
+/** The length of a message's fixed header and header fields (with their padding): where its body starts. */
+export function headerLength(buf: Buffer, off: number): number {
+  const fieldsLength = buf[off] === LITTLE ? buf.readUInt32LE(off + 12) : buf.readUInt32BE(off + 12);
+  return FIXED_HEADER_LENGTH + ((fieldsLength + 7) & ~7);
+}
+
+/** Decodes the header of the message at `off`; `buf` must hold at least headerLength bytes there. */
+export function decodeHeader(buf: Buffer, off: number): MessageHeader {
+  return readHeader(new Reader(buf as FastBuffer, off, buf[off] === LITTLE), buf, off);
+}
+
+function readHeader(r: Reader, buf: Buffer, off: number): MessageHeader {
   const type = buf[off + 1]!;
   const flags = buf[off + 2]!;
   const serial = r.u32At(off + 8);
@@ -127,36 +187,7 @@ export function decodeMessage(buf: Buffer, off: number, length: number): Message
     }
   }
   if (r.pos !== fieldsEnd) throw new DecodeError('the header fields overrun their length');
-
-  r.end = off + length;
-  r.align(8);
-  const body: unknown[] = [];
-  if (signature) {
-    const types = parseSignature(signature);
-    for (let i = 0; i < types.length; i++) body.push(r.value(types[i]!, 0));
-  }
-  if (r.pos !== r.end) throw new DecodeError(`the body is longer than its signature ${JSON.stringify(signature ?? '')} says`);
-
-  if (type > 4) return undefined;
-  checkFields(type, path, iface, member, errorName, replySerial, destination);
-
-  // The fields dbus-next's Message constructor sets, in its order; its
-  // validation is done above (and cached), so it is not run again.
-  const msg = Object.create(Message.prototype) as Record<string, unknown>;
-  msg['type'] = type;
-  msg['_sent'] = false;
-  msg['_serial'] = serial;
-  msg['path'] = path;
-  msg['interface'] = iface;
-  msg['member'] = member;
-  msg['errorName'] = errorName;
-  msg['replySerial'] = replySerial;
-  msg['destination'] = destination;
-  msg['sender'] = sender;
-  msg['signature'] = signature || '';
-  msg['body'] = body;
-  msg['flags'] = flags;
-  return msg as unknown as Message;
+  return { type, flags, serial, path, iface, member, errorName, replySerial, destination, sender, signature };
 }
 
 const METHOD_CALL = 1;
@@ -439,14 +470,37 @@ function tooDeep(): DecodeError {
  * its last byte is in (so a large message costs one copy, not one per chunk).
  * After a DecodeError the framer is unusable: the stream cannot be trusted.
  */
+/** The longest header an oversized message may have: only its body is dropped unread. */
+const MAX_OVERSIZED_HEADER = 65536;
+
 export class MessageFramer {
   private chunks: Buffer[] = [];
   private buffered = 0;
   /** The length of the message at the head, once its fixed header is in. */
   private headLength = 0;
+  /** Bytes of an oversized message's body still to be dropped. */
+  private skipping = 0;
+
+  /**
+   * `maxLength`: a message longer than this is not assembled: its header is
+   * read (for `onOversized`, which can answer it) and its body dropped as it
+   * arrives, so a huge message costs no memory.
+   */
+  constructor(
+    private readonly maxLength = MAX_MESSAGE_LENGTH,
+    private readonly onOversized: (header: MessageHeader, length: number) => void = () => {},
+  ) {}
 
   /** Calls `onMessage` for each complete message; it must not throw. Throws DecodeError. */
   push(chunk: Buffer, onMessage: (msg: Message) => void): void {
+    if (this.skipping > 0) {
+      if (chunk.length <= this.skipping) {
+        this.skipping -= chunk.length;
+        return;
+      }
+      chunk = chunk.subarray(this.skipping);
+      this.skipping = 0;
+    }
     if (this.buffered === 0) {
       this.consume(chunk, onMessage);
       return;
@@ -457,6 +511,10 @@ export class MessageFramer {
       if (this.buffered < FIXED_HEADER_LENGTH) return;
       if (this.chunks[0]!.length < FIXED_HEADER_LENGTH) this.chunks = [Buffer.concat(this.chunks, this.buffered)];
       this.headLength = messageLength(this.chunks[0]!, 0);
+    }
+    if (this.headLength > this.maxLength) {
+      this.dropOversized(onMessage);
+      return;
     }
     if (this.buffered < this.headLength) return;
     const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered);
@@ -471,10 +529,35 @@ export class MessageFramer {
     return this.buffered;
   }
 
+  /** Once the header of the oversized message at the head is in: report it, then drop the rest. */
+  private dropOversized(onMessage: (msg: Message) => void): void {
+    const head = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered);
+    const bodyStart = headerLength(head, 0);
+    if (bodyStart > MAX_OVERSIZED_HEADER) throw new DecodeError(`header fields of ${bodyStart} bytes`);
+    if (head.length < bodyStart) {
+      this.chunks = [head];
+      return;
+    }
+    const length = this.headLength;
+    this.onOversized(decodeHeader(head, 0), length);
+    this.chunks = [];
+    this.buffered = 0;
+    this.headLength = 0;
+    if (head.length >= length) this.consume(head.subarray(length), onMessage);
+    else this.skipping = length - head.length;
+  }
+
   private consume(buf: Buffer, onMessage: (msg: Message) => void): void {
     let off = 0;
     while (buf.length - off >= FIXED_HEADER_LENGTH) {
       const length = messageLength(buf, off);
+      if (length > this.maxLength) {
+        this.chunks = [buf.subarray(off)];
+        this.buffered = buf.length - off;
+        this.headLength = length;
+        this.dropOversized(onMessage);
+        return;
+      }
       if (buf.length - off < length) {
         this.headLength = length;
         break;

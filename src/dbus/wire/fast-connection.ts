@@ -28,7 +28,8 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import clientHandshake from 'dbus-next/lib/handshake.js';
 import { encodeMessageInto, WireWriter, type OutgoingMessage } from './encoder.js';
-import { MessageFramer } from './decoder.js';
+import { MessageFramer, type MessageHeader } from './decoder.js';
+import { MAX_MESSAGE_LENGTH } from './encoder.js';
 import type dbus from 'dbus-next';
 
 
@@ -41,6 +42,19 @@ export interface FastConnectionOptions {
   readonly maxQueuedBytes?: number;
   /** When a batch of writes goes out: after the current tick (default) or in the event loop's check phase (for measuring). */
   readonly flush?: 'tick' | 'immediate';
+  /**
+   * The longest message to accept (default: the spec's 128 MiB). A longer
+   * one is dropped as it arrives, without holding it in memory, and the
+   * connection emits 'oversized' (the owner of the bus answers a call).
+   */
+  readonly maxIncomingLength?: number;
+}
+
+/** What 'oversized' reports. */
+export interface OversizedMessage {
+  readonly header: MessageHeader;
+  readonly length: number;
+  readonly limit: number;
 }
 
 /** The part of the socket `MessageBus` uses. */
@@ -111,13 +125,17 @@ export class FastConnection extends EventEmitter {
   private waitingForDrain = false;
   private flushScheduled = false;
   private readonly out = new WireWriter();
-  private readonly framer = new MessageFramer();
+  private readonly framer: MessageFramer;
   private readonly maxQueuedBytes: number;
   private readonly schedule: (fn: () => void) => void;
 
   constructor(private readonly options: FastConnectionOptions) {
     super();
     this.maxQueuedBytes = options.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES;
+    const maxIncoming = options.maxIncomingLength ?? MAX_MESSAGE_LENGTH;
+    this.framer = new MessageFramer(maxIncoming, (header, length) => {
+      this.emit('oversized', { header, length, limit: maxIncoming } satisfies OversizedMessage);
+    });
     this.schedule = options.flush === 'immediate' ? (fn) => setImmediate(fn) : (fn) => process.nextTick(fn);
     const self = this;
     this.stream = {
