@@ -23,10 +23,11 @@ import { startPrivateBus } from '../test/harness/dbus-daemon.js';
 import { run } from '../test/harness/process.js';
 import { TEST_BACKEND, DEFAULT_VMS } from '../test/harness/stack.js';
 import { makeTempDir } from '../test/harness/temp-dir.js';
-import { REPO_ROOT, VMDEVD_BIN } from '../test/harness/vmdevd-process.js';
+import { DAEMON_ENV, DAEMON_NODE_ARGS, REPO_ROOT, VMDEVD_BIN } from '../test/harness/vmdevd-process.js';
 
 const LOAD = join(REPO_ROOT, 'bench/c/build/load');
-const MODES = { jit: [] as string[], jitless: ['--jitless', '--no-expose-wasm'] };
+// Both with the daemon's own options (bin/vmdevd's first line), as the unit and its drop-in run it.
+const MODES = { jit: [...DAEMON_NODE_ARGS], jitless: ['--jitless', '--no-expose-wasm', ...DAEMON_NODE_ARGS] };
 type Mode = keyof typeof MODES;
 
 const KINDS = [
@@ -75,7 +76,7 @@ async function main(): Promise<void> {
         const seen = names.signals.length;
         const log = openSync(dir.file(`daemon-${mode}-${round}.log`), 'w');
         const t0 = performance.now();
-        daemon = spawn(process.execPath, [...MODES[mode], VMDEVD_BIN, '--address', bus.address, '--config', configFile], { stdio: ['ignore', log, log] });
+        daemon = spawn(process.execPath, [...MODES[mode], VMDEVD_BIN, '--address', bus.address, '--config', configFile], { stdio: ['ignore', log, log], env: { ...process.env, ...DAEMON_ENV } });
         closeSync(log);
         const appeared = await names.waitFor((s) => names.signals.indexOf(s) >= seen && s.body[2] !== '', 20_000, 'the bus name');
         const startMs = appeared.at - t0;

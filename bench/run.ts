@@ -16,6 +16,7 @@ import { startPrivateBus, type PrivateBus } from '../test/harness/dbus-daemon.js
 import { startLibvirtd } from '../test/harness/libvirtd.js';
 import { createTestVm } from '../test/harness/test-vms.js';
 import { TEST_BACKEND } from '../test/harness/stack.js';
+import { DAEMON_ENV, DAEMON_NODE_ARGS } from '../test/harness/vmdevd-process.js';
 import { fmt, load, median, nowNs, percentile, rssMiB, ROOT, run, startService, TOOLS, waitUntil, type LoadResult, type Service } from './lib.js';
 
 const { values: opts } = parseArgs({
@@ -46,7 +47,7 @@ async function startVmdevd(bus: PrivateBus, busName: string, backends: unknown[]
   const config = join(work, `${busName}.json`);
   writeFileSync(config, JSON.stringify({ busName, logLevel: 'info', detachTimeoutSeconds: 30, backends, ...extra }));
   const startedNs = nowNs();
-  const svc = startService(process.execPath, [VMDEVD, '--address', bus.address, '--config', config], join(work, `${busName}.log`));
+  const svc = startService(process.execPath, [...DAEMON_NODE_ARGS, VMDEVD, '--address', bus.address, '--config', config], join(work, `${busName}.log`), { ...process.env, ...DAEMON_ENV });
   cleanups.push(() => svc.stop());
   await waitUntil(`${busName} ready`, () => /vmdevd: ready/.test(svc.output()) || svc.child.exitCode !== null);
   if (svc.child.exitCode !== null) throw new Error(`vmdevd ${busName} exited:\n${svc.output()}`);

@@ -15,12 +15,14 @@ import { RootLogger } from '../core/logger.js';
 import { StateHub } from '../core/state-hub.js';
 import { DbusFrontend } from '../dbus/dbus-frontend.js';
 import { createContainer, type ContainerOptions } from './container.js';
+import { MemoryReclaimer } from './memory-reclaimer.js';
 
 export class Daemon {
   private readonly container: Container;
   private readonly log: Logger;
   private stopping: Promise<void> | undefined;
   private readonly lostListeners: Array<(err: Error) => void> = [];
+  private readonly reclaimer: MemoryReclaimer;
 
   constructor(
     readonly config: Config,
@@ -29,6 +31,7 @@ export class Daemon {
   ) {
     this.container = createContainer(config, logger, options);
     this.log = logger.child('vmdevd');
+    this.reclaimer = new MemoryReclaimer(logger.child('memory'));
   }
 
   get registry(): BackendRegistry {
@@ -77,6 +80,7 @@ export class Daemon {
       this.log.warn('closing the bus failed', { error: errorMessage(err) });
     }
     await this.container.get(BackendRegistry).stop();
+    this.reclaimer.dispose();
     this.container.get(StateHub).dispose();
     this.container.get(BackendRegistry).dispose();
     detaches.dispose();

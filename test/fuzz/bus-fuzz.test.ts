@@ -1,6 +1,6 @@
 /**
  * Bad input over the bus. A seeded fuzzer sends at least 10,000 calls to the
- * daemon (run as in the unit, with --jitless) and checks that it answers
+ * daemon (run as in the unit, with the node options of bin/vmdevd) and checks that it answers
  * every one with a valid reply or a D-Bus error, never crashes, never puts a
  * stack trace in an error, never starts a detach for a request it refused,
  * and gives back the memory afterwards.
@@ -45,7 +45,7 @@ const SECONDS = Number(process.env['VMDEVD_FUZZ_SECONDS'] ?? 90);
 const MIN_CALLS = 10_000;
 const IN_FLIGHT = 16;
 const REPLY_TIMEOUT_MS = 15_000;
-const WARMUP_CALLS = Number(process.env['VMDEVD_FUZZ_WARMUP'] ?? 2000);
+const WARMUP_CALLS = Number(process.env['VMDEVD_FUZZ_WARMUP'] ?? 4000);
 const SHUTDOWN_CALLS = 600;
 const RSS_TOLERANCE = 1.1;
 
@@ -189,10 +189,8 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
 
   before(async () => {
     console.log(`# fuzz seed ${SEED}: repeat with VMDEVD_FUZZ_SEED=${SEED}`);
-    stack = await startStack({
-      daemon: { nodeArgs: ['--jitless', '--no-expose-wasm'] },
-      config: { logLevel: 'info', detachTimeoutSeconds: 1 },
-    });
+    // The daemon runs with the node options of the unit (bin/vmdevd's first line).
+    stack = await startStack({ config: { logLevel: 'info', detachTimeoutSeconds: 1 } });
     client = await RawClient.connect(stack.bus.address);
   });
   after(async () => {
