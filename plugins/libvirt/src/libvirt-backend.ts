@@ -363,7 +363,11 @@ export class LibvirtBackend implements VmBackend {
     const state = stateAfterEvent(e.event);
     const membership =
       e.event === C.VIR_DOMAIN_EVENT_DEFINED || e.event === C.VIR_DOMAIN_EVENT_UNDEFINED || (e.event === C.VIR_DOMAIN_EVENT_STOPPED && known?.persistent === false);
-    if (known !== undefined && state !== undefined) {
+    // QEMU reports a guest's or the host's shutdown on its monitor, while
+    // libvirt reports the stop on another path: the SHUTDOWN event can come
+    // after STOPPED. A stopped domain is not shutting down.
+    const stale = state === 'shutdown' && known?.state === 'shutoff';
+    if (known !== undefined && state !== undefined && !stale) {
       const active = state !== 'shutoff';
       const next = { ...known, state, active };
       this.domains.set(e.uuid, next);
