@@ -29,6 +29,11 @@ set -euo pipefail
 umask 022
 cd "$(dirname "$0")/.."
 root=$PWD
+# The daemon's environment and node options: those on the first line of
+# bin/vmdevd, "#!/usr/bin/env -S [NAME=VALUE ...] node [OPTION ...]".
+shebang=$(head -n 1 "$root/bin/vmdevd")
+daemon_env=$(sed -n 's|^#!/usr/bin/env -S \(\([^ =]*=[^ ]* \)*\)node.*$|\1|p' <<<"$shebang" | sed 's/ *$//')
+node_args=$(sed -n 's|^#!/usr/bin/env -S \([^ =]*=[^ ]* \)*node *||p' <<<"$shebang")
 
 usage() {
   sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -117,7 +122,7 @@ reload_system() {
 render() {
   local src=$1 dest=$DESTDIR$2
   install -d -m 0755 "$(dirname "$dest")"
-  sed -e "s|@NODE@|$NODE|g" -e "s|@PKGLIBDIR@|$pkglibdir|g" -e "s|@SYSCONFDIR@|${SYSCONFDIR%/}|g" "$src" >"$dest.tmp"
+  sed -e "s|@NODE@|$NODE|g" -e "s|@NODE_ARGS@|$node_args|g" -e "s|@DAEMON_ENV@|$daemon_env|g" -e "s|@PKGLIBDIR@|$pkglibdir|g" -e "s|@SYSCONFDIR@|${SYSCONFDIR%/}|g" "$src" >"$dest.tmp"
   chmod 0644 "$dest.tmp"
   mv -f "$dest.tmp" "$dest"
   say "installed $dest"
@@ -224,6 +229,7 @@ do_install() {
   [ -x "$NODE" ] || die "node is not executable at $NODE (give --node PATH)"
   install_program
   render systemd/vmdevd.service "$unit"
+  render systemd/jitless.conf "$pkglibdir/systemd/jitless.conf"
   copy systemd/vmdevd.sysusers.conf "$sysusers" 0644
   copy dbus/org.example.dbustest.conf "$policy" 0644
   render dbus/org.example.dbustest.service "$activation"

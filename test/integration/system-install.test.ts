@@ -22,7 +22,7 @@ import { openBusConfig, startPrivateBus } from '../harness/dbus-daemon.js';
 import { run } from '../harness/process.js';
 import { installToTempDir, runInstallScript, type Installed } from '../harness/system-install.js';
 import { makeTempDir } from '../harness/temp-dir.js';
-import { REPO_ROOT, startVmdevd } from '../harness/vmdevd-process.js';
+import { DAEMON_ENV, DAEMON_NODE_ARGS, REPO_ROOT, startVmdevd } from '../harness/vmdevd-process.js';
 
 /** Files outside PREFIX/lib/vmdevd, with their modes, for PREFIX=/usr/local. */
 const SYSTEM_FILES: Record<string, number> = {
@@ -86,10 +86,15 @@ describe('system install into a DESTDIR', () => {
   it('writes the install paths into the unit and the activation file', () => {
     const unit = readFileSync(inst.path('usr/local/lib/systemd/system/vmdevd.service'), 'utf8');
     const activation = readFileSync(inst.path('usr/share/dbus-1/system-services/org.example.dbustest.service'), 'utf8');
-    const command = `${process.execPath} --jitless --no-expose-wasm /usr/local/lib/vmdevd/bin/vmdevd --system --config /etc/vmdevd/config.json`;
-    assert.match(unit, new RegExp(`^ExecStart=${command.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
-    assert.match(activation, new RegExp(`^Exec=${command.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
-    assert.doesNotMatch(unit + activation, /@[A-Z]+@/, 'no placeholder is left');
+    const command = `${process.execPath} ${DAEMON_NODE_ARGS.join(' ')} /usr/local/lib/vmdevd/bin/vmdevd --system --config /etc/vmdevd/config.json`;
+    const escaped = command.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    assert.match(unit, new RegExp(`^ExecStart=${escaped}$`, 'm'));
+    const env = Object.entries(DAEMON_ENV).map(([k, v]) => `${k}=${v}`).join(' ');
+    assert.match(unit, new RegExp(`^Environment=${env}$`, 'm'));
+    assert.match(activation, new RegExp(`^Exec=/usr/bin/env ${env} ${escaped}$`, 'm'));
+    const dropIn = readFileSync(inst.path('usr/local/lib/vmdevd/systemd/jitless.conf'), 'utf8');
+    assert.match(dropIn, new RegExp(`^ExecStart=${process.execPath.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} --jitless --no-expose-wasm ${DAEMON_NODE_ARGS.join(' ')} /usr/local/lib/vmdevd/bin/vmdevd `, 'm'));
+    assert.doesNotMatch(unit + activation + dropIn, /@[A-Z_]+@/, 'no placeholder is left');
   });
 
   it('installs compiled code and production dependencies only, readable by all and writable by root only', () => {
@@ -142,7 +147,7 @@ describe('system install into a DESTDIR', () => {
     }
     const bus = await startPrivateBus();
     try {
-      const daemon = await startVmdevd({ bin: inst.bin, address: bus.address, nodeArgs: ['--jitless', '--no-expose-wasm'], config: { backends: [{ id: 'lv', plugin: 'libvirt', uri: 'test:///default' }] } });
+      const daemon = await startVmdevd({ bin: inst.bin, address: bus.address, config: { backends: [{ id: 'lv', plugin: 'libvirt', uri: 'test:///default' }] } });
       try {
         const client = await TestClient.connect(bus.address);
         try {
@@ -241,7 +246,7 @@ describe('system install with PREFIX=/usr, from the environment', () => {
       for (const f of ['usr/lib/vmdevd/bin/vmdevd', 'usr/bin/vmdevd', 'usr/lib/systemd/system/vmdevd.service', 'usr/lib/sysusers.d/vmdevd.conf', 'etc/vmdevd/config.json']) {
         assert.ok(existsSync(join(dir.path, f)), f);
       }
-      assert.match(readFileSync(join(dir.path, 'usr/lib/systemd/system/vmdevd.service'), 'utf8'), /^ExecStart=\S+ --jitless --no-expose-wasm \/usr\/lib\/vmdevd\/bin\/vmdevd /m);
+      assert.match(readFileSync(join(dir.path, 'usr/lib/systemd/system/vmdevd.service'), 'utf8'), new RegExp(`^ExecStart=\\S+ ${DAEMON_NODE_ARGS.join(' ')} /usr/lib/vmdevd/bin/vmdevd `, 'm'));
       const u = await run('bash', [join(REPO_ROOT, 'scripts/system-install.sh'), 'uninstall'], { env: { ...process.env, DESTDIR: dir.path, PREFIX: '/usr' } });
       assert.equal(u.code, 0, u.stdout + u.stderr);
       assert.deepEqual(walk(dir.path).filter((p) => !lstatSync(join(dir.path, p)).isDirectory()), ['etc/vmdevd/config.json']);
