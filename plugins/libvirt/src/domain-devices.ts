@@ -71,9 +71,27 @@ function matches(device: El, spec: DeviceSpec): boolean {
   }
 }
 
-/** The device of `domainXml` that `spec` names, or undefined. */
-export function findDevice(domainXml: string, spec: DeviceSpec): FoundDevice | undefined {
-  const devices = child(parseXml(domainXml), 'devices');
+/**
+ * A domain's XML as libvirt gave it, parsed once, when first searched: a
+ * detach looks at the same XML several times (is every device there, which
+ * one, is it in the definition too), and parsing it costs far more than
+ * searching it.
+ */
+export class DomainXml {
+  #devices: El | undefined | null = null;
+
+  constructor(readonly text: string) {}
+
+  /** The `<devices>` element. */
+  get devices(): El | undefined {
+    if (this.#devices === null) this.#devices = child(parseXml(this.text), 'devices');
+    return this.#devices;
+  }
+}
+
+/** The device of a domain's XML that `spec` names, or undefined. */
+export function findDevice(domain: DomainXml | string, spec: DeviceSpec): FoundDevice | undefined {
+  const devices = (typeof domain === 'string' ? new DomainXml(domain) : domain).devices;
   if (devices === undefined) return undefined;
   for (const device of devices.children) {
     if (!matches(device, spec)) continue;

@@ -21,7 +21,7 @@
 import type { DetachOutcome, DetachRequest } from 'vmdevd/plugin-api';
 import { BackendError } from 'vmdevd/plugin-api';
 import { constants as C } from './binding.js';
-import { findDevice, type FoundDevice } from './domain-devices.js';
+import { findDevice, type DomainXml, type FoundDevice } from './domain-devices.js';
 import { isConnectionError, toBackendError } from './libvirt-errors.js';
 import type { LibvirtBackend } from './libvirt-backend.js';
 
@@ -105,8 +105,8 @@ export class DomainQueue {
       for (const item of batch) item.resolve({ ok: false, error: 'Failed', message: `VM ${this.uuid} no longer exists` });
       return;
     }
-    let live: string | undefined;
-    let config: string | undefined;
+    let live: DomainXml | undefined;
+    let config: DomainXml | undefined;
     const wantConfig = domain.persistent && (!domain.active || batch.some((i) => i.request.device.persistent));
     const read = async (fresh: boolean) => {
       live = domain.active ? await this.backend.domainXml(this.uuid, false, fresh) : undefined;

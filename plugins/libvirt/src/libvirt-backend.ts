@@ -13,7 +13,7 @@
 import type { BackendContext, DesiredState, DetachOutcome, DetachRequest, VmBackend, VmInfo, VmState } from 'vmdevd/plugin-api';
 import { BackendError } from 'vmdevd/plugin-api';
 import { Connection, constants as C, LibvirtError, type DomainEvent, type DomainInfo } from './binding.js';
-import { METADATA_NAMESPACE, metadataType } from './domain-devices.js';
+import { DomainXml, METADATA_NAMESPACE, metadataType } from './domain-devices.js';
 import { DomainQueue } from './domain-queue.js';
 import { isConnectionError, toBackendError } from './libvirt-errors.js';
 import { domainState, stateAfterEvent } from './states.js';
@@ -79,7 +79,7 @@ export class LibvirtBackend implements VmBackend {
   private readonly connectedWaiters = new Set<() => void>();
   private readonly gaveUp = new Set<string>();
   /** Domain XML by UUID, dropped on every event of the domain (see domainXml). */
-  private readonly xmlCache = new Map<string, { live?: Promise<string>; config?: Promise<string> }>();
+  private readonly xmlCache = new Map<string, { live?: Promise<DomainXml>; config?: Promise<DomainXml> }>();
   private reconnectTimer: NodeJS.Timeout | undefined;
   private backoffMs: number;
   private stopped = false;
@@ -130,7 +130,7 @@ export class LibvirtBackend implements VmBackend {
    * detach need not wait for a round trip to libvirt first. `fresh` asks
    * libvirt in any case.
    */
-  domainXml(uuid: string, inactive = false, fresh = false): Promise<string> {
+  domainXml(uuid: string, inactive = false, fresh = false): Promise<DomainXml> {
     let entry = this.xmlCache.get(uuid);
     if (entry === undefined) {
       entry = {};
@@ -140,7 +140,7 @@ export class LibvirtBackend implements VmBackend {
     const cached = entry[key];
     if (cached !== undefined && !fresh) return cached;
     const conn = this.connection();
-    const fetched = conn.getXml(uuid, { inactive });
+    const fetched = conn.getXml(uuid, { inactive }).then((text) => new DomainXml(text));
     entry[key] = fetched;
     fetched.catch(() => {
       if (this.xmlCache.get(uuid)?.[key] === fetched) delete this.xmlCache.get(uuid)![key];
@@ -150,9 +150,12 @@ export class LibvirtBackend implements VmBackend {
 
   private xmlChanged(uuid: string): void {
     this.xmlCache.delete(uuid);
-    // Domains vmdevd detaches from get their XML fetched again at once, off the path of the next request.
+    // Domains vmdevd detaches from get their XML fetched and parsed again at
+    // once, off the path of the next request.
     if (this.queues.has(uuid) && this.conn !== undefined && this.domains.get(uuid)?.active) {
-      this.domainXml(uuid).catch(() => undefined);
+      this.domainXml(uuid)
+        .then((d) => d.devices)
+        .catch(() => undefined);
     }
   }
 
