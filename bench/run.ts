@@ -6,6 +6,9 @@
  * Prints one table; `--json FILE` also writes every figure.
  *
  *   node dist/bench/run.js [--rounds N] [--duration S] [--cycles N] [--quick] [--json FILE]
+ *                          [--skip calls|libvirt|detach|scale|startup]...
+ *
+ * bench/README.md says what each figure is, and holds the table of a run.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
