@@ -45,7 +45,7 @@ const SECONDS = Number(process.env['VMDEVD_FUZZ_SECONDS'] ?? 90);
 const MIN_CALLS = 10_000;
 const IN_FLIGHT = 16;
 const REPLY_TIMEOUT_MS = 15_000;
-const WARMUP_CALLS = Number(process.env['VMDEVD_FUZZ_WARMUP'] ?? 4000);
+const WARMUP_CALLS = Number(process.env['VMDEVD_FUZZ_WARMUP'] ?? 8000);
 const SHUTDOWN_CALLS = 600;
 const RSS_TOLERANCE = 1.1;
 
@@ -151,6 +151,13 @@ async function fuzz(client: RawClient, r: Random, firstId: number, count: number
   return next;
 }
 
+/** VmRSS split into anonymous memory (heaps) and file pages (code, libraries), for the log. */
+function rssParts(pid: number): string {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kib = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+  return `anon ${(kib('RssAnon') / 1024).toFixed(1)} MiB, file ${(kib('RssFile') / 1024).toFixed(1)} MiB`;
+}
+
 function rssKiB(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   if (!m) throw new Error(`no VmRSS for ${pid}`);
@@ -211,7 +218,7 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
     }
     await fuzz(client, r, 0, WARMUP_CALLS, warm, Infinity, () => stack.bus.process.output().slice(-2000));
     const baseline = await settledRss(pid, { quietMs: 12_000, maxMs: 30_000 });
-    console.log(`# RSS after a warm-up of ${WARMUP_CALLS} calls: ${mb(baseline.kib)} (settled in ${baseline.waitedMs} ms)`);
+    console.log(`# RSS after a warm-up of ${WARMUP_CALLS} calls: ${mb(baseline.kib)} (${rssParts(pid)}; settled in ${baseline.waitedMs} ms)`);
 
     const started = performance.now();
     const done = await fuzz(client, r, WARMUP_CALLS, CALLS, tally, started + SECONDS * 1000, () => stack.bus.process.output().slice(-2000));
@@ -222,7 +229,7 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
     assert.equal(stack.daemon.child.exitCode, null, `the daemon exited:\n${stack.daemon.output().slice(-3000)}`);
     const peak = rssKiB(pid);
     const after = await settledRss(pid, { quietMs: 12_000, maxMs: 40_000, target: Math.floor(baseline.kib * RSS_TOLERANCE) });
-    console.log(`# RSS: ${mb(baseline.kib)} before, ${mb(peak)} right after, ${mb(after.kib)} after settling ${after.waitedMs} ms (${((after.kib / baseline.kib - 1) * 100).toFixed(1)}%)`);
+    console.log(`# RSS: ${mb(baseline.kib)} before, ${mb(peak)} right after, ${mb(after.kib)} after settling ${after.waitedMs} ms (${((after.kib / baseline.kib - 1) * 100).toFixed(1)}%; ${rssParts(pid)})`);
 
     // Detaches the backend started, each of which must come from a request that was accepted.
     const journal = stack.journal().filter((e) => e['op'] === 'detach');
