@@ -60,8 +60,10 @@ export class DomainQueue {
       if (this.stopped) return item.resolve({ ok: false, error: 'Failed', message: 'the libvirt backend is stopping' });
       request.signal.addEventListener('abort', () => this.aborted(item), { once: true });
       this.intake.push(item);
-      // The core hands over all devices of a request in one go: classify them together.
-      if (this.intake.length === 1) setImmediate(() => void this.classify());
+      // The core hands over all devices of a request in one synchronous
+      // loop: a microtask classifies them together, without waiting for a
+      // turn of the event loop.
+      if (this.intake.length === 1) queueMicrotask(() => void this.classify());
     });
   }
 
