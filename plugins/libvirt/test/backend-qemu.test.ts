@@ -46,8 +46,13 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
     return vm;
   };
   const state = async (name: string) => (await stack.client.getProperty<Record<string, string>>('TestProperty'))[name];
-  const waitState = (name: string, want: string) =>
-    signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)[name] === want, 20_000, `TestSignal with ${name}=${want}`);
+  /** A TestSignal showing `name` in state `want`; with `since`, only one that arrived after that many signals. */
+  const waitState = (name: string, want: string, since = 0) =>
+    signals.waitFor(
+      (s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)[name] === want && signals.signals.indexOf(s) >= since,
+      20_000,
+      `TestSignal with ${name}=${want}`,
+    );
 
   before(async () => {
     libvirtd = await startLibvirtd();
@@ -162,12 +167,16 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
       ['shutoff', 'shutoff'],
       ['running', 'running'],
     ] as const) {
+      // Only a signal after the write counts: the VM was in some of these
+      // states before, and a power-off passes through shutdown.
+      const since = signals.signals.length;
       await stack.client.setProperty('TestProperty', 'a{ss}', { [vm.name]: desired });
-      await waitState(vm.name, shown);
+      await waitState(vm.name, shown, since);
       assert.equal(await state(vm.name), shown);
     }
+    const since = signals.signals.length;
     await stack.client.setProperty('TestProperty', 'a{ss}', { [vm.name]: 'shutoff' });
-    await waitState(vm.name, 'shutoff');
+    await waitState(vm.name, 'shutoff', since);
     await assert.rejects(stack.client.setProperty('TestProperty', 'a{ss}', { [vm.name]: 'paused' }), (err: { type: string; text: string }) => {
       assert.equal(err.type, `${E}NotSupported`);
       assert.match(err.text, /is shutoff: only a running VM can be paused/);
