@@ -15,6 +15,7 @@
 #include "bus.h"
 #include "contract.h"
 #include "util.h"
+#include "virt-loop.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -41,79 +42,6 @@
 #define ALIAS_TEXT 128
 
 typedef enum { MODE_DIRECT, MODE_VMDEVD } probe_mode_t;
-
-/* ---- libvirt plumbing (as in event-probe) ---- */
-
-typedef struct {
-    atomic_bool quit;
-    int wake_timer; /* fired to make the loop notice quit */
-    pthread_t thread;
-    bool started;
-} event_loop_t;
-
-static void silent_error(void *userdata, virErrorPtr error)
-{
-    (void)userdata, (void)error; /* reported where the call fails instead */
-}
-
-static const char *last_error(void)
-{
-    const char *msg = virGetLastErrorMessage();
-
-    return msg ? msg : "unknown libvirt error";
-}
-
-static void wake_noop(int timer, void *opaque)
-{
-    (void)timer, (void)opaque;
-}
-
-static void *event_loop_main(void *arg)
-{
-    event_loop_t *loop = arg;
-
-    while (!atomic_load(&loop->quit)) {
-        if (virEventRunDefaultImpl() < 0) {
-            fprintf(stderr, "detach-probe: event loop: %s\n", last_error());
-            break;
-        }
-    }
-    return NULL;
-}
-
-static int event_loop_start(event_loop_t *loop)
-{
-    int r;
-
-    atomic_init(&loop->quit, false);
-    /* Disabled until shutdown, when it fires at once to end the loop. */
-    loop->wake_timer = virEventAddTimeout(-1, wake_noop, NULL, NULL);
-    if (loop->wake_timer < 0) {
-        fprintf(stderr, "detach-probe: virEventAddTimeout: %s\n", last_error());
-        return -1;
-    }
-    r = pthread_create(&loop->thread, NULL, event_loop_main, loop);
-    if (r != 0) {
-        fprintf(stderr, "detach-probe: pthread_create: %s\n", strerror(r));
-        return -1;
-    }
-    loop->started = true;
-    return 0;
-}
-
-static void event_loop_stop(event_loop_t *loop)
-{
-    if (loop->started) {
-        atomic_store(&loop->quit, true);
-        virEventUpdateTimeout(loop->wake_timer, 0);
-        pthread_join(loop->thread, NULL);
-        loop->started = false;
-    }
-    if (loop->wake_timer >= 0) {
-        virEventRemoveTimeout(loop->wake_timer);
-        loop->wake_timer = -1;
-    }
-}
 
 static void sleep_ms(uint64_t ms)
 {
@@ -1073,7 +1001,7 @@ int main(int argc, char **argv)
         goto out;
     }
     /* In both modes, so the probe's own cost is the same in both. */
-    if (event_loop_start(&loop) < 0)
+    if (event_loop_start(&loop, "detach-probe") < 0)
         goto out;
     if (p.mode == MODE_VMDEVD && setup_bus(&p, matches) < 0)
         goto out;

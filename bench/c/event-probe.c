@@ -8,6 +8,7 @@
  * libvirt-dbus's DomainEvent, via signal-probe) can compute its own latency
  * for the same state changes from the same clock. */
 #include "util.h"
+#include "virt-loop.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -40,77 +41,6 @@ typedef struct {
     uint64_t t_event;    /* when that event arrived */
     uint64_t unexpected; /* other lifecycle events seen meanwhile */
 } waiter_t;
-
-typedef struct {
-    atomic_bool quit;
-    int wake_timer; /* fired to make the loop notice quit */
-    pthread_t thread;
-    bool started;
-} event_loop_t;
-
-static void silent_error(void *userdata, virErrorPtr error)
-{
-    (void)userdata, (void)error; /* reported where the call fails instead */
-}
-
-static const char *last_error(void)
-{
-    const char *msg = virGetLastErrorMessage();
-
-    return msg ? msg : "unknown libvirt error";
-}
-
-static void wake_noop(int timer, void *opaque)
-{
-    (void)timer, (void)opaque;
-}
-
-static void *event_loop_main(void *arg)
-{
-    event_loop_t *loop = arg;
-
-    while (!atomic_load(&loop->quit)) {
-        if (virEventRunDefaultImpl() < 0) {
-            fprintf(stderr, "event-probe: event loop: %s\n", last_error());
-            break;
-        }
-    }
-    return NULL;
-}
-
-static int event_loop_start(event_loop_t *loop)
-{
-    int r;
-
-    atomic_init(&loop->quit, false);
-    /* Disabled until shutdown, when it fires at once to end the loop. */
-    loop->wake_timer = virEventAddTimeout(-1, wake_noop, NULL, NULL);
-    if (loop->wake_timer < 0) {
-        fprintf(stderr, "event-probe: virEventAddTimeout: %s\n", last_error());
-        return -1;
-    }
-    r = pthread_create(&loop->thread, NULL, event_loop_main, loop);
-    if (r != 0) {
-        fprintf(stderr, "event-probe: pthread_create: %s\n", strerror(r));
-        return -1;
-    }
-    loop->started = true;
-    return 0;
-}
-
-static void event_loop_stop(event_loop_t *loop)
-{
-    if (loop->started) {
-        atomic_store(&loop->quit, true);
-        virEventUpdateTimeout(loop->wake_timer, 0);
-        pthread_join(loop->thread, NULL);
-        loop->started = false;
-    }
-    if (loop->wake_timer >= 0) {
-        virEventRemoveTimeout(loop->wake_timer);
-        loop->wake_timer = -1;
-    }
-}
 
 static int on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail,
                         void *opaque)
@@ -349,7 +279,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "event-probe: libvirt init: %s\n", last_error());
         goto out;
     }
-    if (event_loop_start(&loop) < 0)
+    if (event_loop_start(&loop, "event-probe") < 0)
         goto out;
     conn = virConnectOpen(uri);
     if (!conn) {

@@ -56,6 +56,9 @@ class Connection : public Napi::ObjectWrap<Connection> {
     return LibvirtCall<Result>::Start(env, conn_, std::move(work), toJs);
   }
   Napi::Value DomainAction(const Napi::CallbackInfo& info, int (*action)(virDomainPtr));
+  // (uuid, text, flags): a device given by its XML or alias.
+  Napi::Value DeviceAction(const Napi::CallbackInfo& info, const char* what,
+                           int (*action)(virDomainPtr, const char*, unsigned int));
 
   // Environment teardown with the connection still open: closes it
   // synchronously (nothing else can run any more).

@@ -69,46 +69,29 @@ Napi::Value Connection::GetMetadata(const Napi::CallbackInfo& info) {
       OptionalString);
 }
 
-Napi::Value Connection::DetachDevice(const Napi::CallbackInfo& info) {
+Napi::Value Connection::DeviceAction(const Napi::CallbackInfo& info, const char* what,
+                                      int (*action)(virDomainPtr, const char*, unsigned int)) {
   std::string uuid = StringArg(info, 0, "uuid");
-  std::string xml = StringArg(info, 1, "xml");
+  std::string text = StringArg(info, 1, what);
   unsigned int flags = FlagsArg(info, 2);
   return Call<Nothing>(
       info.Env(),
-      [uuid, xml, flags](virConnectPtr conn, Nothing&, CallError& error) {
-        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) {
-          return virDomainDetachDeviceFlags(dom, xml.c_str(), flags) == 0;
-        });
+      [uuid, text, flags, action](virConnectPtr conn, Nothing&, CallError& error) {
+        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) { return action(dom, text.c_str(), flags) == 0; });
       },
       Undefined);
+}
+
+Napi::Value Connection::DetachDevice(const Napi::CallbackInfo& info) {
+  return DeviceAction(info, "xml", virDomainDetachDeviceFlags);
 }
 
 Napi::Value Connection::DetachDeviceAlias(const Napi::CallbackInfo& info) {
-  std::string uuid = StringArg(info, 0, "uuid");
-  std::string alias = StringArg(info, 1, "alias");
-  unsigned int flags = FlagsArg(info, 2);
-  return Call<Nothing>(
-      info.Env(),
-      [uuid, alias, flags](virConnectPtr conn, Nothing&, CallError& error) {
-        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) {
-          return virDomainDetachDeviceAlias(dom, alias.c_str(), flags) == 0;
-        });
-      },
-      Undefined);
+  return DeviceAction(info, "alias", virDomainDetachDeviceAlias);
 }
 
 Napi::Value Connection::AttachDevice(const Napi::CallbackInfo& info) {
-  std::string uuid = StringArg(info, 0, "uuid");
-  std::string xml = StringArg(info, 1, "xml");
-  unsigned int flags = FlagsArg(info, 2);
-  return Call<Nothing>(
-      info.Env(),
-      [uuid, xml, flags](virConnectPtr conn, Nothing&, CallError& error) {
-        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) {
-          return virDomainAttachDeviceFlags(dom, xml.c_str(), flags) == 0;
-        });
-      },
-      Undefined);
+  return DeviceAction(info, "xml", virDomainAttachDeviceFlags);
 }
 
 Napi::Value Connection::Undefine(const Napi::CallbackInfo& info) {

@@ -90,8 +90,8 @@ export class DomainXml {
 }
 
 /** The device of a domain's XML that `spec` names, or undefined. */
-export function findDevice(domain: DomainXml | string, spec: DeviceSpec): FoundDevice | undefined {
-  const devices = (typeof domain === 'string' ? new DomainXml(domain) : domain).devices;
+export function findDevice(domain: DomainXml, spec: DeviceSpec): FoundDevice | undefined {
+  const devices = domain.devices;
   if (devices === undefined) return undefined;
   for (const device of devices.children) {
     if (!matches(device, spec)) continue;
