@@ -61,8 +61,17 @@ async function main(): Promise<void> {
   const bus = await startPrivateBus();
   const client = await TestClient.connect(bus.address);
   const configFile = dir.file('config.json');
-  writeFileSync(configFile, JSON.stringify({ logLevel: 'warn', detachTimeoutSeconds: 5, backends: [{ id: 'test', plugin: TEST_BACKEND, vms: DEFAULT_VMS }] }));
-  const names = await client.subscribe("type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='org.example.dbustest'");
+  writeFileSync(
+    configFile,
+    JSON.stringify({
+      logLevel: 'warn',
+      detachTimeoutSeconds: 5,
+      backends: [{ id: 'test', plugin: TEST_BACKEND, vms: DEFAULT_VMS }],
+    }),
+  );
+  const names = await client.subscribe(
+    "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='org.example.dbustest'",
+  );
   const results: Record<Mode, { startMs: number[]; rssKiB: number[]; kinds: Record<string, LoadResult[]> }> = {
     jit: { startMs: [], rssKiB: [], kinds: {} },
     jitless: { startMs: [], rssKiB: [], kinds: {} },
@@ -76,9 +85,17 @@ async function main(): Promise<void> {
         const seen = names.signals.length;
         const log = openSync(dir.file(`daemon-${mode}-${round}.log`), 'w');
         const t0 = performance.now();
-        daemon = spawn(process.execPath, [...MODES[mode], VMDEVD_BIN, '--address', bus.address, '--config', configFile], { stdio: ['ignore', log, log], env: { ...process.env, ...DAEMON_ENV } });
+        daemon = spawn(
+          process.execPath,
+          [...MODES[mode], VMDEVD_BIN, '--address', bus.address, '--config', configFile],
+          { stdio: ['ignore', log, log], env: { ...process.env, ...DAEMON_ENV } },
+        );
         closeSync(log);
-        const appeared = await names.waitFor((s) => names.signals.indexOf(s) >= seen && s.body[2] !== '', 20_000, 'the bus name');
+        const appeared = await names.waitFor(
+          (s) => names.signals.indexOf(s) >= seen && s.body[2] !== '',
+          20_000,
+          'the bus name',
+        );
         const startMs = appeared.at - t0;
         results[mode].startMs.push(startMs);
         for (const kind of KINDS) {
@@ -86,7 +103,17 @@ async function main(): Promise<void> {
           if (r.code !== 0) throw new Error(`load ${kind.name} (${mode}) failed: ${r.stderr}${r.stdout}`);
           const parsed = JSON.parse(r.stdout) as LoadResult;
           (results[mode].kinds[kind.name] ??= []).push(parsed);
-          console.log(JSON.stringify({ round, mode, kind: kind.name, startMs: Math.round(startMs), calls_per_s: parsed.calls_per_s, p50_us: parsed.latency.p50_us, p99_us: parsed.latency.p99_us }));
+          console.log(
+            JSON.stringify({
+              round,
+              mode,
+              kind: kind.name,
+              startMs: Math.round(startMs),
+              calls_per_s: parsed.calls_per_s,
+              p50_us: parsed.latency.p50_us,
+              p99_us: parsed.latency.p99_us,
+            }),
+          );
         }
         results[mode].rssKiB.push(rssKiB(daemon.pid!));
         const exited = new Promise((r) => daemon!.once('exit', r));

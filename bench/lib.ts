@@ -40,7 +40,12 @@ export function percentile(values: readonly number[], p: number): number {
 }
 
 /** Runs a command to completion; rejects with its output on a non-zero exit. */
-export function run(command: string, args: readonly string[], env: NodeJS.ProcessEnv = process.env, okCodes = [0]): Promise<string> {
+export function run(
+  command: string,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+  okCodes = [0],
+): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -48,20 +53,48 @@ export function run(command: string, args: readonly string[], env: NodeJS.Proces
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (err += c.toString()));
     child.on('error', reject);
-    child.on('close', (code) => (okCodes.includes(code ?? -1) ? resolve(out) : reject(new Error(`${command} ${args.join(' ')} exited ${code}:\n${err}${out}`))));
+    child.on('close', (code) =>
+      okCodes.includes(code ?? -1)
+        ? resolve(out)
+        : reject(new Error(`${command} ${args.join(' ')} exited ${code}:\n${err}${out}`)),
+    );
   });
 }
 
 /** `load` against one server; the parsed JSON summary. */
-export async function load(address: string, kind: string, options: { dest?: string; path?: string; inflight?: number; duration?: number; selector?: string; expectEntries?: number }): Promise<LoadResult> {
-  const args = ['--address', address, '--call', kind, '--json', '--duration', String(options.duration ?? 3), '--inflight', String(options.inflight ?? 1)];
+export async function load(
+  address: string,
+  kind: string,
+  options: {
+    dest?: string;
+    path?: string;
+    inflight?: number;
+    duration?: number;
+    selector?: string;
+    expectEntries?: number;
+  },
+): Promise<LoadResult> {
+  const args = [
+    '--address',
+    address,
+    '--call',
+    kind,
+    '--json',
+    '--duration',
+    String(options.duration ?? 3),
+    '--inflight',
+    String(options.inflight ?? 1),
+  ];
   if (options.dest) args.push('--dest', options.dest);
   if (options.path) args.push('--path', options.path);
   if (options.selector) args.push('--selector', options.selector);
   if (options.expectEntries !== undefined) args.push('--expect-entries', String(options.expectEntries));
   const out = await run(`${TOOLS}/load`, args);
   const result = JSON.parse(out) as LoadResult;
-  if (result.failed > 0) throw new Error(`load ${kind} against ${options.dest}: ${result.failed} calls failed: ${JSON.stringify(result.errors)}`);
+  if (result.failed > 0)
+    throw new Error(
+      `load ${kind} against ${options.dest}: ${result.failed} calls failed: ${JSON.stringify(result.errors)}`,
+    );
   return result;
 }
 
@@ -79,7 +112,12 @@ process.on('exit', () => {
   for (const c of services) c.kill('SIGKILL');
 });
 
-export function startService(command: string, args: readonly string[], log: string, env: NodeJS.ProcessEnv = process.env): Service {
+export function startService(
+  command: string,
+  args: readonly string[],
+  log: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Service {
   const fd = openSync(log, 'a');
   const child = spawn(command, args, { env, stdio: ['ignore', fd, fd] });
   closeSync(fd);
@@ -102,7 +140,11 @@ export function startService(command: string, args: readonly string[], log: stri
 }
 
 /** Resolves when `check()` is true, polling; rejects after `timeoutMs`. */
-export async function waitUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+export async function waitUntil(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 20_000,
+): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);

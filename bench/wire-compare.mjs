@@ -60,8 +60,22 @@ async function codec() {
   const map = {};
   for (let i = 0; i < 1000; i++) map[`vm-${String(i).padStart(4, '0')}`] = i % 3 ? 'running' : 'paused';
   const cases = [
-    ['(a) method return b', { type: 2, serial: 1234, replySerial: 77, destination: ':1.42', signature: 'b', body: [true] }],
-    ['(b) signal ss', { type: 4, serial: 1235, path: '/org/example/dbustest', interface: 'org.example.dbustest.Module', member: 'DeviceDetached', signature: 'ss', body: ['vmdevd-demo-ivi', 'scsi'] }],
+    [
+      '(a) method return b',
+      { type: 2, serial: 1234, replySerial: 77, destination: ':1.42', signature: 'b', body: [true] },
+    ],
+    [
+      '(b) signal ss',
+      {
+        type: 4,
+        serial: 1235,
+        path: '/org/example/dbustest',
+        interface: 'org.example.dbustest.Module',
+        member: 'DeviceDetached',
+        signature: 'ss',
+        body: ['vmdevd-demo-ivi', 'scsi'],
+      },
+    ],
     [
       '(c) TestMethod call sa{sas}',
       {
@@ -76,7 +90,17 @@ async function codec() {
         body: ['vm-0000', { d1: ['type=usb', 'vendor=0x1234', 'product=0x5678'], d2: ['type=disk', 'target=vdb'] }],
       },
     ],
-    ['(d) method return v a{ss} x1000', { type: 2, serial: 1237, replySerial: 78, destination: ':1.42', signature: 'v', body: [new Variant('a{ss}', map)] }],
+    [
+      '(d) method return v a{ss} x1000',
+      {
+        type: 2,
+        serial: 1237,
+        replySerial: 78,
+        destination: ':1.42',
+        signature: 'v',
+        body: [new Variant('a{ss}', map)],
+      },
+    ],
   ];
 
   const rows = [];
@@ -195,10 +219,32 @@ function startProcess(cmd, argv, env = process.env) {
 
 function runLoad(address, dest, inflight, seconds) {
   return new Promise((resolve, reject) => {
-    const load = spawn(`${root}/bench/c/build/load`, ['--call', 'testmethod', '--address', address, '--dest', dest, '--path', '/org/example/dbustest', '--inflight', String(inflight), '--duration', String(seconds), '--expect-bool', 'true', '--json'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const load = spawn(
+      `${root}/bench/c/build/load`,
+      [
+        '--call',
+        'testmethod',
+        '--address',
+        address,
+        '--dest',
+        dest,
+        '--path',
+        '/org/example/dbustest',
+        '--inflight',
+        String(inflight),
+        '--duration',
+        String(seconds),
+        '--expect-bool',
+        'true',
+        '--json',
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     let out = '';
     load.stdout.on('data', (d) => (out += d));
-    load.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`load exited ${code}: ${out}`))));
+    load.on('exit', (code) =>
+      code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`load exited ${code}: ${out}`)),
+    );
   });
 }
 
@@ -218,12 +264,55 @@ async function e2e(rounds, seconds, only) {
   const started = [];
   try {
     let servers = [
-      { key: 'sd-bus ref-server', name: 'org.example.ref', start: () => startProcess(`${root}/bench/c/build/ref-server`, ['--address', bus.address, '--name', 'org.example.ref']) },
-      { key: 'dbus-next connection', name: 'org.example.bare.dbusnext', start: () => startProcess(process.execPath, [fileURLToPath(import.meta.url), 'serve', 'dbus-next', 'org.example.bare.dbusnext', bus.address]) },
-      { key: 'fast connection', name: 'org.example.bare.fast', start: () => startProcess(process.execPath, [fileURLToPath(import.meta.url), 'serve', 'fast', 'org.example.bare.fast', bus.address]) },
-      { key: 'fast, setImmediate flush', name: 'org.example.bare.immediate', start: () => startProcess(process.execPath, [fileURLToPath(import.meta.url), 'serve', 'fast-immediate', 'org.example.bare.immediate', bus.address]) },
+      {
+        key: 'sd-bus ref-server',
+        name: 'org.example.ref',
+        start: () =>
+          startProcess(`${root}/bench/c/build/ref-server`, ['--address', bus.address, '--name', 'org.example.ref']),
+      },
+      {
+        key: 'dbus-next connection',
+        name: 'org.example.bare.dbusnext',
+        start: () =>
+          startProcess(process.execPath, [
+            fileURLToPath(import.meta.url),
+            'serve',
+            'dbus-next',
+            'org.example.bare.dbusnext',
+            bus.address,
+          ]),
+      },
+      {
+        key: 'fast connection',
+        name: 'org.example.bare.fast',
+        start: () =>
+          startProcess(process.execPath, [
+            fileURLToPath(import.meta.url),
+            'serve',
+            'fast',
+            'org.example.bare.fast',
+            bus.address,
+          ]),
+      },
+      {
+        key: 'fast, setImmediate flush',
+        name: 'org.example.bare.immediate',
+        start: () =>
+          startProcess(process.execPath, [
+            fileURLToPath(import.meta.url),
+            'serve',
+            'fast-immediate',
+            'org.example.bare.immediate',
+            bus.address,
+          ]),
+      },
     ];
-    const short = { ref: 'sd-bus ref-server', 'dbus-next': 'dbus-next connection', fast: 'fast connection', immediate: 'fast, setImmediate flush' };
+    const short = {
+      ref: 'sd-bus ref-server',
+      'dbus-next': 'dbus-next connection',
+      fast: 'fast connection',
+      immediate: 'fast, setImmediate flush',
+    };
     if (only) servers = only.map((k) => servers.find((s) => s.key === short[k]) ?? fail(`unknown server ${k}`));
     for (const s of servers) {
       const p = s.start();

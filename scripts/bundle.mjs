@@ -18,7 +18,9 @@ const common = {
   sourcemap: true,
   logLevel: 'warning',
   // CommonJS dependencies (dbus-next) call require() for Node's modules.
-  banner: { js: "import { createRequire as __vmdevdCreateRequire } from 'node:module'; const require = __vmdevdCreateRequire(import.meta.url);" },
+  banner: {
+    js: "import { createRequire as __vmdevdCreateRequire } from 'node:module'; const require = __vmdevdCreateRequire(import.meta.url);",
+  },
   // dbus-next's optional transports, which vmdevd does not use.
   external: ['x11', 'usocket'],
 };

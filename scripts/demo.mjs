@@ -48,7 +48,9 @@ function vmdevctl(address, ...args) {
   const shown = `vmdevctl ${args.join(' ')}`;
   console.log(`    $ ${shown}`);
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [`${root}bin/vmdevctl`, '--address', address, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [`${root}bin/vmdevctl`, '--address', address, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     const show = (chunk) => {
       out += chunk;
@@ -87,14 +89,19 @@ async function main() {
     const vm = await createTestVm(conn, { type, mac, name: `${PREFIX}${type}` });
     cleanups.push([`VM ${vm.name} and its disks`, () => vm.remove()]);
     vms[type] = vm;
-    say(`${vm.name}: type "${type}" in its metadata, ${vm.virtType === 'kvm' ? 'KVM' : 'TCG (no usable /dev/kvm)'}, NIC ${mac}`);
+    say(
+      `${vm.name}: type "${type}" in its metadata, ${vm.virtType === 'kvm' ? 'KVM' : 'TCG (no usable /dev/kvm)'}, NIC ${mac}`,
+    );
   }
 
   step(3, 'vmdevd on a private D-Bus daemon, with one libvirt backend on qemu:///system');
   const bus = await startPrivateBus();
   cleanups.push(['the private dbus-daemon', () => bus.stop()]);
   say(`dbus-daemon at ${bus.address}`);
-  const config = { detachTimeoutSeconds: TIMEOUT_SECONDS, backends: [{ id: 'local', plugin: 'libvirt', uri: 'qemu:///system' }] };
+  const config = {
+    detachTimeoutSeconds: TIMEOUT_SECONDS,
+    backends: [{ id: 'local', plugin: 'libvirt', uri: 'qemu:///system' }],
+  };
   say(`config: ${JSON.stringify(config)}`);
   const daemon = await startVmdevd({ address: bus.address, config });
   cleanups.push(['vmdevd', () => daemon.stop()]);
@@ -106,20 +113,48 @@ async function main() {
 
   step(5, 'watching TestSignal and the outcome signals in the background');
   console.log(`    $ vmdevctl watch &`);
-  const watch = spawn(process.execPath, [`${root}bin/vmdevctl`, '--address', bus.address, 'watch'], { stdio: ['ignore', 'pipe', 'ignore'] });
-  cleanups.push(['vmdevctl watch', () => new Promise((resolve) => (watch.exitCode !== null ? resolve() : (watch.once('exit', resolve), watch.kill('SIGINT'))))]);
+  const watch = spawn(process.execPath, [`${root}bin/vmdevctl`, '--address', bus.address, 'watch'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  cleanups.push([
+    'vmdevctl watch',
+    () =>
+      new Promise((resolve) =>
+        watch.exitCode !== null ? resolve() : (watch.once('exit', resolve), watch.kill('SIGINT')),
+      ),
+  ]);
   watch.stdout.on('data', (chunk) => {
     for (const line of chunk.toString().split('\n')) if (line) console.log(`      watch | ${line}`);
   });
   await new Promise((r) => setTimeout(r, 500));
 
   step(6, 'a detach that completes: the SCSI and the USB disk of the VM of type "ivi"');
-  const done = await vmdevctl(bus.address, 'detach', 'ivi', 'scsi:type=disk,target=sda', 'usb:type=disk,target=sdb', '--wait');
+  const done = await vmdevctl(
+    bus.address,
+    'detach',
+    'ivi',
+    'scsi:type=disk,target=sda',
+    'usb:type=disk,target=sdb',
+    '--wait',
+  );
   say(done.code === 0 ? 'both detached, confirmed by libvirt' : 'unexpected: not every device was detached');
 
-  step(7, `a detach that times out: the PCI NIC of ${vms.cluster.name}, which no guest releases (timeout ${TIMEOUT_SECONDS} s)`);
-  const nic = await vmdevctl(bus.address, 'detach', vms.cluster.name, `nic:type=interface,mac=${vms.cluster.devices.nic.mac}`, '--wait');
-  say(nic.code === 6 ? 'timed out as expected (exit code 6): the NIC is still attached' : `unexpected exit code ${nic.code}`);
+  step(
+    7,
+    `a detach that times out: the PCI NIC of ${vms.cluster.name}, which no guest releases (timeout ${TIMEOUT_SECONDS} s)`,
+  );
+  const nic = await vmdevctl(
+    bus.address,
+    'detach',
+    vms.cluster.name,
+    `nic:type=interface,mac=${vms.cluster.devices.nic.mac}`,
+    '--wait',
+  );
+  say(
+    nic.code === 6
+      ? 'timed out as expected (exit code 6): the NIC is still attached'
+      : `unexpected exit code ${nic.code}`,
+  );
 
   step(8, `a pause and a resume of ${vms.ivi.name}, seen in TestSignal`);
   await vmdevctl(bus.address, 'set', `${vms.ivi.name}=paused`);

@@ -11,7 +11,8 @@ function findPackageRoot(from: string): string {
   let dir = dirname(from);
   for (;;) {
     const manifest = join(dir, 'package.json');
-    if (existsSync(manifest) && (JSON.parse(readFileSync(manifest, 'utf8')) as { name?: string }).name === 'vmdevd') return dir;
+    if (existsSync(manifest) && (JSON.parse(readFileSync(manifest, 'utf8')) as { name?: string }).name === 'vmdevd')
+      return dir;
     const parent = dirname(dir);
     if (parent === dir) throw new Error(`cannot find vmdevd's package.json above ${from}`);
     dir = parent;
@@ -22,4 +23,5 @@ function findPackageRoot(from: string): string {
 export const PACKAGE_ROOT = findPackageRoot(fileURLToPath(import.meta.url));
 
 /** vmdevd's version, from its package.json. */
-export const VERSION = (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+export const VERSION = (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string })
+  .version;

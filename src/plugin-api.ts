@@ -30,7 +30,16 @@ export { ContainerModule };
 export const PLUGIN_API_VERSION = 1;
 
 /** The VM states vmdevd publishes. A backend translates its hypervisor's states to these. */
-export const VM_STATES = ['running', 'paused', 'shutdown', 'shutoff', 'crashed', 'pmsuspended', 'blocked', 'nostate'] as const;
+export const VM_STATES = [
+  'running',
+  'paused',
+  'shutdown',
+  'shutoff',
+  'crashed',
+  'pmsuspended',
+  'blocked',
+  'nostate',
+] as const;
 export type VmState = (typeof VM_STATES)[number];
 
 /** The states a client may ask for by writing `TestProperty`. */
@@ -75,7 +84,14 @@ export interface DeviceSpec {
 }
 
 /** The error kinds a backend reports; each maps to one D-Bus error name. */
-export const FAILURE_KINDS = ['DeviceNotFound', 'NotSupported', 'RemovalFailed', 'Timeout', 'BackendUnavailable', 'Failed'] as const;
+export const FAILURE_KINDS = [
+  'DeviceNotFound',
+  'NotSupported',
+  'RemovalFailed',
+  'Timeout',
+  'BackendUnavailable',
+  'Failed',
+] as const;
 export type FailureKind = (typeof FAILURE_KINDS)[number];
 
 /** An error a backend throws (or rejects with) to say what kind of failure it was. */
@@ -91,8 +107,7 @@ export class BackendError extends Error {
 
 /** The confirmed outcome of one detach. */
 export type DetachOutcome =
-  | { readonly ok: true }
-  | { readonly ok: false; readonly error: FailureKind; readonly message: string };
+  { readonly ok: true } | { readonly ok: false; readonly error: FailureKind; readonly message: string };
 
 /** One device to detach from one VM. */
 export interface DetachRequest {

@@ -88,7 +88,9 @@ function describeOutcome(o: DeviceOutcome): string {
 }
 
 function outcomeJson(o: DeviceOutcome): Record<string, string> {
-  return o.ok ? { vm: o.vm, device: o.device, result: 'detached' } : { vm: o.vm, device: o.device, result: 'failed', error: o.error, message: o.message };
+  return o.ok
+    ? { vm: o.vm, device: o.device, result: 'detached' }
+    : { vm: o.vm, device: o.device, result: 'failed', error: o.error, message: o.message };
 }
 
 export async function main(argv: readonly string[], io: Io = processIo): Promise<number> {
@@ -138,11 +140,14 @@ export async function main(argv: readonly string[], io: Io = processIo): Promise
     return EXIT.ok;
   }
 
-  const buses = [values.system && 'system', values.session && 'session', values.address].filter((b): b is string => typeof b === 'string');
+  const buses = [values.system && 'system', values.session && 'session', values.address].filter(
+    (b): b is string => typeof b === 'string',
+  );
   let client: VmdevClient | undefined;
   try {
     if (buses.length > 1) throw new UsageError('give only one of --system, --session and --address');
-    if (command !== 'detach' && (values.wait || values.timeout !== undefined)) throw new UsageError('--wait and --timeout belong to detach');
+    if (command !== 'detach' && (values.wait || values.timeout !== undefined))
+      throw new UsageError('--wait and --timeout belong to detach');
     const run = prepare(command, args, values);
     client = await VmdevClient.connect({ bus: buses[0] ?? 'session', busName: values['bus-name'] });
     return await run(client, io, values.json === true);
@@ -177,7 +182,10 @@ function prepare(command: Command, args: string[], values: Values): Runner {
         const vms = await client.vms();
         if (json) io.out(JSON.stringify(vms) + '\n');
         else if (vms.length === 0) io.out('no VMs\n');
-        else io.out(table([['VM', 'STATE', 'BACKEND', 'TYPE'], ...vms.map((v) => [v.key, v.state, v.backend, v.type ?? '-'])]));
+        else
+          io.out(
+            table([['VM', 'STATE', 'BACKEND', 'TYPE'], ...vms.map((v) => [v.key, v.state, v.backend, v.type ?? '-'])]),
+          );
         return EXIT.ok;
       };
     case 'backends':
@@ -199,7 +207,12 @@ function prepare(command: Command, args: string[], values: Values): Runner {
       return async (client, io, json) => {
         await client.setStates(states);
         if (json) io.out(JSON.stringify({ requested: states }) + '\n');
-        else io.out(Object.entries(states).map(([vm, s]) => `${vm}: ${s} requested\n`).join(''));
+        else
+          io.out(
+            Object.entries(states)
+              .map(([vm, s]) => `${vm}: ${s} requested\n`)
+              .join(''),
+          );
         return EXIT.ok;
       };
     }
@@ -212,10 +225,24 @@ function prepare(command: Command, args: string[], values: Values): Runner {
             io.out(
               json
                 ? JSON.stringify({ time: stamp(), signal: 'TestSignal', states }) + '\n'
-                : `${stamp()}  states    ${Object.entries(states).map(([k, v]) => `${k}=${v}`).join(' ') || '(no VMs)'}\n`,
+                : `${stamp()}  states    ${
+                    Object.entries(states)
+                      .map(([k, v]) => `${k}=${v}`)
+                      .join(' ') || '(no VMs)'
+                  }\n`,
             ),
           ),
-          await client.onOutcome((o) => io.out(json ? JSON.stringify({ time: stamp(), signal: o.ok ? 'DeviceDetached' : 'DeviceDetachFailed', ...outcomeJson(o) }) + '\n' : `${stamp()}  ${describeOutcome(o)}\n`)),
+          await client.onOutcome((o) =>
+            io.out(
+              json
+                ? JSON.stringify({
+                    time: stamp(),
+                    signal: o.ok ? 'DeviceDetached' : 'DeviceDetachFailed',
+                    ...outcomeJson(o),
+                  }) + '\n'
+                : `${stamp()}  ${describeOutcome(o)}\n`,
+            ),
+          ),
         ];
         if (!json) io.err('watching; Ctrl-C to stop\n');
         await io.interrupted();
@@ -224,7 +251,8 @@ function prepare(command: Command, args: string[], values: Values): Runner {
       };
     case 'detach': {
       const [selector, ...deviceArgs] = args;
-      if (selector === undefined || deviceArgs.length === 0) throw new UsageError('give a selector and at least one device');
+      if (selector === undefined || deviceArgs.length === 0)
+        throw new UsageError('give a selector and at least one device');
       const devices: Record<string, string[]> = {};
       for (const d of deviceArgs) {
         const [label, tokens] = parseDeviceArg(d);
@@ -235,7 +263,8 @@ function prepare(command: Command, args: string[], values: Values): Runner {
       if (values.timeout !== undefined) {
         const s = Number(values.timeout);
         if (!values.wait) throw new UsageError('--timeout needs --wait');
-        if (!Number.isFinite(s) || s <= 0) throw new UsageError(`--timeout "${values.timeout}" is not a positive number of seconds`);
+        if (!Number.isFinite(s) || s <= 0)
+          throw new UsageError(`--timeout "${values.timeout}" is not a positive number of seconds`);
         timeoutMs = s * 1000;
       }
       return async (client, io, json) => {
@@ -246,14 +275,22 @@ function prepare(command: Command, args: string[], values: Values): Runner {
           if (!result.accepted) io.err(`vmdevctl: no VM matches "${selector}"\n`);
           return result.accepted ? EXIT.ok : EXIT.noSuchVm;
         }
-        const result = await client.detach(selector, devices, { timeoutMs, onOutcome: (o) => !json && io.out(describeOutcome(o) + '\n') });
+        const result = await client.detach(selector, devices, {
+          timeoutMs,
+          onOutcome: (o) => !json && io.out(describeOutcome(o) + '\n'),
+        });
         if (!result.accepted) {
           if (json) io.out(JSON.stringify({ accepted: false, outcomes: [], pending: [] }) + '\n');
           io.err(`vmdevctl: no VM matches "${selector}"\n`);
           return EXIT.noSuchVm;
         }
-        if (json) io.out(JSON.stringify({ accepted: true, outcomes: result.outcomes.map(outcomeJson), pending: result.pending }) + '\n');
-        else for (const label of result.pending) io.out(`pending   ${label}  (no outcome within ${values.timeout} s)\n`);
+        if (json)
+          io.out(
+            JSON.stringify({ accepted: true, outcomes: result.outcomes.map(outcomeJson), pending: result.pending }) +
+              '\n',
+          );
+        else
+          for (const label of result.pending) io.out(`pending   ${label}  (no outcome within ${values.timeout} s)\n`);
         const failed = result.outcomes.filter((o) => !o.ok);
         if (failed.some((o) => !o.ok && o.error !== 'org.example.dbustest.Error.Timeout')) return EXIT.deviceFailed;
         if (failed.length > 0 || result.pending.length > 0) return EXIT.timeout;

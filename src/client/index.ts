@@ -55,7 +55,13 @@ export interface VmDetails {
 /** The outcome of one device, from `DeviceDetached` or `DeviceDetachFailed`. */
 export type DeviceOutcome =
   | { readonly vm: string; readonly device: string; readonly ok: true }
-  | { readonly vm: string; readonly device: string; readonly ok: false; readonly error: string; readonly message: string };
+  | {
+      readonly vm: string;
+      readonly device: string;
+      readonly ok: false;
+      readonly error: string;
+      readonly message: string;
+    };
 
 export interface DetachResult {
   /** False when no VM matched the selector: nothing was started. */
@@ -110,7 +116,14 @@ export class VmdevClient {
   /** Every VM with its backend, and its UUID and type where known, sorted by key. */
   async vms(): Promise<VmDetails[]> {
     const raw = (await this.getProperty('Vms')) as Record<string, Record<string, string>>;
-    return Object.entries(raw).map(([key, d]) => ({ key, name: d['name']!, state: d['state']!, backend: d['backend']!, uuid: d['uuid'], type: d['type'] }));
+    return Object.entries(raw).map(([key, d]) => ({
+      key,
+      name: d['name']!,
+      state: d['state']!,
+      backend: d['backend']!,
+      uuid: d['uuid'],
+      type: d['type'],
+    }));
   }
 
   /** Asks for state changes (a write of `TestProperty`); resolves when the backends accepted them. */
@@ -159,14 +172,23 @@ export class VmdevClient {
     };
     const sub = await this.onOutcome((o) => (called ? take(o) : early.push(o)));
     try {
-      const [accepted] = (await this.call({ member: 'TestMethod', signature: 'sa{sas}', body: [selector, devices] })) as [boolean];
+      const [accepted] = (await this.call({
+        member: 'TestMethod',
+        signature: 'sa{sas}',
+        body: [selector, devices],
+      })) as [boolean];
       called = true;
       if (!accepted) return { accepted: false, outcomes: [], pending: [] };
       // Outcomes that arrived before the reply (a fast backend) belong to this call.
       for (const o of early) take(o);
       if (waiting.size > 0) {
         let timer: NodeJS.Timeout | undefined;
-        await Promise.race([done, new Promise<void>((resolve) => options.timeoutMs !== undefined && (timer = setTimeout(resolve, options.timeoutMs)))]);
+        await Promise.race([
+          done,
+          new Promise<void>(
+            (resolve) => options.timeoutMs !== undefined && (timer = setTimeout(resolve, options.timeoutMs)),
+          ),
+        ]);
         clearTimeout(timer);
       }
       return { accepted: true, outcomes, pending: [...waiting] };
@@ -183,7 +205,8 @@ export class VmdevClient {
     const rule = `type='signal',sender='${this.busName}',path='${OBJECT_PATH}',interface='${INTERFACE}'${member ? `,member='${member}'` : ''}`;
     await this.busCall('AddMatch', rule);
     const listener = (msg: Message) => {
-      if (msg.path === OBJECT_PATH && msg.interface === INTERFACE && (member === undefined || msg.member === member)) handler(msg);
+      if (msg.path === OBJECT_PATH && msg.interface === INTERFACE && (member === undefined || msg.member === member))
+        handler(msg);
     };
     this.listeners.add(listener);
     return {
@@ -195,17 +218,34 @@ export class VmdevClient {
   }
 
   private async getProperty(name: string): Promise<unknown> {
-    const [variant] = (await this.call({ interface: 'org.freedesktop.DBus.Properties', member: 'Get', signature: 'ss', body: [INTERFACE, name] })) as [
-      { value: unknown },
-    ];
+    const [variant] = (await this.call({
+      interface: 'org.freedesktop.DBus.Properties',
+      member: 'Get',
+      signature: 'ss',
+      body: [INTERFACE, name],
+    })) as [{ value: unknown }];
     return variant.value;
   }
 
   private busCall(member: string, arg: string): Promise<unknown[]> {
-    return this.call({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member, signature: 's', body: [arg] });
+    return this.call({
+      destination: 'org.freedesktop.DBus',
+      path: '/org/freedesktop/DBus',
+      interface: 'org.freedesktop.DBus',
+      member,
+      signature: 's',
+      body: [arg],
+    });
   }
 
-  private async call(m: { member: string; signature: string; body: unknown[]; interface?: string; destination?: string; path?: string }): Promise<unknown[]> {
+  private async call(m: {
+    member: string;
+    signature: string;
+    body: unknown[];
+    interface?: string;
+    destination?: string;
+    path?: string;
+  }): Promise<unknown[]> {
     const msg = new MessageClass({
       destination: m.destination ?? this.busName,
       path: m.path ?? OBJECT_PATH,
@@ -228,6 +268,7 @@ export class VmdevClient {
 function toOutcome(msg: Message): DeviceOutcome | undefined {
   const [vm, device, error, message] = msg.body as string[];
   if (msg.member === 'DeviceDetached') return { vm: vm!, device: device!, ok: true };
-  if (msg.member === 'DeviceDetachFailed') return { vm: vm!, device: device!, ok: false, error: error!, message: message! };
+  if (msg.member === 'DeviceDetachFailed')
+    return { vm: vm!, device: device!, ok: false, error: error!, message: message! };
   return undefined;
 }

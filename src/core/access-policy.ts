@@ -48,12 +48,17 @@ export class AccessPolicy {
   private readonly users = new Map<number, { name: string; gid: number }>();
   private readonly log: Logger;
 
-  constructor(@inject(Config) config: Config, @inject(RootLogger) logger: RootLogger, @inject(AccountFiles) files: AccountFiles) {
+  constructor(
+    @inject(Config) config: Config,
+    @inject(RootLogger) logger: RootLogger,
+    @inject(AccountFiles) files: AccountFiles,
+  ) {
     this.log = logger.child('access');
     const passwd = readTable(files.passwd, this.log);
     const group = readTable(files.group, this.log);
     for (const [name, , uid, gid] of passwd) this.users.set(Number(uid), { name: name!, gid: Number(gid) });
-    for (const [, , gid, list] of group) this.members.set(Number(gid), new Set((list ?? '').split(',').filter(Boolean)));
+    for (const [, , gid, list] of group)
+      this.members.set(Number(gid), new Set((list ?? '').split(',').filter(Boolean)));
 
     this.uids.add(process.getuid?.() ?? 0);
     for (const user of config.access.users) {
@@ -63,7 +68,8 @@ export class AccessPolicy {
     }
     for (const name of config.access.groups) {
       const gid = /^[0-9]+$/.test(name) ? Number(name) : group.find((g) => g[0] === name)?.[2];
-      if (gid === undefined) this.log.warn('allowed group does not exist; nobody gets access through it', { group: name });
+      if (gid === undefined)
+        this.log.warn('allowed group does not exist; nobody gets access through it', { group: name });
       else this.gids.add(Number(gid));
     }
   }

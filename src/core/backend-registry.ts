@@ -65,7 +65,11 @@ function isBackendError(err: unknown): err is { kind: FailureKind; message: stri
   if (err instanceof BackendError) return true;
   const e = err as { name?: unknown; kind?: unknown; message?: unknown } | null;
   return (
-    typeof e === 'object' && e !== null && e.name === 'BackendError' && typeof e.message === 'string' && (FAILURE_KINDS as readonly unknown[]).includes(e.kind)
+    typeof e === 'object' &&
+    e !== null &&
+    e.name === 'BackendError' &&
+    typeof e.message === 'string' &&
+    (FAILURE_KINDS as readonly unknown[]).includes(e.kind)
   );
 }
 
@@ -153,7 +157,12 @@ export class BackendRegistry implements Disposable {
       }
       try {
         host.backend = plugin.factory.create(this.contextFor(host));
-        this.log.info('backend created', { id: host.id, plugin: plugin.name, version: packageVersion(plugin.root), from: plugin.root });
+        this.log.info('backend created', {
+          id: host.id,
+          plugin: plugin.name,
+          version: packageVersion(plugin.root),
+          from: plugin.root,
+        });
       } catch (err) {
         this.fail(host, `plugin "${plugin.name}" could not create the backend: ${errorMessage(err)}`);
       }
@@ -198,9 +207,11 @@ export class BackendRegistry implements Disposable {
       if (host.stopped) continue;
       host.stopped = true;
       if (host.backend === undefined) continue;
-      await withTimeout(this.guard(host, 'stop', () => host.backend!.stop()), STOP_TIMEOUT_MS, `stopping backend ${host.id}`).catch((err: unknown) =>
-        host.log.warn('backend did not stop cleanly', { reason: errorMessage(err) }),
-      );
+      await withTimeout(
+        this.guard(host, 'stop', () => host.backend!.stop()),
+        STOP_TIMEOUT_MS,
+        `stopping backend ${host.id}`,
+      ).catch((err: unknown) => host.log.warn('backend did not stop cleanly', { reason: errorMessage(err) }));
     }
   }
 
@@ -219,7 +230,10 @@ export class BackendRegistry implements Disposable {
       return { ok: false, error: 'Failed', message: `backend "${host.id}" returned no valid outcome` };
     } catch (err) {
       if (isBackendError(err)) return { ok: false, error: err.kind, message: err.message };
-      host.log.warn('detach failed with an unexpected error', { error: errorMessage(err), stack: (err as Error)?.stack });
+      host.log.warn('detach failed with an unexpected error', {
+        error: errorMessage(err),
+        stack: (err as Error)?.stack,
+      });
       return { ok: false, error: 'Failed', message: `backend "${host.id}" failed: ${errorMessage(err)}` };
     }
   }
@@ -233,7 +247,10 @@ export class BackendRegistry implements Disposable {
       await this.guard(host, 'setState', () => host.backend!.setState(vm, state));
     } catch (err) {
       if (isBackendError(err)) throw new VmdevError(err.kind, err.message);
-      host.log.warn('setState failed with an unexpected error', { error: errorMessage(err), stack: (err as Error)?.stack });
+      host.log.warn('setState failed with an unexpected error', {
+        error: errorMessage(err),
+        stack: (err as Error)?.stack,
+      });
       throw new VmdevError('Failed', `backend "${host.id}" failed: ${errorMessage(err)}`);
     }
   }
@@ -288,7 +305,9 @@ export class BackendRegistry implements Disposable {
 
   private setHealth(host: BackendHost, health: BackendHealth): void {
     const before = host.describe();
-    host.health = health.connected ? { connected: true } : { connected: false, reason: String(health.reason || 'unknown reason') };
+    host.health = health.connected
+      ? { connected: true }
+      : { connected: false, reason: String(health.reason || 'unknown reason') };
     if (host.describe() !== before) {
       host.log.info('health changed', { health: host.describe() });
       this.onDidChangeHealthEmitter.fire();

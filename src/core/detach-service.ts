@@ -105,7 +105,11 @@ export class DetachService implements Disposable {
       const pending = this.jobs.get(key);
       if (pending !== undefined) {
         pending.subscribers.push(subscriber);
-        this.log.info('joined a pending detach', { vm: vm.key, device: device.label, with: pending.subscribers[0]!.label });
+        this.log.info('joined a pending detach', {
+          vm: vm.key,
+          device: device.label,
+          with: pending.subscribers[0]!.label,
+        });
         continue;
       }
       const job = new DetachJob(key, host, vm, device);
@@ -199,7 +203,10 @@ export class DetachService implements Disposable {
     if (job.settled) return;
     job.timedOut = true;
     job.abort('timeout');
-    job.grace = setTimeout(() => this.settle(job, { ok: false, error: 'Timeout', message: this.timeoutMessage() }), this.graceMs);
+    job.grace = setTimeout(
+      () => this.settle(job, { ok: false, error: 'Timeout', message: this.timeoutMessage() }),
+      this.graceMs,
+    );
   }
 
   private settle(job: DetachJob, outcome: DetachOutcome): void {

@@ -182,7 +182,8 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
     if (name === 'type') continue;
     const value = values[i]!;
     // Own keys only: a token named "constructor" is unknown, not Object's.
-    const paramRule = name === 'persistent' ? PERSISTENT : Object.hasOwn(rule.params, name) ? rule.params[name] : undefined;
+    const paramRule =
+      name === 'persistent' ? PERSISTENT : Object.hasOwn(rule.params, name) ? rule.params[name] : undefined;
     if (paramRule === undefined) {
       const known = [...Object.keys(rule.params), 'persistent'].join(', ');
       throw invalidArgs(`${at()}: unknown token "${name}" for type ${type} (known: ${known})`);

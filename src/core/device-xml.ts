@@ -19,7 +19,9 @@ const BUILDERS: Readonly<Record<Exclude<DeviceType, 'alias'>, (p: Params) => XML
     const [domain, bus, rest] = p['address']!.split(':') as [string, string, string];
     const [slot, fn] = rest.split('.') as [string, string];
     const root = hostdev('pci', { managed: 'yes' });
-    root.ele('source').ele('address', { domain: `0x${domain}`, bus: `0x${bus}`, slot: `0x${slot}`, function: `0x${fn}` });
+    root
+      .ele('source')
+      .ele('address', { domain: `0x${domain}`, bus: `0x${bus}`, slot: `0x${slot}`, function: `0x${fn}` });
     return root;
   },
   usb: (p) => {

@@ -11,7 +11,12 @@ export type Event<T> = (listener: (value: T) => void) => Disposable;
 export class Emitter<T> implements Disposable {
   private listeners: Array<(value: T) => void> = [];
 
-  constructor(private readonly onListenerError: (err: unknown) => void = (err) => queueMicrotask(() => { throw err; })) {}
+  constructor(
+    private readonly onListenerError: (err: unknown) => void = (err) =>
+      queueMicrotask(() => {
+        throw err;
+      }),
+  ) {}
 
   readonly event: Event<T> = (listener) => {
     this.listeners.push(listener);

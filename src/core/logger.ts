@@ -69,7 +69,11 @@ export class RootLogger {
   private level: LogLevel;
   private readonly journal: boolean;
 
-  constructor(level: LogLevel = 'info', private readonly sink: LogSink = stderrSink(), env: NodeJS.ProcessEnv = process.env) {
+  constructor(
+    level: LogLevel = 'info',
+    private readonly sink: LogSink = stderrSink(),
+    env: NodeJS.ProcessEnv = process.env,
+  ) {
     this.level = level;
     this.journal = Boolean(env['JOURNAL_STREAM']);
   }
@@ -109,7 +113,13 @@ export class RootLogger {
     else this.sink.write(this.format(ms, level, component, message, fields), urgent);
   }
 
-  private format(ms: number, level: LogLevel, component: string, message: string, fields?: Record<string, unknown>): string {
+  private format(
+    ms: number,
+    level: LogLevel,
+    component: string,
+    message: string,
+    fields?: Record<string, unknown>,
+  ): string {
     let line = this.journal ? `<${PRIORITY[level]}>` : `${this.time(ms)} ${LEVEL_TAGS[level]}`;
     line += `${component}: ${message}`;
     if (fields) {

@@ -39,7 +39,8 @@ function packageRoot(file: string): string {
 
 /** Resolves a plugin spec to the file to import. */
 export function resolvePlugin(spec: string, baseDir: string, builtinDir = BUILTIN_PLUGIN_DIR): string {
-  const isPath = spec.startsWith('/') || spec.startsWith('./') || spec.startsWith('../') || spec === '.' || spec === '..';
+  const isPath =
+    spec.startsWith('/') || spec.startsWith('./') || spec.startsWith('../') || spec === '.' || spec === '..';
   if (isPath) {
     const target = resolve(baseDir, spec);
     if (!existsSync(target)) throw new PluginLoadError(`plugin path ${target} does not exist`);
@@ -47,7 +48,9 @@ export function resolvePlugin(spec: string, baseDir: string, builtinDir = BUILTI
       try {
         return createRequire(join(target, 'noop.js')).resolve(target);
       } catch (err) {
-        throw new PluginLoadError(`plugin directory ${target} has no entry point (set "main" in its package.json): ${errorMessage(err)}`);
+        throw new PluginLoadError(
+          `plugin directory ${target} has no entry point (set "main" in its package.json): ${errorMessage(err)}`,
+        );
       }
     }
     return target;
@@ -73,21 +76,31 @@ export function resolvePlugin(spec: string, baseDir: string, builtinDir = BUILTI
     // reported below
   }
   const builtin = /^[a-z0-9][a-z0-9_-]*$/.test(spec) ? `${join(builtinDir, spec)} does not exist and ` : '';
-  throw new PluginLoadError(`plugin "${spec}" is not installed: ${builtin}no package "${spec}" was found from ${baseDir} or from vmdevd`);
+  throw new PluginLoadError(
+    `plugin "${spec}" is not installed: ${builtin}no package "${spec}" was found from ${baseDir} or from vmdevd`,
+  );
 }
 
 function checkPlugin(exported: unknown, spec: string): VmdevdPlugin {
   if (typeof exported !== 'object' || exported === null) {
-    throw new PluginLoadError(`plugin "${spec}" exports no plugin (expected a default export or an export named "plugin")`);
+    throw new PluginLoadError(
+      `plugin "${spec}" exports no plugin (expected a default export or an export named "plugin")`,
+    );
   }
   const plugin = exported as Partial<VmdevdPlugin>;
   if (typeof plugin.apiVersion !== 'number') {
     throw new PluginLoadError(`plugin "${spec}" does not declare the plugin-API version it targets (apiVersion)`);
   }
   if (plugin.apiVersion !== PLUGIN_API_VERSION) {
-    throw new PluginLoadError(`plugin "${spec}" targets plugin API ${plugin.apiVersion}; this vmdevd implements plugin API ${PLUGIN_API_VERSION}`);
+    throw new PluginLoadError(
+      `plugin "${spec}" targets plugin API ${plugin.apiVersion}; this vmdevd implements plugin API ${PLUGIN_API_VERSION}`,
+    );
   }
-  if (typeof plugin.module !== 'object' || plugin.module === null || typeof (plugin.module as { load?: unknown }).load !== 'function') {
+  if (
+    typeof plugin.module !== 'object' ||
+    plugin.module === null ||
+    typeof (plugin.module as { load?: unknown }).load !== 'function'
+  ) {
     throw new PluginLoadError(`plugin "${spec}" has no ContainerModule ("module")`);
   }
   return plugin as VmdevdPlugin;
@@ -97,7 +110,12 @@ function checkPlugin(exported: unknown, spec: string): VmdevdPlugin {
  * Imports a plugin, checks its API version, loads its module into a child
  * container of `parent` and returns the backend factory it binds.
  */
-export async function loadPlugin(spec: string, baseDir: string, parent: Container, builtinDir = BUILTIN_PLUGIN_DIR): Promise<LoadedPlugin> {
+export async function loadPlugin(
+  spec: string,
+  baseDir: string,
+  parent: Container,
+  builtinDir = BUILTIN_PLUGIN_DIR,
+): Promise<LoadedPlugin> {
   const entry = resolvePlugin(spec, baseDir, builtinDir);
   let mod: Record<string, unknown>;
   try {

@@ -48,7 +48,8 @@ export class VmdevService {
    * for the detaches to be set up; nothing can fail in between.
    */
   detach(caller: Caller, selector: unknown, devices: unknown): Acceptance {
-    const labels = devices !== null && typeof devices === 'object' ? Object.keys(devices).slice(0, 16).join(',') : undefined;
+    const labels =
+      devices !== null && typeof devices === 'object' ? Object.keys(devices).slice(0, 16).join(',') : undefined;
     try {
       const specs = parseDeviceMap(devices);
       const target = this.resolve(selector);
@@ -56,7 +57,12 @@ export class VmdevService {
         this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, 'no such VM (false)');
         return NOT_ACCEPTED;
       }
-      this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, `accepted for ${target.entry.key}`);
+      this.logRequest(
+        'TestMethod',
+        caller,
+        { selector: text(selector), devices: labels },
+        `accepted for ${target.entry.key}`,
+      );
       return { accepted: true, start: () => this.detaches.start(target.host, target.entry, specs) };
     } catch (err) {
       this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, describe(err));
@@ -70,17 +76,28 @@ export class VmdevService {
    * and the call settles when the backends accepted (or refused) them.
    */
   async setStates(caller: Caller, desired: unknown): Promise<void> {
-    const summary = desired !== null && typeof desired === 'object' ? Object.entries(desired).slice(0, 16).map(([k, v]) => `${k}=${String(v)}`).join(',') : undefined;
+    const summary =
+      desired !== null && typeof desired === 'object'
+        ? Object.entries(desired)
+            .slice(0, 16)
+            .map(([k, v]) => `${k}=${String(v)}`)
+            .join(',')
+        : undefined;
     try {
       const changes = this.validateStates(desired);
       const results = await Promise.allSettled(changes.map((c) => this.registry.setState(c.host, c.entry.vm, c.state)));
-      const failures = results.flatMap((r, i) => (r.status === 'rejected' ? [{ change: changes[i]!, err: r.reason as unknown }] : []));
+      const failures = results.flatMap((r, i) =>
+        r.status === 'rejected' ? [{ change: changes[i]!, err: r.reason as unknown }] : [],
+      );
       if (failures.length > 0) {
         const first = failures[0]!;
         const kind = first.err instanceof VmdevError ? first.err.kind : 'Failed';
         const text = failures.map((f) => `${f.change.entry.key}: ${errorMessage(f.err)}`).join('; ');
         const applied = changes.length - failures.length;
-        throw new VmdevError(kind, `${failures.length} of ${changes.length} state changes failed (${applied} applied): ${text}`);
+        throw new VmdevError(
+          kind,
+          `${failures.length} of ${changes.length} state changes failed (${applied} applied): ${text}`,
+        );
       }
       this.logRequest('Set TestProperty', caller, { states: summary }, 'applied');
     } catch (err) {
@@ -98,11 +115,16 @@ export class VmdevService {
       const entry = this.hub.byKey(key);
       if (entry === undefined) throw invalidArgs(`no VM is named ${JSON.stringify(key)}`);
       if (typeof state !== 'string' || !(DESIRED_STATES as readonly string[]).includes(state)) {
-        throw invalidArgs(`VM ${JSON.stringify(key)}: unknown state ${JSON.stringify(state)} (expected ${DESIRED_STATES.join(', ')})`);
+        throw invalidArgs(
+          `VM ${JSON.stringify(key)}: unknown state ${JSON.stringify(state)} (expected ${DESIRED_STATES.join(', ')})`,
+        );
       }
       const host = this.registry.host(entry.backendId)!;
       if (!host.health.connected) {
-        throw new VmdevError('BackendUnavailable', `VM ${JSON.stringify(key)} belongs to backend "${host.id}", which is ${host.describe()}`);
+        throw new VmdevError(
+          'BackendUnavailable',
+          `VM ${JSON.stringify(key)} belongs to backend "${host.id}", which is ${host.describe()}`,
+        );
       }
       changes.push({ entry, host, state: state as DesiredState });
     }
@@ -115,29 +137,47 @@ export class VmdevService {
       throw invalidArgs('the selector is empty; give a VM name, UUID or type');
     }
     if (selector.length > MAX_SELECTOR_LENGTH) {
-      throw invalidArgs(`the selector is ${selector.length} characters long, at most ${MAX_SELECTOR_LENGTH} are allowed`);
+      throw invalidArgs(
+        `the selector is ${selector.length} characters long, at most ${MAX_SELECTOR_LENGTH} are allowed`,
+      );
     }
     const lower = selector.toLowerCase();
     const matches = this.hub
       .entries()
-      .filter((e) => e.key === selector || e.vm.name === selector || e.vm.type === selector || (e.vm.uuid !== undefined && e.vm.uuid.toLowerCase() === lower));
+      .filter(
+        (e) =>
+          e.key === selector ||
+          e.vm.name === selector ||
+          e.vm.type === selector ||
+          (e.vm.uuid !== undefined && e.vm.uuid.toLowerCase() === lower),
+      );
     if (matches.length > 1) {
       const names = matches.map((m) => m.key);
-      const shown = names.length > 10 ? `${names.slice(0, 10).join(', ')} and ${names.length - 10} more` : names.join(', ');
-      throw new VmdevError('AmbiguousSelector', `selector ${JSON.stringify(selector)} matches ${names.length} VMs: ${shown}`);
+      const shown =
+        names.length > 10 ? `${names.slice(0, 10).join(', ')} and ${names.length - 10} more` : names.join(', ');
+      throw new VmdevError(
+        'AmbiguousSelector',
+        `selector ${JSON.stringify(selector)} matches ${names.length} VMs: ${shown}`,
+      );
     }
     const match = matches[0];
     if (match === undefined) {
       const down = this.registry.hosts().filter((h) => !h.health.connected);
       if (down.length > 0) {
         const which = down.map((h) => `"${h.id}" (${h.describe()})`).join(', ');
-        throw new VmdevError('BackendUnavailable', `no VM matches ${JSON.stringify(selector)}, but backend ${which} may have it`);
+        throw new VmdevError(
+          'BackendUnavailable',
+          `no VM matches ${JSON.stringify(selector)}, but backend ${which} may have it`,
+        );
       }
       return undefined;
     }
     const host = this.registry.host(match.backendId)!;
     if (!host.health.connected) {
-      throw new VmdevError('BackendUnavailable', `VM ${JSON.stringify(match.key)} belongs to backend "${host.id}", which is ${host.describe()}`);
+      throw new VmdevError(
+        'BackendUnavailable',
+        `VM ${JSON.stringify(match.key)} belongs to backend "${host.id}", which is ${host.describe()}`,
+      );
     }
     return { entry: match, host };
   }

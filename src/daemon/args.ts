@@ -42,9 +42,11 @@ export function parseDaemonArgs(argv: readonly string[]): DaemonArgs {
   } catch (err) {
     throw new ConfigError(`${(err as Error).message}\n\n${USAGE}`);
   }
-  const chosen = [values.system && 'system', values.session && 'session', values.address !== undefined && values.address].filter(
-    (v): v is string => typeof v === 'string',
-  );
+  const chosen = [
+    values.system && 'system',
+    values.session && 'session',
+    values.address !== undefined && values.address,
+  ].filter((v): v is string => typeof v === 'string');
   if (chosen.length > 1) throw new ConfigError('give only one of --system, --session and --address');
   if (values.address === '') throw new ConfigError('--address needs a D-Bus address such as unix:path=/run/vmdevd-bus');
   return { help: values.help === true, version: values.version === true, bus: chosen[0], config: values.config };

@@ -11,7 +11,6 @@ import { Daemon } from './daemon.js';
 const EX_CONFIG = 78;
 const EX_UNAVAILABLE = 69;
 
-
 /**
  * Makes "__proto__" an ordinary key. dbus-next decodes every D-Bus dict into
  * a plain object by assignment, and vmdevd builds its maps the same way;
@@ -57,7 +56,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   // mark the backend it came from.
   process.on('uncaughtException', (err) => {
     const blamed = daemon.registry.attributeCrash(err);
-    log.error(blamed ? 'a plugin threw an uncaught exception' : 'uncaught exception', { error: errorMessage(err), stack: err.stack });
+    log.error(blamed ? 'a plugin threw an uncaught exception' : 'uncaught exception', {
+      error: errorMessage(err),
+      stack: err.stack,
+    });
   });
   process.on('unhandledRejection', (err) => {
     const blamed = daemon.registry.attributeCrash(err);
@@ -78,7 +80,12 @@ export async function main(argv: readonly string[]): Promise<number> {
     });
   });
 
-  log.info('starting', { version: VERSION, pid: process.pid, bus: config.bus, config: argv.includes('--config') ? undefined : 'built-in default' });
+  log.info('starting', {
+    version: VERSION,
+    pid: process.pid,
+    bus: config.bus,
+    config: argv.includes('--config') ? undefined : 'built-in default',
+  });
   try {
     await daemon.start();
   } catch (err) {

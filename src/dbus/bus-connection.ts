@@ -10,7 +10,6 @@ import dbus from 'dbus-next';
 import MessageBusClass from 'dbus-next/lib/bus.js';
 import { createFastConnection, isFastAddress, type OversizedMessage } from './wire/fast-connection.js';
 
-
 /** Set to `dbus-next` to use dbus-next's own connection everywhere. */
 export const CONNECTION_ENV = 'VMDEVD_DBUS_CONNECTION';
 
@@ -21,7 +20,8 @@ export type BusSpec = string;
 
 export function describeBus(spec: BusSpec): string {
   if (spec === 'session') return `the session bus (${process.env['DBUS_SESSION_BUS_ADDRESS'] ?? 'address unknown'})`;
-  if (spec === 'system') return `the system bus (${process.env['DBUS_SYSTEM_BUS_ADDRESS'] ?? 'unix:path=/var/run/dbus/system_bus_socket'})`;
+  if (spec === 'system')
+    return `the system bus (${process.env['DBUS_SYSTEM_BUS_ADDRESS'] ?? 'unix:path=/var/run/dbus/system_bus_socket'})`;
   return spec;
 }
 
@@ -86,7 +86,11 @@ function createBus(spec: BusSpec, maxIncomingLength?: number): MessageBus {
   if (address !== undefined && process.env[CONNECTION_ENV] !== 'dbus-next' && isFastAddress(address)) {
     return new MessageBusClass(createFastConnection({ busAddress: address, maxIncomingLength }));
   }
-  return spec === 'system' ? dbus.systemBus() : spec === 'session' ? dbus.sessionBus() : dbus.sessionBus({ busAddress: spec });
+  return spec === 'system'
+    ? dbus.systemBus()
+    : spec === 'session'
+      ? dbus.sessionBus()
+      : dbus.sessionBus({ busAddress: spec });
 }
 
 /**

@@ -84,7 +84,10 @@ function createInterface(def: InterfaceDefinition, source: PropertySource): Modu
       // Calls never reach dbus-next's dispatch: the frontend's handler answers
       // them first. Should one get here, dbus-next must not answer it with
       // the stack trace it sends for any error that is not a DBusError.
-      throw new dbus.DBusError(errorName('Failed'), 'TestMethod could not be handled; the details are in the log of vmdevd');
+      throw new dbus.DBusError(
+        errorName('Failed'),
+        'TestMethod could not be handled; the details are in the log of vmdevd',
+      );
     }
     // The signals are sent by the frontend itself (sendTrusted); these give
     // dbus-next the members configureMembers declares.
@@ -99,13 +102,22 @@ function createInterface(def: InterfaceDefinition, source: PropertySource): Modu
     }
   }
   const implemented = (name: string) => Object.getOwnPropertyDescriptor(Module.prototype, name) !== undefined;
-  const missing = [...def.methods.keys(), ...def.properties.keys(), ...def.signals.keys()].filter((n) => !implemented(n));
+  const missing = [...def.methods.keys(), ...def.properties.keys(), ...def.signals.keys()].filter(
+    (n) => !implemented(n),
+  );
   if (missing.length > 0) {
-    throw new VmdevError('Failed', `the interface file declares ${missing.join(', ')}, which this vmdevd does not implement`);
+    throw new VmdevError(
+      'Failed',
+      `the interface file declares ${missing.join(', ')}, which this vmdevd does not implement`,
+    );
   }
   Module.configureMembers({
-    methods: Object.fromEntries([...def.methods.values()].map((m) => [m.name, { inSignature: m.inSignature, outSignature: m.outSignature }])),
-    properties: Object.fromEntries([...def.properties.values()].map((p) => [p.name, { signature: p.type, access: p.access }])),
+    methods: Object.fromEntries(
+      [...def.methods.values()].map((m) => [m.name, { inSignature: m.inSignature, outSignature: m.outSignature }]),
+    ),
+    properties: Object.fromEntries(
+      [...def.properties.values()].map((p) => [p.name, { signature: p.type, access: p.access }]),
+    ),
     signals: Object.fromEntries([...def.signals.values()].map((s) => [s.name, { signature: s.signature }])),
   });
   return new Module(def.name) as ModuleInterface;
@@ -144,8 +156,16 @@ export class DbusFrontend implements Disposable {
     this.onBusLost = onLost;
     this.bus = await openBus(this.config.bus, { maxIncomingLength: MAX_CALL_BYTES });
     onOversized(this.bus, ({ header, length, limit }) => {
-      this.log.warn('dropped a message that is too long', { caller: header.sender, member: header.member, bytes: length });
-      if (header.type === MessageType.METHOD_CALL && (header.flags & NO_REPLY_EXPECTED) === 0 && header.sender !== undefined) {
+      this.log.warn('dropped a message that is too long', {
+        caller: header.sender,
+        member: header.member,
+        bytes: length,
+      });
+      if (
+        header.type === MessageType.METHOD_CALL &&
+        (header.flags & NO_REPLY_EXPECTED) === 0 &&
+        header.sender !== undefined
+      ) {
         sendTrusted(this.bus!, {
           type: MessageType.ERROR,
           errorName: LIMITS_EXCEEDED,
@@ -158,7 +178,10 @@ export class DbusFrontend implements Disposable {
     });
     this.bus.on('error', (err: unknown) => this.lost(err));
     onConnectionEnd(this.bus, () => this.lost(new Error('the bus closed the connection')));
-    this.log.info('connected to the bus', { bus: this.config.bus, uniqueName: (this.bus as unknown as { name: string }).name });
+    this.log.info('connected to the bus', {
+      bus: this.config.bus,
+      uniqueName: (this.bus as unknown as { name: string }).name,
+    });
   }
 
   /**
@@ -246,7 +269,11 @@ export class DbusFrontend implements Disposable {
   private emitStates(map: StateMap): void {
     if (this.closed) return;
     this.signal(INTERFACE_NAME, 'TestSignal', 'a{ss}', [map]);
-    this.signal(PROPERTIES, 'PropertiesChanged', 'sa{sv}as', [INTERFACE_NAME, { TestProperty: new Variant('a{ss}', map) }, ['Vms']]);
+    this.signal(PROPERTIES, 'PropertiesChanged', 'sa{sv}as', [
+      INTERFACE_NAME,
+      { TestProperty: new Variant('a{ss}', map) },
+      ['Vms'],
+    ]);
   }
 
   private signal(iface: string, member: string, signature: string, body: unknown[]): void {
@@ -275,7 +302,13 @@ export class DbusFrontend implements Disposable {
       return;
     }
     if (e.outcome.ok) this.signal(INTERFACE_NAME, 'DeviceDetached', 'ss', [e.vm, e.device]);
-    else this.signal(INTERFACE_NAME, 'DeviceDetachFailed', 'ssss', [e.vm, e.device, errorName(e.outcome.error), e.outcome.message]);
+    else
+      this.signal(INTERFACE_NAME, 'DeviceDetachFailed', 'ssss', [
+        e.vm,
+        e.device,
+        errorName(e.outcome.error),
+        e.outcome.message,
+      ]);
   }
 
   // ---- dispatch -------------------------------------------------------------
@@ -327,7 +360,10 @@ export class DbusFrontend implements Disposable {
     const run = (creds: Credentials) => {
       if (!this.access.isAllowed(creds)) {
         this.log.warn('access denied', { caller: msg.sender, uid: creds.uid, call: what });
-        throw new VmdevError('AccessDenied', `uid ${creds.uid} may not call ${what} (allowed: ${this.access.describe()})`);
+        throw new VmdevError(
+          'AccessDenied',
+          `uid ${creds.uid} may not call ${what} (allowed: ${this.access.describe()})`,
+        );
       }
       fn();
     };
@@ -336,14 +372,23 @@ export class DbusFrontend implements Disposable {
       run(cached);
       return;
     }
-    this.credentialsOf(msg.sender).then(run).catch((err: unknown) => this.replyError(msg, err, what));
+    this.credentialsOf(msg.sender)
+      .then(run)
+      .catch((err: unknown) => this.replyError(msg, err, what));
   }
 
   /** The caller's uid and groups, from the bus daemon. */
   private async credentialsOf(sender: string): Promise<Credentials> {
     const ask = (member: string) =>
       this.bus!.call(
-        new Message({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member, signature: 's', body: [sender] } as never),
+        new Message({
+          destination: 'org.freedesktop.DBus',
+          path: '/org/freedesktop/DBus',
+          interface: 'org.freedesktop.DBus',
+          member,
+          signature: 's',
+          body: [sender],
+        } as never),
       );
     let creds: Credentials;
     try {
@@ -355,7 +400,8 @@ export class DbusFrontend implements Disposable {
       creds = { uid: reply!.body[0] as number };
     }
     if (typeof creds.uid !== 'number') throw new VmdevError('AccessDenied', 'the bus did not say who the caller is');
-    if (this.credentialCache.size >= CREDENTIAL_CACHE_SIZE) this.credentialCache.delete(this.credentialCache.keys().next().value!);
+    if (this.credentialCache.size >= CREDENTIAL_CACHE_SIZE)
+      this.credentialCache.delete(this.credentialCache.keys().next().value!);
     this.credentialCache.set(sender, creds);
     return creds;
   }
@@ -397,7 +443,8 @@ export class DbusFrontend implements Disposable {
       return true;
     }
     const value = body[2] as { signature: string; value: unknown };
-    if (value.signature !== prop.type) throw invalidArgs(`property ${name} has type ${prop.type}, not ${value.signature}`);
+    if (value.signature !== prop.type)
+      throw invalidArgs(`property ${name} has type ${prop.type}, not ${value.signature}`);
     if (!this.accepting) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
     this.withAccess(msg, `Set ${name}`, () => {
       this.service.setStates({ name: msg.sender }, value.value).then(
@@ -431,7 +478,14 @@ export class DbusFrontend implements Disposable {
 
   private reply(msg: Message, signature: string, body: unknown[], rawBody?: Buffer): void {
     if ((msg.flags & NO_REPLY_EXPECTED) !== 0 || this.bus === undefined) return;
-    sendTrusted(this.bus, { type: MessageType.METHOD_RETURN, replySerial: msg.serial!, destination: msg.sender, signature, body, rawBody });
+    sendTrusted(this.bus, {
+      type: MessageType.METHOD_RETURN,
+      replySerial: msg.serial!,
+      destination: msg.sender,
+      signature,
+      body,
+      rawBody,
+    });
   }
 
   private replyError(msg: Message, err: unknown, context: string): void {
@@ -441,21 +495,34 @@ export class DbusFrontend implements Disposable {
 
   private sendError(msg: Message, name: string, text: string): void {
     if ((msg.flags & NO_REPLY_EXPECTED) !== 0 || this.bus === undefined) return;
-    sendTrusted(this.bus, { type: MessageType.ERROR, errorName: name, replySerial: msg.serial!, destination: msg.sender, signature: 's', body: [text] });
+    sendTrusted(this.bus, {
+      type: MessageType.ERROR,
+      errorName: name,
+      replySerial: msg.serial!,
+      destination: msg.sender,
+      signature: 's',
+      body: [text],
+    });
   }
 
   /** dbus-next's introspection of our object with our interface replaced by the file's element. */
   private buildIntrospection(): string {
     const generated = (this.bus as unknown as { _introspect(path: string): string })._introspect(OBJECT_PATH);
     const doc = create(generated).node as unknown as {
-      getElementsByTagName(tag: string): ArrayLike<{ getAttribute(n: string): string | null; parentNode: { replaceChild(a: unknown, b: unknown): void } }>;
+      getElementsByTagName(
+        tag: string,
+      ): ArrayLike<{
+        getAttribute(n: string): string | null;
+        parentNode: { replaceChild(a: unknown, b: unknown): void };
+      }>;
       importNode(node: unknown, deep: boolean): unknown;
       documentElement: unknown;
     };
-    const ours = Array.from(doc.getElementsByTagName('interface')).find((el) => el.getAttribute('name') === INTERFACE_NAME);
+    const ours = Array.from(doc.getElementsByTagName('interface')).find(
+      (el) => el.getAttribute('name') === INTERFACE_NAME,
+    );
     if (ours === undefined) throw new Error('dbus-next did not introspect the exported interface');
     ours.parentNode.replaceChild(doc.importNode(this.def.element, true), ours);
     return INTROSPECTION_HEADER + builder(doc.documentElement as never).toString();
   }
 }
-

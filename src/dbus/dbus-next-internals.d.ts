@@ -12,7 +12,11 @@ declare module 'dbus-next/lib/bus.js' {
 
 declare module 'dbus-next/lib/handshake.js' {
   import type net from 'node:net';
-  const clientHandshake: (stream: net.Socket, opts: { authMethods?: readonly string[] | undefined }, cb: (err: unknown, guid?: string) => void) => void;
+  const clientHandshake: (
+    stream: net.Socket,
+    opts: { authMethods?: readonly string[] | undefined },
+    cb: (err: unknown, guid?: string) => void,
+  ) => void;
   export default clientHandshake;
 }
 

@@ -29,5 +29,8 @@ export function toDBusError(err: unknown, log: Logger, context: string): DBusErr
   if (err instanceof VmdevError) return { name: errorName(err.kind), message: err.message };
   log.error(`unexpected error in ${context}`, { error: errorMessage(err), stack: (err as Error | undefined)?.stack });
   const first = errorMessage(err).split('\n')[0]!.slice(0, 200);
-  return { name: errorName('Failed'), message: `vmdevd could not handle the call (${first}); the details are in its log` };
+  return {
+    name: errorName('Failed'),
+    message: `vmdevd could not handle the call (${first}); the details are in its log`,
+  };
 }

@@ -76,7 +76,8 @@ function args(el: XmlElement, where: string, defaultDirection: 'in' | 'out'): Ar
     const name = arg.getAttribute('name');
     if (!name) throw new Error(`${where}: argument ${i} has no name (every argument must be named)`);
     const direction = (arg.getAttribute('direction') ?? defaultDirection) as 'in' | 'out';
-    if (direction !== 'in' && direction !== 'out') throw new Error(`${where}: argument ${name} has direction ${direction}`);
+    if (direction !== 'in' && direction !== 'out')
+      throw new Error(`${where}: argument ${name} has direction ${direction}`);
     return { name, type: required(arg, 'type', `${where} argument ${name}`), direction };
   });
 }
@@ -93,15 +94,22 @@ export function parseInterface(xml: string, name = INTERFACE_NAME): InterfaceDef
     methods.set(mName, {
       name: mName,
       args: a,
-      inSignature: a.filter((x) => x.direction === 'in').map((x) => x.type).join(''),
-      outSignature: a.filter((x) => x.direction === 'out').map((x) => x.type).join(''),
+      inSignature: a
+        .filter((x) => x.direction === 'in')
+        .map((x) => x.type)
+        .join(''),
+      outSignature: a
+        .filter((x) => x.direction === 'out')
+        .map((x) => x.type)
+        .join(''),
     });
   }
   const properties = new Map<string, PropertyDefinition>();
   for (const p of children(element, 'property')) {
     const pName = required(p, 'name', 'property');
     const access = required(p, 'access', `property ${pName}`);
-    if (access !== 'read' && access !== 'write' && access !== 'readwrite') throw new Error(`property ${pName}: access ${access}`);
+    if (access !== 'read' && access !== 'write' && access !== 'readwrite')
+      throw new Error(`property ${pName}: access ${access}`);
     properties.set(pName, { name: pName, type: required(p, 'type', `property ${pName}`), access });
   }
   const signals = new Map<string, SignalDefinition>();

@@ -42,7 +42,8 @@ import { HUGE_KINDS, MAX_HUGE_BYTES, generate, hugeCall, ourCall, type FuzzCall 
 import { NO_REPLY_EXPECTED, RawClient, marshallCall, type Reply } from './raw-client.js';
 import { Random } from './random-dbus.js';
 
-const SEED = process.env['VMDEVD_FUZZ_SEED'] !== undefined ? Number(process.env['VMDEVD_FUZZ_SEED']) : randomInt(2 ** 31);
+const SEED =
+  process.env['VMDEVD_FUZZ_SEED'] !== undefined ? Number(process.env['VMDEVD_FUZZ_SEED']) : randomInt(2 ** 31);
 const CALLS = Number(process.env['VMDEVD_FUZZ_CALLS'] ?? 12_000);
 const SECONDS = Number(process.env['VMDEVD_FUZZ_SECONDS'] ?? 90);
 const MIN_CALLS = 10_000;
@@ -80,16 +81,24 @@ class Tally {
     if (reply.kind === 'return') {
       this.returns++;
       outcome = call.member === 'TestMethod' ? `return ${String(reply.body[0])}` : 'return';
-      if (call.expect === 'error') this.failures.push(`${what}: expected an error${call.errors ? ` (${call.errors.join(' or ')})` : ''}, got a reply`);
-      if (call.accepted !== undefined && reply.body[0] !== call.accepted) this.failures.push(`${what}: expected ${String(call.accepted)}, got ${String(reply.body[0])}`);
+      if (call.expect === 'error')
+        this.failures.push(
+          `${what}: expected an error${call.errors ? ` (${call.errors.join(' or ')})` : ''}, got a reply`,
+        );
+      if (call.accepted !== undefined && reply.body[0] !== call.accepted)
+        this.failures.push(`${what}: expected ${String(call.accepted)}, got ${String(reply.body[0])}`);
     } else if (reply.kind === 'error') {
       this.errors.set(reply.name, (this.errors.get(reply.name) ?? 0) + 1);
       outcome = `error ${reply.name}`;
       if (call.expect === 'return') this.failures.push(`${what}: expected a reply, got ${reply.name}: ${reply.text}`);
-      else if (call.errors !== undefined && !call.errors.includes(reply.name)) this.failures.push(`${what}: expected ${call.errors.join(' or ')}, got ${reply.name}: ${reply.text}`);
-      if (STACK_TRACE.test(reply.text)) this.failures.push(`${what}: a stack trace in ${reply.name}: ${reply.text.slice(0, 500)}`);
-      if (reply.name.startsWith('com.github.dbus_next.')) this.failures.push(`${what}: dbus-next answered instead of vmdevd: ${reply.name}: ${reply.text.slice(0, 300)}`);
-      if (reply.name === 'org.example.dbustest.Error.Failed') this.failures.push(`${what}: Failed, the daemon did not expect this: ${reply.text.slice(0, 300)}`);
+      else if (call.errors !== undefined && !call.errors.includes(reply.name))
+        this.failures.push(`${what}: expected ${call.errors.join(' or ')}, got ${reply.name}: ${reply.text}`);
+      if (STACK_TRACE.test(reply.text))
+        this.failures.push(`${what}: a stack trace in ${reply.name}: ${reply.text.slice(0, 500)}`);
+      if (reply.name.startsWith('com.github.dbus_next.'))
+        this.failures.push(`${what}: dbus-next answered instead of vmdevd: ${reply.name}: ${reply.text.slice(0, 300)}`);
+      if (reply.name === 'org.example.dbustest.Error.Failed')
+        this.failures.push(`${what}: Failed, the daemon did not expect this: ${reply.text.slice(0, 300)}`);
     } else {
       outcome = reply.kind;
       this.failures.push(`${what}: no reply (${reply.kind})`);
@@ -125,7 +134,15 @@ class Tally {
 }
 
 /** Runs `count` generated calls with `IN_FLIGHT` outstanding, until `deadline`. */
-async function fuzz(client: RawClient, r: Random, firstId: number, count: number, tally: Tally, deadline = Infinity, diagnose: () => string = () => ''): Promise<number> {
+async function fuzz(
+  client: RawClient,
+  r: Random,
+  firstId: number,
+  count: number,
+  tally: Tally,
+  deadline = Infinity,
+  diagnose: () => string = () => '',
+): Promise<number> {
   let next = 0;
   let stop = false;
   const worker = async () => {
@@ -141,11 +158,15 @@ async function fuzz(client: RawClient, r: Random, firstId: number, count: number
         reply = await client.call(call, REPLY_TIMEOUT_MS);
       } catch (err) {
         stop = true;
-        throw new Error(`call ${call.id} (${call.category}, ${call.member}(${call.signature})) could not be sent (seed ${SEED}): ${(err as Error).message}`);
+        throw new Error(
+          `call ${call.id} (${call.category}, ${call.member}(${call.signature})) could not be sent (seed ${SEED}): ${(err as Error).message}`,
+        );
       }
       if (reply.kind === 'closed') {
         stop = true;
-        throw new Error(`the bus closed the fuzzer's connection after call ${call.id} (${call.category}, ${call.member}(${call.signature})): ${client.closed}. Seed ${SEED}.\n${diagnose()}`);
+        throw new Error(
+          `the bus closed the fuzzer's connection after call ${call.id} (${call.category}, ${call.member}(${call.signature})): ${client.closed}. Seed ${SEED}.\n${diagnose()}`,
+        );
       }
       tally.record(call, reply);
     }
@@ -173,7 +194,10 @@ function rssKiB(pid: number): number {
  * some seconds after allocation stops, so a short quiet window would catch
  * it before that.
  */
-async function settledRss(pid: number, options: { maxMs: number; quietMs: number; target?: number }): Promise<{ kib: number; waitedMs: number }> {
+async function settledRss(
+  pid: number,
+  options: { maxMs: number; quietMs: number; target?: number },
+): Promise<{ kib: number; waitedMs: number }> {
   const start = performance.now();
   const samples: number[] = [];
   const window = Math.ceil(options.quietMs / 500) + 1;
@@ -224,35 +248,59 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
     }
     await fuzz(client, r, 0, WARMUP_CALLS, warm, Infinity, () => stack.bus.process.output().slice(-2000));
     const baseline = await settledRss(pid, { quietMs: 12_000, maxMs: 30_000 });
-    console.log(`# RSS after a warm-up of ${WARMUP_CALLS} calls: ${mb(baseline.kib)} (${rssParts(pid)}; settled in ${baseline.waitedMs} ms)`);
+    console.log(
+      `# RSS after a warm-up of ${WARMUP_CALLS} calls: ${mb(baseline.kib)} (${rssParts(pid)}; settled in ${baseline.waitedMs} ms)`,
+    );
 
     const started = performance.now();
-    const done = await fuzz(client, r, WARMUP_CALLS, CALLS, tally, started + SECONDS * 1000, () => stack.bus.process.output().slice(-2000));
+    const done = await fuzz(client, r, WARMUP_CALLS, CALLS, tally, started + SECONDS * 1000, () =>
+      stack.bus.process.output().slice(-2000),
+    );
     const seconds = (performance.now() - started) / 1000;
     console.log(`# ${done} calls in ${seconds.toFixed(1)} s (${Math.round(done / seconds)} calls/s)`);
     console.log(tally.summary('# main phase').replace(/^/gm, '# '));
 
     assert.equal(stack.daemon.child.exitCode, null, `the daemon exited:\n${stack.daemon.output().slice(-3000)}`);
     const peak = rssKiB(pid);
-    const after = await settledRss(pid, { quietMs: 12_000, maxMs: 40_000, target: Math.floor(baseline.kib * RSS_TOLERANCE) });
-    console.log(`# RSS: ${mb(baseline.kib)} before, ${mb(peak)} right after, ${mb(after.kib)} after settling ${after.waitedMs} ms (${((after.kib / baseline.kib - 1) * 100).toFixed(1)}%; ${rssParts(pid)})`);
+    const after = await settledRss(pid, {
+      quietMs: 12_000,
+      maxMs: 40_000,
+      target: Math.floor(baseline.kib * RSS_TOLERANCE),
+    });
+    console.log(
+      `# RSS: ${mb(baseline.kib)} before, ${mb(peak)} right after, ${mb(after.kib)} after settling ${after.waitedMs} ms (${((after.kib / baseline.kib - 1) * 100).toFixed(1)}%; ${rssParts(pid)})`,
+    );
 
     // Detaches the backend started, each of which must come from a request that was accepted.
     const journal = stack.journal().filter((e) => e['op'] === 'detach');
-    const wrong = journal.filter((e) => !(tally.labelOutcomes.get(String(e['label'])) ?? warm.labelOutcomes.get(String(e['label'])) ?? []).some((o) => o === 'return true'));
+    const wrong = journal.filter(
+      (e) =>
+        !(tally.labelOutcomes.get(String(e['label'])) ?? warm.labelOutcomes.get(String(e['label'])) ?? []).some(
+          (o) => o === 'return true',
+        ),
+    );
     console.log(`# detaches started: ${journal.length}, from requests that were not accepted: ${wrong.length}`);
 
     const failures = [...warm.failures, ...tally.failures];
     assert.deepEqual(failures.slice(0, 20), [], `${failures.length} calls went wrong (seed ${SEED})`);
     assert.deepEqual(
-      wrong.slice(0, 10).map((e) => `${String(e['label'])}: ${(tally.labelOutcomes.get(String(e['label'])) ?? []).join(', ')}`),
+      wrong
+        .slice(0, 10)
+        .map((e) => `${String(e['label'])}: ${(tally.labelOutcomes.get(String(e['label'])) ?? []).join(', ')}`),
       [],
       `detaches were started for requests that were not accepted (seed ${SEED})`,
     );
     assert.ok(journal.length > 0, 'valid requests started detaches (else the check above proves nothing)');
     assert.ok(done >= Math.min(CALLS, MIN_CALLS), `only ${done} calls within ${SECONDS} s`);
-    assert.doesNotMatch(stack.daemon.output(), /uncaught exception|unhandled promise rejection|unexpected error|lost the bus connection/, 'the daemon logged an internal error');
-    assert.ok(after.kib <= baseline.kib * RSS_TOLERANCE, `RSS ${mb(after.kib)} is more than ${Math.round((RSS_TOLERANCE - 1) * 100)}% above ${mb(baseline.kib)}`);
+    assert.doesNotMatch(
+      stack.daemon.output(),
+      /uncaught exception|unhandled promise rejection|unexpected error|lost the bus connection/,
+      'the daemon logged an internal error',
+    );
+    assert.ok(
+      after.kib <= baseline.kib * RSS_TOLERANCE,
+      `RSS ${mb(after.kib)} is more than ${Math.round((RSS_TOLERANCE - 1) * 100)}% above ${mb(baseline.kib)}`,
+    );
   });
 
   it('lets the bus drop strings that are not UTF-8 before they reach the daemon', async () => {
@@ -262,11 +310,18 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
       try {
         const marker = 'ZZZZZZZZ';
         const serial = raw.nextSerial();
-        const data = marshallCall(ourCall('TestMethod', 'sa{sas}', ['vm1', [[marker, ['type=disk', 'target=vdb']]]]), serial);
+        const data = marshallCall(
+          ourCall('TestMethod', 'sa{sas}', ['vm1', [[marker, ['type=disk', 'target=vdb']]]]),
+          serial,
+        );
         const at = data.indexOf(marker);
         Buffer.from([...bad, ...Array(marker.length - bad.length).fill(0x41)]).copy(data, at);
         const reply = await raw.await(serial, 5000, () => raw.writeRaw(data));
-        assert.equal(reply.kind, 'closed', `the bus passed a string with bytes ${bad.join(',')}: ${JSON.stringify(reply)}`);
+        assert.equal(
+          reply.kind,
+          'closed',
+          `the bus passed a string with bytes ${bad.join(',')}: ${JSON.stringify(reply)}`,
+        );
         dropped++;
       } finally {
         raw.close();
@@ -295,8 +350,10 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
           if (reply.kind === 'return') shutdown.returns++;
           else if (reply.kind === 'error') {
             shutdown.errors.set(reply.name, (shutdown.errors.get(reply.name) ?? 0) + 1);
-            if (STACK_TRACE.test(reply.text)) shutdown.failures.push(`call ${call.id}: a stack trace in ${reply.name}: ${reply.text}`);
-            if (reply.name.startsWith('com.github.dbus_next.')) shutdown.failures.push(`call ${call.id}: dbus-next answered instead of vmdevd: ${reply.name}`);
+            if (STACK_TRACE.test(reply.text))
+              shutdown.failures.push(`call ${call.id}: a stack trace in ${reply.name}: ${reply.text}`);
+            if (reply.name.startsWith('com.github.dbus_next.'))
+              shutdown.failures.push(`call ${call.id}: dbus-next answered instead of vmdevd: ${reply.name}`);
           } else shutdown.failures.push(`call ${call.id} (${call.member}): no reply (${reply.kind})`);
         }
       };
@@ -308,6 +365,9 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
     console.log(shutdown.summary('# during shutdown').replace(/^/gm, '# '));
     assert.deepEqual(shutdown.failures.slice(0, 10), []);
     assert.equal(code, 0, `exit code ${code}:\n${stack.daemon.output().slice(-3000)}`);
-    assert.ok((shutdown.errors.get('org.freedesktop.DBus.Error.ServiceUnknown') ?? 0) > 0, 'calls went on after the daemon had left');
+    assert.ok(
+      (shutdown.errors.get('org.freedesktop.DBus.Error.ServiceUnknown') ?? 0) > 0,
+      'calls went on after the daemon had left',
+    );
   });
 });

@@ -30,7 +30,43 @@ export const UNKNOWN_METHOD = 'org.freedesktop.DBus.Error.UnknownMethod';
 const VM_NAMES = DEFAULT_VMS.map((v) => v.name);
 const STATES = ['running', 'paused', 'shutdown', 'shutoff'];
 /** Strings that trip up code that keeps data in plain objects, or parsers. */
-const DICTIONARY = ['', ' ', '__proto__', 'constructor', 'prototype', 'toString', 'hasOwnProperty', 'valueOf', '__defineGetter__', 'vm1', 'vm1 ', 'VM1', 'ivi', 'cluster', 'type', 'type=', '=disk', '==', 'type=disk', 'type==disk', 'target=vdb', 'persistent=yes', 'null', 'undefined', 'NaN', '-1', '0x', '%s%n', '../../etc/passwd', '<hostdev/>', ']]>', '\u202eevil', 'a'.repeat(64), 'a'.repeat(65), 'x'.repeat(257)];
+const DICTIONARY = [
+  '',
+  ' ',
+  '__proto__',
+  'constructor',
+  'prototype',
+  'toString',
+  'hasOwnProperty',
+  'valueOf',
+  '__defineGetter__',
+  'vm1',
+  'vm1 ',
+  'VM1',
+  'ivi',
+  'cluster',
+  'type',
+  'type=',
+  '=disk',
+  '==',
+  'type=disk',
+  'type==disk',
+  'target=vdb',
+  'persistent=yes',
+  'null',
+  'undefined',
+  'NaN',
+  '-1',
+  '0x',
+  '%s%n',
+  '../../etc/passwd',
+  '<hostdev/>',
+  ']]>',
+  '\u202eevil',
+  'a'.repeat(64),
+  'a'.repeat(65),
+  'x'.repeat(257),
+];
 
 export interface FuzzCall extends RawCall {
   readonly id: number;
@@ -46,20 +82,43 @@ export interface FuzzCall extends RawCall {
 }
 
 const VALID_DEVICES: Array<(r: Random, i: number) => string[]> = [
-  (_r, i) => ['type=disk', `target=vd${String.fromCharCode(97 + (i % 26))}${String.fromCharCode(97 + Math.floor(i / 26) % 26)}`],
+  (_r, i) => [
+    'type=disk',
+    `target=vd${String.fromCharCode(97 + (i % 26))}${String.fromCharCode(97 + (Math.floor(i / 26) % 26))}`,
+  ],
   (r) => ['type=usb', `vendor=0x${chars(r, '0123456789abcdef', 4)}`, `product=0x${chars(r, '0123456789ABCDEF', 4)}`],
   (r) => ['type=usb', `bus=${r.int(0, 65535)}`, `device=${r.int(0, 65535)}`, 'persistent=no'],
-  (r, i) => ['type=pci', `address=0000:${(i % 256).toString(16).padStart(2, '0')}:${r.int(0, 31).toString(16).padStart(2, '0')}.${r.int(0, 7)}`],
-  (r) => ['type=scsi', `adapter=scsi_host${r.int(0, 9)}`, `bus=${r.int(0, 3)}`, `target=${r.int(0, 9)}`, `unit=${r.int(0, 99999)}`],
-  (r) => ['type=mdev', `uuid=${chars(r, '0123456789abcdef', 8)}-${chars(r, '0123456789abcdef', 4)}-4${chars(r, '0123456789abcdef', 3)}-8${chars(r, '0123456789abcdef', 3)}-${chars(r, '0123456789abcdef', 12)}`, 'model=vfio-pci'],
-  (r) => ['type=interface', `mac=52:54:00:${chars(r, '0123456789abcdef', 2)}:${chars(r, '0123456789abcdef', 2)}:${chars(r, '0123456789abcdef', 2)}`],
+  (r, i) => [
+    'type=pci',
+    `address=0000:${(i % 256).toString(16).padStart(2, '0')}:${r.int(0, 31).toString(16).padStart(2, '0')}.${r.int(0, 7)}`,
+  ],
+  (r) => [
+    'type=scsi',
+    `adapter=scsi_host${r.int(0, 9)}`,
+    `bus=${r.int(0, 3)}`,
+    `target=${r.int(0, 9)}`,
+    `unit=${r.int(0, 99999)}`,
+  ],
+  (r) => [
+    'type=mdev',
+    `uuid=${chars(r, '0123456789abcdef', 8)}-${chars(r, '0123456789abcdef', 4)}-4${chars(r, '0123456789abcdef', 3)}-8${chars(r, '0123456789abcdef', 3)}-${chars(r, '0123456789abcdef', 12)}`,
+    'model=vfio-pci',
+  ],
+  (r) => [
+    'type=interface',
+    `mac=52:54:00:${chars(r, '0123456789abcdef', 2)}:${chars(r, '0123456789abcdef', 2)}:${chars(r, '0123456789abcdef', 2)}`,
+  ],
   (r, i) => ['type=alias', `name=ua-${i}-${chars(r, 'abcdefgh', 4)}`, 'persistent=yes'],
 ];
 
 /** One defect that makes an otherwise valid request invalid. */
 const DEFECTS: Array<(r: Random, devices: Array<[string, string[]]>) => void> = [
-  (r, d) => (d[0]![0] = r.pick(['', 'a'.repeat(65), 'bad label', 'bad/label', 'é', '\ud83d\ude00', 'a,b', 'a=b', 'a\u00a0b'])),
-  (r, d) => (d[0]![1] = d[0]![1].map((t) => (t.startsWith('type=') ? `type=${r.pick(['floppy', 'PCI', '', 'disk ', 'hostdev', '\u00e9'])}` : t))),
+  (r, d) =>
+    (d[0]![0] = r.pick(['', 'a'.repeat(65), 'bad label', 'bad/label', 'é', '\ud83d\ude00', 'a,b', 'a=b', 'a\u00a0b'])),
+  (r, d) =>
+    (d[0]![1] = d[0]![1].map((t) =>
+      t.startsWith('type=') ? `type=${r.pick(['floppy', 'PCI', '', 'disk ', 'hostdev', '\u00e9'])}` : t,
+    )),
   (_r, d) => (d[0]![1] = d[0]![1].filter((t) => !t.startsWith('type='))),
   (r, d) => d[0]![1].push(`${r.pick(['bogus', 'Type', 'address', 'xml', 'target'])}=${r.pick(['1', 'x', ''])}`),
   (_r, d) => d[0]![1].push(d[0]![1][0]!),
@@ -68,17 +127,27 @@ const DEFECTS: Array<(r: Random, devices: Array<[string, string[]]>) => void> = 
   (_r, d) => (d[0]![1] = []),
   (r, d) => (d[0]![1] = ['type=disk', `target=${'vd' + 'b'.repeat(r.int(5, 300))}`]),
   (_r, d) => (d[0]![1] = ['type=disk', 'target=vdb', 'persistent=no', `x${'='.repeat(300)}`]),
-  (r, d) => (d[0]![1] = ['type=pci', `address=${r.pick(['zz:00.0', '00:20.0', '0000:00:00.8', '00:00.0 ', '10000:00:00.0'])}`]),
+  (r, d) =>
+    (d[0]![1] = ['type=pci', `address=${r.pick(['zz:00.0', '00:20.0', '0000:00:00.8', '00:00.0 ', '10000:00:00.0'])}`]),
   (r, d) => (d[0]![1] = ['type=usb', `vendor=${r.pick(['0x12345', '1234', '0xgggg', ''])}`, 'product=0x0001']),
   (_r, d) => (d[0]![1] = ['type=usb', 'vendor=0x0001']),
-  (r, d) => (d[0]![1] = ['type=interface', `mac=${r.pick(['52:54:00:12:34', '52-54-00-12-34-56', 'zz:54:00:12:34:56'])}`]),
+  (r, d) =>
+    (d[0]![1] = ['type=interface', `mac=${r.pick(['52:54:00:12:34', '52-54-00-12-34-56', 'zz:54:00:12:34:56'])}`]),
   (r, d) => (d[0]![1] = ['type=mdev', `uuid=${r.pick(['1234', 'not-a-uuid', '4b20d080-1b54-4048-85b3-a6a62d165c0'])}`]),
-  (r, d) => (d[0]![1] = ['type=scsi', 'adapter=scsi_host0', 'bus=0', 'target=0', `unit=${r.pick(['4294967296', '-1', 'x'])}`]),
+  (r, d) =>
+    (d[0]![1] = ['type=scsi', 'adapter=scsi_host0', 'bus=0', 'target=0', `unit=${r.pick(['4294967296', '-1', 'x'])}`]),
   (_r, d) => d.push([`${d[0]![0]}-dup`, [...d[0]![1]]]),
   (_r, d) => d.splice(0, d.length),
   (r, d) => {
     const n = r.int(257, 600);
-    for (let i = d.length; i < n; i++) d.push([`${d[0]![0]}-${i}`, ['type=disk', `target=sd${String.fromCharCode(97 + (i % 26))}${String.fromCharCode(97 + Math.floor(i / 26) % 26)}${String.fromCharCode(97 + Math.floor(i / 676) % 26)}`]]);
+    for (let i = d.length; i < n; i++)
+      d.push([
+        `${d[0]![0]}-${i}`,
+        [
+          'type=disk',
+          `target=sd${String.fromCharCode(97 + (i % 26))}${String.fromCharCode(97 + (Math.floor(i / 26) % 26))}${String.fromCharCode(97 + (Math.floor(i / 676) % 26))}`,
+        ],
+      ]);
   },
   (r, d) => (d[0]![1] = Array.from({ length: r.int(17, 40) }, (_, i) => (i === 0 ? 'type=disk' : `target${i}=vdb`))),
 ];
@@ -107,7 +176,11 @@ function propsCall(member: string, signature: string, body: unknown[], path = OB
 }
 
 function randomLabel(r: Random): string {
-  return r.weighted({ dict: 2, random: 3, valid: 3 }) === 'dict' ? r.pick(DICTIONARY) : r.chance(0.5) ? randomString(r, 70) : chars(r, 'abcdefghijklmnopqrstuvwxyz0123456789_.:-', r.int(1, 64));
+  return r.weighted({ dict: 2, random: 3, valid: 3 }) === 'dict'
+    ? r.pick(DICTIONARY)
+    : r.chance(0.5)
+      ? randomString(r, 70)
+      : chars(r, 'abcdefghijklmnopqrstuvwxyz0123456789_.:-', r.int(1, 64));
 }
 
 function randomToken(r: Random): string {
@@ -143,40 +216,110 @@ export function generate(r: Random, id: number): FuzzCall {
     case 'TestMethod valid': {
       const selector = r.pick(Object.keys(SELECTOR_RESULT));
       const n = r.int(1, 4);
-      const devices = Array.from({ length: n }, (_, i): [string, string[]] => [`v${id}-${i}`, r.pick(VALID_DEVICES)(r, i)]);
-      return { ...base, ...ourCall('TestMethod', 'sa{sas}', [selector, lowLevelMap(devices)]), expect: typeof SELECTOR_RESULT[selector] === 'string' ? 'error' : 'return', errors: typeof SELECTOR_RESULT[selector] === 'string' ? [SELECTOR_RESULT[selector] as string] : undefined, accepted: SELECTOR_RESULT[selector], labels: devices.map(([l]) => l) };
+      const devices = Array.from({ length: n }, (_, i): [string, string[]] => [
+        `v${id}-${i}`,
+        r.pick(VALID_DEVICES)(r, i),
+      ]);
+      return {
+        ...base,
+        ...ourCall('TestMethod', 'sa{sas}', [selector, lowLevelMap(devices)]),
+        expect: typeof SELECTOR_RESULT[selector] === 'string' ? 'error' : 'return',
+        errors: typeof SELECTOR_RESULT[selector] === 'string' ? [SELECTOR_RESULT[selector] as string] : undefined,
+        accepted: SELECTOR_RESULT[selector],
+        labels: devices.map(([l]) => l),
+      };
     }
     case 'TestMethod one defect': {
       const n = r.int(1, 3);
-      const devices = Array.from({ length: n }, (_, i): [string, string[]] => [`i${id}-${i}`, r.pick(VALID_DEVICES)(r, i)]);
+      const devices = Array.from({ length: n }, (_, i): [string, string[]] => [
+        `i${id}-${i}`,
+        r.pick(VALID_DEVICES)(r, i),
+      ]);
       r.pick(DEFECTS)(r, devices);
       const flags = r.chance(0.05) ? NO_REPLY_EXPECTED : 0;
-      return { ...base, ...ourCall('TestMethod', 'sa{sas}', [r.pick(['vm1', 'vm2']), lowLevelMap(devices)], { flags }), expect: 'error', errors: [INVALID_ARGS], labels: devices.map(([l]) => l), invalid: true };
+      return {
+        ...base,
+        ...ourCall('TestMethod', 'sa{sas}', [r.pick(['vm1', 'vm2']), lowLevelMap(devices)], { flags }),
+        expect: 'error',
+        errors: [INVALID_ARGS],
+        labels: devices.map(([l]) => l),
+        invalid: true,
+      };
     }
     case 'TestMethod random': {
       const huge = r.chance(0.02);
       const n = huge ? r.int(257, 3000) : r.int(0, 6);
-      const devices = Array.from({ length: n }, (): [string, string[]] => [randomLabel(r), Array.from({ length: r.int(0, r.chance(0.05) ? 40 : 5) }, () => randomToken(r))]);
+      const devices = Array.from({ length: n }, (): [string, string[]] => [
+        randomLabel(r),
+        Array.from({ length: r.int(0, r.chance(0.05) ? 40 : 5) }, () => randomToken(r)),
+      ]);
       const selector = r.weighted({ vm: 3, dict: 1, random: 2, huge: 0.2 });
-      const sel = selector === 'vm' ? r.pick(Object.keys(SELECTOR_RESULT)) : selector === 'dict' ? r.pick(DICTIONARY) : selector === 'huge' ? hugeString(r, r.int(1000, 100_000)) : randomString(r, 100);
-      return { ...base, ...ourCall('TestMethod', 'sa{sas}', [sel, lowLevelMap(devices)]), expect: 'any', labels: devices.map(([l]) => l) };
+      const sel =
+        selector === 'vm'
+          ? r.pick(Object.keys(SELECTOR_RESULT))
+          : selector === 'dict'
+            ? r.pick(DICTIONARY)
+            : selector === 'huge'
+              ? hugeString(r, r.int(1000, 100_000))
+              : randomString(r, 100);
+      return {
+        ...base,
+        ...ourCall('TestMethod', 'sa{sas}', [sel, lowLevelMap(devices)]),
+        expect: 'any',
+        labels: devices.map(([l]) => l),
+      };
     }
     case 'TestMethod wrong signature': {
-      let sig = r.chance(0.5) ? r.pick(['', 's', 'sa{sv}', 'sa{ss}', 'sas', 'a{sas}', 'sa{sas}s', 'ssa{sas}', 'sa{say}', 'sv', 'sa{sa{sas}}', 'say', 'ia{sas}', 'sa{ias}', 'oa{sas}', 'sa(sas)', 'va{sas}']) : randomSignature(r);
+      let sig = r.chance(0.5)
+        ? r.pick([
+            '',
+            's',
+            'sa{sv}',
+            'sa{ss}',
+            'sas',
+            'a{sas}',
+            'sa{sas}s',
+            'ssa{sas}',
+            'sa{say}',
+            'sv',
+            'sa{sa{sas}}',
+            'say',
+            'ia{sas}',
+            'sa{ias}',
+            'oa{sas}',
+            'sa(sas)',
+            'va{sas}',
+          ])
+        : randomSignature(r);
       if (sig === 'sa{sas}') sig = 'sa{sas}b';
-      return { ...base, ...ourCall('TestMethod', sig, randomBody(r, sig), { interface: r.chance(0.2) ? undefined : INTERFACE }), expect: 'error', errors: [INVALID_ARGS] };
+      return {
+        ...base,
+        ...ourCall('TestMethod', sig, randomBody(r, sig), { interface: r.chance(0.2) ? undefined : INTERFACE }),
+        expect: 'error',
+        errors: [INVALID_ARGS],
+      };
     }
     case 'Properties.Get': {
       const iface = r.pick([INTERFACE, INTERFACE, '', PROPS, 'org.example.Other', randomString(r, 30)]);
       const prop = r.pick(['TestProperty', 'Backends', ...DICTIONARY.slice(0, 8), randomString(r, 30)]);
       const path = r.chance(0.9) ? OBJECT_PATH : objectPath(r);
-      if (path !== OBJECT_PATH || (iface !== INTERFACE && iface !== '')) return { ...base, ...propsCall('Get', 'ss', [iface, prop], path), expect: 'any' };
+      if (path !== OBJECT_PATH || (iface !== INTERFACE && iface !== ''))
+        return { ...base, ...propsCall('Get', 'ss', [iface, prop], path), expect: 'any' };
       const known = prop === 'TestProperty' || prop === 'Backends';
-      return { ...base, ...propsCall('Get', 'ss', [iface, prop], path), expect: known ? 'return' : 'error', errors: known ? undefined : [INVALID_ARGS] };
+      return {
+        ...base,
+        ...propsCall('Get', 'ss', [iface, prop], path),
+        expect: known ? 'return' : 'error',
+        errors: known ? undefined : [INVALID_ARGS],
+      };
     }
     case 'Properties.GetAll': {
       const iface = r.pick([INTERFACE, '', 'org.freedesktop.DBus.Introspectable', randomString(r, 30)]);
-      return { ...base, ...propsCall('GetAll', 's', [iface]), expect: iface === INTERFACE || iface === '' ? 'return' : 'any' };
+      return {
+        ...base,
+        ...propsCall('GetAll', 's', [iface]),
+        expect: iface === INTERFACE || iface === '' ? 'return' : 'any',
+      };
     }
     case 'Properties.Set': {
       const what = r.weighted({ states: 6, readOnly: 1, otherType: 2, unknownProp: 1, otherIface: 1 });
@@ -184,24 +327,53 @@ export function generate(r: Random, id: number): FuzzCall {
         const n = r.int(0, r.chance(0.02) ? 2000 : 4);
         const entries: Array<[string, string]> = Array.from({ length: n }, () => [
           r.chance(0.6) ? r.pick(VM_NAMES) : r.pick([...DICTIONARY, randomString(r, 30)]),
-          r.chance(0.7) ? r.pick(STATES) : r.pick(['crashed', 'nostate', 'RUNNING', '', randomString(r, 20), ...DICTIONARY.slice(0, 5)]),
+          r.chance(0.7)
+            ? r.pick(STATES)
+            : r.pick(['crashed', 'nostate', 'RUNNING', '', randomString(r, 20), ...DICTIONARY.slice(0, 5)]),
         ]);
         const seen = new Map(entries);
         const valid = [...seen].every(([k, v]) => VM_NAMES.includes(k) && STATES.includes(v));
-        return { ...base, ...propsCall('Set', 'ssv', [INTERFACE, 'TestProperty', ['a{ss}', lowLevelMap(entries)]]), expect: valid ? 'return' : 'error', errors: valid ? undefined : [INVALID_ARGS] };
+        return {
+          ...base,
+          ...propsCall('Set', 'ssv', [INTERFACE, 'TestProperty', ['a{ss}', lowLevelMap(entries)]]),
+          expect: valid ? 'return' : 'error',
+          errors: valid ? undefined : [INVALID_ARGS],
+        };
       }
       if (what === 'readOnly') {
-        return { ...base, ...propsCall('Set', 'ssv', [INTERFACE, 'Backends', ['a{ss}', [['test', 'disconnected: no']]]]), expect: 'error', errors: ['org.freedesktop.DBus.Error.PropertyReadOnly'] };
+        return {
+          ...base,
+          ...propsCall('Set', 'ssv', [INTERFACE, 'Backends', ['a{ss}', [['test', 'disconnected: no']]]]),
+          expect: 'error',
+          errors: ['org.freedesktop.DBus.Error.PropertyReadOnly'],
+        };
       }
       if (what === 'otherType') {
         let type = randomType(r);
         if (type === 'a{ss}') type = 'a{sv}';
-        return { ...base, ...propsCall('Set', 'ssv', [INTERFACE, 'TestProperty', [type, randomValue(r, type)]]), expect: 'error', errors: [INVALID_ARGS] };
+        return {
+          ...base,
+          ...propsCall('Set', 'ssv', [INTERFACE, 'TestProperty', [type, randomValue(r, type)]]),
+          expect: 'error',
+          errors: [INVALID_ARGS],
+        };
       }
       if (what === 'unknownProp') {
-        return { ...base, ...propsCall('Set', 'ssv', [INTERFACE, r.pick([...DICTIONARY, randomString(r, 20)]), ['a{ss}', []]]), expect: 'error' };
+        return {
+          ...base,
+          ...propsCall('Set', 'ssv', [INTERFACE, r.pick([...DICTIONARY, randomString(r, 20)]), ['a{ss}', []]]),
+          expect: 'error',
+        };
       }
-      return { ...base, ...propsCall('Set', 'ssv', [r.pick(['org.example.Other', PROPS, randomString(r, 20)]), 'TestProperty', ['s', 'x']]), expect: 'error' };
+      return {
+        ...base,
+        ...propsCall('Set', 'ssv', [
+          r.pick(['org.example.Other', PROPS, randomString(r, 20)]),
+          'TestProperty',
+          ['s', 'x'],
+        ]),
+        expect: 'error',
+      };
     }
     case 'Properties wrong signature': {
       const member = r.pick(['Get', 'GetAll', 'Set']);
@@ -211,16 +383,37 @@ export function generate(r: Random, id: number): FuzzCall {
     }
     case 'Introspect': {
       const sig = r.chance(0.7) ? '' : randomSignature(r, 2);
-      return { ...base, destination: BUS_NAME, path: r.chance(0.5) ? OBJECT_PATH : objectPath(r), interface: 'org.freedesktop.DBus.Introspectable', member: 'Introspect', signature: sig, body: randomBody(r, sig), flags: r.chance(0.03) ? NO_REPLY_EXPECTED : 0, expect: 'any' };
+      return {
+        ...base,
+        destination: BUS_NAME,
+        path: r.chance(0.5) ? OBJECT_PATH : objectPath(r),
+        interface: 'org.freedesktop.DBus.Introspectable',
+        member: 'Introspect',
+        signature: sig,
+        body: randomBody(r, sig),
+        flags: r.chance(0.03) ? NO_REPLY_EXPECTED : 0,
+        expect: 'any',
+      };
     }
     case 'Peer': {
       const sig = r.chance(0.7) ? '' : randomSignature(r, 2);
-      return { ...base, destination: BUS_NAME, path: r.chance(0.5) ? OBJECT_PATH : objectPath(r), interface: 'org.freedesktop.DBus.Peer', member: r.pick(['Ping', 'GetMachineId', 'Pong', memberName(r)]), signature: sig, body: randomBody(r, sig), expect: 'any' };
+      return {
+        ...base,
+        destination: BUS_NAME,
+        path: r.chance(0.5) ? OBJECT_PATH : objectPath(r),
+        interface: 'org.freedesktop.DBus.Peer',
+        member: r.pick(['Ping', 'GetMachineId', 'Pong', memberName(r)]),
+        signature: sig,
+        body: randomBody(r, sig),
+        expect: 'any',
+      };
     }
     case 'unknown member or interface': {
       const sig = randomSignature(r, 3);
       const where = r.weighted({ ourInterface: 3, otherInterface: 3, noInterface: 2, otherPath: 2 });
-      const member = r.chance(0.3) ? r.pick(['testMethod', 'TestSignal', 'DeviceDetached', 'TestProperty', 'Get', 'Set', 'Introspect']) : memberName(r);
+      const member = r.chance(0.3)
+        ? r.pick(['testMethod', 'TestSignal', 'DeviceDetached', 'TestProperty', 'Get', 'Set', 'Introspect'])
+        : memberName(r);
       const call = {
         destination: BUS_NAME,
         path: where === 'otherPath' ? objectPath(r) : OBJECT_PATH,
@@ -236,11 +429,21 @@ export function generate(r: Random, id: number): FuzzCall {
       const kind = r.pick(['variants', 'arrays', 'mixed']);
       if (kind === 'variants') {
         const depth = r.int(20, 62);
-        return { ...base, ...propsCall('Set', 'ssv', [INTERFACE, 'TestProperty', nestedVariants(depth)]), expect: 'error', errors: [INVALID_ARGS] };
+        return {
+          ...base,
+          ...propsCall('Set', 'ssv', [INTERFACE, 'TestProperty', nestedVariants(depth)]),
+          expect: 'error',
+          errors: [INVALID_ARGS],
+        };
       }
       if (kind === 'arrays') {
         const { type, value } = nestedArrays(r.int(20, MAX_ARRAY_DEPTH));
-        return { ...base, ...ourCall('TestMethod', `s${type}`, ['vm1', value]), expect: 'error', errors: [INVALID_ARGS] };
+        return {
+          ...base,
+          ...ourCall('TestMethod', `s${type}`, ['vm1', value]),
+          expect: 'error',
+          errors: [INVALID_ARGS],
+        };
       }
       const inner = nestedArrays(r.int(10, 20));
       let value: unknown = [inner.type, inner.value];
@@ -253,9 +456,21 @@ export function generate(r: Random, id: number): FuzzCall {
       // Byte arrays that are not UTF-8, where strings are expected and elsewhere.
       const bytes = Array.from({ length: r.int(1, 200) }, () => r.int(0x80, 0xff));
       const kind = r.pick(['method', 'map', 'variant']);
-      if (kind === 'method') return { ...base, ...ourCall('TestMethod', 'ayay', [bytes, bytes]), expect: 'error', errors: [INVALID_ARGS] };
-      if (kind === 'map') return { ...base, ...ourCall('TestMethod', 'sa{saay}', ['vm1', [['b1', [bytes]]]]), expect: 'error', errors: [INVALID_ARGS] };
-      return { ...base, ...propsCall('Set', 'ssv', [INTERFACE, 'TestProperty', ['a{say}', [['vm1', bytes]]]]), expect: 'error', errors: [INVALID_ARGS] };
+      if (kind === 'method')
+        return { ...base, ...ourCall('TestMethod', 'ayay', [bytes, bytes]), expect: 'error', errors: [INVALID_ARGS] };
+      if (kind === 'map')
+        return {
+          ...base,
+          ...ourCall('TestMethod', 'sa{saay}', ['vm1', [['b1', [bytes]]]]),
+          expect: 'error',
+          errors: [INVALID_ARGS],
+        };
+      return {
+        ...base,
+        ...propsCall('Set', 'ssv', [INTERFACE, 'TestProperty', ['a{say}', [['vm1', bytes]]]]),
+        expect: 'error',
+        errors: [INVALID_ARGS],
+      };
     }
   }
 }
@@ -269,19 +484,49 @@ export function hugeCall(r: Random, id: number, kind: (typeof HUGE_KINDS)[number
   const base = { id, category: 'huge' };
   switch (kind) {
     case 'selector':
-      return { ...base, ...ourCall('TestMethod', 'sa{sas}', [hugeString(r, bytes), [['h1', ['type=disk', 'target=vdb']]]]), expect: 'error', errors: [INVALID_ARGS] };
+      return {
+        ...base,
+        ...ourCall('TestMethod', 'sa{sas}', [hugeString(r, bytes), [['h1', ['type=disk', 'target=vdb']]]]),
+        expect: 'error',
+        errors: [INVALID_ARGS],
+      };
     case 'token':
-      return { ...base, ...ourCall('TestMethod', 'sa{sas}', ['vm1', [[`h${id}`, ['type=disk', hugeString(r, bytes)]]]]), expect: 'error', errors: [INVALID_ARGS], labels: [`h${id}`], invalid: true };
+      return {
+        ...base,
+        ...ourCall('TestMethod', 'sa{sas}', ['vm1', [[`h${id}`, ['type=disk', hugeString(r, bytes)]]]]),
+        expect: 'error',
+        errors: [INVALID_ARGS],
+        labels: [`h${id}`],
+        invalid: true,
+      };
     case 'bytes':
-      return { ...base, ...propsCall('Set', 'ssv', [INTERFACE, 'TestProperty', ['ay', Array.from({ length: bytes }, (_, i) => 0x80 + (i % 128))]]), expect: 'error', errors: [INVALID_ARGS] };
+      return {
+        ...base,
+        ...propsCall('Set', 'ssv', [
+          INTERFACE,
+          'TestProperty',
+          ['ay', Array.from({ length: bytes }, (_, i) => 0x80 + (i % 128))],
+        ]),
+        expect: 'error',
+        errors: [INVALID_ARGS],
+      };
     case 'map':
       return {
         ...base,
-        ...propsCall('Set', 'ssv', [INTERFACE, 'TestProperty', ['a{ss}', Array.from({ length: Math.floor(bytes / 64) }, (_, i) => [`vm-${i}-${'x'.repeat(40)}`, 'running'])]]),
+        ...propsCall('Set', 'ssv', [
+          INTERFACE,
+          'TestProperty',
+          ['a{ss}', Array.from({ length: Math.floor(bytes / 64) }, (_, i) => [`vm-${i}-${'x'.repeat(40)}`, 'running'])],
+        ]),
         expect: 'error',
         errors: [INVALID_ARGS],
       };
     case 'member':
-      return { ...base, ...ourCall(memberName(r), 'as', [Array.from({ length: Math.floor(bytes / 1000) }, () => 'y'.repeat(990))]), expect: 'error', errors: [UNKNOWN_METHOD] };
+      return {
+        ...base,
+        ...ourCall(memberName(r), 'as', [Array.from({ length: Math.floor(bytes / 1000) }, () => 'y'.repeat(990))]),
+        expect: 'error',
+        errors: [UNKNOWN_METHOD],
+      };
   }
 }

@@ -41,7 +41,37 @@ const LABEL_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 const NAME_START = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_';
 const NAME_CHARS = NAME_START + '0123456789';
 /** Characters that are valid in D-Bus strings but interesting to a parser. */
-const ODD = ['=', ',', ' ', '\t', '\n', '\r', '"', "'", '<', '>', '&', '\\', '/', '%', '$', '{', '}', '\u00e9', '\u00df', '\u0301', '\u200b', '\u202e', '\ufeff', '\ud83d\ude00', '\u4e2d', '\u0628', '\u{10fffd}', '\x7f', '\x01'];
+const ODD = [
+  '=',
+  ',',
+  ' ',
+  '\t',
+  '\n',
+  '\r',
+  '"',
+  "'",
+  '<',
+  '>',
+  '&',
+  '\\',
+  '/',
+  '%',
+  '$',
+  '{',
+  '}',
+  '\u00e9',
+  '\u00df',
+  '\u0301',
+  '\u200b',
+  '\u202e',
+  '\ufeff',
+  '\ud83d\ude00',
+  '\u4e2d',
+  '\u0628',
+  '\u{10fffd}',
+  '\x7f',
+  '\x01',
+];
 
 export function chars(r: Random, alphabet: string, length: number): string {
   let s = '';
@@ -97,7 +127,8 @@ interface Depth {
 /** One complete type, within the depth limits and `maxLength` characters. */
 export function randomType(r: Random, depth: Depth = { arrays: 0, structs: 0, total: 0 }, maxLength = 60): string {
   const room = maxLength;
-  const kind = depth.total >= 8 || room < 6 ? 'basic' : r.weighted({ basic: 5, array: 2, dict: 1.5, struct: 1.2, variant: 1.5 });
+  const kind =
+    depth.total >= 8 || room < 6 ? 'basic' : r.weighted({ basic: 5, array: 2, dict: 1.5, struct: 1.2, variant: 1.5 });
   switch (kind) {
     case 'basic':
       return r.pick(BASIC);
@@ -189,7 +220,10 @@ export function randomValue(r: Random, type: string, options: ValueOptions = DEF
     case 'v': {
       if (options.variantDepth <= 0 || total >= MAX_TOTAL_DEPTH - 12) return ['s', randomString(r)];
       const inner = randomType(r, { arrays: 0, structs: 0, total: Math.max(total, 0) + 1 }, 40);
-      return [inner, randomValue(r, inner, { ...options, variantDepth: options.variantDepth - 1 }, total + 1 + depthOf(inner))];
+      return [
+        inner,
+        randomValue(r, inner, { ...options, variantDepth: options.variantDepth - 1 }, total + 1 + depthOf(inner)),
+      ];
     }
     case 'a': {
       const elem = type.slice(1);
@@ -201,7 +235,10 @@ export function randomValue(r: Random, type: string, options: ValueOptions = DEF
       const n = r.int(0, options.maxItems);
       if (elem[0] === '{') {
         const [k, v] = splitTypes(elem.slice(1, -1));
-        return Array.from({ length: n }, () => [randomValue(r, k!, options, total + 2), randomValue(r, v!, options, total + 2)]);
+        return Array.from({ length: n }, () => [
+          randomValue(r, k!, options, total + 2),
+          randomValue(r, v!, options, total + 2),
+        ]);
       }
       return Array.from({ length: n }, () => randomValue(r, elem, options, total + 1));
     }

@@ -12,7 +12,9 @@ import dbus from 'dbus-next';
 
 const require = createRequire(import.meta.url);
 // dbus-next's marshaller of whole messages (header and body, low-level form).
-const { marshall } = require('dbus-next/lib/message.js') as { marshall(message: Record<string, unknown>): [Buffer, unknown[]] };
+const { marshall } = require('dbus-next/lib/message.js') as {
+  marshall(message: Record<string, unknown>): [Buffer, unknown[]];
+};
 
 export const NO_REPLY_EXPECTED = 0x1;
 const METHOD_CALL = 1;
@@ -68,7 +70,8 @@ export class RawClient {
       const resolve = this.pending.get(serial);
       if (resolve === undefined) return;
       this.pending.delete(serial);
-      if (msg.type === dbus.MessageType.ERROR) resolve({ kind: 'error', name: msg.errorName, text: typeof msg.body[0] === 'string' ? msg.body[0] : '' });
+      if (msg.type === dbus.MessageType.ERROR)
+        resolve({ kind: 'error', name: msg.errorName, text: typeof msg.body[0] === 'string' ? msg.body[0] : '' });
       else resolve({ kind: 'return', body: msg.body, signature: msg.signature });
     });
     const close = (why: string) => {

@@ -23,7 +23,8 @@ function getent(db: 'passwd' | 'group', name: string): string[] | undefined {
 
 function must(command: string, args: string[]): void {
   const r = spawnSync(command, args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${command} ${args.join(' ')} failed: ${r.stderr || r.stdout || r.error?.message}`);
+  if (r.status !== 0)
+    throw new Error(`${command} ${args.join(' ')} failed: ${r.stderr || r.stdout || r.error?.message}`);
 }
 
 export class Accounts {
@@ -63,7 +64,16 @@ export class Accounts {
       this.users.push(name);
     }
     if (entry === undefined) {
-      const args = ['--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', '--comment', TEST_MARK, '--user-group'];
+      const args = [
+        '--no-create-home',
+        '--home-dir',
+        '/nonexistent',
+        '--shell',
+        '/usr/sbin/nologin',
+        '--comment',
+        TEST_MARK,
+        '--user-group',
+      ];
       if (options.system) args.push('--system');
       must('useradd', [...args, name]);
       this.users.push(name);

@@ -51,7 +51,11 @@ export class SignalLog {
       };
       const timer = setTimeout(() => {
         done();
-        reject(new Error(`no ${what} within ${timeoutMs} ms; seen: ${this.signals.map((s) => `${s.member}${JSON.stringify(s.body)}`).join('; ')}`));
+        reject(
+          new Error(
+            `no ${what} within ${timeoutMs} ms; seen: ${this.signals.map((s) => `${s.member}${JSON.stringify(s.body)}`).join('; ')}`,
+          ),
+        );
       }, timeoutMs);
       const done = () => {
         clearTimeout(timer);
@@ -64,7 +68,11 @@ export class SignalLog {
 
   /** Resolves once `count` signals match. */
   async waitForCount(predicate: (s: Signal) => boolean, count: number, timeoutMs = 10_000): Promise<Signal[]> {
-    await this.waitFor(() => this.signals.filter(predicate).length >= count, timeoutMs, `${count} matching signals`).catch((err: Error) => {
+    await this.waitFor(
+      () => this.signals.filter(predicate).length >= count,
+      timeoutMs,
+      `${count} matching signals`,
+    ).catch((err: Error) => {
       throw err;
     });
     return this.signals.filter(predicate);
@@ -87,7 +95,14 @@ export class TestClient {
   }
 
   /** A raw method call; rejects with a `CallError` for an error reply. */
-  async call(options: { member: string; signature?: string; body?: unknown[]; interface?: string | undefined; path?: string; destination?: string }): Promise<unknown[]> {
+  async call(options: {
+    member: string;
+    signature?: string;
+    body?: unknown[];
+    interface?: string | undefined;
+    path?: string;
+    destination?: string;
+  }): Promise<unknown[]> {
     const msg = new MessageClass({
       destination: options.destination ?? BUS_NAME,
       path: options.path ?? OBJECT_PATH,
@@ -106,7 +121,12 @@ export class TestClient {
   }
 
   async getProperty<T = unknown>(name: string, iface = INTERFACE): Promise<T> {
-    const [variant] = await this.call({ interface: 'org.freedesktop.DBus.Properties', member: 'Get', signature: 'ss', body: [iface, name] });
+    const [variant] = await this.call({
+      interface: 'org.freedesktop.DBus.Properties',
+      member: 'Get',
+      signature: 'ss',
+      body: [iface, name],
+    });
     return (variant as { value: T }).value;
   }
 
@@ -121,7 +141,14 @@ export class TestClient {
 
   async nameOwner(name = BUS_NAME): Promise<string | undefined> {
     try {
-      const [owner] = await this.call({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'GetNameOwner', signature: 's', body: [name] });
+      const [owner] = await this.call({
+        destination: 'org.freedesktop.DBus',
+        path: '/org/freedesktop/DBus',
+        interface: 'org.freedesktop.DBus',
+        member: 'GetNameOwner',
+        signature: 's',
+        body: [name],
+      });
       return owner as string;
     } catch {
       return undefined;
@@ -131,10 +158,24 @@ export class TestClient {
   /** Adds a match rule and records every signal it lets through. */
   async subscribe(rule: string): Promise<SignalLog> {
     const log = new SignalLog();
-    await this.call({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'AddMatch', signature: 's', body: [rule] });
+    await this.call({
+      destination: 'org.freedesktop.DBus',
+      path: '/org/freedesktop/DBus',
+      interface: 'org.freedesktop.DBus',
+      member: 'AddMatch',
+      signature: 's',
+      body: [rule],
+    });
     this.bus.on('message', (msg: Message) => {
       if (msg.type !== MessageType.SIGNAL) return;
-      log.push({ sender: msg.sender, path: msg.path, interface: msg.interface, member: msg.member, body: msg.body, at: performance.now() });
+      log.push({
+        sender: msg.sender,
+        path: msg.path,
+        interface: msg.interface,
+        member: msg.member,
+        body: msg.body,
+        at: performance.now(),
+      });
     });
     return log;
   }

@@ -18,7 +18,10 @@ export interface PrivateBus {
 /** A session-style bus configuration that lets everyone do everything. */
 export function openBusConfig(socket: string): string {
   const doc = create({ version: '1.0' })
-    .dtd({ pubID: '-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN', sysID: 'http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd' })
+    .dtd({
+      pubID: '-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN',
+      sysID: 'http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd',
+    })
     .ele('busconfig');
   doc.ele('type').txt('session');
   doc.ele('listen').txt(`unix:path=${socket}`);
@@ -39,7 +42,10 @@ export function openBusConfig(socket: string): string {
  */
 export function systemBusConfig(socket: string, includes: readonly string[]): string {
   const doc = create({ version: '1.0' })
-    .dtd({ pubID: '-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN', sysID: 'http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd' })
+    .dtd({
+      pubID: '-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN',
+      sysID: 'http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd',
+    })
     .ele('busconfig');
   doc.ele('type').txt('system');
   doc.ele('listen').txt(`unix:path=${socket}`);
@@ -52,10 +58,18 @@ export function systemBusConfig(socket: string, includes: readonly string[]): st
   policy.ele('allow', { send_requested_reply: 'true', send_type: 'method_return' });
   policy.ele('allow', { send_requested_reply: 'true', send_type: 'error' });
   for (const type of ['method_call', 'method_return', 'error', 'signal']) policy.ele('allow', { receive_type: type });
-  for (const iface of ['org.freedesktop.DBus', 'org.freedesktop.DBus.Introspectable', 'org.freedesktop.DBus.Properties']) {
+  for (const iface of [
+    'org.freedesktop.DBus',
+    'org.freedesktop.DBus.Introspectable',
+    'org.freedesktop.DBus.Properties',
+  ]) {
     policy.ele('allow', { send_destination: 'org.freedesktop.DBus', send_interface: iface });
   }
-  policy.ele('deny', { send_destination: 'org.freedesktop.DBus', send_interface: 'org.freedesktop.DBus', send_member: 'UpdateActivationEnvironment' });
+  policy.ele('deny', {
+    send_destination: 'org.freedesktop.DBus',
+    send_interface: 'org.freedesktop.DBus',
+    send_member: 'UpdateActivationEnvironment',
+  });
   for (const file of includes) doc.ele('include').txt(file);
   return doc.end({ prettyPrint: true });
 }
@@ -64,7 +78,9 @@ export function systemBusConfig(socket: string, includes: readonly string[]): st
  * Starts a dbus-daemon and resolves once it listens. `config` receives the
  * socket path and returns the configuration text.
  */
-export async function startPrivateBus(config: (socket: string, dir: TempDir) => string = openBusConfig): Promise<PrivateBus> {
+export async function startPrivateBus(
+  config: (socket: string, dir: TempDir) => string = openBusConfig,
+): Promise<PrivateBus> {
   const dir = makeTempDir('vmdevd-bus-');
   const socket = dir.file('bus.socket');
   const configFile = dir.file('bus.conf');

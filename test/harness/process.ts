@@ -18,7 +18,11 @@ function killAll(): void {
 process.on('exit', killAll);
 // A test run that is interrupted still takes its children with it. A
 // program with a handler of its own (the demo's cleanup) keeps running it.
-for (const [signal, number] of [['SIGTERM', 15], ['SIGINT', 2], ['SIGHUP', 1]] as const) {
+for (const [signal, number] of [
+  ['SIGTERM', 15],
+  ['SIGINT', 2],
+  ['SIGHUP', 1],
+] as const) {
   process.once(signal, () => {
     killAll();
     if (process.listenerCount(signal) === 0) process.exit(128 + number);
@@ -103,7 +107,11 @@ export function startProcess(command: string, args: readonly string[], options: 
 }
 
 /** Runs a command to completion and returns its exit code and output. */
-export function run(command: string, args: readonly string[], options: SpawnOptions & { input?: string } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+export function run(
+  command: string,
+  args: readonly string[],
+  options: SpawnOptions & { input?: string } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], ...options });
     let stdout = '';

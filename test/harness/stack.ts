@@ -59,7 +59,12 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     controlSocket: dir.file(`control-${i}.sock`),
     ...b,
   }));
-  const config = { detachTimeoutSeconds: 2, logLevel: 'debug', backends: [...backends, ...(options.extraBackends ?? [])], ...options.config };
+  const config = {
+    detachTimeoutSeconds: 2,
+    logLevel: 'debug',
+    backends: [...backends, ...(options.extraBackends ?? [])],
+    ...options.config,
+  };
   let bus: PrivateBus | undefined;
   let daemon: VmdevdProcess | undefined;
   try {

@@ -26,8 +26,15 @@ export interface Installed {
   remove(): void;
 }
 
-export async function runInstallScript(action: 'install' | 'uninstall', destdir: string, extraArgs: readonly string[] = [], env: NodeJS.ProcessEnv = {}) {
-  const r = await run('bash', [INSTALL_SCRIPT, action, '--destdir', destdir, ...extraArgs], { env: { ...process.env, ...env } });
+export async function runInstallScript(
+  action: 'install' | 'uninstall',
+  destdir: string,
+  extraArgs: readonly string[] = [],
+  env: NodeJS.ProcessEnv = {},
+) {
+  const r = await run('bash', [INSTALL_SCRIPT, action, '--destdir', destdir, ...extraArgs], {
+    env: { ...process.env, ...env },
+  });
   if (r.code !== 0) throw new Error(`system-install.sh ${action} failed (${r.code}):\n${r.stdout}${r.stderr}`);
   return r;
 }
@@ -68,7 +75,10 @@ export async function installToTempDir(options: { prefix?: string } = {}): Promi
 export function addTestBackend(installed: Installed, testBackendFile: string): string {
   const dir = installed.dir.file('test-backend');
   mkdirSync(join(dir, 'node_modules'), { recursive: true, mode: 0o755 });
-  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'vmdevd-test-backend', type: 'module', main: 'index.js' }));
+  writeFileSync(
+    join(dir, 'package.json'),
+    JSON.stringify({ name: 'vmdevd-test-backend', type: 'module', main: 'index.js' }),
+  );
   writeFileSync(join(dir, 'index.js'), readFileSync(testBackendFile));
   symlinkSync(installed.pkglibdir, join(dir, 'node_modules/vmdevd'));
   for (const p of [dir, join(dir, 'node_modules')]) chmodSync(p, 0o755);

@@ -216,14 +216,21 @@ export async function createTestVm(connection: TestVmConnection, options: TestVm
  * harness made for them. Returns their names.
  */
 export async function removeLeftoverVms(
-  connection: TestVmConnection & { listDomains(): Promise<ReadonlyArray<{ readonly uuid: string; readonly name: string }>>; getXml(uuid: string): Promise<string> },
+  connection: TestVmConnection & {
+    listDomains(): Promise<ReadonlyArray<{ readonly uuid: string; readonly name: string }>>;
+    getXml(uuid: string): Promise<string>;
+  },
   prefix: string,
 ): Promise<string[]> {
   const removed: string[] = [];
   for (const domain of await connection.listDomains()) {
     if (!domain.name.startsWith(prefix)) continue;
     const xml = await connection.getXml(domain.uuid);
-    const dirs = new Set([...xml.matchAll(/<source file='([^']+)'/g)].map((m) => dirname(m[1]!)).filter((d) => d.startsWith(join(tmpdir(), `${domain.name}-`))));
+    const dirs = new Set(
+      [...xml.matchAll(/<source file='([^']+)'/g)]
+        .map((m) => dirname(m[1]!))
+        .filter((d) => d.startsWith(join(tmpdir(), `${domain.name}-`))),
+    );
     await removeVm(connection, domain.uuid, undefined);
     for (const dir of dirs) await rm(dir, { recursive: true, force: true });
     removed.push(domain.name);
@@ -231,7 +238,11 @@ export async function removeLeftoverVms(
   return removed;
 }
 
-async function removeVm(connection: TestVmConnection, uuid: string | undefined, dir: string | undefined): Promise<void> {
+async function removeVm(
+  connection: TestVmConnection,
+  uuid: string | undefined,
+  dir: string | undefined,
+): Promise<void> {
   try {
     if (uuid !== undefined) {
       // A failed destroy must not be ignored: undefining a running VM
@@ -243,4 +254,3 @@ async function removeVm(connection: TestVmConnection, uuid: string | undefined, 
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   }
 }
-

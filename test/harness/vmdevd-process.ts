@@ -8,8 +8,11 @@ import { makeTempDir, type TempDir } from './temp-dir.js';
 export const VMDEVD_BIN = fileURLToPath(new URL('../../../bin/vmdevd', import.meta.url));
 
 /** The first line of bin/vmdevd: `#!/usr/bin/env -S [NAME=VALUE …] node [OPTION …]`. */
-const SHEBANG = /^#!\/usr\/bin\/env -S ((?:\S+=\S* )*)node((?: \S+)*)$/.exec(readFileSync(VMDEVD_BIN, 'utf8').split('\n')[0]!);
-if (SHEBANG === null) throw new Error(`${VMDEVD_BIN}: the first line is not "#!/usr/bin/env -S [NAME=VALUE ...] node [OPTION ...]"`);
+const SHEBANG = /^#!\/usr\/bin\/env -S ((?:\S+=\S* )*)node((?: \S+)*)$/.exec(
+  readFileSync(VMDEVD_BIN, 'utf8').split('\n')[0]!,
+);
+if (SHEBANG === null)
+  throw new Error(`${VMDEVD_BIN}: the first line is not "#!/usr/bin/env -S [NAME=VALUE ...] node [OPTION ...]"`);
 
 /** The node options the daemon runs with: those on the first line of bin/vmdevd. */
 export const DAEMON_NODE_ARGS: readonly string[] = SHEBANG[2]!.split(' ').filter(Boolean);
@@ -55,7 +58,8 @@ export interface VmdevdOptions {
 
 export async function startVmdevd(options: VmdevdOptions): Promise<VmdevdProcess> {
   const dir = makeTempDir('vmdevd-daemon-');
-  const configFile = options.configDir !== undefined ? join(options.configDir, 'vmdevd-config.json') : dir.file('config.json');
+  const configFile =
+    options.configDir !== undefined ? join(options.configDir, 'vmdevd-config.json') : dir.file('config.json');
   const args = [...(options.nodeArgs ?? DAEMON_NODE_ARGS), options.bin ?? VMDEVD_BIN];
   if (options.address !== undefined) args.push('--address', options.address);
   if (options.config !== undefined) {
@@ -71,7 +75,9 @@ export async function startVmdevd(options: VmdevdOptions): Promise<VmdevdProcess
   const proc =
     command === undefined
       ? startProcess(process.execPath, args, { env: { ...process.env, ...DAEMON_ENV, ...options.env } })
-      : startProcess(command, [...prefix, process.execPath, ...args], { env: { ...process.env, ...DAEMON_ENV, ...options.env } });
+      : startProcess(command, [...prefix, process.execPath, ...args], {
+          env: { ...process.env, ...DAEMON_ENV, ...options.env },
+        });
   const handle: VmdevdProcess = {
     ...proc,
     configFile,

@@ -15,13 +15,31 @@ const IFACE = 'org.example.dbustest.Module';
 
 /** An open bus that any local user may connect to. */
 function anyUserBus(socket: string): string {
-  return openBusConfig(socket).replace('<policy context="default">', '<policy context="default">\n    <allow user="*"/>');
+  return openBusConfig(socket).replace(
+    '<policy context="default">',
+    '<policy context="default">\n    <allow user="*"/>',
+  );
 }
 
 async function asNobody(stack: Stack, ...gdbusArgs: string[]) {
-  return run('setpriv', [...NOBODY, 'gdbus', 'call', '--address', stack.bus.address, '--dest', 'org.example.dbustest', '--object-path', '/org/example/dbustest', ...gdbusArgs], {
-    env: { PATH: process.env['PATH'], HOME: '/nonexistent' },
-  });
+  return run(
+    'setpriv',
+    [
+      ...NOBODY,
+      'gdbus',
+      'call',
+      '--address',
+      stack.bus.address,
+      '--dest',
+      'org.example.dbustest',
+      '--object-path',
+      '/org/example/dbustest',
+      ...gdbusArgs,
+    ],
+    {
+      env: { PATH: process.env['PATH'], HOME: '/nonexistent' },
+    },
+  );
 }
 
 for (const [what, access, allowed] of [
@@ -39,20 +57,42 @@ for (const [what, access, allowed] of [
       await stack?.stop();
     });
 
-    it(allowed ? 'lets the unprivileged caller detach and write' : 'denies TestMethod and Set to an unprivileged caller', async () => {
-      const before = stack.journal().length;
-      const call = await asNobody(stack, '--method', `${IFACE}.TestMethod`, 'vm1', "{'d1': ['type=disk', 'target=vdb']}");
-      const set = await asNobody(stack, '--method', 'org.freedesktop.DBus.Properties.Set', IFACE, 'TestProperty', "<{'vm1': 'paused'}>");
-      if (allowed) {
-        assert.equal(call.stdout.trim(), '(true,)', call.stderr);
-        assert.equal(set.code, 0, set.stderr);
-      } else {
-        assert.match(call.stderr, /GDBus\.Error:org\.example\.dbustest\.Error\.AccessDenied: uid 65534 may not call TestMethod/);
-        assert.match(set.stderr, /GDBus\.Error:org\.example\.dbustest\.Error\.AccessDenied: uid 65534 may not call Set TestProperty/);
-        await stack.daemon.waitForOutput(/access denied caller=:1\.\d+ uid=65534 call=TestMethod/);
-        assert.equal(stack.journal().length, before, 'nothing was started or applied');
-      }
-    });
+    it(
+      allowed ? 'lets the unprivileged caller detach and write' : 'denies TestMethod and Set to an unprivileged caller',
+      async () => {
+        const before = stack.journal().length;
+        const call = await asNobody(
+          stack,
+          '--method',
+          `${IFACE}.TestMethod`,
+          'vm1',
+          "{'d1': ['type=disk', 'target=vdb']}",
+        );
+        const set = await asNobody(
+          stack,
+          '--method',
+          'org.freedesktop.DBus.Properties.Set',
+          IFACE,
+          'TestProperty',
+          "<{'vm1': 'paused'}>",
+        );
+        if (allowed) {
+          assert.equal(call.stdout.trim(), '(true,)', call.stderr);
+          assert.equal(set.code, 0, set.stderr);
+        } else {
+          assert.match(
+            call.stderr,
+            /GDBus\.Error:org\.example\.dbustest\.Error\.AccessDenied: uid 65534 may not call TestMethod/,
+          );
+          assert.match(
+            set.stderr,
+            /GDBus\.Error:org\.example\.dbustest\.Error\.AccessDenied: uid 65534 may not call Set TestProperty/,
+          );
+          await stack.daemon.waitForOutput(/access denied caller=:1\.\d+ uid=65534 call=TestMethod/);
+          assert.equal(stack.journal().length, before, 'nothing was started or applied');
+        }
+      },
+    );
 
     it('lets the unprivileged caller read and introspect', async () => {
       const get = await asNobody(stack, '--method', 'org.freedesktop.DBus.Properties.Get', IFACE, 'TestProperty');

@@ -19,22 +19,35 @@ describe('vmdevd/client', () => {
   it('reads states, backends and VM details', async () => {
     assert.deepEqual(await client.states(), { vm1: 'running', vm2: 'paused', vm3: 'shutoff' });
     assert.deepEqual(await client.backends(), { test: 'connected' });
-    assert.deepEqual((await client.vms()).map((v) => [v.key, v.backend, v.type]), [
-      ['vm1', 'test', 'ivi'],
-      ['vm2', 'test', 'cluster'],
-      ['vm3', 'test', 'cluster'],
-    ]);
+    assert.deepEqual(
+      (await client.vms()).map((v) => [v.key, v.backend, v.type]),
+      [
+        ['vm1', 'test', 'ivi'],
+        ['vm2', 'test', 'cluster'],
+        ['vm3', 'test', 'cluster'],
+      ],
+    );
   });
 
   it('detach resolves with every outcome: success and failure', async () => {
     const seen: DeviceOutcome[] = [];
-    const r = await client.detach('vm1', { ok: ['type=disk', 'target=vdb'], 'fail-DeviceNotFound': ['type=disk', 'target=vdc'] }, { onOutcome: (o) => seen.push(o) });
+    const r = await client.detach(
+      'vm1',
+      { ok: ['type=disk', 'target=vdb'], 'fail-DeviceNotFound': ['type=disk', 'target=vdc'] },
+      { onOutcome: (o) => seen.push(o) },
+    );
     assert.equal(r.accepted, true);
     assert.deepEqual(r.pending, []);
     assert.deepEqual(
       [...r.outcomes].sort((a, b) => a.device.localeCompare(b.device)),
       [
-        { vm: 'vm1', device: 'fail-DeviceNotFound', ok: false, error: 'org.example.dbustest.Error.DeviceNotFound', message: 'the test backend failed fail-DeviceNotFound with DeviceNotFound' },
+        {
+          vm: 'vm1',
+          device: 'fail-DeviceNotFound',
+          ok: false,
+          error: 'org.example.dbustest.Error.DeviceNotFound',
+          message: 'the test backend failed fail-DeviceNotFound with DeviceNotFound',
+        },
         { vm: 'vm1', device: 'ok', ok: true },
       ],
     );
@@ -55,24 +68,37 @@ describe('vmdevd/client', () => {
 
   it('detach never misses an outcome that comes with the reply', async () => {
     // Many fast devices: their outcomes arrive right behind the reply.
-    const devices = Object.fromEntries(Array.from({ length: 100 }, (_, i) => [`fast${i}`, ['type=alias', `name=ua-${i}`]]));
+    const devices = Object.fromEntries(
+      Array.from({ length: 100 }, (_, i) => [`fast${i}`, ['type=alias', `name=ua-${i}`]]),
+    );
     const r = await client.detach('vm2', devices, { timeoutMs: 5000 });
     assert.equal(r.outcomes.length, 100);
     assert.deepEqual(r.pending, []);
   });
 
   it('detach of an unknown VM is not accepted; errors carry their D-Bus name', async () => {
-    assert.deepEqual(await client.detach('ghost', { d: ['type=disk', 'target=vdb'] }), { accepted: false, outcomes: [], pending: [] });
-    await assert.rejects(client.detach('cluster', { d: ['type=disk', 'target=vdb'] }), (e: unknown) => e instanceof VmdevClientError && e.errorName === 'org.example.dbustest.Error.AmbiguousSelector');
+    assert.deepEqual(await client.detach('ghost', { d: ['type=disk', 'target=vdb'] }), {
+      accepted: false,
+      outcomes: [],
+      pending: [],
+    });
+    await assert.rejects(
+      client.detach('cluster', { d: ['type=disk', 'target=vdb'] }),
+      (e: unknown) => e instanceof VmdevClientError && e.errorName === 'org.example.dbustest.Error.AmbiguousSelector',
+    );
   });
 
   it('setStates applies, and onStates follows', async () => {
     const states: Array<Record<string, string>> = [];
     const sub = await client.onStates((s) => states.push(s));
     await client.setStates({ vm3: 'running' });
-    for (let i = 0; i < 50 && !states.some((s) => s['vm3'] === 'running'); i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 50 && !states.some((s) => s['vm3'] === 'running'); i++)
+      await new Promise((r) => setTimeout(r, 20));
     assert.ok(states.some((s) => s['vm3'] === 'running'));
     await sub.dispose();
-    await assert.rejects(client.setStates({ nope: 'running' }), (e: unknown) => e instanceof VmdevClientError && e.errorName === 'org.freedesktop.DBus.Error.InvalidArgs');
+    await assert.rejects(
+      client.setStates({ nope: 'running' }),
+      (e: unknown) => e instanceof VmdevClientError && e.errorName === 'org.freedesktop.DBus.Error.InvalidArgs',
+    );
   });
 });

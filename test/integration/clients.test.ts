@@ -14,7 +14,17 @@ const IFACE = 'org.example.dbustest.Module';
 describe('other clients', () => {
   let stack: Stack;
   const busctl = (...args: string[]) => run('busctl', [`--address=${stack.bus.address}`, ...args]);
-  const gdbus = (...args: string[]) => run('gdbus', [args[0]!, '--address', stack.bus.address, '--dest', DEST[0]!, '--object-path', DEST[1]!, ...args.slice(1)]);
+  const gdbus = (...args: string[]) =>
+    run('gdbus', [
+      args[0]!,
+      '--address',
+      stack.bus.address,
+      '--dest',
+      DEST[0]!,
+      '--object-path',
+      DEST[1]!,
+      ...args.slice(1),
+    ]);
 
   before(async () => {
     stack = await startStack();
@@ -34,13 +44,40 @@ describe('other clients', () => {
     });
 
     it('calls TestMethod and reads and writes TestProperty', async () => {
-      const call = await busctl('call', ...DEST, IFACE, 'TestMethod', 'sa{sas}', 'vm1', '1', 'bc1', '2', 'type=disk', 'target=vdb');
+      const call = await busctl(
+        'call',
+        ...DEST,
+        IFACE,
+        'TestMethod',
+        'sa{sas}',
+        'vm1',
+        '1',
+        'bc1',
+        '2',
+        'type=disk',
+        'target=vdb',
+      );
       assert.equal(call.code, 0, call.stderr);
       assert.equal(call.stdout.trim(), 'b true');
-      const none = await busctl('call', ...DEST, IFACE, 'TestMethod', 'sa{sas}', 'ghost', '1', 'bc1', '2', 'type=disk', 'target=vdb');
+      const none = await busctl(
+        'call',
+        ...DEST,
+        IFACE,
+        'TestMethod',
+        'sa{sas}',
+        'ghost',
+        '1',
+        'bc1',
+        '2',
+        'type=disk',
+        'target=vdb',
+      );
       assert.equal(none.stdout.trim(), 'b false');
       const get = await busctl('--json=short', 'get-property', ...DEST, IFACE, 'TestProperty');
-      assert.deepEqual(JSON.parse(get.stdout), { type: 'a{ss}', data: { vm1: 'running', vm2: 'paused', vm3: 'shutoff' } });
+      assert.deepEqual(JSON.parse(get.stdout), {
+        type: 'a{ss}',
+        data: { vm1: 'running', vm2: 'paused', vm3: 'shutoff' },
+      });
       const set = await busctl('set-property', ...DEST, IFACE, 'TestProperty', 'a{ss}', '1', 'vm3', 'running');
       assert.equal(set.code, 0, set.stderr);
     });
@@ -64,17 +101,43 @@ describe('other clients', () => {
     });
 
     it('calls TestMethod, sees the outcome in gdbus monitor, and gets error names', async () => {
-      const monitor = startProcess('gdbus', ['monitor', '--address', stack.bus.address, '--dest', DEST[0]!, '--object-path', DEST[1]!]);
+      const monitor = startProcess('gdbus', [
+        'monitor',
+        '--address',
+        stack.bus.address,
+        '--dest',
+        DEST[0]!,
+        '--object-path',
+        DEST[1]!,
+      ]);
       try {
         await new Promise((r) => setTimeout(r, 300));
         const r = await gdbus('call', '--method', `${IFACE}.TestMethod`, 'vm1', "{'gd1': ['type=disk', 'target=vdb']}");
         assert.equal(r.stdout.trim(), '(true,)');
         await monitor.waitForOutput(/org\.example\.dbustest\.Module\.DeviceDetached \('vm1', 'gd1'\)/);
-        const bad = await gdbus('call', '--method', `${IFACE}.TestMethod`, 'vm1', "{'gd2': ['type=pci', 'address=zz:00.0']}");
+        const bad = await gdbus(
+          'call',
+          '--method',
+          `${IFACE}.TestMethod`,
+          'vm1',
+          "{'gd2': ['type=pci', 'address=zz:00.0']}",
+        );
         assert.notEqual(bad.code, 0);
-        assert.match(bad.stderr, /GDBus\.Error:org\.freedesktop\.DBus\.Error\.InvalidArgs: device "gd2": malformed address "zz:00\.0"/);
-        const amb = await gdbus('call', '--method', `${IFACE}.TestMethod`, 'cluster', "{'gd3': ['type=disk', 'target=vdb']}");
-        assert.match(amb.stderr, /GDBus\.Error:org\.example\.dbustest\.Error\.AmbiguousSelector: selector "cluster" matches 2 VMs: vm2, vm3/);
+        assert.match(
+          bad.stderr,
+          /GDBus\.Error:org\.freedesktop\.DBus\.Error\.InvalidArgs: device "gd2": malformed address "zz:00\.0"/,
+        );
+        const amb = await gdbus(
+          'call',
+          '--method',
+          `${IFACE}.TestMethod`,
+          'cluster',
+          "{'gd3': ['type=disk', 'target=vdb']}",
+        );
+        assert.match(
+          amb.stderr,
+          /GDBus\.Error:org\.example\.dbustest\.Error\.AmbiguousSelector: selector "cluster" matches 2 VMs: vm2, vm3/,
+        );
       } finally {
         await monitor.stop();
       }
@@ -88,7 +151,11 @@ describe('other clients', () => {
 
   describe('Python dbus_next, knowing only the interface XML', () => {
     it('drives every member', async () => {
-      const r = await run('/usr/bin/python3', [`${REPO_ROOT}test/clients/contract_client.py`, stack.bus.address, `${REPO_ROOT}dbus/org.example.dbustest.xml`]);
+      const r = await run('/usr/bin/python3', [
+        `${REPO_ROOT}test/clients/contract_client.py`,
+        stack.bus.address,
+        `${REPO_ROOT}dbus/org.example.dbustest.xml`,
+      ]);
       assert.equal(r.code, 0, r.stderr);
       const out = JSON.parse(r.stdout) as Record<string, unknown>;
       assert.deepEqual(out['backends'], { test: 'connected' });
@@ -97,14 +164,20 @@ describe('other clients', () => {
       assert.equal(out['no_match'], false);
       assert.deepEqual(out['detached'], [['vm1', 'py-ok']]);
       const failed = out['failed'] as string[][];
-      assert.deepEqual(failed.map((f) => f.slice(0, 3)), [['vm1', 'fail-DeviceNotFound-py', 'org.example.dbustest.Error.DeviceNotFound']]);
+      assert.deepEqual(
+        failed.map((f) => f.slice(0, 3)),
+        [['vm1', 'fail-DeviceNotFound-py', 'org.example.dbustest.Error.DeviceNotFound']],
+      );
       const errors = out['errors'] as Record<string, [string, string]>;
       assert.equal(errors['bad_type']![0], 'org.freedesktop.DBus.Error.InvalidArgs');
       assert.equal(errors['ambiguous']![0], 'org.example.dbustest.Error.AmbiguousSelector');
       assert.equal(errors['bad_state']![0], 'org.freedesktop.DBus.Error.InvalidArgs');
       assert.equal(errors['read_only']![0], 'org.freedesktop.DBus.Error.PropertyReadOnly');
       const signals = out['signals'] as Array<Record<string, string>>;
-      assert.ok(signals.some((s) => s['vm2'] === 'running'), `TestSignal showed the write: ${JSON.stringify(signals)}`);
+      assert.ok(
+        signals.some((s) => s['vm2'] === 'running'),
+        `TestSignal showed the write: ${JSON.stringify(signals)}`,
+      );
       assert.ok((out['properties_changed'] as string[]).includes(IFACE));
     });
   });

@@ -6,7 +6,14 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { create } from 'xmlbuilder2';
-import { INTERFACE, OBJECT_PATH, TestClient, type CallError, type Signal, type SignalLog } from '../harness/bus-client.js';
+import {
+  INTERFACE,
+  OBJECT_PATH,
+  TestClient,
+  type CallError,
+  type Signal,
+  type SignalLog,
+} from '../harness/bus-client.js';
 import { startStack, type Stack } from '../harness/stack.js';
 import { REPO_ROOT } from '../harness/vmdevd-process.js';
 
@@ -27,7 +34,9 @@ async function rejects(promise: Promise<unknown>, name: string, message?: RegExp
 }
 
 function outcomes(log: SignalLog, label: string): Signal[] {
-  return log.signals.filter((s) => (s.member === 'DeviceDetached' || s.member === 'DeviceDetachFailed') && s.body[1] === label);
+  return log.signals.filter(
+    (s) => (s.member === 'DeviceDetached' || s.member === 'DeviceDetachFailed') && s.body[1] === label,
+  );
 }
 
 /** Canonical text of an element: no whitespace-only text, attributes sorted. */
@@ -39,7 +48,11 @@ function canonical(xml: string, ifaceName: string): string {
   assert.ok(ours, `no interface ${ifaceName} in\n${xml}`);
   return JSON.stringify(ours, (_k, v: unknown) => {
     if (v && typeof v === 'object' && !Array.isArray(v)) {
-      return Object.fromEntries(Object.entries(v as Record<string, unknown>).filter(([k]) => k !== '#').sort(([a], [b]) => a.localeCompare(b)));
+      return Object.fromEntries(
+        Object.entries(v as Record<string, unknown>)
+          .filter(([k]) => k !== '#')
+          .sort(([a], [b]) => a.localeCompare(b)),
+      );
     }
     return v;
   });
@@ -59,7 +72,10 @@ describe('D-Bus contract', () => {
 
   describe('Introspect', () => {
     it('answers with the interface file, argument names and annotations included', async () => {
-      const [live] = (await stack.client.call({ interface: 'org.freedesktop.DBus.Introspectable', member: 'Introspect' })) as [string];
+      const [live] = (await stack.client.call({
+        interface: 'org.freedesktop.DBus.Introspectable',
+        member: 'Introspect',
+      })) as [string];
       const file = readFileSync(`${REPO_ROOT}/dbus/org.example.dbustest.xml`, 'utf8');
       assert.equal(canonical(live, INTERFACE), canonical(file, INTERFACE));
       assert.match(live, /<arg name="selector" type="s" direction="in">/);
@@ -67,22 +83,37 @@ describe('D-Bus contract', () => {
     });
 
     it('keeps the standard interfaces', async () => {
-      const [live] = (await stack.client.call({ interface: 'org.freedesktop.DBus.Introspectable', member: 'Introspect' })) as [string];
-      for (const name of ['org.freedesktop.DBus.Properties', 'org.freedesktop.DBus.Introspectable', 'org.freedesktop.DBus.Peer']) {
+      const [live] = (await stack.client.call({
+        interface: 'org.freedesktop.DBus.Introspectable',
+        member: 'Introspect',
+      })) as [string];
+      for (const name of [
+        'org.freedesktop.DBus.Properties',
+        'org.freedesktop.DBus.Introspectable',
+        'org.freedesktop.DBus.Peer',
+      ]) {
         assert.match(live, new RegExp(`<interface name="${name.replace(/\./g, '\\.')}">`));
       }
       await stack.client.call({ interface: 'org.freedesktop.DBus.Peer', member: 'Ping' });
     });
 
     it('introspects the parent path with the child node', async () => {
-      const [root] = (await stack.client.call({ path: '/org/example', interface: 'org.freedesktop.DBus.Introspectable', member: 'Introspect' })) as [string];
+      const [root] = (await stack.client.call({
+        path: '/org/example',
+        interface: 'org.freedesktop.DBus.Introspectable',
+        member: 'Introspect',
+      })) as [string];
       assert.match(root, /<node name="dbustest"\/>/);
     });
   });
 
   describe('properties', () => {
     it('TestProperty maps every VM to its state', async () => {
-      assert.deepEqual(await stack.client.getProperty('TestProperty'), { vm1: 'running', vm2: 'paused', vm3: 'shutoff' });
+      assert.deepEqual(await stack.client.getProperty('TestProperty'), {
+        vm1: 'running',
+        vm2: 'paused',
+        vm3: 'shutoff',
+      });
     });
 
     it('Backends says each backend is connected', async () => {
@@ -90,9 +121,12 @@ describe('D-Bus contract', () => {
     });
 
     it('GetAll returns both properties', async () => {
-      const [all] = (await stack.client.call({ interface: 'org.freedesktop.DBus.Properties', member: 'GetAll', signature: 's', body: [INTERFACE] })) as [
-        Record<string, { value: unknown }>,
-      ];
+      const [all] = (await stack.client.call({
+        interface: 'org.freedesktop.DBus.Properties',
+        member: 'GetAll',
+        signature: 's',
+        body: [INTERFACE],
+      })) as [Record<string, { value: unknown }>];
       assert.deepEqual(Object.keys(all).sort(), ['Backends', 'TestProperty', 'Vms']);
       assert.equal((all['TestProperty']!.value as Record<string, string>)['vm1'], 'running');
     });
@@ -138,22 +172,39 @@ describe('D-Bus contract', () => {
   describe('TestMethod', () => {
     it('detaches every device and reports each one by label and VM key', async () => {
       const before = stack.journal().length;
-      const accepted = await stack.client.testMethod('vm1', { d1: ['type=disk', 'target=vdb'], d2: ['type=usb', 'vendor=0x1234', 'product=0xABCD'] });
+      const accepted = await stack.client.testMethod('vm1', {
+        d1: ['type=disk', 'target=vdb'],
+        d2: ['type=usb', 'vendor=0x1234', 'product=0xABCD'],
+      });
       assert.equal(accepted, true);
       const d1 = await signals.waitFor((s) => s.member === 'DeviceDetached' && s.body[1] === 'd1');
       const d2 = await signals.waitFor((s) => s.member === 'DeviceDetached' && s.body[1] === 'd2');
       assert.deepEqual(d1.body, ['vm1', 'd1']);
       assert.deepEqual(d2.body, ['vm1', 'd2']);
-      const started = stack.journal().slice(before).filter((j) => j['op'] === 'detach');
+      const started = stack
+        .journal()
+        .slice(before)
+        .filter((j) => j['op'] === 'detach');
       assert.deepEqual(
         started.map((j) => j['xml']),
-        ['<disk type="file" device="disk"><target dev="vdb"/></disk>', '<hostdev mode="subsystem" type="usb"><source><vendor id="0x1234"/><product id="0xabcd"/></source></hostdev>'],
+        [
+          '<disk type="file" device="disk"><target dev="vdb"/></disk>',
+          '<hostdev mode="subsystem" type="usb"><source><vendor id="0x1234"/><product id="0xabcd"/></source></hostdev>',
+        ],
       );
     });
 
     it('finds a VM by UUID (any case) and by a unique type, and reports the VM key', async () => {
-      assert.equal(await stack.client.testMethod('11111111-1111-4111-8111-111111111111', { byUuid: ['type=disk', 'target=vdc'] }), true);
-      assert.equal(await stack.client.testMethod('11111111-1111-4111-8111-111111111111'.toUpperCase(), { byUuidUpper: ['type=disk', 'target=vdd'] }), true);
+      assert.equal(
+        await stack.client.testMethod('11111111-1111-4111-8111-111111111111', { byUuid: ['type=disk', 'target=vdc'] }),
+        true,
+      );
+      assert.equal(
+        await stack.client.testMethod('11111111-1111-4111-8111-111111111111'.toUpperCase(), {
+          byUuidUpper: ['type=disk', 'target=vdd'],
+        }),
+        true,
+      );
       assert.equal(await stack.client.testMethod('ivi', { byType: ['type=disk', 'target=vde'] }), true);
       for (const label of ['byUuid', 'byUuidUpper', 'byType']) {
         const s = await signals.waitFor((x) => x.member === 'DeviceDetached' && x.body[1] === label);
@@ -169,12 +220,20 @@ describe('D-Bus contract', () => {
 
     it('rejects a selector that matches several VMs, naming them', async () => {
       const before = stack.journal().length;
-      await rejects(stack.client.testMethod('cluster', { d1: ['type=disk', 'target=vdb'] }), `${E}AmbiguousSelector`, /vm2, vm3/);
+      await rejects(
+        stack.client.testMethod('cluster', { d1: ['type=disk', 'target=vdb'] }),
+        `${E}AmbiguousSelector`,
+        /vm2, vm3/,
+      );
       assert.equal(stack.journal().length, before);
     });
 
     it('rejects an empty selector', async () => {
-      await rejects(stack.client.testMethod('', { d1: ['type=disk', 'target=vdb'] }), INVALID_ARGS, /selector is empty/);
+      await rejects(
+        stack.client.testMethod('', { d1: ['type=disk', 'target=vdb'] }),
+        INVALID_ARGS,
+        /selector is empty/,
+      );
     });
 
     it('reports each failure kind of the backend with its error name', async () => {
@@ -219,16 +278,24 @@ describe('D-Bus contract', () => {
 
     it('lets the backend confirm a removal it verifies at the timeout', async () => {
       assert.equal(await stack.client.testMethod('vm1', { verify1: ['type=disk', 'target=vdj'] }), true);
-      const s = await signals.waitFor((x) => (x.member === 'DeviceDetached' || x.member === 'DeviceDetachFailed') && x.body[1] === 'verify1', 8000);
+      const s = await signals.waitFor(
+        (x) => (x.member === 'DeviceDetached' || x.member === 'DeviceDetachFailed') && x.body[1] === 'verify1',
+        8000,
+      );
       assert.equal(s.member, 'DeviceDetached');
-      assert.ok(stack.journal().some((j) => j['op'] === 'verified' && j['label'] === 'verify1' && j['reason'] === 'timeout'));
+      assert.ok(
+        stack.journal().some((j) => j['op'] === 'verified' && j['label'] === 'verify1' && j['reason'] === 'timeout'),
+      );
     });
 
     it('counts the timeout from when the backend issued the detach', async () => {
       // The backend holds this device for holdMs (2.5 s, longer than the 2 s
       // timeout) before issuing it; it is then confirmed at once.
       assert.equal(await stack.client.testMethod('vm1', { queue1: ['type=disk', 'target=vdk'] }), true);
-      const s = await signals.waitFor((x) => (x.member === 'DeviceDetached' || x.member === 'DeviceDetachFailed') && x.body[1] === 'queue1', 8000);
+      const s = await signals.waitFor(
+        (x) => (x.member === 'DeviceDetached' || x.member === 'DeviceDetachFailed') && x.body[1] === 'queue1',
+        8000,
+      );
       assert.equal(s.member, 'DeviceDetached', JSON.stringify(s.body));
     });
 
@@ -238,27 +305,46 @@ describe('D-Bus contract', () => {
       assert.equal(await stack.client.testMethod('vm1', { slowB: ['type=interface', 'mac=52:54:00:00:00:01'] }), true);
       await signals.waitFor((x) => x.member === 'DeviceDetached' && x.body[1] === 'slowA');
       await signals.waitFor((x) => x.member === 'DeviceDetached' && x.body[1] === 'slowB');
-      const issued = stack.journal().slice(before).filter((j) => j['op'] === 'detach');
+      const issued = stack
+        .journal()
+        .slice(before)
+        .filter((j) => j['op'] === 'detach');
       assert.equal(issued.length, 1, `one detach was issued: ${JSON.stringify(issued)}`);
       assert.equal(outcomes(signals, 'slowA').length, 1);
       assert.equal(outcomes(signals, 'slowB').length, 1);
     });
 
     it('answers a wrong signature with InvalidArgs and an unknown method with UnknownMethod', async () => {
-      await rejects(stack.client.call({ member: 'TestMethod', signature: 's', body: ['vm1'] }), INVALID_ARGS, /takes \(sa\{sas\}\), not \(s\)/);
-      await rejects(stack.client.call({ member: 'TestMethod', signature: 'sa{ss}', body: ['vm1', { a: 'b' }] }), INVALID_ARGS);
+      await rejects(
+        stack.client.call({ member: 'TestMethod', signature: 's', body: ['vm1'] }),
+        INVALID_ARGS,
+        /takes \(sa\{sas\}\), not \(s\)/,
+      );
+      await rejects(
+        stack.client.call({ member: 'TestMethod', signature: 'sa{ss}', body: ['vm1', { a: 'b' }] }),
+        INVALID_ARGS,
+      );
       await rejects(stack.client.call({ member: 'Nope' }), 'org.freedesktop.DBus.Error.UnknownMethod');
     });
 
     it('accepts a call without an interface field', async () => {
-      const [ok] = await stack.client.call({ interface: undefined, member: 'TestMethod', signature: 'sa{sas}', body: ['vm1', { noiface: ['type=disk', 'target=vdl'] }] });
+      const [ok] = await stack.client.call({
+        interface: undefined,
+        member: 'TestMethod',
+        signature: 'sa{sas}',
+        body: ['vm1', { noiface: ['type=disk', 'target=vdl'] }],
+      });
       assert.equal(ok, true);
       await signals.waitFor((x) => x.member === 'DeviceDetached' && x.body[1] === 'noiface');
     });
 
     it('logs one line per request with caller, selector, labels and result', async () => {
       await stack.client.testMethod('vm1', { logged: ['type=disk', 'target=vdm'] });
-      await stack.daemon.waitForOutput(new RegExp(`request: TestMethod caller=${stack.client.uniqueName.replace('.', '\\.')} selector=vm1 devices=logged result="accepted for vm1"`));
+      await stack.daemon.waitForOutput(
+        new RegExp(
+          `request: TestMethod caller=${stack.client.uniqueName.replace('.', '\\.')} selector=vm1 devices=logged result="accepted for vm1"`,
+        ),
+      );
     });
   });
 
@@ -282,8 +368,16 @@ describe('D-Bus contract', () => {
       ['a bad label', { 'bad label': ['type=disk', 'target=vdb'] }, /a label is 1 to 64 characters/],
       ['a too long label', { ['l'.repeat(65)]: ['type=disk', 'target=vdb'] }, /a label is 1 to 64 characters/],
       ['an over-long value', { d: ['type=alias', `name=${long}`] }, /at most 256 are allowed/],
-      ['too many devices', Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`d${i}`, ['type=disk', 'target=vdb']])), /257 devices given, at most 256/],
-      ['the same device twice', { a: ['type=disk', 'target=vdb'], b: ['type=disk', 'target=vdb'] }, /names the same device as "a"/],
+      [
+        'too many devices',
+        Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`d${i}`, ['type=disk', 'target=vdb']])),
+        /257 devices given, at most 256/,
+      ],
+      [
+        'the same device twice',
+        { a: ['type=disk', 'target=vdb'], b: ['type=disk', 'target=vdb'] },
+        /names the same device as "a"/,
+      ],
     ];
     for (const [what, devices, message] of cases) {
       it(`rejects ${what} with InvalidArgs and starts nothing`, async () => {
@@ -299,23 +393,37 @@ describe('D-Bus contract', () => {
       const before = stack.journal().length;
       const rssBefore = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${stack.daemon.pid}/status`, 'utf8'))![1]);
       const huge = 'x'.repeat(5 * 1024 * 1024);
-      await rejects(stack.client.testMethod(huge, { d: ['type=disk', 'target=vdb'] }), 'org.freedesktop.DBus.Error.LimitsExceeded', /bytes long; vmdevd reads calls of at most 4194304 bytes/);
+      await rejects(
+        stack.client.testMethod(huge, { d: ['type=disk', 'target=vdb'] }),
+        'org.freedesktop.DBus.Error.LimitsExceeded',
+        /bytes long; vmdevd reads calls of at most 4194304 bytes/,
+      );
       await stack.daemon.waitForOutput(/dropped a message that is too long caller=:1\.\d+ member=TestMethod bytes=\d+/);
       const rssAfter = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${stack.daemon.pid}/status`, 'utf8'))![1]);
       assert.ok(rssAfter - rssBefore < 4096, `RSS grew by ${rssAfter - rssBefore} KiB`);
       assert.equal(stack.journal().length, before);
-      assert.equal(await stack.client.testMethod('vm1', { after: ['type=disk', 'target=vdb'] }), true, 'the connection goes on');
+      assert.equal(
+        await stack.client.testMethod('vm1', { after: ['type=disk', 'target=vdb'] }),
+        true,
+        'the connection goes on',
+      );
     });
 
     it('rejects a whole request when one of several devices is bad', async () => {
       const before = stack.journal().length;
-      await rejects(stack.client.testMethod('vm1', { good: ['type=disk', 'target=vdb'], bad: ['type=disk'] }), INVALID_ARGS, /device "bad"/);
+      await rejects(
+        stack.client.testMethod('vm1', { good: ['type=disk', 'target=vdb'], bad: ['type=disk'] }),
+        INVALID_ARGS,
+        /device "bad"/,
+      );
       await new Promise((r) => setTimeout(r, 50));
       assert.equal(stack.journal().length, before);
     });
 
     it('accepts exactly 256 devices', async () => {
-      const devices = Object.fromEntries(Array.from({ length: 256 }, (_, i) => [`many${i}`, ['type=alias', `name=ua-${i}`]]));
+      const devices = Object.fromEntries(
+        Array.from({ length: 256 }, (_, i) => [`many${i}`, ['type=alias', `name=ua-${i}`]]),
+      );
       assert.equal(await stack.client.testMethod('vm2', devices), true);
       await signals.waitForCount((s) => s.member === 'DeviceDetached' && String(s.body[1]).startsWith('many'), 256);
     });
@@ -324,19 +432,42 @@ describe('D-Bus contract', () => {
   describe('writing TestProperty', () => {
     it('applies every state and TestSignal follows the transitions', async () => {
       await stack.client.setProperty('TestProperty', 'a{ss}', { vm1: 'paused', vm3: 'running' });
-      await signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['vm1'] === 'paused' && (s.body[0] as Record<string, string>)['vm3'] === 'running');
-      const changed = await signals.waitFor((s) => s.member === 'PropertiesChanged' && s.interface === 'org.freedesktop.DBus.Properties' && (s.body[1] as Record<string, { value: Record<string, string> }>)['TestProperty']?.value['vm1'] === 'paused');
+      await signals.waitFor(
+        (s) =>
+          s.member === 'TestSignal' &&
+          (s.body[0] as Record<string, string>)['vm1'] === 'paused' &&
+          (s.body[0] as Record<string, string>)['vm3'] === 'running',
+      );
+      const changed = await signals.waitFor(
+        (s) =>
+          s.member === 'PropertiesChanged' &&
+          s.interface === 'org.freedesktop.DBus.Properties' &&
+          (s.body[1] as Record<string, { value: Record<string, string> }>)['TestProperty']?.value['vm1'] === 'paused',
+      );
       assert.equal(changed.body[0], INTERFACE);
       assert.deepEqual(changed.body[2], ['Vms'], 'Vms is invalidated in the same signal');
       assert.equal((await stack.client.getProperty<Record<string, string>>('TestProperty'))['vm1'], 'paused');
       await stack.client.setProperty('TestProperty', 'a{ss}', { vm1: 'running', vm3: 'shutoff' });
-      await signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['vm1'] === 'running' && (s.body[0] as Record<string, string>)['vm3'] === 'shutoff');
+      await signals.waitFor(
+        (s) =>
+          s.member === 'TestSignal' &&
+          (s.body[0] as Record<string, string>)['vm1'] === 'running' &&
+          (s.body[0] as Record<string, string>)['vm3'] === 'shutoff',
+      );
     });
 
     it('rejects an unknown VM or state and applies nothing', async () => {
       const before = stack.journal().length;
-      await rejects(stack.client.setProperty('TestProperty', 'a{ss}', { vm1: 'paused', ghost: 'running' }), INVALID_ARGS, /no VM is named "ghost"/);
-      await rejects(stack.client.setProperty('TestProperty', 'a{ss}', { vm1: 'paused', vm2: 'asleep' }), INVALID_ARGS, /unknown state "asleep"/);
+      await rejects(
+        stack.client.setProperty('TestProperty', 'a{ss}', { vm1: 'paused', ghost: 'running' }),
+        INVALID_ARGS,
+        /no VM is named "ghost"/,
+      );
+      await rejects(
+        stack.client.setProperty('TestProperty', 'a{ss}', { vm1: 'paused', vm2: 'asleep' }),
+        INVALID_ARGS,
+        /unknown state "asleep"/,
+      );
       await rejects(stack.client.setProperty('TestProperty', 'a{sv}', {}), INVALID_ARGS, /has type a\{ss\}/);
       assert.equal(stack.journal().length, before, 'nothing was applied');
       assert.equal((await stack.client.getProperty<Record<string, string>>('TestProperty'))['vm1'], 'running');

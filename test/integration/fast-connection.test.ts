@@ -41,7 +41,12 @@ describe('fast connection on a private dbus-daemon', () => {
       assert.ok(connectionOf(client) instanceof FastConnection);
       assert.match(uniqueName(client), /^:1\.\d+$/);
       const reply = await client.call(
-        new Message({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'ListNames' }),
+        new Message({
+          destination: 'org.freedesktop.DBus',
+          path: '/org/freedesktop/DBus',
+          interface: 'org.freedesktop.DBus',
+          member: 'ListNames',
+        }),
       );
       assert.ok((reply!.body[0] as string[]).includes(uniqueName(client)));
     } finally {
@@ -49,7 +54,7 @@ describe('fast connection on a private dbus-daemon', () => {
     }
   });
 
-  it('VMDEVD_DBUS_CONNECTION=dbus-next keeps dbus-next\'s own connection', async () => {
+  it("VMDEVD_DBUS_CONNECTION=dbus-next keeps dbus-next's own connection", async () => {
     process.env['VMDEVD_DBUS_CONNECTION'] = 'dbus-next';
     try {
       const client = await openBus(bus.address);
@@ -74,7 +79,10 @@ describe('fast connection on a private dbus-daemon', () => {
       server.export('/test/echo', new Echo('org.example.Echo'));
       await server.requestName('org.example.Echo', 0);
       const proxy = await client.getProxyObject('org.example.Echo', '/test/echo');
-      const value = new dbus.Variant('a{sv}', { n: new dbus.Variant('x', -5n), b: new dbus.Variant('ay', Buffer.from([1, 2])) });
+      const value = new dbus.Variant('a{sv}', {
+        n: new dbus.Variant('x', -5n),
+        b: new dbus.Variant('ay', Buffer.from([1, 2])),
+      });
       assert.deepStrictEqual(await proxy.getInterface('org.example.Echo')['Echo']!(value), value);
       assert.equal((await ping(client, 'org.example.Echo'))!.type, MessageType.METHOD_RETURN);
     } finally {
@@ -94,9 +102,21 @@ describe('fast connection on a private dbus-daemon', () => {
         return true;
       });
       const calls = Array.from({ length: 100 }, (_, i) =>
-        client.call(new Message({ destination: uniqueName(server), path: '/x', interface: 'org.example.Count', member: 'Count', signature: 'u', body: [i] })),
+        client.call(
+          new Message({
+            destination: uniqueName(server),
+            path: '/x',
+            interface: 'org.example.Count',
+            member: 'Count',
+            signature: 'u',
+            body: [i],
+          }),
+        ),
       );
-      assert.deepEqual((await Promise.all(calls)).map((r) => r!.body[0]), Array.from({ length: 100 }, (_, i) => i));
+      assert.deepEqual(
+        (await Promise.all(calls)).map((r) => r!.body[0]),
+        Array.from({ length: 100 }, (_, i) => i),
+      );
 
       const seen: number[] = [];
       const all = new Promise<void>((resolve) =>
@@ -107,11 +127,22 @@ describe('fast connection on a private dbus-daemon', () => {
         }),
       );
       await server.call(
-        new Message({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'AddMatch', signature: 's', body: ["type='signal',interface='org.example.Count'"] }),
+        new Message({
+          destination: 'org.freedesktop.DBus',
+          path: '/org/freedesktop/DBus',
+          interface: 'org.freedesktop.DBus',
+          member: 'AddMatch',
+          signature: 's',
+          body: ["type='signal',interface='org.example.Count'"],
+        }),
       );
-      for (let i = 0; i < 3000; i++) client.send(Message.newSignal('/x', 'org.example.Count', 'Tick', 'us', [i, 'x'.repeat(i % 50)]));
+      for (let i = 0; i < 3000; i++)
+        client.send(Message.newSignal('/x', 'org.example.Count', 'Tick', 'us', [i, 'x'.repeat(i % 50)]));
       await all;
-      assert.deepEqual(seen, Array.from({ length: 3000 }, (_, i) => i));
+      assert.deepEqual(
+        seen,
+        Array.from({ length: 3000 }, (_, i) => i),
+      );
     } finally {
       client.disconnect();
       server.disconnect();
@@ -121,8 +152,26 @@ describe('fast connection on a private dbus-daemon', () => {
   it('a body that does not fit its signature throws to the caller and sends nothing', async () => {
     const client = await openBus(bus.address);
     try {
-      assert.throws(() => client.send(new Message({ type: MessageType.SIGNAL, path: '/x', interface: 'org.example.X', member: 'S', signature: 'u', body: ['no'] })), /integer/);
-      await assert.rejects(client.call(new Message({ destination: 'org.freedesktop.DBus', path: '/', member: 'Ping', signature: 's', body: [] })), /body elements/);
+      assert.throws(
+        () =>
+          client.send(
+            new Message({
+              type: MessageType.SIGNAL,
+              path: '/x',
+              interface: 'org.example.X',
+              member: 'S',
+              signature: 'u',
+              body: ['no'],
+            }),
+          ),
+        /integer/,
+      );
+      await assert.rejects(
+        client.call(
+          new Message({ destination: 'org.freedesktop.DBus', path: '/', member: 'Ping', signature: 's', body: [] }),
+        ),
+        /body elements/,
+      );
       assert.equal((await ping(client, 'org.freedesktop.DBus'))!.type, MessageType.METHOD_RETURN);
     } finally {
       client.disconnect();
@@ -172,7 +221,17 @@ async function startFakeBus(listen: string): Promise<FakeBus> {
       if (binary) {
         framer.push(chunk, (msg) => {
           if (msg.member === 'Hello') {
-            socket.write(encodeMessage({ type: 2, serial: 1, replySerial: msg.serial!, destination: ':1.1', sender: 'org.freedesktop.DBus', signature: 's', body: [':1.1'] }));
+            socket.write(
+              encodeMessage({
+                type: 2,
+                serial: 1,
+                replySerial: msg.serial!,
+                destination: ':1.1',
+                sender: 'org.freedesktop.DBus',
+                signature: 's',
+                body: [':1.1'],
+              }),
+            );
             fake.onClient?.(socket, framer);
           }
         });
@@ -196,7 +255,9 @@ async function startFakeBus(listen: string): Promise<FakeBus> {
     });
   });
   await new Promise<void>((resolve) => server.listen(listen, resolve));
-  return Object.assign(fake, { address: listen.startsWith('\0') ? `unix:abstract=${listen.slice(1)}` : `unix:path=${listen}` });
+  return Object.assign(fake, {
+    address: listen.startsWith('\0') ? `unix:abstract=${listen.slice(1)}` : `unix:path=${listen}`,
+  });
 }
 
 describe('fast connection on a fake bus', () => {
@@ -204,7 +265,9 @@ describe('fast connection on a fake bus', () => {
     const name = `vmdevd-fake-${process.pid}`;
     const fake = await startFakeBus(`\0${name}`);
     try {
-      const bus = await openBus(`unix:path=/nonexistent/socket,guid=00;unix:abstract=${name.replace('-', '%2d')},guid=0123`);
+      const bus = await openBus(
+        `unix:path=/nonexistent/socket,guid=00;unix:abstract=${name.replace('-', '%2d')},guid=0123`,
+      );
       assert.equal(uniqueName(bus), ':1.1');
       bus.disconnect();
     } finally {
@@ -217,7 +280,10 @@ describe('fast connection on a fake bus', () => {
   });
 
   it('no address answers: one error naming each', async () => {
-    await assert.rejects(openBus('unix:path=/nonexistent/a;unix:path=/nonexistent/b'), /\/nonexistent\/a: .*ENOENT.*\/nonexistent\/b: .*ENOENT/);
+    await assert.rejects(
+      openBus('unix:path=/nonexistent/a;unix:path=/nonexistent/b'),
+      /\/nonexistent\/a: .*ENOENT.*\/nonexistent\/b: .*ENOENT/,
+    );
   });
 
   it('malformed input from the bus is an error and ends the connection, no crash', async () => {
@@ -263,7 +329,9 @@ describe('fast connection on a fake bus', () => {
       const bus = new MessageBusClass(conn);
       await new Promise((resolve) => bus.once('connect', resolve));
       const errors: Error[] = [];
-      const error = new Promise<Error>((resolve) => bus.on('error', (e: Error) => resolve(errors[errors.push(e) - 1]!)));
+      const error = new Promise<Error>((resolve) =>
+        bus.on('error', (e: Error) => resolve(errors[errors.push(e) - 1]!)),
+      );
       const big = 'x'.repeat(60_000);
       let sent = 0;
       // Each tick's batch is written once; keep sending until the bound is hit.

@@ -36,8 +36,21 @@ describe('config and flags', () => {
     ['an unknown log level', { logLevel: 'loud' }, /logLevel: must be one of "error", "warn", "info", "debug"/],
     ['a bad bus name', { busName: 'no-dots' }, /busName: must match pattern/],
     ['a backend without plugin', { backends: [{ id: 'a' }] }, /backends\[0\]\.plugin: is required/],
-    ['two backends with one id', { backends: [{ id: 'a', plugin: TEST_BACKEND }, { id: 'a', plugin: TEST_BACKEND }] }, /backends\[1\]\.id: "a" is used by another backend/],
-    ['a plugin option of the wrong type', { backends: [{ id: 'a', plugin: TEST_BACKEND, generate: 'many' }] }, /backends\[0\]\.generate: must be integer/],
+    [
+      'two backends with one id',
+      {
+        backends: [
+          { id: 'a', plugin: TEST_BACKEND },
+          { id: 'a', plugin: TEST_BACKEND },
+        ],
+      },
+      /backends\[1\]\.id: "a" is used by another backend/,
+    ],
+    [
+      'a plugin option of the wrong type',
+      { backends: [{ id: 'a', plugin: TEST_BACKEND, generate: 'many' }] },
+      /backends\[0\]\.generate: must be integer/,
+    ],
     ['text that is not JSON', '{"backends": [', /not valid JSON/],
   ];
   for (const [what, config, message] of cases) {
@@ -115,18 +128,29 @@ describe('running', () => {
       const client = await TestClient.connect(bus.address);
       try {
         const log = await client.subscribe(`type='signal'`);
-        assert.equal(await client.testMethod('vm1', { hang1: ['type=disk', 'target=vdb'], hang2: ['type=disk', 'target=vdc'] }), true);
+        assert.equal(
+          await client.testMethod('vm1', { hang1: ['type=disk', 'target=vdb'], hang2: ['type=disk', 'target=vdc'] }),
+          true,
+        );
         daemon.child.kill(signal);
         assert.equal(await daemon.exited(), 0);
-        const released = await log.waitFor((s) => s.member === 'NameOwnerChanged' && s.body[0] === BUS_NAME && s.body[2] === '');
+        const released = await log.waitFor(
+          (s) => s.member === 'NameOwnerChanged' && s.body[0] === BUS_NAME && s.body[2] === '',
+        );
         const failed = log.named('DeviceDetachFailed');
         assert.deepEqual(failed.map((s) => s.body.slice(0, 3)).sort(), [
           ['vm1', 'hang1', 'org.example.dbustest.Error.Failed'],
           ['vm1', 'hang2', 'org.example.dbustest.Error.Failed'],
         ]);
         assert.match(failed[0]!.body[3] as string, /shut down before the detach was confirmed/);
-        assert.ok(failed.every((f) => log.signals.indexOf(f) < log.signals.indexOf(released)), 'outcomes before the name went away');
-        assert.match(daemon.output(), new RegExp(`shutting down reason="received ${signal}"[\\s\\S]*released the bus name[\\s\\S]*stopped`));
+        assert.ok(
+          failed.every((f) => log.signals.indexOf(f) < log.signals.indexOf(released)),
+          'outcomes before the name went away',
+        );
+        assert.match(
+          daemon.output(),
+          new RegExp(`shutting down reason="received ${signal}"[\\s\\S]*released the bus name[\\s\\S]*stopped`),
+        );
         assert.equal(await client.nameOwner(), undefined);
       } finally {
         client.close();
@@ -139,7 +163,10 @@ describe('running', () => {
     // Between the end of dispatching and leaving the bus, calls used to reach
     // dbus-next's own dispatch, which sent com.github.dbus_next.ServiceError
     // with a stack trace. Found by the bus fuzzer.
-    const daemon = await startVmdevd({ address: bus.address, config: { backends: [{ id: 't', plugin: TEST_BACKEND, vms: DEFAULT_VMS }] } });
+    const daemon = await startVmdevd({
+      address: bus.address,
+      config: { backends: [{ id: 't', plugin: TEST_BACKEND, vms: DEFAULT_VMS }] },
+    });
     const client = await TestClient.connect(bus.address);
     const errors: Array<{ type: string; text: string }> = [];
     let stopped = false;
@@ -162,8 +189,16 @@ describe('running', () => {
       assert.equal(await daemon.exited(), 0);
       stopped = true;
       await Promise.all(calls);
-      assert.deepEqual(errors.filter((e) => !e.type.startsWith('org.freedesktop.DBus.Error.') && !e.type.startsWith('org.example.dbustest.Error.')), []);
-      assert.deepEqual(errors.filter((e) => /\n\s*at /.test(e.text)), []);
+      assert.deepEqual(
+        errors.filter(
+          (e) => !e.type.startsWith('org.freedesktop.DBus.Error.') && !e.type.startsWith('org.example.dbustest.Error.'),
+        ),
+        [],
+      );
+      assert.deepEqual(
+        errors.filter((e) => /\n\s*at /.test(e.text)),
+        [],
+      );
     } finally {
       stopped = true;
       client.close();
@@ -174,8 +209,15 @@ describe('running', () => {
   it('exits when the bus name is taken', async () => {
     const squatter = await TestClient.connect(bus.address);
     try {
-      assert.equal(await squatter.bus.requestName(BUS_NAME, dbus.NameFlag.DO_NOT_QUEUE), dbus.RequestNameReply.PRIMARY_OWNER);
-      const daemon = await startVmdevd({ address: bus.address, config: { backends: [{ id: 't', plugin: TEST_BACKEND }] }, waitReady: false });
+      assert.equal(
+        await squatter.bus.requestName(BUS_NAME, dbus.NameFlag.DO_NOT_QUEUE),
+        dbus.RequestNameReply.PRIMARY_OWNER,
+      );
+      const daemon = await startVmdevd({
+        address: bus.address,
+        config: { backends: [{ id: 't', plugin: TEST_BACKEND }] },
+        waitReady: false,
+      });
       assert.equal(await daemon.exited(), EX_UNAVAILABLE);
       assert.match(daemon.output(), /the bus name org\.example\.dbustest is owned by another process/);
       await daemon.stop();

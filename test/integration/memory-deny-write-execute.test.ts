@@ -32,10 +32,16 @@ describe('MemoryDenyWriteExecute, the JIT and the jitless drop-in', () => {
     assert.match(unit, /^MemoryDenyWriteExecute=no$/m);
     const { nodeArgs, daemonArgs, line } = execStart(unit);
     assert.deepEqual(nodeArgs, ['@NODE_ARGS@']);
-    assert.ok(DAEMON_NODE_ARGS.length > 0 && !DAEMON_NODE_ARGS.includes('--jitless'), `bin/vmdevd's options: ${DAEMON_NODE_ARGS.join(' ')}`);
+    assert.ok(
+      DAEMON_NODE_ARGS.length > 0 && !DAEMON_NODE_ARGS.includes('--jitless'),
+      `bin/vmdevd's options: ${DAEMON_NODE_ARGS.join(' ')}`,
+    );
     assert.deepEqual(daemonArgs, ['--system', '--config', '@SYSCONFDIR@/vmdevd/config.json']);
     assert.match(unit, /^Environment=@DAEMON_ENV@$/m);
-    assert.match(activation, new RegExp(`^Exec=/usr/bin/env @DAEMON_ENV@ ${line.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
+    assert.match(
+      activation,
+      new RegExp(`^Exec=/usr/bin/env @DAEMON_ENV@ ${line.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'),
+    );
   });
 
   it('the drop-in clears ExecStart and runs node --jitless under MemoryDenyWriteExecute=yes', () => {
@@ -47,14 +53,21 @@ describe('MemoryDenyWriteExecute, the JIT and the jitless drop-in', () => {
   });
 
   it('node with its JIT aborts under the rules of MemoryDenyWriteExecute=yes', async () => {
-    const r = await run('python3', [DENY_WX, process.execPath, '-e', 'let s = 0; for (let i = 0; i < 1e6; i++) s += [i].map((x) => x * 2)[0]; console.log(s)']);
+    const r = await run('python3', [
+      DENY_WX,
+      process.execPath,
+      '-e',
+      'let s = 0; for (let i = 0; i < 1e6; i++) s += [i].map((x) => x * 2)[0]; console.log(s)',
+    ]);
     assert.notEqual(r.code, 0, `node ran with its JIT under the filter: ${r.stdout}`);
   });
 
   describe('the daemon with the drop-in node options under the rules', () => {
     let stack: Stack;
     before(async () => {
-      stack = await startStack({ daemon: { wrapper: ['python3', DENY_WX], nodeArgs: ['--jitless', '--no-expose-wasm', ...DAEMON_NODE_ARGS] } });
+      stack = await startStack({
+        daemon: { wrapper: ['python3', DENY_WX], nodeArgs: ['--jitless', '--no-expose-wasm', ...DAEMON_NODE_ARGS] },
+      });
     });
     after(async () => {
       await stack?.stop();
@@ -65,7 +78,11 @@ describe('MemoryDenyWriteExecute, the JIT and the jitless drop-in', () => {
       assert.equal(await stack.client.testMethod('vm1', { d1: ['type=disk', 'target=vdb'] }), true);
       await signals.waitFor((s) => s.member === 'DeviceDetached' && s.body[1] === 'd1');
       assert.deepEqual(await stack.client.getProperty('Backends'), { test: 'connected' });
-      assert.doesNotMatch(readFileSync(`/proc/${stack.daemon.pid}/status`, 'utf8'), /^Seccomp:\s+0$/m, 'the filter is in place');
+      assert.doesNotMatch(
+        readFileSync(`/proc/${stack.daemon.pid}/status`, 'utf8'),
+        /^Seccomp:\s+0$/m,
+        'the filter is in place',
+      );
       assert.equal(await stack.daemon.stop(), 0, stack.daemon.output());
     });
   });

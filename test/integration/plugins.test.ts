@@ -28,13 +28,13 @@ describe('broken plugins', () => {
     stack = await startStack({
       backends: [{ id: 'good' }],
       extraBackends: [
-          { id: 'wrong-api', plugin: fixture('wrong-api') },
-          { id: 'import-error', plugin: fixture('throws-on-import') },
-          { id: 'not-a-plugin', plugin: fixture('no-export') },
-          { id: 'create-error', plugin: fixture('create-throws') },
-          { id: 'start-error', plugin: fixture('start-rejects') },
-          { id: 'missing-path', plugin: './no/such/plugin' },
-          { id: 'missing-package', plugin: 'vmdevd-plugin-that-does-not-exist' },
+        { id: 'wrong-api', plugin: fixture('wrong-api') },
+        { id: 'import-error', plugin: fixture('throws-on-import') },
+        { id: 'not-a-plugin', plugin: fixture('no-export') },
+        { id: 'create-error', plugin: fixture('create-throws') },
+        { id: 'start-error', plugin: fixture('start-rejects') },
+        { id: 'missing-path', plugin: './no/such/plugin' },
+        { id: 'missing-package', plugin: 'vmdevd-plugin-that-does-not-exist' },
       ],
     });
   });
@@ -45,8 +45,14 @@ describe('broken plugins', () => {
   it('shows each failure in Backends with its reason, and the good backend connected', async () => {
     const backends = await stack.client.getProperty<Record<string, string>>('Backends');
     assert.equal(backends['good'], 'connected');
-    assert.match(backends['wrong-api']!, /^disconnected: plugin ".*wrong-api.js" targets plugin API 2; this vmdevd implements plugin API 1$/);
-    assert.match(backends['import-error']!, /^disconnected: plugin ".*" failed to load from .*: this plugin cannot be imported$/);
+    assert.match(
+      backends['wrong-api']!,
+      /^disconnected: plugin ".*wrong-api.js" targets plugin API 2; this vmdevd implements plugin API 1$/,
+    );
+    assert.match(
+      backends['import-error']!,
+      /^disconnected: plugin ".*" failed to load from .*: this plugin cannot be imported$/,
+    );
     assert.match(backends['not-a-plugin']!, /exports no plugin/);
     assert.match(backends['create-error']!, /could not create the backend: no hypervisor here/);
     assert.match(backends['start-error']!, /start failed: the hypervisor refused the connection/);
@@ -55,7 +61,11 @@ describe('broken plugins', () => {
   });
 
   it('keeps serving with the good backend', async () => {
-    assert.deepEqual(Object.keys(await stack.client.getProperty<Record<string, string>>('TestProperty')).sort(), ['vm1', 'vm2', 'vm3']);
+    assert.deepEqual(Object.keys(await stack.client.getProperty<Record<string, string>>('TestProperty')).sort(), [
+      'vm1',
+      'vm2',
+      'vm3',
+    ]);
   });
 
   it('says a VM may be in a failed backend rather than that it does not exist', async () => {
@@ -67,7 +77,10 @@ describe('broken plugins', () => {
   it('survives a plugin that throws at run time and shows it in Backends', async () => {
     const signals = await stack.client.subscribeAll();
     await stack.control('good', { cmd: 'crash', message: 'kaboom from the plugin' });
-    await signals.waitFor((s) => s.member === 'PropertiesChanged' && JSON.stringify(s.body).includes('plugin crashed: kaboom from the plugin'));
+    await signals.waitFor(
+      (s) =>
+        s.member === 'PropertiesChanged' && JSON.stringify(s.body).includes('plugin crashed: kaboom from the plugin'),
+    );
     const backends = await stack.client.getProperty<Record<string, string>>('Backends');
     assert.equal(backends['good'], 'disconnected: plugin crashed: kaboom from the plugin');
     await stack.daemon.waitForOutput(/a plugin threw an uncaught exception error="kaboom from the plugin"/);
@@ -85,8 +98,21 @@ describe('several backends', () => {
   before(async () => {
     stack = await startStack({
       backends: [
-        { id: 'east', vms: [{ name: 'shared', state: 'running' }, { name: 'east-only', state: 'paused', type: 'db' }] },
-        { id: 'west', vms: [{ name: 'shared', state: 'shutoff' }, { name: 'west-only', state: 'running', type: 'db' }], startDelayMs: 300 },
+        {
+          id: 'east',
+          vms: [
+            { name: 'shared', state: 'running' },
+            { name: 'east-only', state: 'paused', type: 'db' },
+          ],
+        },
+        {
+          id: 'west',
+          vms: [
+            { name: 'shared', state: 'shutoff' },
+            { name: 'west-only', state: 'running', type: 'db' },
+          ],
+          startDelayMs: 300,
+        },
       ],
     });
     signals = await stack.client.subscribeAll();
@@ -116,20 +142,31 @@ describe('several backends', () => {
   it('returns to the plain name when the collision ends', async () => {
     await stack.control('west', { cmd: 'remove', name: 'shared' });
     await signals.waitFor((s) => s.member === 'TestSignal' && 'shared' in (s.body[0] as object));
-    assert.deepEqual(await stack.client.getProperty('TestProperty'), { 'east-only': 'paused', shared: 'running', 'west-only': 'running' });
+    assert.deepEqual(await stack.client.getProperty('TestProperty'), {
+      'east-only': 'paused',
+      shared: 'running',
+      'west-only': 'running',
+    });
     await stack.control('west', { cmd: 'add', vm: { name: 'shared', state: 'shutoff' } });
     await signals.waitFor((s) => s.member === 'TestSignal' && 'west/shared' in (s.body[0] as object));
   });
 
   it('reports a disconnected backend in Backends and refuses its VMs with BackendUnavailable', async () => {
     await stack.control('west', { cmd: 'health', connected: false, reason: 'hypervisor went away' });
-    await signals.waitFor((s) => s.member === 'PropertiesChanged' && JSON.stringify(s.body).includes('hypervisor went away'));
-    assert.equal((await stack.client.getProperty<Record<string, string>>('Backends'))['west'], 'disconnected: hypervisor went away');
+    await signals.waitFor(
+      (s) => s.member === 'PropertiesChanged' && JSON.stringify(s.body).includes('hypervisor went away'),
+    );
+    assert.equal(
+      (await stack.client.getProperty<Record<string, string>>('Backends'))['west'],
+      'disconnected: hypervisor went away',
+    );
     const before = stack.journal().length;
     const e = await callError(stack.client.testMethod('west-only', { d: ['type=disk', 'target=vdb'] }));
     assert.equal(e.type, `${E}BackendUnavailable`);
     assert.match(e.text, /belongs to backend "west", which is disconnected: hypervisor went away/);
-    const s = await callError(stack.client.setProperty('TestProperty', 'a{ss}', { 'east-only': 'running', 'west-only': 'paused' }));
+    const s = await callError(
+      stack.client.setProperty('TestProperty', 'a{ss}', { 'east-only': 'running', 'west-only': 'paused' }),
+    );
     assert.equal(s.type, `${E}BackendUnavailable`);
     assert.equal(stack.journal().length, before, 'nothing was started or applied');
     await stack.control('west', { cmd: 'health', connected: true });
@@ -148,9 +185,14 @@ describe('several backends', () => {
     const from = signals.signals.length;
     const burst = ['running', 'paused', 'crashed', 'running', 'blocked', 'paused', 'running', 'pmsuspended', 'shutoff'];
     await stack.control('east', { cmd: 'burst', vm: 'east-only', states: burst });
-    await signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['east-only'] === 'shutoff');
+    await signals.waitFor(
+      (s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['east-only'] === 'shutoff',
+    );
     await new Promise((r) => setTimeout(r, 100));
-    const emitted = signals.signals.slice(from).filter((s) => s.member === 'TestSignal').map((s) => (s.body[0] as Record<string, string>)['east-only']);
+    const emitted = signals.signals
+      .slice(from)
+      .filter((s) => s.member === 'TestSignal')
+      .map((s) => (s.body[0] as Record<string, string>)['east-only']);
     assert.deepEqual(emitted, ['running', 'shutoff'], 'the first state at once, the last at the end of the window');
   });
 });

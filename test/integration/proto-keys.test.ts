@@ -25,7 +25,19 @@ describe('map keys named __proto__', () => {
   it('refuses a write of TestProperty that names an unknown "__proto__", and applies nothing', async () => {
     // Only the VM named __proto__ exists here; "constructor" does not.
     const before = stack.journal().length;
-    const r = await busctl('set-property', BUS_NAME, OBJECT_PATH, INTERFACE, 'TestProperty', 'a{ss}', '2', 'constructor', 'paused', 'vm1', 'paused');
+    const r = await busctl(
+      'set-property',
+      BUS_NAME,
+      OBJECT_PATH,
+      INTERFACE,
+      'TestProperty',
+      'a{ss}',
+      '2',
+      'constructor',
+      'paused',
+      'vm1',
+      'paused',
+    );
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /no VM is named "constructor"/);
     assert.equal(stack.journal().length, before, 'nothing was applied');
@@ -34,14 +46,39 @@ describe('map keys named __proto__', () => {
   it('shows a VM named "__proto__" in TestProperty and lets a client change it', async () => {
     const get = await busctl('--json=short', 'get-property', BUS_NAME, OBJECT_PATH, INTERFACE, 'TestProperty');
     assert.equal((JSON.parse(get.stdout) as { data: Record<string, string> }).data['__proto__'], 'running', get.stdout);
-    const set = await busctl('set-property', BUS_NAME, OBJECT_PATH, INTERFACE, 'TestProperty', 'a{ss}', '1', '__proto__', 'paused');
+    const set = await busctl(
+      'set-property',
+      BUS_NAME,
+      OBJECT_PATH,
+      INTERFACE,
+      'TestProperty',
+      'a{ss}',
+      '1',
+      '__proto__',
+      'paused',
+    );
     assert.equal(set.code, 0, set.stderr);
-    assert.ok(stack.journal().some((e) => e['op'] === 'setState' && e['vm'] === '__proto__' && e['state'] === 'paused'));
+    assert.ok(
+      stack.journal().some((e) => e['op'] === 'setState' && e['vm'] === '__proto__' && e['state'] === 'paused'),
+    );
   });
 
   it('keeps a device labelled "__proto__" like any other label', async () => {
     const signals = await stack.client.subscribeAll();
-    const r = await busctl('call', BUS_NAME, OBJECT_PATH, INTERFACE, 'TestMethod', 'sa{sas}', 'vm1', '1', '__proto__', '2', 'type=disk', 'target=vdb');
+    const r = await busctl(
+      'call',
+      BUS_NAME,
+      OBJECT_PATH,
+      INTERFACE,
+      'TestMethod',
+      'sa{sas}',
+      'vm1',
+      '1',
+      '__proto__',
+      '2',
+      'type=disk',
+      'target=vdb',
+    );
     assert.equal(r.stdout.trim(), 'b true', r.stderr);
     await signals.waitFor((s) => s.member === 'DeviceDetached' && s.body[1] === '__proto__');
   });
@@ -58,7 +95,20 @@ describe('map keys named __proto__, without a VM of that name', () => {
 
   it('refuses a write of TestProperty naming "__proto__", and applies nothing of it', async () => {
     const before = stack.journal().length;
-    const r = await run('busctl', [`--address=${stack.bus.address}`, 'set-property', BUS_NAME, OBJECT_PATH, INTERFACE, 'TestProperty', 'a{ss}', '2', 'vm2', 'running', '__proto__', 'paused']);
+    const r = await run('busctl', [
+      `--address=${stack.bus.address}`,
+      'set-property',
+      BUS_NAME,
+      OBJECT_PATH,
+      INTERFACE,
+      'TestProperty',
+      'a{ss}',
+      '2',
+      'vm2',
+      'running',
+      '__proto__',
+      'paused',
+    ]);
     assert.notEqual(r.code, 0, 'the write was answered as a success');
     assert.match(r.stderr, /no VM is named "__proto__"/);
     assert.equal(stack.journal().length, before, 'vm2 was changed although the write was invalid');

@@ -15,7 +15,7 @@ import { REPO_ROOT } from '../harness/vmdevd-process.js';
 
 export function readmeExample(): string {
   const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
-  const m = /<!-- example: minimal-backend -->\n```ts\n([\s\S]*?)\n```/.exec(readme);
+  const m = /<!-- example: minimal-backend -->\s*```ts\n([\s\S]*?)\n```/.exec(readme);
   assert.ok(m, 'the README has the minimal backend example');
   return m[1]!;
 }
@@ -32,11 +32,28 @@ describe('the README plugin example', () => {
     mkdirSync(pkg, { recursive: true });
     symlinkSync(REPO_ROOT, join(modules, 'vmdevd'));
     writeFileSync(join(pkg, 'index.ts'), readmeExample());
-    writeFileSync(join(pkg, 'package.json'), JSON.stringify({ name: 'vmdevd-plugin-memory', version: '1.0.0', type: 'module', main: 'index.js', peerDependencies: { vmdevd: '*' } }));
+    writeFileSync(
+      join(pkg, 'package.json'),
+      JSON.stringify({
+        name: 'vmdevd-plugin-memory',
+        version: '1.0.0',
+        type: 'module',
+        main: 'index.js',
+        peerDependencies: { vmdevd: '*' },
+      }),
+    );
     writeFileSync(
       join(pkg, 'tsconfig.json'),
       JSON.stringify({
-        compilerOptions: { target: 'es2023', module: 'nodenext', moduleResolution: 'nodenext', strict: true, experimentalDecorators: true, skipLibCheck: true, types: [] },
+        compilerOptions: {
+          target: 'es2023',
+          module: 'nodenext',
+          moduleResolution: 'nodenext',
+          strict: true,
+          experimentalDecorators: true,
+          skipLibCheck: true,
+          types: [],
+        },
         files: ['index.ts'],
       }),
     );
@@ -67,16 +84,24 @@ describe('the README plugin example', () => {
   });
 
   it('detaches, refuses an alias with NotSupported, and changes state', async () => {
-    assert.equal(await stack.client.testMethod('demo', { d1: ['type=disk', 'target=vdb'], a1: ['type=alias', 'name=ua-x'] }), true);
+    assert.equal(
+      await stack.client.testMethod('demo', { d1: ['type=disk', 'target=vdb'], a1: ['type=alias', 'name=ua-x'] }),
+      true,
+    );
     await signals.waitFor((s) => s.member === 'DeviceDetached' && s.body[0] === 'demo' && s.body[1] === 'd1');
     const failed = await signals.waitFor((s) => s.member === 'DeviceDetachFailed' && s.body[1] === 'a1');
     assert.equal(failed.body[2], 'org.example.dbustest.Error.NotSupported');
     await stack.client.setProperty('TestProperty', 'a{ss}', { demo: 'paused' });
-    await signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['demo'] === 'paused');
+    await signals.waitFor(
+      (s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['demo'] === 'paused',
+    );
   });
 
   it('rejects an option the example schema does not allow, at start', async () => {
-    const bad = await startStack({ extraBackends: [{ id: 'x', plugin: './node_modules/vmdevd-plugin-memory', vmName: 42 }], daemon: { configDir: dir.path, waitReady: false } }).then(
+    const bad = await startStack({
+      extraBackends: [{ id: 'x', plugin: './node_modules/vmdevd-plugin-memory', vmName: 42 }],
+      daemon: { configDir: dir.path, waitReady: false },
+    }).then(
       (s) => s,
       (err: CallError) => err,
     );

@@ -72,7 +72,10 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
           .filter(Boolean)
           .map((l) => JSON.parse(l) as Record<string, unknown>)
       : [];
-  const detachedLabels = () => journal().filter((e) => e['op'] === 'detach').map((e) => e['label']);
+  const detachedLabels = () =>
+    journal()
+      .filter((e) => e['op'] === 'detach')
+      .map((e) => e['label']);
 
   before(async () => {
     accounts = new Accounts();
@@ -100,7 +103,9 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
   });
 
   /** A system-style bus with `policyFile`, and vmdevd on it as the service user. */
-  async function startSystem(policyFile: string): Promise<{ bus: PrivateBus; daemon: VmdevdProcess; root: TestClient; stop(): Promise<void> }> {
+  async function startSystem(
+    policyFile: string,
+  ): Promise<{ bus: PrivateBus; daemon: VmdevdProcess; root: TestClient; stop(): Promise<void> }> {
     const bus = await startPrivateBus((socket) => systemBusConfig(socket, [policyFile]));
     let daemon: VmdevdProcess | undefined;
     try {
@@ -111,7 +116,11 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
         wrapper: as(service),
         nodeArgs: ['--jitless', '--no-expose-wasm'],
         env,
-        config: { logLevel: 'debug', detachTimeoutSeconds: 2, backends: [{ id: 'test', plugin, vms: DEFAULT_VMS, journal: journalFile }] },
+        config: {
+          logLevel: 'debug',
+          detachTimeoutSeconds: 2,
+          backends: [{ id: 'test', plugin, vms: DEFAULT_VMS, journal: journalFile }],
+        },
       });
       const root = await TestClient.connect(bus.address);
       return {
@@ -135,9 +144,16 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
    * Runs the probe as `who` (root when undefined); when it is ready, root
    * changes vm3's state so that a TestSignal goes out.
    */
-  async function probe(sys: { bus: PrivateBus; root: TestClient }, who: Account | undefined, label: string): Promise<ProbeResult> {
+  async function probe(
+    sys: { bus: PrivateBus; root: TestClient },
+    who: Account | undefined,
+    label: string,
+  ): Promise<ProbeResult> {
     const args = ['/usr/bin/python3', probeScript, sys.bus.address, label, '10'];
-    const proc = who === undefined ? startProcess(args[0]!, args.slice(1)) : startProcess(as(who)[0]!, [...as(who).slice(1), ...args], { env });
+    const proc =
+      who === undefined
+        ? startProcess(args[0]!, args.slice(1))
+        : startProcess(as(who)[0]!, [...as(who).slice(1), ...args], { env });
     try {
       await proc.waitForOutput(/^READY$/m, 20_000);
       const states = await sys.root.getProperty<Record<string, string>>('TestProperty');
@@ -162,7 +178,14 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
     it('has the daemon own the name as the service user', async () => {
       const owner = await sys.root.nameOwner();
       assert.ok(owner);
-      const [uid] = await sys.root.call({ destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus', member: 'GetConnectionUnixUser', signature: 's', body: [owner] });
+      const [uid] = await sys.root.call({
+        destination: 'org.freedesktop.DBus',
+        path: '/org/freedesktop/DBus',
+        interface: 'org.freedesktop.DBus',
+        member: 'GetConnectionUnixUser',
+        signature: 's',
+        body: [owner],
+      });
       assert.equal(uid, service.id);
     });
 
@@ -188,16 +211,68 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
       }
       assert.ok(r.signals >= 1, 'the unprivileged user receives TestSignal');
       assert.ok(!detachedLabels().some((l) => String(l).startsWith('user-d1')), 'nothing was started');
-      assert.doesNotMatch(sys.daemon.output(), new RegExp(`access denied .*uid=${user.id}`), 'the bus stopped the calls before the daemon');
+      assert.doesNotMatch(
+        sys.daemon.output(),
+        new RegExp(`access denied .*uid=${user.id}`),
+        'the bus stopped the calls before the daemon',
+      );
     });
 
     it('shows gdbus and busctl users the bus refusal', async () => {
-      const gdbus = await run(as(user)[0]!, [...as(user).slice(1), 'gdbus', 'call', '--address', sys.bus.address, '--dest', 'org.example.dbustest', '--object-path', '/org/example/dbustest', '--method', `${IFACE}.TestMethod`, 'vm1', "{'user-gd': ['type=disk', 'target=vdb']}"], { env });
+      const gdbus = await run(
+        as(user)[0]!,
+        [
+          ...as(user).slice(1),
+          'gdbus',
+          'call',
+          '--address',
+          sys.bus.address,
+          '--dest',
+          'org.example.dbustest',
+          '--object-path',
+          '/org/example/dbustest',
+          '--method',
+          `${IFACE}.TestMethod`,
+          'vm1',
+          "{'user-gd': ['type=disk', 'target=vdb']}",
+        ],
+        { env },
+      );
       assert.notEqual(gdbus.code, 0);
       assert.match(gdbus.stderr, /GDBus\.Error:org\.freedesktop\.DBus\.Error\.AccessDenied/);
-      const get = await run(as(user)[0]!, [...as(user).slice(1), 'busctl', `--address=${sys.bus.address}`, 'get-property', 'org.example.dbustest', '/org/example/dbustest', IFACE, 'Backends'], { env });
+      const get = await run(
+        as(user)[0]!,
+        [
+          ...as(user).slice(1),
+          'busctl',
+          `--address=${sys.bus.address}`,
+          'get-property',
+          'org.example.dbustest',
+          '/org/example/dbustest',
+          IFACE,
+          'Backends',
+        ],
+        { env },
+      );
       assert.equal(get.stdout.trim(), 'a{ss} 1 "test" "connected"', get.stderr);
-      const set = await run(as(user)[0]!, [...as(user).slice(1), 'busctl', `--address=${sys.bus.address}`, 'set-property', 'org.example.dbustest', '/org/example/dbustest', IFACE, 'TestProperty', 'a{ss}', '1', 'vm1', 'paused'], { env });
+      const set = await run(
+        as(user)[0]!,
+        [
+          ...as(user).slice(1),
+          'busctl',
+          `--address=${sys.bus.address}`,
+          'set-property',
+          'org.example.dbustest',
+          '/org/example/dbustest',
+          IFACE,
+          'TestProperty',
+          'a{ss}',
+          '1',
+          'vm1',
+          'paused',
+        ],
+        { env },
+      );
       assert.notEqual(set.code, 0);
       assert.match(set.stderr, /Access denied/i);
     });
@@ -220,8 +295,21 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
       }
       await sys.daemon.stop();
       const request = (who: Account | undefined) => {
-        const cmd = ['busctl', `--address=${sys.bus.address}`, 'call', 'org.freedesktop.DBus', '/org/freedesktop/DBus', 'org.freedesktop.DBus', 'RequestName', 'su', 'org.example.dbustest', '4'];
-        return who === undefined ? run(cmd[0]!, cmd.slice(1)) : run(as(who)[0]!, [...as(who).slice(1), ...cmd], { env });
+        const cmd = [
+          'busctl',
+          `--address=${sys.bus.address}`,
+          'call',
+          'org.freedesktop.DBus',
+          '/org/freedesktop/DBus',
+          'org.freedesktop.DBus',
+          'RequestName',
+          'su',
+          'org.example.dbustest',
+          '4',
+        ];
+        return who === undefined
+          ? run(cmd[0]!, cmd.slice(1))
+          : run(as(who)[0]!, [...as(who).slice(1), ...cmd], { env });
       };
       for (const who of [undefined, user, admin]) {
         const r = await request(who);
@@ -250,7 +338,11 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
       assert.equal(r.calls['TestMethod'], DAEMON_DENIED);
       assert.equal(r.calls['Set'], DAEMON_DENIED);
       assert.equal(r.calls['TestMethod without interface'], DAEMON_DENIED);
-      assert.equal(r.calls['unknown member'], 'org.freedesktop.DBus.Error.UnknownMethod', 'the call reached the daemon');
+      assert.equal(
+        r.calls['unknown member'],
+        'org.freedesktop.DBus.Error.UnknownMethod',
+        'the call reached the daemon',
+      );
       assert.ok(r.signals >= 1);
       assert.ok(!detachedLabels().some((l) => String(l).startsWith('perm-user-d1')), 'nothing was started');
       await sys.daemon.waitForOutput(new RegExp(`access denied caller=:1\\.\\d+ uid=${user.id} call=TestMethod`), 5000);

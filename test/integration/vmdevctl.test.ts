@@ -25,9 +25,19 @@ describe('vmdevctl', () => {
   it('status: a table, and JSON with backend, type and UUID', async () => {
     const r = await ctl('status');
     assert.equal(r.code, EXIT.ok, r.stderr);
-    assert.match(r.stdout, /^VM\s+STATE\s+BACKEND\s+TYPE\nvm1\s+running\s+test\s+ivi\nvm2\s+paused\s+test\s+cluster\nvm3\s+shutoff\s+test\s+cluster\n$/);
+    assert.match(
+      r.stdout,
+      /^VM\s+STATE\s+BACKEND\s+TYPE\nvm1\s+running\s+test\s+ivi\nvm2\s+paused\s+test\s+cluster\nvm3\s+shutoff\s+test\s+cluster\n$/,
+    );
     const j = await ctl('--json', 'status');
-    assert.deepEqual(JSON.parse(j.stdout)[0], { key: 'vm1', name: 'vm1', state: 'running', backend: 'test', uuid: '11111111-1111-4111-8111-111111111111', type: 'ivi' });
+    assert.deepEqual(JSON.parse(j.stdout)[0], {
+      key: 'vm1',
+      name: 'vm1',
+      state: 'running',
+      backend: 'test',
+      uuid: '11111111-1111-4111-8111-111111111111',
+      type: 'ivi',
+    });
   });
 
   it('backends: a table and JSON', async () => {
@@ -36,12 +46,22 @@ describe('vmdevctl', () => {
   });
 
   it('detach --wait: prints each outcome and exits 0 when all are detached', async () => {
-    const r = await ctl('detach', 'vm1', 'd1:type=disk,target=vdb', 'usb:1:type=usb,vendor=0x1234,product=0x5678', '--wait');
+    const r = await ctl(
+      'detach',
+      'vm1',
+      'd1:type=disk,target=vdb',
+      'usb:1:type=usb,vendor=0x1234,product=0x5678',
+      '--wait',
+    );
     assert.equal(r.code, EXIT.ok, r.stderr);
     assert.match(r.stdout, /detached\s+vm1\s+d1\n/);
     assert.match(r.stdout, /detached\s+vm1\s+usb:1\n/);
     const j = await ctl('--json', 'detach', 'ivi', 'd2:type=disk,target=vdc', '--wait');
-    assert.deepEqual(JSON.parse(j.stdout), { accepted: true, outcomes: [{ vm: 'vm1', device: 'd2', result: 'detached' }], pending: [] });
+    assert.deepEqual(JSON.parse(j.stdout), {
+      accepted: true,
+      outcomes: [{ vm: 'vm1', device: 'd2', result: 'detached' }],
+      pending: [],
+    });
   });
 
   it('detach without --wait: started', async () => {
@@ -59,14 +79,27 @@ describe('vmdevctl', () => {
   it('exits 4 on invalid arguments, with the error name', async () => {
     const r = await ctl('detach', 'vm1', 'd1:type=floppy', '--wait');
     assert.equal(r.code, EXIT.invalidArgs);
-    assert.equal(r.stderr, 'vmdevctl: org.freedesktop.DBus.Error.InvalidArgs: device "d1": unknown type "floppy" (expected one of pci, usb, scsi, mdev, disk, interface, alias)\n');
+    assert.equal(
+      r.stderr,
+      'vmdevctl: org.freedesktop.DBus.Error.InvalidArgs: device "d1": unknown type "floppy" (expected one of pci, usb, scsi, mdev, disk, interface, alias)\n',
+    );
   });
 
   it('exits 5 when a device fails', async () => {
-    const r = await ctl('--json', 'detach', 'vm1', 'ok1:type=disk,target=vdb', 'fail-RemovalFailed:type=disk,target=vdc', '--wait');
+    const r = await ctl(
+      '--json',
+      'detach',
+      'vm1',
+      'ok1:type=disk,target=vdb',
+      'fail-RemovalFailed:type=disk,target=vdc',
+      '--wait',
+    );
     assert.equal(r.code, EXIT.deviceFailed);
     const out = JSON.parse(r.stdout) as { outcomes: Array<Record<string, string>> };
-    assert.deepEqual(out.outcomes.find((o) => o['device'] === 'fail-RemovalFailed')!['error'], 'org.example.dbustest.Error.RemovalFailed');
+    assert.deepEqual(
+      out.outcomes.find((o) => o['device'] === 'fail-RemovalFailed')!['error'],
+      'org.example.dbustest.Error.RemovalFailed',
+    );
   });
 
   it('exits 6 when a device times out', async () => {
@@ -84,7 +117,10 @@ describe('vmdevctl', () => {
   it('exits 1 for other errors, as one line with the error name', async () => {
     const r = await ctl('detach', 'cluster', 'd:type=disk,target=vdb');
     assert.equal(r.code, EXIT.error);
-    assert.equal(r.stderr, 'vmdevctl: org.example.dbustest.Error.AmbiguousSelector: selector "cluster" matches 2 VMs: vm2, vm3\n');
+    assert.equal(
+      r.stderr,
+      'vmdevctl: org.example.dbustest.Error.AmbiguousSelector: selector "cluster" matches 2 VMs: vm2, vm3\n',
+    );
     const noBus = await run(process.execPath, [VMDEVCTL, '--address', 'unix:path=/nonexistent/bus', 'status']);
     assert.equal(noBus.code, EXIT.error);
     assert.match(noBus.stderr, /^vmdevctl: cannot connect to unix:path=\/nonexistent\/bus: .*ENOENT.*\n$/);
@@ -108,10 +144,20 @@ describe('vmdevctl', () => {
       await ctl('detach', 'vm1', 'w1:type=disk,target=vdb', 'fail-DeviceNotFound:type=disk,target=vdc');
       await watch.waitForOutput(/"signal":"DeviceDetachFailed"/);
       await watch.waitForOutput(/"signal":"DeviceDetached"/);
-      const lines = watch.output().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-      assert.ok(lines.some((l) => l['signal'] === 'TestSignal' && (l['states'] as Record<string, string>)['vm2'] === 'running'));
+      const lines = watch
+        .output()
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      assert.ok(
+        lines.some((l) => l['signal'] === 'TestSignal' && (l['states'] as Record<string, string>)['vm2'] === 'running'),
+      );
       assert.ok(lines.some((l) => l['signal'] === 'DeviceDetached' && l['device'] === 'w1' && l['vm'] === 'vm1'));
-      assert.ok(lines.some((l) => l['signal'] === 'DeviceDetachFailed' && l['error'] === 'org.example.dbustest.Error.DeviceNotFound'));
+      assert.ok(
+        lines.some(
+          (l) => l['signal'] === 'DeviceDetachFailed' && l['error'] === 'org.example.dbustest.Error.DeviceNotFound',
+        ),
+      );
       watch.child.kill('SIGINT');
       assert.equal(await watch.exited(), 0);
     } finally {
@@ -120,15 +166,29 @@ describe('vmdevctl', () => {
   });
 
   it('usage errors exit 2, help exits 0', async () => {
-    for (const args of [[], ['frob'], ['detach', 'vm1'], ['detach', 'vm1', 'nolabel'], ['set', 'vm1'], ['status', 'extra'], ['--system', '--session', 'status'], ['status', '--wait'], ['detach', 'vm1', 'd:type=disk,target=vdb', '--timeout', '1']]) {
+    for (const args of [
+      [],
+      ['frob'],
+      ['detach', 'vm1'],
+      ['detach', 'vm1', 'nolabel'],
+      ['set', 'vm1'],
+      ['status', 'extra'],
+      ['--system', '--session', 'status'],
+      ['status', '--wait'],
+      ['detach', 'vm1', 'd:type=disk,target=vdb', '--timeout', '1'],
+    ]) {
       const r = await ctl(...args);
       assert.equal(r.code, EXIT.usage, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, /^vmdevctl: .*\n/);
     }
     const help = await ctl('detach', '--help');
     assert.equal(help.code, EXIT.ok);
-    assert.match(help.stdout, /Usage: vmdevctl \[BUS OPTIONS\] detach SELECTOR LABEL:type=TYPE,NAME=VALUE… \[--wait\] \[--timeout S\]/);
+    assert.match(
+      help.stdout,
+      /Usage: vmdevctl \[BUS OPTIONS\] detach SELECTOR LABEL:type=TYPE,NAME=VALUE… \[--wait\] \[--timeout S\]/,
+    );
     assert.match((await ctl('--help')).stdout, /Commands:\n  status\n  watch\n  detach/);
-    for (const command of ['status', 'watch', 'set', 'backends']) assert.equal((await ctl(command, '--help')).code, EXIT.ok);
+    for (const command of ['status', 'watch', 'set', 'backends'])
+      assert.equal((await ctl(command, '--help')).code, EXIT.ok);
   });
 });

@@ -9,14 +9,21 @@ import { makeTempDir } from '../harness/temp-dir.js';
 describe('AccessPolicy', () => {
   const dir = makeTempDir();
   after(() => dir.remove());
-  writeFileSync(dir.file('passwd'), 'root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\ncarol:x:1002:500::/:/bin/sh\n');
+  writeFileSync(
+    dir.file('passwd'),
+    'root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\ncarol:x:1002:500::/:/bin/sh\n',
+  );
   writeFileSync(dir.file('group'), 'root:x:0:\nalice:x:1000:\nbob:x:1001:\nvmdevd-admin:x:500:bob\n');
   const lines: string[] = [];
   const policy = (users: string[], groups: string[]) =>
-    new AccessPolicy({ access: { users, groups } } as unknown as Config, new RootLogger('debug', { write: (l) => lines.push(l) }), {
-      passwd: dir.file('passwd'),
-      group: dir.file('group'),
-    });
+    new AccessPolicy(
+      { access: { users, groups } } as unknown as Config,
+      new RootLogger('debug', { write: (l) => lines.push(l) }),
+      {
+        passwd: dir.file('passwd'),
+        group: dir.file('group'),
+      },
+    );
 
   it('allows the listed users by name or uid, and the daemon user', () => {
     const p = policy(['alice', '1001'], []);

@@ -20,7 +20,11 @@ describe('config', () => {
 
   it('keeps plugin options apart from id and plugin', () => {
     const c = parse({ backends: [{ id: 'local', plugin: 'libvirt', uri: 'qemu:///system', keepalive: 5 }] });
-    assert.deepEqual(c.backends[0], { id: 'local', plugin: 'libvirt', options: { uri: 'qemu:///system', keepalive: 5 } });
+    assert.deepEqual(c.backends[0], {
+      id: 'local',
+      plugin: 'libvirt',
+      options: { uri: 'qemu:///system', keepalive: 5 },
+    });
   });
 
   it('lets a flag choose the bus over the file', () => {
@@ -38,7 +42,10 @@ describe('config', () => {
   ];
   for (const [data, message] of bad) {
     it(`rejects ${JSON.stringify(data)}`, () => {
-      assert.throws(() => parse(data), (err: unknown) => err instanceof ConfigError && message.test(err.message));
+      assert.throws(
+        () => parse(data),
+        (err: unknown) => err instanceof ConfigError && message.test(err.message),
+      );
     });
   }
 
@@ -46,7 +53,16 @@ describe('config', () => {
     assert.equal(fieldPath('/backends/0/uri'), 'backends[0].uri');
     assert.equal(fieldPath('/a~1b/c'), 'a/b.c');
     assert.equal(fieldPath('/uri', 'backends[2]'), 'backends[2].uri');
-    assert.equal(describeSchemaError({ instancePath: '/x', keyword: 'type', message: 'must be string', params: {}, schemaPath: '' }), 'x: must be string');
+    assert.equal(
+      describeSchemaError({
+        instancePath: '/x',
+        keyword: 'type',
+        message: 'must be string',
+        params: {},
+        schemaPath: '',
+      }),
+      'x: must be string',
+    );
   });
 });
 

@@ -31,7 +31,19 @@ function setup(timeoutSeconds: number, graceMs: number, detach: (r: DetachReques
   service.onDidFinish((e) => finished.push({ ...e, at: performance.now() }));
   const host = { id: 'b' } as BackendHost;
   const vm = hub.entries()[0]!;
-  return { service, finished, requests, lines, start: (...labels: string[]) => service.start(host, vm, labels.map((l, i) => parseDevice(l, ['type=disk', `target=vd${'bcdefgh'[i]}`]))), hub };
+  return {
+    service,
+    finished,
+    requests,
+    lines,
+    start: (...labels: string[]) =>
+      service.start(
+        host,
+        vm,
+        labels.map((l, i) => parseDevice(l, ['type=disk', `target=vd${'bcdefgh'[i]}`])),
+      ),
+    hub,
+  };
 }
 
 describe('DetachService', () => {
@@ -59,24 +71,55 @@ describe('DetachService', () => {
     await sleep(100);
     assert.equal(t.finished.length, 1);
     const f = t.finished[0]!;
-    assert.deepEqual(f.outcome, { ok: false, error: 'Timeout', message: 'the device was not confirmed removed within 0.1 s' });
+    assert.deepEqual(f.outcome, {
+      ok: false,
+      error: 'Timeout',
+      message: 'the device was not confirmed removed within 0.1 s',
+    });
     assert.ok(f.at - t0 >= 175);
   });
 
   it('takes a removal the backend verifies during the grace period', async () => {
-    const t = setup(0.05, 500, (r) => new Promise((resolve) => r.signal.addEventListener('abort', () => resolve({ ok: true }))));
+    const t = setup(
+      0.05,
+      500,
+      (r) => new Promise((resolve) => r.signal.addEventListener('abort', () => resolve({ ok: true }))),
+    );
     t.start('a');
     await sleep(120);
-    assert.deepEqual(t.finished.map((f) => f.outcome), [{ ok: true }]);
+    assert.deepEqual(
+      t.finished.map((f) => f.outcome),
+      [{ ok: true }],
+    );
   });
 
   it('after the timeout, reports a generic failure as Timeout but keeps a specific verdict', async () => {
-    const generic = setup(0.05, 500, (r) => new Promise((resolve) => r.signal.addEventListener('abort', () => resolve({ ok: false, error: 'Failed', message: 'aborted' }))));
-    const lost = setup(0.05, 500, (r) => new Promise((resolve) => r.signal.addEventListener('abort', () => resolve({ ok: false, error: 'BackendUnavailable', message: 'connection lost' }))));
+    const generic = setup(
+      0.05,
+      500,
+      (r) =>
+        new Promise((resolve) =>
+          r.signal.addEventListener('abort', () => resolve({ ok: false, error: 'Failed', message: 'aborted' })),
+        ),
+    );
+    const lost = setup(
+      0.05,
+      500,
+      (r) =>
+        new Promise((resolve) =>
+          r.signal.addEventListener('abort', () =>
+            resolve({ ok: false, error: 'BackendUnavailable', message: 'connection lost' }),
+          ),
+        ),
+    );
     generic.start('a');
     lost.start('a');
     await sleep(120);
-    assert.deepEqual(generic.finished[0]!.outcome, { ok: false, error: 'Timeout', message: 'the device was not confirmed removed within 0.05 s' });
+    assert.deepEqual(generic.finished[0]!.outcome, {
+      ok: false,
+      error: 'Timeout',
+      message: 'the device was not confirmed removed within 0.05 s',
+    });
     assert.deepEqual(lost.finished[0]!.outcome, { ok: false, error: 'BackendUnavailable', message: 'connection lost' });
   });
 
@@ -90,7 +133,10 @@ describe('DetachService', () => {
     });
     t.start('a');
     await sleep(350);
-    assert.deepEqual(t.finished.map((f) => f.outcome), [{ ok: true }]);
+    assert.deepEqual(
+      t.finished.map((f) => f.outcome),
+      [{ ok: true }],
+    );
   });
 
   it('counts the timeout from issued()', async () => {
@@ -102,19 +148,28 @@ describe('DetachService', () => {
     });
     t.start('a');
     await sleep(220);
-    assert.deepEqual(t.finished.map((f) => f.outcome), [{ ok: true }], 'done 160 ms after acceptance but 80 ms after issue');
+    assert.deepEqual(
+      t.finished.map((f) => f.outcome),
+      [{ ok: true }],
+      'done 160 ms after acceptance but 80 ms after issue',
+    );
   });
 
   it('joins a request for a pending device: one detach, one outcome per label', async () => {
     let release!: () => void;
     const t = setup(1, 10, () => new Promise((resolve) => (release = () => resolve({ ok: true }))));
     t.start('first');
-    t.service.start({ id: 'b' } as BackendHost, t.hub.entries()[0]!, [parseDevice('second', ['type=disk', 'target=vdb'])]);
+    t.service.start({ id: 'b' } as BackendHost, t.hub.entries()[0]!, [
+      parseDevice('second', ['type=disk', 'target=vdb']),
+    ]);
     assert.equal(t.requests.length, 1);
     assert.equal(t.service.pendingCount(), 1);
     release();
     await sleep(10);
-    assert.deepEqual(t.finished.map((f) => f.device), ['first', 'second']);
+    assert.deepEqual(
+      t.finished.map((f) => f.device),
+      ['first', 'second'],
+    );
     assert.equal(t.service.pendingCount(), 0);
     // Once settled, the same device is detached afresh.
     t.start('third');

@@ -23,7 +23,12 @@ describe('device types and their XML', () => {
     const d = parseDevice('gpu', ['type=pci', 'address=0A:1f.7']);
     assert.deepEqual(d.params, { address: '0000:0a:1f.7' });
     assert.deepEqual(xmlObject(d.xml), {
-      hostdev: { '@mode': 'subsystem', '@type': 'pci', '@managed': 'yes', source: { address: { '@domain': '0x0000', '@bus': '0x0a', '@slot': '0x1f', '@function': '0x7' } } },
+      hostdev: {
+        '@mode': 'subsystem',
+        '@type': 'pci',
+        '@managed': 'yes',
+        source: { address: { '@domain': '0x0000', '@bus': '0x0a', '@slot': '0x1f', '@function': '0x7' } },
+      },
     });
     assert.equal(parseDevice('gpu', ['type=pci', 'address=0001:0a:00.0']).params['address'], '0001:0a:00.0');
   });
@@ -31,34 +36,51 @@ describe('device types and their XML', () => {
   it('usb: by vendor and product', () => {
     const d = parseDevice('key', ['type=usb', 'vendor=0x046D', 'product=0xC52b']);
     assert.deepEqual(xmlObject(d.xml), {
-      hostdev: { '@mode': 'subsystem', '@type': 'usb', source: { vendor: { '@id': '0x046d' }, product: { '@id': '0xc52b' } } },
+      hostdev: {
+        '@mode': 'subsystem',
+        '@type': 'usb',
+        source: { vendor: { '@id': '0x046d' }, product: { '@id': '0xc52b' } },
+      },
     });
   });
 
   it('usb: by bus and device number', () => {
     const d = parseDevice('key', ['type=usb', 'bus=001', 'device=7']);
     assert.deepEqual(d.params, { bus: '1', device: '7' });
-    assert.deepEqual(xmlObject(d.xml), { hostdev: { '@mode': 'subsystem', '@type': 'usb', source: { address: { '@bus': '1', '@device': '7' } } } });
+    assert.deepEqual(xmlObject(d.xml), {
+      hostdev: { '@mode': 'subsystem', '@type': 'usb', source: { address: { '@bus': '1', '@device': '7' } } },
+    });
   });
 
   it('scsi: adapter and address', () => {
     const d = parseDevice('lun', ['type=scsi', 'adapter=scsi_host3', 'bus=0', 'target=2', 'unit=10']);
     assert.deepEqual(xmlObject(d.xml), {
-      hostdev: { '@mode': 'subsystem', '@type': 'scsi', source: { adapter: { '@name': 'scsi_host3' }, address: { '@bus': '0', '@target': '2', '@unit': '10' } } },
+      hostdev: {
+        '@mode': 'subsystem',
+        '@type': 'scsi',
+        source: { adapter: { '@name': 'scsi_host3' }, address: { '@bus': '0', '@target': '2', '@unit': '10' } },
+      },
     });
   });
 
   it('mdev: by UUID, model vfio-pci unless given', () => {
     const d = parseDevice('vgpu', ['type=mdev', 'uuid=4B20D080-1B54-4048-85B3-A6A62D165C01']);
     assert.deepEqual(xmlObject(d.xml), {
-      hostdev: { '@mode': 'subsystem', '@type': 'mdev', '@model': 'vfio-pci', source: { address: { '@uuid': '4b20d080-1b54-4048-85b3-a6a62d165c01' } } },
+      hostdev: {
+        '@mode': 'subsystem',
+        '@type': 'mdev',
+        '@model': 'vfio-pci',
+        source: { address: { '@uuid': '4b20d080-1b54-4048-85b3-a6a62d165c01' } },
+      },
     });
     const ccw = parseDevice('vgpu', ['type=mdev', 'uuid=4b20d080-1b54-4048-85b3-a6a62d165c01', 'model=vfio-ccw']);
     assert.match(ccw.xml!, /model="vfio-ccw"/);
   });
 
   it('disk: by target', () => {
-    assert.deepEqual(xmlObject(parseDevice('data', ['type=disk', 'target=vdb']).xml), { disk: { '@type': 'file', '@device': 'disk', target: { '@dev': 'vdb' } } });
+    assert.deepEqual(xmlObject(parseDevice('data', ['type=disk', 'target=vdb']).xml), {
+      disk: { '@type': 'file', '@device': 'disk', target: { '@dev': 'vdb' } },
+    });
   });
 
   it('interface: by MAC, lower-cased', () => {
@@ -74,7 +96,11 @@ describe('device types and their XML', () => {
   });
 
   it('persistent=yes|no on every type, no by default, and in the identity', () => {
-    for (const tokens of [['type=disk', 'target=vdb'], ['type=alias', 'name=net0'], ['type=pci', 'address=01:00.0']]) {
+    for (const tokens of [
+      ['type=disk', 'target=vdb'],
+      ['type=alias', 'name=net0'],
+      ['type=pci', 'address=01:00.0'],
+    ]) {
       assert.equal(parseDevice('d', tokens).persistent, false);
       assert.equal(parseDevice('d', [...tokens, 'persistent=yes']).persistent, true);
       assert.equal(parseDevice('d', [...tokens, 'persistent=no']).persistent, false);
@@ -83,8 +109,14 @@ describe('device types and their XML', () => {
   });
 
   it('identity is the same for the same device however it is written', () => {
-    assert.equal(parseDevice('a', ['type=usb', 'vendor=0x046D', 'product=0xc52b']).identity, parseDevice('b', ['product=0xC52B', 'type=usb', 'vendor=0x046d']).identity);
-    assert.equal(parseDevice('a', ['type=pci', 'address=01:00.0']).identity, parseDevice('b', ['type=pci', 'address=0000:01:00.0']).identity);
+    assert.equal(
+      parseDevice('a', ['type=usb', 'vendor=0x046D', 'product=0xc52b']).identity,
+      parseDevice('b', ['product=0xC52B', 'type=usb', 'vendor=0x046d']).identity,
+    );
+    assert.equal(
+      parseDevice('a', ['type=pci', 'address=01:00.0']).identity,
+      parseDevice('b', ['type=pci', 'address=0000:01:00.0']).identity,
+    );
   });
 
   it('never builds XML from the value text: special characters cannot get in', () => {
@@ -98,17 +130,37 @@ describe('rejections', () => {
   const cases: Array<[string, unknown, RegExp]> = [
     ['a map that is not an object', 'nope', /must be a map of label to tokens/],
     ['an empty map', {}, /no devices given/],
-    ['more than 256 devices', Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`d${i}`, ['type=alias', `name=a${i}`]])), /257 devices given, at most 256/],
+    [
+      'more than 256 devices',
+      Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`d${i}`, ['type=alias', `name=a${i}`]])),
+      /257 devices given, at most 256/,
+    ],
     ['an unknown type', { d: ['type=tape'] }, /unknown type "tape"/],
     ['no type', { d: ['target=vdb'] }, /"type=…" is required/],
     ['no tokens', { d: [] }, /no tokens/],
     ['tokens that are not strings', { d: [1, 2] }, /must be a list of strings/],
     ['too many tokens', { d: Array.from({ length: 17 }, (_, i) => `t${i}=1`) }, /17 tokens, at most 16/],
-    ['an unknown token', { d: ['type=usb', 'vendor=0x1234', 'product=0x5678', 'speed=high'] }, /unknown token "speed" for type usb \(known: vendor, product, bus, device, persistent\)/],
-    ['a repeated token', { d: ['type=usb', 'vendor=0x1234', 'vendor=0x1234', 'product=0x5678'] }, /"vendor" is given more than once/],
+    [
+      'an unknown token',
+      { d: ['type=usb', 'vendor=0x1234', 'product=0x5678', 'speed=high'] },
+      /unknown token "speed" for type usb \(known: vendor, product, bus, device, persistent\)/,
+    ],
+    [
+      'a repeated token',
+      { d: ['type=usb', 'vendor=0x1234', 'vendor=0x1234', 'product=0x5678'] },
+      /"vendor" is given more than once/,
+    ],
     ['a repeated type', { d: ['type=disk', 'type=disk', 'target=vdb'] }, /"type" is given more than once/],
-    ['a token named after an Object method', { d: ['type=disk', 'target=vdb', 'constructor=x'] }, /unknown token "constructor" for type disk/],
-    ['a token named toString', { d: ['type=pci', 'address=01:00.0', 'toString=1'] }, /unknown token "toString" for type pci/],
+    [
+      'a token named after an Object method',
+      { d: ['type=disk', 'target=vdb', 'constructor=x'] },
+      /unknown token "constructor" for type disk/,
+    ],
+    [
+      'a token named toString',
+      { d: ['type=pci', 'address=01:00.0', 'toString=1'] },
+      /unknown token "toString" for type pci/,
+    ],
     ['a token with no name', { d: ['type=disk', '=vdb'] }, /not of the form name=value/],
     ['a missing required token (pci)', { d: ['type=pci'] }, /type pci requires address; missing address/],
     ['a missing required token (scsi)', { d: ['type=scsi', 'adapter=scsi_host0'] }, /missing bus, target, unit/],
@@ -125,21 +177,49 @@ describe('rejections', () => {
     ['a MAC with dashes', { d: ['type=interface', 'mac=52-54-00-12-34-56'] }, /malformed mac/],
     ['a UUID too short', { d: ['type=mdev', 'uuid=4b20d080-1b54-4048-85b3-a6a62d165c0'] }, /malformed uuid/],
     ['a UUID with bad characters', { d: ['type=mdev', 'uuid=4b20d080-1b54-4048-85b3-a6a62d165czz'] }, /malformed uuid/],
-    ['an unknown mdev model', { d: ['type=mdev', 'uuid=4b20d080-1b54-4048-85b3-a6a62d165c01', 'model=nvidia'] }, /malformed model/],
-    ['a USB id without 0x', { d: ['type=usb', 'vendor=1234', 'product=0x5678'] }, /malformed vendor "1234" \(expected 0x followed by 4 hex digits\)/],
+    [
+      'an unknown mdev model',
+      { d: ['type=mdev', 'uuid=4b20d080-1b54-4048-85b3-a6a62d165c01', 'model=nvidia'] },
+      /malformed model/,
+    ],
+    [
+      'a USB id without 0x',
+      { d: ['type=usb', 'vendor=1234', 'product=0x5678'] },
+      /malformed vendor "1234" \(expected 0x followed by 4 hex digits\)/,
+    ],
     ['a USB id of 5 digits', { d: ['type=usb', 'vendor=0x1234', 'product=0x56789'] }, /malformed product/],
     ['a USB bus that is not a number', { d: ['type=usb', 'bus=one', 'device=2'] }, /malformed bus/],
-    ['a USB bus out of range', { d: ['type=usb', 'bus=70000', 'device=2'] }, /malformed bus "70000" \(expected a decimal number from 0 to 65535\)/],
-    ['a SCSI adapter of another form', { d: ['type=scsi', 'adapter=host0', 'bus=0', 'target=0', 'unit=0'] }, /malformed adapter/],
+    [
+      'a USB bus out of range',
+      { d: ['type=usb', 'bus=70000', 'device=2'] },
+      /malformed bus "70000" \(expected a decimal number from 0 to 65535\)/,
+    ],
+    [
+      'a SCSI adapter of another form',
+      { d: ['type=scsi', 'adapter=host0', 'bus=0', 'target=0', 'unit=0'] },
+      /malformed adapter/,
+    ],
     ['a disk target of another form', { d: ['type=disk', 'target=/dev/sdb'] }, /malformed target/],
-    ['a persistent value other than yes/no', { d: ['type=disk', 'target=vdb', 'persistent=true'] }, /malformed persistent "true" \(expected yes or no\)/],
+    [
+      'a persistent value other than yes/no',
+      { d: ['type=disk', 'target=vdb', 'persistent=true'] },
+      /malformed persistent "true" \(expected yes or no\)/,
+    ],
     ['an empty label', { '': ['type=disk', 'target=vdb'] }, /a label is 1 to 64 characters/],
     ['a label with a space', { 'my disk': ['type=disk', 'target=vdb'] }, /device "my disk": a label is 1 to 64/],
     ['a label with a slash', { 'a/b': ['type=disk', 'target=vdb'] }, /a label is 1 to 64/],
     ['a label of 65 characters', { ['x'.repeat(65)]: ['type=disk', 'target=vdb'] }, /a label is 1 to 64/],
-    ['an over-long value', { d: ['type=alias', `name=${'a'.repeat(300)}`] }, /a token is 305 characters long, at most 256/],
+    [
+      'an over-long value',
+      { d: ['type=alias', `name=${'a'.repeat(300)}`] },
+      /a token is 305 characters long, at most 256/,
+    ],
     ['an over-long alias', { d: ['type=alias', `name=${'a'.repeat(65)}`] }, /malformed name/],
-    ['two labels for one device', { a: ['type=disk', 'target=vdb'], b: ['target=vdb', 'type=disk'] }, /device "b": names the same device as "a"/],
+    [
+      'two labels for one device',
+      { a: ['type=disk', 'target=vdb'], b: ['target=vdb', 'type=disk'] },
+      /device "b": names the same device as "a"/,
+    ],
   ];
   for (const [what, devices, message] of cases) {
     it(`rejects ${what}`, () => rejects(() => parseDeviceMap(devices), message));
@@ -159,6 +239,9 @@ describe('rejections', () => {
   });
 
   it('shortens a huge label in the message', () => {
-    assert.throws(() => parseDevice('x'.repeat(5000), ['type=disk', 'target=vdb']), (err: Error) => err.message.length < 200);
+    assert.throws(
+      () => parseDevice('x'.repeat(5000), ['type=disk', 'target=vdb']),
+      (err: Error) => err.message.length < 200,
+    );
   });
 });

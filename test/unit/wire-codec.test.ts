@@ -11,7 +11,14 @@ import { PassThrough } from 'node:stream';
 import { describe, it } from 'node:test';
 import dbus from 'dbus-next';
 import { decodeMessage, DecodeError, MessageFramer, messageLength } from '../../src/dbus/wire/decoder.js';
-import { encodeBody, encodeMessage, encodeMessageInto, EncodeError, WireWriter, type OutgoingMessage } from '../../src/dbus/wire/encoder.js';
+import {
+  encodeBody,
+  encodeMessage,
+  encodeMessageInto,
+  EncodeError,
+  WireWriter,
+  type OutgoingMessage,
+} from '../../src/dbus/wire/encoder.js';
 import { parseSignature, SignatureError, type TypeNode } from '../../src/dbus/wire/signature.js';
 
 const { Message, Variant } = dbus;
@@ -70,7 +77,10 @@ function reply(signature: string, body: unknown[], serial = 7): Fields {
 async function assertSame(fields: Fields, what = JSON.stringify(fields['signature'])): Promise<void> {
   const ours = ourBytes(fields);
   const theirs = theirBytes(fields);
-  assert.ok(ours.equals(theirs), `${what}: bytes differ\nours:   ${ours.toString('hex')}\ntheirs: ${theirs.toString('hex')}`);
+  assert.ok(
+    ours.equals(theirs),
+    `${what}: bytes differ\nours:   ${ours.toString('hex')}\ntheirs: ${theirs.toString('hex')}`,
+  );
   const [mine] = ourDecode(ours);
   const [reference] = await theirDecode(theirs);
   assert.deepStrictEqual(mine, reference, `${what}: decoded messages differ`);
@@ -174,7 +184,16 @@ class Gen {
         return n;
       }
       case 'd':
-        return this.pick([0, -0, 1.5, -2.25, Number.MAX_VALUE, Number.MIN_VALUE, (this.rnd() - 0.5) * 1e12, this.rnd()]);
+        return this.pick([
+          0,
+          -0,
+          1.5,
+          -2.25,
+          Number.MAX_VALUE,
+          Number.MIN_VALUE,
+          (this.rnd() - 0.5) * 1e12,
+          this.rnd(),
+        ]);
       case 's':
         return this.string();
       case 'o':
@@ -198,7 +217,8 @@ class Gen {
           const [kt, vt] = el.children as [TypeNode, TypeNode];
           const obj: Record<string, unknown> = {};
           for (let i = 0; i < n; i++) {
-            const key = kt.type === 'x' || kt.type === 't' ? this.bigint(kt.type === 'x').toString() : String(this.value(kt));
+            const key =
+              kt.type === 'x' || kt.type === 't' ? this.bigint(kt.type === 'x').toString() : String(this.value(kt));
             if (key === '__proto__') continue;
             obj[key] = this.value(vt, depth + 2);
           }
@@ -234,10 +254,24 @@ describe('wire codec: the same bytes and messages as dbus-next', () => {
     await assertSame(reply('b', [true]));
     await assertSame(reply('b', [false]));
     await assertSame(reply('b', [1]));
-    await assertSame(reply('ybnqiuxtd', [255, true, -32768, 65535, -0x80000000, 0xffffffff, -(2n ** 63n) + 1n, 2n ** 64n - 1n, -1.5e300]));
+    await assertSame(
+      reply('ybnqiuxtd', [
+        255,
+        true,
+        -32768,
+        65535,
+        -0x80000000,
+        0xffffffff,
+        -(2n ** 63n) + 1n,
+        2n ** 64n - 1n,
+        -1.5e300,
+      ]),
+    );
     // dbus-next refuses the smallest int64 (its minimum is off by one); it is valid D-Bus.
     assert.deepEqual(decodeOne(ourBytes(reply('x', [-(2n ** 63n)])))?.body, [-(2n ** 63n)]);
-    await assertSame(reply('ynyqyiyuyxytyd', [1, 32767, 2, 0, 3, 0x7fffffff, 4, 0, 5, 2n ** 63n - 1n, 6, 0n, 7, Number.MIN_VALUE]));
+    await assertSame(
+      reply('ynyqyiyuyxytyd', [1, 32767, 2, 0, 3, 0x7fffffff, 4, 0, 5, 2n ** 63n - 1n, 6, 0n, 7, Number.MIN_VALUE]),
+    );
     await assertSame(reply('xtxt', [5, 6, '-7', '8']), 'x and t from numbers and decimal strings');
     await assertSame(reply('d', [-0]), '-0 is written as 0, as dbus-next does');
     await assertSame(reply('sog', ['', '/', '']));
@@ -246,9 +280,36 @@ describe('wire codec: the same bytes and messages as dbus-next', () => {
   });
 
   it('header fields: every kind of message, plain objects, flags', async () => {
-    await assertSame({ type: 1, serial: 1, path: PATH, interface: IFACE, member: 'TestMethod', destination: 'org.example.dbustest', flags: 1 }, 'a call without body');
-    await assertSame({ type: 4, serial: 2, path: PATH, interface: IFACE, member: 'DeviceDetached', signature: 'ss', body: ['vm1', 'd1'] });
-    await assertSame({ type: 3, serial: 3, replySerial: 9, destination: ':1.1', errorName: 'org.example.dbustest.Error.Failed', signature: 's', body: ['no'] });
+    await assertSame(
+      {
+        type: 1,
+        serial: 1,
+        path: PATH,
+        interface: IFACE,
+        member: 'TestMethod',
+        destination: 'org.example.dbustest',
+        flags: 1,
+      },
+      'a call without body',
+    );
+    await assertSame({
+      type: 4,
+      serial: 2,
+      path: PATH,
+      interface: IFACE,
+      member: 'DeviceDetached',
+      signature: 'ss',
+      body: ['vm1', 'd1'],
+    });
+    await assertSame({
+      type: 3,
+      serial: 3,
+      replySerial: 9,
+      destination: ':1.1',
+      errorName: 'org.example.dbustest.Error.Failed',
+      signature: 's',
+      body: ['no'],
+    });
     await assertSame({ type: 2, serial: 4, replySerial: 1, destination: ':1.1', sender: 'org.freedesktop.DBus' });
     // dbus-next's Peer.Ping handler sends a plain object, not a Message.
     const plain = { type: 2, serial: 8, replySerial: 5, destination: ':1.9' };
@@ -256,19 +317,44 @@ describe('wire codec: the same bytes and messages as dbus-next', () => {
   });
 
   it('containers: nesting, empty arrays, alignment, variants in variants', async () => {
-    await assertSame(reply('sa{sas}', ['vm-0000', { d1: ['type=usb', 'vendor=0x1234', 'product=0x5678'], d2: ['type=disk', 'target=vdb'] }]));
+    await assertSame(
+      reply('sa{sas}', [
+        'vm-0000',
+        { d1: ['type=usb', 'vendor=0x1234', 'product=0x5678'], d2: ['type=disk', 'target=vdb'] },
+      ]),
+    );
     await assertSame(reply('at', [[]]), 'empty array of 8-aligned elements is padded');
     await assertSame(reply('yat', [1, []]));
     await assertSame(reply('ya(y)', [1, []]));
     await assertSame(reply('ya{sv}', [1, {}]));
     await assertSame(reply('ya{yv}', [1, {}]), 'an empty dict of any key type');
-    await assertSame(reply('ya(yt)', [1, [[1, 2n], [3, 4n]]]), 'structs in an array are 8-aligned');
+    await assertSame(
+      reply('ya(yt)', [
+        1,
+        [
+          [1, 2n],
+          [3, 4n],
+        ],
+      ]),
+      'structs in an array are 8-aligned',
+    );
     await assertSame(reply('ya{st}', [1, { a: 1n, bb: 2n, ccc: 3n }]), 'dict entries are 8-aligned');
-    await assertSame(reply('aayaaay', [[Buffer.alloc(0), [1, 2, 3]], [[], [Buffer.from('xy')]]]));
+    await assertSame(
+      reply('aayaaay', [
+        [Buffer.alloc(0), [1, 2, 3]],
+        [[], [Buffer.from('xy')]],
+      ]),
+    );
     await assertSame(reply('(ybnq(iu(xt)))', [[1, false, -1, 2, [3, 4, [5n, 6n]]]]));
-    await assertSame(reply('v', [new Variant('v', new Variant('v', new Variant('a{sv}', { k: new Variant('ay', Buffer.from([9])) })))]));
+    await assertSame(
+      reply('v', [
+        new Variant('v', new Variant('v', new Variant('a{sv}', { k: new Variant('ay', Buffer.from([9])) }))),
+      ]),
+    );
     await assertSame(reply('av', [[new Variant('s', 'x'), new Variant('(id)', [1, 2.5]), new Variant('at', [])]]));
-    await assertSame(reply('a{sv}', [{ TestProperty: new Variant('a{ss}', { vm1: 'running' }), Backends: new Variant('a{ss}', {}) }]));
+    await assertSame(
+      reply('a{sv}', [{ TestProperty: new Variant('a{ss}', { vm1: 'running' }), Backends: new Variant('a{ss}', {}) }]),
+    );
     await assertSame(reply('ay', [new Uint8Array([1, 2, 250])]), 'ay from a Uint8Array');
   });
 
@@ -293,7 +379,10 @@ describe('wire codec: the same bytes and messages as dbus-next', () => {
     for (const [i, fields] of cases.entries()) {
       const a = ourBytes(fields);
       const b = theirBytes(fields);
-      assert.ok(a.equals(b), `case ${i} (seed ${seed}), signature ${JSON.stringify(fields['signature'])}: bytes differ\nours:   ${a.toString('hex')}\ntheirs: ${b.toString('hex')}`);
+      assert.ok(
+        a.equals(b),
+        `case ${i} (seed ${seed}), signature ${JSON.stringify(fields['signature'])}: bytes differ\nours:   ${a.toString('hex')}\ntheirs: ${b.toString('hex')}`,
+      );
       ours.push(a);
       theirs.push(b);
     }
@@ -302,7 +391,8 @@ describe('wire codec: the same bytes and messages as dbus-next', () => {
     const reference = await theirDecode(Buffer.concat(theirs));
     assert.equal(mine.length, cases.length);
     assert.equal(reference.length, cases.length);
-    for (let i = 0; i < cases.length; i++) assert.deepStrictEqual(mine[i], reference[i], `case ${i} (seed ${seed}): decoded messages differ`);
+    for (let i = 0; i < cases.length; i++)
+      assert.deepStrictEqual(mine[i], reference[i], `case ${i} (seed ${seed}): decoded messages differ`);
   });
 
   it('a body encoded beforehand (rawBody) gives the same bytes as encoding it in place', () => {
@@ -315,7 +405,11 @@ describe('wire codec: the same bytes and messages as dbus-next', () => {
     ] as Array<[string, unknown[]]>) {
       for (const sender of [':1.1', ':1.123456', undefined]) {
         const msg = { type: 2, serial: 9, replySerial: 4, destination: ':1.77', sender, signature, body };
-        assert.deepEqual(encodeMessage({ ...msg, rawBody: encodeBody(signature, body) }), encodeMessage(msg), `${signature} from ${sender}`);
+        assert.deepEqual(
+          encodeMessage({ ...msg, rawBody: encodeBody(signature, body) }),
+          encodeMessage(msg),
+          `${signature} from ${sender}`,
+        );
       }
     }
   });
@@ -335,7 +429,11 @@ describe('wire codec: the same bytes and messages as dbus-next', () => {
 describe('wire codec: refusals', () => {
   function bothThrow(fields: Fields, why: string): void {
     assert.throws(() => theirBytes(fields), `dbus-next accepts ${why}`);
-    assert.throws(() => ourBytes(fields), (err: unknown) => err instanceof EncodeError || err instanceof SignatureError, `we accept ${why}`);
+    assert.throws(
+      () => ourBytes(fields),
+      (err: unknown) => err instanceof EncodeError || err instanceof SignatureError,
+      `we accept ${why}`,
+    );
   }
 
   it('throws where dbus-next throws', () => {
@@ -403,25 +501,43 @@ describe('wire codec: refusals', () => {
     const w = new WireWriter();
     encodeMessageInto(w, { type: 2, serial: 1, replySerial: 1, signature: 's', body: ['ok'] });
     const before = w.pos;
-    assert.throws(() => encodeMessageInto(w, { type: 2, serial: 2, replySerial: 1, signature: 'as', body: [['ok', 5]] }));
+    assert.throws(() =>
+      encodeMessageInto(w, { type: 2, serial: 2, replySerial: 1, signature: 'as', body: [['ok', 5]] }),
+    );
     assert.equal(w.pos, before);
     assert.equal(ourDecode(w.take()).length, 1);
   });
 });
 
 describe('wire codec: malformed input is an error, never a crash or a hang', () => {
-  const good = ourBytes({ type: 1, serial: 5, path: PATH, interface: IFACE, member: 'TestMethod', signature: 'sa{sas}', body: ['vm', { d1: ['type=usb'] }] });
+  const good = ourBytes({
+    type: 1,
+    serial: 5,
+    path: PATH,
+    interface: IFACE,
+    member: 'TestMethod',
+    signature: 'sa{sas}',
+    body: ['vm', { d1: ['type=usb'] }],
+  });
 
   function rejects(bytes: Buffer, re?: RegExp): void {
-    assert.throws(() => ourDecode(bytes), (err: unknown) => {
-      assert.ok(err instanceof DecodeError, `not a DecodeError: ${String(err)}`);
-      if (re) assert.match(err.message, re);
-      return true;
-    });
+    assert.throws(
+      () => ourDecode(bytes),
+      (err: unknown) => {
+        assert.ok(err instanceof DecodeError, `not a DecodeError: ${String(err)}`);
+        if (re) assert.match(err.message, re);
+        return true;
+      },
+    );
   }
 
   /** A little-endian message by hand: header fields and body as given, lengths computed. */
-  function handMade(type: number, fields: Buffer, body: Buffer, opts: { bodyLength?: number; fieldsLength?: number; serial?: number } = {}): Buffer {
+  function handMade(
+    type: number,
+    fields: Buffer,
+    body: Buffer,
+    opts: { bodyLength?: number; fieldsLength?: number; serial?: number } = {},
+  ): Buffer {
     const head = Buffer.alloc(16);
     head.write('l', 0);
     head[1] = type;
@@ -434,7 +550,8 @@ describe('wire codec: malformed input is an error, never a crash or a hang', () 
     return Buffer.concat([head, padded, body]);
   }
   /** Header field: code, signature 'g' of one char, then the value bytes (already aligned as needed). */
-  const sigField = (sig: string) => Buffer.concat([Buffer.from([8, 1, 0x67, 0, sig.length]), Buffer.from(sig + '\0', 'latin1')]);
+  const sigField = (sig: string) =>
+    Buffer.concat([Buffer.from([8, 1, 0x67, 0, sig.length]), Buffer.from(sig + '\0', 'latin1')]);
   const returnFields = (sig: string) => Buffer.concat([Buffer.from([5, 1, 0x75, 0, 3, 0, 0, 0]), sigField(sig)]);
 
   it('well-formed hand-made messages decode (the helpers are right)', () => {
@@ -452,8 +569,14 @@ describe('wire codec: malformed input is an error, never a crash or a hang', () 
     rejects(handMade(2, returnFields('u'), Buffer.from([7, 0, 0, 0]), { serial: 0 }), /serial 0/);
     rejects(handMade(0, returnFields('u'), Buffer.from([7, 0, 0, 0])), /type 0/);
     rejects(handMade(2, sigField('u'), Buffer.from([7, 0, 0, 0])), /replySerial/);
-    rejects(handMade(2, Buffer.concat([Buffer.from([5, 1, 0x73, 0, 1, 0, 0, 0, 0x61, 0])]), Buffer.alloc(0)), /header field 5/);
-    rejects(handMade(2, Buffer.concat([Buffer.from([1, 1, 0x6f, 0, 3, 0, 0, 0]), Buffer.from('a/b\0')]), Buffer.alloc(0)), /object path/);
+    rejects(
+      handMade(2, Buffer.concat([Buffer.from([5, 1, 0x73, 0, 1, 0, 0, 0, 0x61, 0])]), Buffer.alloc(0)),
+      /header field 5/,
+    );
+    rejects(
+      handMade(2, Buffer.concat([Buffer.from([1, 1, 0x6f, 0, 3, 0, 0, 0]), Buffer.from('a/b\0')]), Buffer.alloc(0)),
+      /object path/,
+    );
   });
 
   it('a message of an unknown type is skipped', () => {
@@ -486,17 +609,28 @@ describe('wire codec: malformed input is an error, never a crash or a hang', () 
     rejects(handMade(2, returnFields('s'), Buffer.from([3, 0, 0, 0, 0x61, 0, 0x62, 0])), /NUL/);
     rejects(handMade(2, returnFields('s'), Buffer.from([1, 0, 0, 0, 0x61, 0x62])), /NUL-terminated/);
     const long = Buffer.alloc(100, 0xe4);
-    rejects(handMade(2, returnFields('s'), Buffer.concat([Buffer.from([100, 0, 0, 0]), long, Buffer.from([0])])), /UTF-8/);
+    rejects(
+      handMade(2, returnFields('s'), Buffer.concat([Buffer.from([100, 0, 0, 0]), long, Buffer.from([0])])),
+      /UTF-8/,
+    );
     rejects(handMade(2, returnFields('b'), Buffer.from([2, 0, 0, 0])), /boolean/);
     rejects(handMade(2, returnFields('g'), Buffer.from([1, 0x6d, 0])), /signature/);
     rejects(handMade(2, returnFields('v'), Buffer.from([2, 0x73, 0x73, 0])), /one complete type/);
     rejects(handMade(2, returnFields('o'), Buffer.from([2, 0, 0, 0, 0x2f, 0x2f, 0])), /object path/);
     rejects(handMade(2, returnFields('h'), Buffer.from([0, 0, 0, 0])), /fd/);
-    rejects(handMade(2, Buffer.concat([Buffer.from([5, 1, 0x75, 0, 3, 0, 0, 0]), Buffer.from([8, 1, 0x67, 0, 2, 0x61, 0x61, 0])]), Buffer.alloc(8)), /signature/);
+    rejects(
+      handMade(
+        2,
+        Buffer.concat([Buffer.from([5, 1, 0x75, 0, 3, 0, 0, 0]), Buffer.from([8, 1, 0x67, 0, 2, 0x61, 0x61, 0])]),
+        Buffer.alloc(8),
+      ),
+      /signature/,
+    );
   });
 
   it('nesting deeper than 64', () => {
-    const variants = (n: number) => Buffer.concat([...Array.from({ length: n }, () => Buffer.from([1, 0x76, 0])), Buffer.from([1, 0x79, 0, 5])]);
+    const variants = (n: number) =>
+      Buffer.concat([...Array.from({ length: n }, () => Buffer.from([1, 0x76, 0])), Buffer.from([1, 0x79, 0, 5])]);
     assert.ok(decodeOne(handMade(2, returnFields('v'), variants(63))));
     rejects(handMade(2, returnFields('v'), variants(64)), /deeper than 64/);
     rejects(handMade(2, returnFields('v'), variants(5000)), /deeper than 64/);
@@ -508,7 +642,8 @@ describe('wire codec: malformed input is an error, never a crash or a hang', () 
     let errors = 0;
     for (let i = 0; i < 3000; i++) {
       const bytes = Buffer.from(ourBytes(gen.message()));
-      for (let k = gen.int(1, 4); k > 0; k--) bytes[gen.int(0, bytes.length - 1)] = gen.pick([0, 1, 0xff, 0x80, gen.int(0, 255)]);
+      for (let k = gen.int(1, 4); k > 0; k--)
+        bytes[gen.int(0, bytes.length - 1)] = gen.pick([0, 1, 0xff, 0x80, gen.int(0, 255)]);
       try {
         const framer = new MessageFramer();
         framer.push(bytes, () => {});
@@ -534,7 +669,15 @@ describe('wire codec: malformed input is an error, never a crash or a hang', () 
 describe('wire codec: framing', () => {
   const stream = Buffer.concat([
     ourBytes(reply('b', [true], 1)),
-    ourBytes({ type: 4, serial: 2, path: PATH, interface: IFACE, member: 'DeviceDetached', signature: 'ss', body: ['vm1', 'd1'] }),
+    ourBytes({
+      type: 4,
+      serial: 2,
+      path: PATH,
+      interface: IFACE,
+      member: 'DeviceDetached',
+      signature: 'ss',
+      body: ['vm1', 'd1'],
+    }),
     ourBytes(reply('v', [new Variant('a{ss}', { a: 'b' })], 3)),
     ourBytes({ type: 2, serial: 4, replySerial: 1 }),
     ourBytes(reply('ay', [Buffer.alloc(300, 1)], 5)),
@@ -554,17 +697,37 @@ describe('wire codec: framing', () => {
   });
 
   it('drops a message longer than the limit as it arrives, reports its header, and frames what follows', () => {
-    const big = ourBytes({ type: 1, serial: 9, sender: ':1.5', path: PATH, interface: IFACE, member: 'TestMethod', signature: 'ay', body: [Buffer.alloc(5000, 7)] });
+    const big = ourBytes({
+      type: 1,
+      serial: 9,
+      sender: ':1.5',
+      path: PATH,
+      interface: IFACE,
+      member: 'TestMethod',
+      signature: 'ay',
+      body: [Buffer.alloc(5000, 7)],
+    });
     // Between the first message of the stream and the rest.
     const first = ourBytes(reply('b', [true], 1));
     const input = Buffer.concat([first, big, stream.subarray(first.length)]);
     for (const step of [1, 7, 64, 1000, input.length]) {
       const got: Message[] = [];
-      const oversized: Array<{ member: string | undefined; serial: number; sender: string | undefined; length: number }> = [];
-      const framer = new MessageFramer(1024, (h, length) => oversized.push({ member: h.member, serial: h.serial, sender: h.sender, length }));
+      const oversized: Array<{
+        member: string | undefined;
+        serial: number;
+        sender: string | undefined;
+        length: number;
+      }> = [];
+      const framer = new MessageFramer(1024, (h, length) =>
+        oversized.push({ member: h.member, serial: h.serial, sender: h.sender, length }),
+      );
       for (let i = 0; i < input.length; i += step) framer.push(input.subarray(i, i + step), (m) => got.push(m));
       assert.deepStrictEqual(got, expected, `in chunks of ${step}`);
-      assert.deepEqual(oversized, [{ member: 'TestMethod', serial: 9, sender: ':1.5', length: big.length }], `in chunks of ${step}`);
+      assert.deepEqual(
+        oversized,
+        [{ member: 'TestMethod', serial: 9, sender: ':1.5', length: big.length }],
+        `in chunks of ${step}`,
+      );
       assert.equal(framer.pending, 0);
     }
   });
@@ -578,7 +741,7 @@ describe('wire codec: framing', () => {
     for (let round = 0; round < 200; round++) {
       const got: Message[] = [];
       const f = new MessageFramer();
-      for (let i = 0; i < stream.length; ) {
+      for (let i = 0; i < stream.length;) {
         const n = gen.int(1, 64);
         f.push(stream.subarray(i, i + n), (m) => got.push(m));
         i += n;

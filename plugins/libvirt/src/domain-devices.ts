@@ -39,15 +39,25 @@ function matches(device: El, spec: DeviceSpec): boolean {
       if (device.name !== 'hostdev' || attr(device, 'type') !== 'pci') return false;
       const [dom, bus, rest] = p['address']!.split(':') as [string, string, string];
       const [slot, fn] = rest.split('.') as [string, string];
-      return hexEqual(attr(address, 'domain') ?? '0', dom) && hexEqual(attr(address, 'bus'), bus) && hexEqual(attr(address, 'slot'), slot) && hexEqual(attr(address, 'function'), fn);
+      return (
+        hexEqual(attr(address, 'domain') ?? '0', dom) &&
+        hexEqual(attr(address, 'bus'), bus) &&
+        hexEqual(attr(address, 'slot'), slot) &&
+        hexEqual(attr(address, 'function'), fn)
+      );
     }
     case 'usb': {
       if (device.name !== 'hostdev' || attr(device, 'type') !== 'usb') return false;
       if (p['vendor'] !== undefined) {
-        if (!hexEqual(attr(child(source, 'vendor'), 'id'), p['vendor']) || !hexEqual(attr(child(source, 'product'), 'id'), p['product']!)) return false;
+        if (
+          !hexEqual(attr(child(source, 'vendor'), 'id'), p['vendor']) ||
+          !hexEqual(attr(child(source, 'product'), 'id'), p['product']!)
+        )
+          return false;
       }
       if (p['bus'] !== undefined) {
-        if (!sameNumber(attr(address, 'bus'), p['bus']) || !sameNumber(attr(address, 'device'), p['device']!)) return false;
+        if (!sameNumber(attr(address, 'bus'), p['bus']) || !sameNumber(attr(address, 'device'), p['device']!))
+          return false;
       }
       return true;
     }
@@ -61,7 +71,11 @@ function matches(device: El, spec: DeviceSpec): boolean {
         sameNumber(attr(address, 'unit'), p['unit']!)
       );
     case 'mdev':
-      return device.name === 'hostdev' && attr(device, 'type') === 'mdev' && attr(address, 'uuid')?.toLowerCase() === p['uuid'];
+      return (
+        device.name === 'hostdev' &&
+        attr(device, 'type') === 'mdev' &&
+        attr(address, 'uuid')?.toLowerCase() === p['uuid']
+      );
     case 'disk':
       return device.name === 'disk' && attr(child(device, 'target'), 'dev') === p['target'];
     case 'interface':

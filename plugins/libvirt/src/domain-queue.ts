@@ -74,7 +74,8 @@ export class DomainQueue {
 
   stop(): void {
     this.stopped = true;
-    for (const item of [...this.intake, ...this.waiting]) item.resolve({ ok: false, error: 'Failed', message: 'the libvirt backend is stopping' });
+    for (const item of [...this.intake, ...this.waiting])
+      item.resolve({ ok: false, error: 'Failed', message: 'the libvirt backend is stopping' });
     this.intake = [];
     this.waiting = [];
   }
@@ -94,7 +95,11 @@ export class DomainQueue {
   private notIssued(item: Item): DetachOutcome {
     if (item.request.signal.reason !== 'timeout') return { ok: false, error: 'Failed', message: 'vmdevd is stopping' };
     if (!this.backend.isConnected()) {
-      return { ok: false, error: 'BackendUnavailable', message: `the connection to ${this.backend.uri} was lost before the detach could be issued` };
+      return {
+        ok: false,
+        error: 'BackendUnavailable',
+        message: `the connection to ${this.backend.uri} was lost before the detach could be issued`,
+      };
     }
     return { ok: false, error: 'Timeout', message: 'the detach was still waiting for another operation of the VM' };
   }
@@ -104,7 +109,8 @@ export class DomainQueue {
     this.intake = [];
     const domain = this.backend.domain(this.uuid);
     if (domain === undefined) {
-      for (const item of batch) item.resolve({ ok: false, error: 'Failed', message: `VM ${this.uuid} no longer exists` });
+      for (const item of batch)
+        item.resolve({ ok: false, error: 'Failed', message: `VM ${this.uuid} no longer exists` });
       return;
     }
     let live: DomainXml | undefined;
@@ -133,12 +139,17 @@ export class DomainQueue {
       const where = live ?? config!;
       const found = findDevice(where, spec);
       if (found === undefined) {
-        item.resolve({ ok: false, error: 'DeviceNotFound', message: `VM "${domain.name}" has no ${describe(spec)}${live === undefined ? ' in its definition' : ''}` });
+        item.resolve({
+          ok: false,
+          error: 'DeviceNotFound',
+          message: `VM "${domain.name}" has no ${describe(spec)}${live === undefined ? ' in its definition' : ''}`,
+        });
         continue;
       }
       let flags = live !== undefined ? C.VIR_DOMAIN_AFFECT_LIVE : C.VIR_DOMAIN_AFFECT_CONFIG;
       // persistent=yes also edits the definition, when the device is in it.
-      if (live !== undefined && spec.persistent && config !== undefined && findDevice(config, spec) !== undefined) flags |= C.VIR_DOMAIN_AFFECT_CONFIG;
+      if (live !== undefined && spec.persistent && config !== undefined && findDevice(config, spec) !== undefined)
+        flags |= C.VIR_DOMAIN_AFFECT_CONFIG;
       item.found = found;
       item.flags = flags;
       item.request.hold();
@@ -186,7 +197,8 @@ export class DomainQueue {
       wake();
     };
     // Without an alias (drivers that give none) only the XML can confirm the removal.
-    const unwatch = live && found.alias !== undefined ? this.backend.watchRemoval(this.uuid, found.alias, onRemoval) : () => {};
+    const unwatch =
+      live && found.alias !== undefined ? this.backend.watchRemoval(this.uuid, found.alias, onRemoval) : () => {};
     request.issued();
     try {
       const conn = this.backend.connection();
@@ -195,7 +207,9 @@ export class DomainQueue {
     } catch (err) {
       if (!isConnectionError(err)) {
         unwatch();
-        item.resolve(failure(toBackendError(err, `detaching the ${describe(spec)} from VM "${this.name}"`, 'RemovalFailed')));
+        item.resolve(
+          failure(toBackendError(err, `detaching the ${describe(spec)} from VM "${this.name}"`, 'RemovalFailed')),
+        );
         return;
       }
       // The connection went away mid-call: whether it happened is checked after the reconnect.
@@ -206,15 +220,28 @@ export class DomainQueue {
       return;
     }
     // The domain is free for the next detach; this one waits for its confirmation.
-    void this.confirm(item, () => result, (fn) => (wake = fn)).finally(unwatch);
+    void this.confirm(
+      item,
+      () => result,
+      (fn) => (wake = fn),
+    ).finally(unwatch);
   }
 
   private settleFromEvent(item: Item, r: 'removed' | 'failed'): void {
     if (r === 'removed') item.resolve({ ok: true });
-    else item.resolve({ ok: false, error: 'RemovalFailed', message: `libvirt reported that the removal of the ${describe(item.request.device)} of VM "${this.name}" failed` });
+    else
+      item.resolve({
+        ok: false,
+        error: 'RemovalFailed',
+        message: `libvirt reported that the removal of the ${describe(item.request.device)} of VM "${this.name}" failed`,
+      });
   }
 
-  private async confirm(item: Item, result: () => 'removed' | 'failed' | undefined, onWake: (fn: () => void) => void): Promise<void> {
+  private async confirm(
+    item: Item,
+    result: () => 'removed' | 'failed' | undefined,
+    onWake: (fn: () => void) => void,
+  ): Promise<void> {
     const { request } = item;
     const alias = item.found!.alias;
     const what = `the ${describe(request.device)} of VM "${this.name}"`;
@@ -222,7 +249,8 @@ export class DomainQueue {
       if (item.done) return;
       const r = result();
       if (r !== undefined) return this.settleFromEvent(item, r);
-      if (request.signal.aborted && request.signal.reason !== 'timeout') return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
+      if (request.signal.aborted && request.signal.reason !== 'timeout')
+        return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
       // Synchronous removals and removals while disconnected show only in the XML.
       const gone = await this.deviceGone(request.device);
       if (gone === true) return item.resolve({ ok: true });
@@ -230,8 +258,16 @@ export class DomainQueue {
         if (alias !== undefined) this.backend.noteGaveUp(this.uuid, alias);
         return item.resolve(
           gone === undefined
-            ? { ok: false, error: 'BackendUnavailable', message: `the connection to ${this.backend.uri} was lost; whether ${what} was removed is unknown` }
-            : { ok: false, error: 'Timeout', message: `${what} is still attached after ${request.timeoutMs / 1000} s (no guest released it)` },
+            ? {
+                ok: false,
+                error: 'BackendUnavailable',
+                message: `the connection to ${this.backend.uri} was lost; whether ${what} was removed is unknown`,
+              }
+            : {
+                ok: false,
+                error: 'Timeout',
+                message: `${what} is still attached after ${request.timeoutMs / 1000} s (no guest released it)`,
+              },
         );
       }
       // Wait for the event, the abort, or a reconnect (after which the XML is checked again).
@@ -263,7 +299,9 @@ function describe(spec: DetachRequest['device']): string {
     case 'pci':
       return `PCI device ${p['address']}`;
     case 'usb':
-      return p['vendor'] !== undefined ? `USB device ${p['vendor']}:${p['product']}` : `USB device ${p['bus']}.${p['device']}`;
+      return p['vendor'] !== undefined
+        ? `USB device ${p['vendor']}:${p['product']}`
+        : `USB device ${p['bus']}.${p['device']}`;
     case 'scsi':
       return `SCSI device ${p['adapter']}:${p['bus']}:${p['target']}:${p['unit']}`;
     case 'mdev':

@@ -10,7 +10,15 @@
  *
  * Detaches: see DomainQueue for ordering and the clock.
  */
-import type { BackendContext, DesiredState, DetachOutcome, DetachRequest, VmBackend, VmInfo, VmState } from 'vmdevd/plugin-api';
+import type {
+  BackendContext,
+  DesiredState,
+  DetachOutcome,
+  DetachRequest,
+  VmBackend,
+  VmInfo,
+  VmState,
+} from 'vmdevd/plugin-api';
 import { BackendError } from 'vmdevd/plugin-api';
 import { Connection, constants as C, LibvirtError, type DomainEvent, type DomainInfo } from './binding.js';
 import { DomainXml, METADATA_NAMESPACE, metadataType } from './domain-devices.js';
@@ -182,7 +190,9 @@ export class LibvirtBackend implements VmBackend {
   }
 
   detach(request: DetachRequest): Promise<DetachOutcome> {
-    const domain = (request.vm.uuid !== undefined ? this.domains.get(request.vm.uuid) : undefined) ?? [...this.domains.values()].find((d) => d.name === request.vm.name);
+    const domain =
+      (request.vm.uuid !== undefined ? this.domains.get(request.vm.uuid) : undefined) ??
+      [...this.domains.values()].find((d) => d.name === request.vm.name);
     if (domain === undefined) {
       return Promise.resolve({ ok: false, error: 'Failed', message: `VM "${request.vm.name}" no longer exists` });
     }
@@ -313,7 +323,14 @@ export class LibvirtBackend implements VmBackend {
       if (isConnectionError(err)) throw err;
       // The domain went away meanwhile, or has broken metadata: no type.
     }
-    return { uuid: info.uuid, name: info.name, type, state: domainState(info.state), persistent: info.persistent, active: info.active };
+    return {
+      uuid: info.uuid,
+      name: info.name,
+      type,
+      state: domainState(info.state),
+      persistent: info.persistent,
+      active: info.active,
+    };
   }
 
   /** Looks a domain up again and publishes what changed; removes it if it is gone. */
@@ -351,10 +368,13 @@ export class LibvirtBackend implements VmBackend {
       if (watchers !== undefined && watchers.size > 0) {
         for (const w of [...watchers]) w(e.kind === 'device-removed' ? 'removed' : 'failed');
       } else if (this.gaveUp.has(key)) {
-        this.ctx.log.info(`device ${e.kind === 'device-removed' ? 'removed' : 'removal failed'} after its detach was already reported`, {
-          vm: e.name,
-          alias: e.alias,
-        });
+        this.ctx.log.info(
+          `device ${e.kind === 'device-removed' ? 'removed' : 'removal failed'} after its detach was already reported`,
+          {
+            vm: e.name,
+            alias: e.alias,
+          },
+        );
         this.gaveUp.delete(key);
       } else {
         this.ctx.log.debug(e.kind, { vm: e.name, alias: e.alias });
@@ -365,7 +385,9 @@ export class LibvirtBackend implements VmBackend {
     const known = this.domains.get(e.uuid);
     const state = stateAfterEvent(e.event);
     const membership =
-      e.event === C.VIR_DOMAIN_EVENT_DEFINED || e.event === C.VIR_DOMAIN_EVENT_UNDEFINED || (e.event === C.VIR_DOMAIN_EVENT_STOPPED && known?.persistent === false);
+      e.event === C.VIR_DOMAIN_EVENT_DEFINED ||
+      e.event === C.VIR_DOMAIN_EVENT_UNDEFINED ||
+      (e.event === C.VIR_DOMAIN_EVENT_STOPPED && known?.persistent === false);
     // QEMU reports a guest's or the host's shutdown on its monitor, while
     // libvirt reports the stop on another path: the SHUTDOWN event can come
     // after STOPPED. A stopped domain is not shutting down.

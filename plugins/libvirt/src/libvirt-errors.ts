@@ -5,7 +5,10 @@ import { constants as C, LibvirtError } from './binding.js';
 /** True for errors that mean the connection to libvirt is gone. */
 export function isConnectionError(err: unknown): boolean {
   if (err instanceof LibvirtError) {
-    return [C.VIR_ERR_SYSTEM_ERROR, C.VIR_ERR_RPC, C.VIR_ERR_NO_CONNECT, C.VIR_ERR_INVALID_CONN].includes(err.code) || err.domain === C.VIR_FROM_RPC;
+    return (
+      [C.VIR_ERR_SYSTEM_ERROR, C.VIR_ERR_RPC, C.VIR_ERR_NO_CONNECT, C.VIR_ERR_INVALID_CONN].includes(err.code) ||
+      err.domain === C.VIR_FROM_RPC
+    );
   }
   return (err as { code?: unknown } | undefined)?.code === 'ERR_LIBVIRT_CONNECTION_CLOSED';
 }
@@ -22,7 +25,8 @@ export function toBackendError(err: unknown, what: string, refused: FailureKind 
   if (isConnectionError(err)) kind = 'BackendUnavailable';
   else if (err instanceof LibvirtError) {
     if (err.code === C.VIR_ERR_DEVICE_MISSING) kind = 'DeviceNotFound';
-    else if ([C.VIR_ERR_OPERATION_UNSUPPORTED, C.VIR_ERR_NO_SUPPORT, C.VIR_ERR_CONFIG_UNSUPPORTED].includes(err.code)) kind = 'NotSupported';
+    else if ([C.VIR_ERR_OPERATION_UNSUPPORTED, C.VIR_ERR_NO_SUPPORT, C.VIR_ERR_CONFIG_UNSUPPORTED].includes(err.code))
+      kind = 'NotSupported';
     else if (err.code === C.VIR_ERR_OPERATION_FAILED) kind = refused;
   }
   return new BackendError(kind, `${what}: ${message}`);

@@ -20,7 +20,12 @@ function targets(xml: string): string[] {
 }
 
 function outcome(log: SignalLog, vm: string, label: string, timeoutMs = 20_000): Promise<Signal> {
-  return log.waitFor((s) => (s.member === 'DeviceDetached' || s.member === 'DeviceDetachFailed') && s.body[0] === vm && s.body[1] === label, timeoutMs, `outcome of ${label}`);
+  return log.waitFor(
+    (s) =>
+      (s.member === 'DeviceDetached' || s.member === 'DeviceDetachFailed') && s.body[0] === vm && s.body[1] === label,
+    timeoutMs,
+    `outcome of ${label}`,
+  );
 }
 
 /** The Backends map a PropertiesChanged signal carries, if any. */
@@ -30,7 +35,9 @@ function backendsIn(s: Signal): Record<string, string> | undefined {
 }
 
 function outcomesOf(log: SignalLog, label: string): Signal[] {
-  return log.signals.filter((s) => (s.member === 'DeviceDetached' || s.member === 'DeviceDetachFailed') && s.body[1] === label);
+  return log.signals.filter(
+    (s) => (s.member === 'DeviceDetached' || s.member === 'DeviceDetachFailed') && s.body[1] === label,
+  );
 }
 
 describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
@@ -41,7 +48,10 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
   const type = `ivi-${randomBytes(3).toString('hex')}`;
   const vms: TestVm[] = [];
   const newVm = async (options: { start?: boolean; type?: string } = {}) => {
-    const vm = await createTestVm(conn, { type: options.type ?? `other-${randomBytes(3).toString('hex')}`, start: options.start });
+    const vm = await createTestVm(conn, {
+      type: options.type ?? `other-${randomBytes(3).toString('hex')}`,
+      start: options.start,
+    });
     vms.push(vm);
     return vm;
   };
@@ -49,7 +59,10 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
   /** A TestSignal showing `name` in state `want`; with `since`, only one that arrived after that many signals. */
   const waitState = (name: string, want: string, since = 0) =>
     signals.waitFor(
-      (s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)[name] === want && signals.signals.indexOf(s) >= since,
+      (s) =>
+        s.member === 'TestSignal' &&
+        (s.body[0] as Record<string, string>)[name] === want &&
+        signals.signals.indexOf(s) >= since,
       20_000,
       `TestSignal with ${name}=${want}`,
     );
@@ -57,7 +70,13 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
   before(async () => {
     libvirtd = await startLibvirtd();
     conn = await Connection.open(libvirtd.uri);
-    stack = await startStack({ backends: [], extraBackends: [{ id: 'local', plugin: 'libvirt', uri: libvirtd.uri, reconnectInitialMs: 200, reconnectMaxMs: 1000 }], config: { detachTimeoutSeconds: TIMEOUT_S } });
+    stack = await startStack({
+      backends: [],
+      extraBackends: [
+        { id: 'local', plugin: 'libvirt', uri: libvirtd.uri, reconnectInitialMs: 200, reconnectMaxMs: 1000 },
+      ],
+      config: { detachTimeoutSeconds: TIMEOUT_S },
+    });
     signals = await stack.client.subscribeAll();
   });
 
@@ -82,7 +101,10 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
 
   it('finds the VM by its type and detaches a SCSI and a USB disk, confirmed by libvirt', async () => {
     const vm = vms[0]!;
-    assert.equal(await stack.client.testMethod(type, { scsi: ['type=disk', 'target=sda'], usb: ['type=disk', 'target=sdb'] }), true);
+    assert.equal(
+      await stack.client.testMethod(type, { scsi: ['type=disk', 'target=sda'], usb: ['type=disk', 'target=sdb'] }),
+      true,
+    );
     assert.equal((await outcome(signals, vm.name, 'scsi')).member, 'DeviceDetached');
     assert.equal((await outcome(signals, vm.name, 'usb')).member, 'DeviceDetached');
     const left = targets(await conn.getXml(vm.uuid));
@@ -91,7 +113,10 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
 
   it('reports a device the VM does not have as DeviceNotFound', async () => {
     const vm = vms[0]!;
-    assert.equal(await stack.client.testMethod(vm.name, { ghost: ['type=disk', 'target=sdz'], gone: ['type=disk', 'target=sda'] }), true);
+    assert.equal(
+      await stack.client.testMethod(vm.name, { ghost: ['type=disk', 'target=sdz'], gone: ['type=disk', 'target=sda'] }),
+      true,
+    );
     for (const label of ['ghost', 'gone']) {
       const s = await outcome(signals, vm.name, label);
       assert.equal(s.member, 'DeviceDetachFailed');
@@ -102,7 +127,10 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
   it('ends the PCI NIC, which no guest releases, with Timeout, and it stays attached', async () => {
     const vm = vms[0]!;
     const t0 = performance.now();
-    assert.equal(await stack.client.testMethod(vm.name, { nic: ['type=interface', `mac=${vm.devices.nic.mac}`] }), true);
+    assert.equal(
+      await stack.client.testMethod(vm.name, { nic: ['type=interface', `mac=${vm.devices.nic.mac}`] }),
+      true,
+    );
     const s = await outcome(signals, vm.name, 'nic', (TIMEOUT_S + 10) * 1000);
     assert.equal(s.member, 'DeviceDetachFailed');
     assert.equal(s.body[2], `${E}Timeout`);
@@ -118,14 +146,21 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
     await waitState(vm.name, 'running');
     const t0 = performance.now();
     assert.equal(
-      await stack.client.testMethod(vm.name, { nic2: ['type=interface', `mac=${vm.devices.nic.mac}`], scsi2: ['type=disk', 'target=sda'], usb2: ['type=disk', 'target=sdb'] }),
+      await stack.client.testMethod(vm.name, {
+        nic2: ['type=interface', `mac=${vm.devices.nic.mac}`],
+        scsi2: ['type=disk', 'target=sda'],
+        usb2: ['type=disk', 'target=sdb'],
+      }),
       true,
     );
     const scsi = await outcome(signals, vm.name, 'scsi2');
     const usb = await outcome(signals, vm.name, 'usb2');
     assert.equal(scsi.member, 'DeviceDetached');
     assert.equal(usb.member, 'DeviceDetached');
-    assert.ok(Math.max(scsi.at, usb.at) - t0 < 3000, `the disks did not wait for the NIC (${Math.round(Math.max(scsi.at, usb.at) - t0)} ms)`);
+    assert.ok(
+      Math.max(scsi.at, usb.at) - t0 < 3000,
+      `the disks did not wait for the NIC (${Math.round(Math.max(scsi.at, usb.at) - t0)} ms)`,
+    );
     const nic = await outcome(signals, vm.name, 'nic2', (TIMEOUT_S + 15) * 1000);
     assert.equal(nic.body[2], `${E}Timeout`);
   });
@@ -133,7 +168,10 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
   it('detaches by alias', async () => {
     const vm = await newVm();
     await waitState(vm.name, 'running');
-    assert.equal(await stack.client.testMethod(vm.name, { byAlias: ['type=alias', `name=${vm.devices.usbDisk.alias}`] }), true);
+    assert.equal(
+      await stack.client.testMethod(vm.name, { byAlias: ['type=alias', `name=${vm.devices.usbDisk.alias}`] }),
+      true,
+    );
     assert.equal((await outcome(signals, vm.name, 'byAlias')).member, 'DeviceDetached');
     assert.ok(!targets(await conn.getXml(vm.uuid)).includes('sdb'));
   });
@@ -145,7 +183,10 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
     assert.ok(targets(await conn.getXml(vm.uuid, { inactive: true })).includes('sda'), 'still in the definition');
     const other = await newVm();
     await waitState(other.name, 'running');
-    assert.equal(await stack.client.testMethod(other.name, { drop: ['type=disk', 'target=sda', 'persistent=yes'] }), true);
+    assert.equal(
+      await stack.client.testMethod(other.name, { drop: ['type=disk', 'target=sda', 'persistent=yes'] }),
+      true,
+    );
     assert.equal((await outcome(signals, other.name, 'drop')).member, 'DeviceDetached');
     assert.ok(!targets(await conn.getXml(other.uuid)).includes('sda'), 'gone from the running VM');
     assert.ok(!targets(await conn.getXml(other.uuid, { inactive: true })).includes('sda'), 'gone from the definition');
@@ -177,11 +218,14 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
     const since = signals.signals.length;
     await stack.client.setProperty('TestProperty', 'a{ss}', { [vm.name]: 'shutoff' });
     await waitState(vm.name, 'shutoff', since);
-    await assert.rejects(stack.client.setProperty('TestProperty', 'a{ss}', { [vm.name]: 'paused' }), (err: { type: string; text: string }) => {
-      assert.equal(err.type, `${E}NotSupported`);
-      assert.match(err.text, /is shutoff: only a running VM can be paused/);
-      return true;
-    });
+    await assert.rejects(
+      stack.client.setProperty('TestProperty', 'a{ss}', { [vm.name]: 'paused' }),
+      (err: { type: string; text: string }) => {
+        assert.equal(err.type, `${E}NotSupported`);
+        assert.match(err.text, /is shutoff: only a running VM can be paused/);
+        return true;
+      },
+    );
   });
 
   it('survives libvirtd restarting: disconnected, back, republished, and the pending detach gets one outcome', async (t) => {
@@ -191,13 +235,29 @@ describe('libvirt backend on qemu:///system', { timeout: 300_000 }, () => {
     }
     const vm = await newVm();
     await waitState(vm.name, 'running');
-    assert.equal(await stack.client.testMethod(vm.name, { pending: ['type=interface', `mac=${vm.devices.nic.mac}`] }), true);
+    assert.equal(
+      await stack.client.testMethod(vm.name, { pending: ['type=interface', `mac=${vm.devices.nic.mac}`] }),
+      true,
+    );
     await new Promise((r) => setTimeout(r, 6000)); // libvirt's own wait is over; the detach waits for the event
     const from = signals.signals.length;
     await libvirtd.restart();
-    const down = await signals.waitFor((s) => signals.signals.indexOf(s) >= from && /^disconnected: lost the connection/.test(backendsIn(s)?.['local'] ?? ''), 20_000, 'Backends disconnected');
-    await signals.waitFor((s) => signals.signals.indexOf(s) > signals.signals.indexOf(down) && backendsIn(s)?.['local'] === 'connected', 30_000, 'Backends connected again');
-    const republished = await signals.waitFor((s) => signals.signals.indexOf(s) >= from && s.member === 'TestSignal', 10_000, 'the map republished');
+    const down = await signals.waitFor(
+      (s) =>
+        signals.signals.indexOf(s) >= from && /^disconnected: lost the connection/.test(backendsIn(s)?.['local'] ?? ''),
+      20_000,
+      'Backends disconnected',
+    );
+    await signals.waitFor(
+      (s) => signals.signals.indexOf(s) > signals.signals.indexOf(down) && backendsIn(s)?.['local'] === 'connected',
+      30_000,
+      'Backends connected again',
+    );
+    const republished = await signals.waitFor(
+      (s) => signals.signals.indexOf(s) >= from && s.member === 'TestSignal',
+      10_000,
+      'the map republished',
+    );
     assert.equal((republished.body[0] as Record<string, string>)[vm.name], 'running');
     const s = await outcome(signals, vm.name, 'pending', (TIMEOUT_S + 20) * 1000);
     assert.equal(s.member, 'DeviceDetachFailed');

@@ -12,7 +12,10 @@ describe('libvirt backend on test:///default', () => {
   let stack: Stack;
   let signals: SignalLog;
   before(async () => {
-    stack = await startStack({ backends: [], extraBackends: [{ id: 'test-driver', plugin: 'libvirt', uri: 'test:///default' }] });
+    stack = await startStack({
+      backends: [],
+      extraBackends: [{ id: 'test-driver', plugin: 'libvirt', uri: 'test:///default' }],
+    });
     signals = await stack.client.subscribeAll();
   });
   after(async () => {
@@ -29,21 +32,37 @@ describe('libvirt backend on test:///default', () => {
 
   it('suspends and resumes it through the binding, and TestSignal shows both', async () => {
     await stack.client.setProperty('TestProperty', 'a{ss}', { test: 'paused' });
-    await signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['test'] === 'paused');
+    await signals.waitFor(
+      (s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['test'] === 'paused',
+    );
     await stack.client.setProperty('TestProperty', 'a{ss}', { test: 'running' });
-    await signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['test'] === 'running', 5000);
+    await signals.waitFor(
+      (s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['test'] === 'running',
+      5000,
+    );
     assert.deepEqual(await stack.client.getProperty('TestProperty'), { test: 'running' });
   });
 
   it('powers it off and starts it again', async () => {
     await stack.client.setProperty('TestProperty', 'a{ss}', { test: 'shutoff' });
-    await signals.waitFor((s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['test'] === 'shutoff');
+    await signals.waitFor(
+      (s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['test'] === 'shutoff',
+    );
     await stack.client.setProperty('TestProperty', 'a{ss}', { test: 'running' });
-    await signals.waitFor((s) => s.member === 'TestSignal' && signals.signals.indexOf(s) > 0 && (s.body[0] as Record<string, string>)['test'] === 'running' && signals.named('TestSignal').some((x) => (x.body[0] as Record<string, string>)['test'] === 'shutoff'));
+    await signals.waitFor(
+      (s) =>
+        s.member === 'TestSignal' &&
+        signals.signals.indexOf(s) > 0 &&
+        (s.body[0] as Record<string, string>)['test'] === 'running' &&
+        signals.named('TestSignal').some((x) => (x.body[0] as Record<string, string>)['test'] === 'shutoff'),
+    );
   });
 
   it('maps what the test driver cannot do (detach) to NotSupported, and a missing device to DeviceNotFound', async () => {
-    assert.equal(await stack.client.testMethod('test', { vda: ['type=disk', 'target=vda'], ghost: ['type=disk', 'target=vdz'] }), true);
+    assert.equal(
+      await stack.client.testMethod('test', { vda: ['type=disk', 'target=vda'], ghost: ['type=disk', 'target=vdz'] }),
+      true,
+    );
     const vda = await signals.waitFor((s) => s.member === 'DeviceDetachFailed' && s.body[1] === 'vda');
     assert.equal(vda.body[2], 'org.example.dbustest.Error.NotSupported');
     assert.match(vda.body[3] as string, /detaching the disk vda from VM "test": .*not supported/i);

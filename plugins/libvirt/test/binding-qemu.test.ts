@@ -39,7 +39,10 @@ async function withVm(
 }
 
 function removedEvent(recorder: EventRecorder, vm: TestVm, alias: string): Promise<unknown> {
-  return recorder.waitFor(`DEVICE_REMOVED ${alias}`, (event) => event.kind === 'device-removed' && event.uuid === vm.uuid && event.alias === alias);
+  return recorder.waitFor(
+    `DEVICE_REMOVED ${alias}`,
+    (event) => event.kind === 'device-removed' && event.uuid === vm.uuid && event.alias === alias,
+  );
 }
 
 function targets(xml: string): string[] {
@@ -58,36 +61,46 @@ test('lists a running test VM with its vmdevd type', { timeout: 60_000 }, async 
       assert.equal(listed.active, true);
       assert.ok(listed.id > 0);
       assert.match((await connection.getMetadata(vm.uuid, VM_METADATA_NAMESPACE)) ?? '', /^<vm type="ivi"\s*\/>$/);
-      assert.match((await connection.getMetadata(vm.uuid, VM_METADATA_NAMESPACE, { inactive: true })) ?? '', /type="ivi"/);
+      assert.match(
+        (await connection.getMetadata(vm.uuid, VM_METADATA_NAMESPACE, { inactive: true })) ?? '',
+        /type="ivi"/,
+      );
       // The VM was started after open(): its STARTED event came through.
-      await recorder.waitFor('STARTED', (event) => event.kind === 'lifecycle' && event.uuid === vm.uuid && event.event === C.VIR_DOMAIN_EVENT_STARTED);
+      await recorder.waitFor(
+        'STARTED',
+        (event) => event.kind === 'lifecycle' && event.uuid === vm.uuid && event.event === C.VIR_DOMAIN_EVENT_STARTED,
+      );
     },
     { type: 'ivi' },
   );
 });
 
-test('detaches the SCSI and the USB disk by XML: DEVICE_REMOVED, and gone from the XML', { timeout: 60_000 }, async () => {
-  await withVm(async (connection, vm, recorder) => {
-    assert.deepEqual(targets(await connection.getXml(vm.uuid)).sort(), ['sda', 'sdb']);
+test(
+  'detaches the SCSI and the USB disk by XML: DEVICE_REMOVED, and gone from the XML',
+  { timeout: 60_000 },
+  async () => {
+    await withVm(async (connection, vm, recorder) => {
+      assert.deepEqual(targets(await connection.getXml(vm.uuid)).sort(), ['sda', 'sdb']);
 
-    await connection.detachDevice(vm.uuid, vm.devices.scsiDisk.xml, C.VIR_DOMAIN_AFFECT_LIVE);
-    await removedEvent(recorder, vm, vm.devices.scsiDisk.alias);
-    await connection.detachDevice(vm.uuid, vm.devices.usbDisk.xml, C.VIR_DOMAIN_AFFECT_LIVE);
-    await removedEvent(recorder, vm, vm.devices.usbDisk.alias);
+      await connection.detachDevice(vm.uuid, vm.devices.scsiDisk.xml, C.VIR_DOMAIN_AFFECT_LIVE);
+      await removedEvent(recorder, vm, vm.devices.scsiDisk.alias);
+      await connection.detachDevice(vm.uuid, vm.devices.usbDisk.xml, C.VIR_DOMAIN_AFFECT_LIVE);
+      await removedEvent(recorder, vm, vm.devices.usbDisk.alias);
 
-    assert.deepEqual(targets(await connection.getXml(vm.uuid)), []);
-    // LIVE only: the persistent definition keeps both disks.
-    assert.deepEqual(targets(await connection.getXml(vm.uuid, { inactive: true })).sort(), ['sda', 'sdb']);
-    const removed = recorder.events.filter((event) => event.kind === 'device-removed');
-    assert.deepEqual(
-      removed.map((event) => [event.name, event.uuid, event.kind === 'device-removed' && event.alias]),
-      [
-        [vm.name, vm.uuid, 'scsi0-0-0-0'],
-        [vm.name, vm.uuid, 'usb-disk1'],
-      ],
-    );
-  });
-});
+      assert.deepEqual(targets(await connection.getXml(vm.uuid)), []);
+      // LIVE only: the persistent definition keeps both disks.
+      assert.deepEqual(targets(await connection.getXml(vm.uuid, { inactive: true })).sort(), ['sda', 'sdb']);
+      const removed = recorder.events.filter((event) => event.kind === 'device-removed');
+      assert.deepEqual(
+        removed.map((event) => [event.name, event.uuid, event.kind === 'device-removed' && event.alias]),
+        [
+          [vm.name, vm.uuid, 'scsi0-0-0-0'],
+          [vm.name, vm.uuid, 'usb-disk1'],
+        ],
+      );
+    });
+  },
+);
 
 test('detaches by alias', { timeout: 60_000 }, async () => {
   await withVm(async (connection, vm, recorder) => {
@@ -101,7 +114,11 @@ test('detaches by alias', { timeout: 60_000 }, async () => {
 
 test('detaches by XML from the running VM and its definition', { timeout: 60_000 }, async () => {
   await withVm(async (connection, vm, recorder) => {
-    await connection.detachDevice(vm.uuid, vm.devices.usbDisk.xml, C.VIR_DOMAIN_AFFECT_LIVE | C.VIR_DOMAIN_AFFECT_CONFIG);
+    await connection.detachDevice(
+      vm.uuid,
+      vm.devices.usbDisk.xml,
+      C.VIR_DOMAIN_AFFECT_LIVE | C.VIR_DOMAIN_AFFECT_CONFIG,
+    );
     await removedEvent(recorder, vm, vm.devices.usbDisk.alias);
     assert.deepEqual(targets(await connection.getXml(vm.uuid)), ['sda']);
     assert.deepEqual(targets(await connection.getXml(vm.uuid, { inactive: true })), ['sda']);
@@ -113,34 +130,41 @@ test('a detached disk can be attached again, with a DEVICE_ADDED event', { timeo
     await connection.detachDevice(vm.uuid, vm.devices.usbDisk.xml, C.VIR_DOMAIN_AFFECT_LIVE);
     await removedEvent(recorder, vm, vm.devices.usbDisk.alias);
     await connection.attachDevice(vm.uuid, vm.devices.usbDisk.xml, C.VIR_DOMAIN_AFFECT_LIVE);
-    await recorder.waitFor('DEVICE_ADDED', (event) => event.kind === 'device-added' && event.uuid === vm.uuid && event.alias.length > 0);
+    await recorder.waitFor(
+      'DEVICE_ADDED',
+      (event) => event.kind === 'device-added' && event.uuid === vm.uuid && event.alias.length > 0,
+    );
     assert.deepEqual(targets(await connection.getXml(vm.uuid)).sort(), ['sda', 'sdb']);
   });
 });
 
-test('the PCI NIC detach returns after libvirt waited for the guest, and the NIC stays', { timeout: 60_000 }, async () => {
-  await withVm(async (connection, vm, recorder) => {
-    const started = Date.now();
-    // The JavaScript thread stays free while libvirt waits inside the call.
-    let ticks = 0;
-    const ticker = setInterval(() => ticks++, 100);
-    try {
-      await connection.detachDevice(vm.uuid, vm.devices.nic.xml, C.VIR_DOMAIN_AFFECT_LIVE);
-    } finally {
-      clearInterval(ticker);
-    }
-    const waited = Date.now() - started;
-    assert.ok(waited >= 4_000, `libvirt waits about 5 s for the guest; the call took ${waited} ms`);
-    assert.ok(ticks >= 30, `the event loop ran only ${ticks} times in ${waited} ms`);
-    assert.match(await connection.getXml(vm.uuid), new RegExp(`<mac address='${vm.devices.nic.mac}'/>`));
-    assert.equal(
-      recorder.events.some((event) => event.kind === 'device-removed' && event.alias === vm.devices.nic.alias),
-      false,
-    );
-  });
-});
+test(
+  'the PCI NIC detach returns after libvirt waited for the guest, and the NIC stays',
+  { timeout: 60_000 },
+  async () => {
+    await withVm(async (connection, vm, recorder) => {
+      const started = Date.now();
+      // The JavaScript thread stays free while libvirt waits inside the call.
+      let ticks = 0;
+      const ticker = setInterval(() => ticks++, 100);
+      try {
+        await connection.detachDevice(vm.uuid, vm.devices.nic.xml, C.VIR_DOMAIN_AFFECT_LIVE);
+      } finally {
+        clearInterval(ticker);
+      }
+      const waited = Date.now() - started;
+      assert.ok(waited >= 4_000, `libvirt waits about 5 s for the guest; the call took ${waited} ms`);
+      assert.ok(ticks >= 30, `the event loop ran only ${ticks} times in ${waited} ms`);
+      assert.match(await connection.getXml(vm.uuid), new RegExp(`<mac address='${vm.devices.nic.mac}'/>`));
+      assert.equal(
+        recorder.events.some((event) => event.kind === 'device-removed' && event.alias === vm.devices.nic.alias),
+        false,
+      );
+    });
+  },
+);
 
-test('detaching a device the VM does not have fails with libvirt\'s error', { timeout: 60_000 }, async () => {
+test("detaching a device the VM does not have fails with libvirt's error", { timeout: 60_000 }, async () => {
   await withVm(async (connection, vm, recorder) => {
     await connection.detachDevice(vm.uuid, vm.devices.scsiDisk.xml, C.VIR_DOMAIN_AFFECT_LIVE);
     await removedEvent(recorder, vm, vm.devices.scsiDisk.alias);
@@ -148,7 +172,9 @@ test('detaching a device the VM does not have fails with libvirt\'s error', { ti
     assert.equal(byXml.code, C.VIR_ERR_DEVICE_MISSING);
     assert.match(byXml.message, /sda/);
     // By alias, libvirt (9.0) reports a missing device as an internal error.
-    const byAlias = await rejection(connection.detachDeviceAlias(vm.uuid, 'ua-no-such-device', C.VIR_DOMAIN_AFFECT_LIVE));
+    const byAlias = await rejection(
+      connection.detachDeviceAlias(vm.uuid, 'ua-no-such-device', C.VIR_DOMAIN_AFFECT_LIVE),
+    );
     assert.equal(byAlias.code, C.VIR_ERR_INTERNAL_ERROR);
     assert.match(byAlias.message, /no device found with alias ua-no-such-device/);
     const unknownVm = await rejection(connection.detachDevice(UNKNOWN_UUID, vm.devices.usbDisk.xml, 0));
@@ -159,7 +185,10 @@ test('detaching a device the VM does not have fails with libvirt\'s error', { ti
 test('suspend, resume and shutdown state changes arrive as lifecycle events', { timeout: 60_000 }, async () => {
   await withVm(async (connection, vm, recorder) => {
     const lifecycle = (event: number) =>
-      recorder.waitFor(`lifecycle ${event}`, (candidate) => candidate.kind === 'lifecycle' && candidate.uuid === vm.uuid && candidate.event === event);
+      recorder.waitFor(
+        `lifecycle ${event}`,
+        (candidate) => candidate.kind === 'lifecycle' && candidate.uuid === vm.uuid && candidate.event === event,
+      );
     await connection.suspend(vm.uuid);
     await lifecycle(C.VIR_DOMAIN_EVENT_SUSPENDED);
     assert.equal((await connection.getDomain(vm.uuid)).state, C.VIR_DOMAIN_PAUSED);
@@ -181,31 +210,38 @@ function ownedLibvirtd(t: TestContext): boolean {
   return false;
 }
 
-test('the close callback reports EOF when libvirtd dies, and close() still resolves 0', { timeout: 120_000 }, async (t) => {
-  if (!ownedLibvirtd(t)) return;
-  const recorder = new EventRecorder();
-  const connection = await Connection.open(libvirtd.uri, { onEvent: recorder.onEvent, onClose: recorder.onClose });
-  let closed: number | undefined;
-  try {
-    assert.equal(await connection.setKeepAlive(5, 3), true);
-    await libvirtd.restart({ signal: 'SIGKILL' });
-    assert.equal(await recorder.waitForClose(), C.VIR_CONNECT_CLOSE_REASON_EOF);
-    const broken = await rejection(connection.listDomains());
-    assert.ok([C.VIR_ERR_INTERNAL_ERROR, C.VIR_ERR_RPC, C.VIR_ERR_SYSTEM_ERROR].includes(broken.code), `code ${broken.code}: ${broken.message}`);
-  } finally {
-    closed = await connection.close();
-  }
-  assert.equal(closed, 0);
-  assert.deepEqual(recorder.closeReasons, [C.VIR_CONNECT_CLOSE_REASON_EOF]);
+test(
+  'the close callback reports EOF when libvirtd dies, and close() still resolves 0',
+  { timeout: 120_000 },
+  async (t) => {
+    if (!ownedLibvirtd(t)) return;
+    const recorder = new EventRecorder();
+    const connection = await Connection.open(libvirtd.uri, { onEvent: recorder.onEvent, onClose: recorder.onClose });
+    let closed: number | undefined;
+    try {
+      assert.equal(await connection.setKeepAlive(5, 3), true);
+      await libvirtd.restart({ signal: 'SIGKILL' });
+      assert.equal(await recorder.waitForClose(), C.VIR_CONNECT_CLOSE_REASON_EOF);
+      const broken = await rejection(connection.listDomains());
+      assert.ok(
+        [C.VIR_ERR_INTERNAL_ERROR, C.VIR_ERR_RPC, C.VIR_ERR_SYSTEM_ERROR].includes(broken.code),
+        `code ${broken.code}: ${broken.message}`,
+      );
+    } finally {
+      closed = await connection.close();
+    }
+    assert.equal(closed, 0);
+    assert.deepEqual(recorder.closeReasons, [C.VIR_CONNECT_CLOSE_REASON_EOF]);
 
-  // The restarted daemon serves new connections.
-  const again = await Connection.open(libvirtd.uri);
-  try {
-    assert.ok(Array.isArray(await again.listDomains()));
-  } finally {
-    assert.equal(await again.close(), 0);
-  }
-});
+    // The restarted daemon serves new connections.
+    const again = await Connection.open(libvirtd.uri);
+    try {
+      assert.ok(Array.isArray(await again.listDomains()));
+    } finally {
+      assert.equal(await again.close(), 0);
+    }
+  },
+);
 
 test('keepalive closes the connection to a daemon that stopped answering', { timeout: 120_000 }, async (t) => {
   if (!ownedLibvirtd(t)) return;

@@ -61,7 +61,10 @@ test('suspend and resume change the state and arrive as lifecycle events', async
   await withConnection(async (connection, recorder) => {
     await connection.suspend(TEST_DOMAIN_UUID);
     try {
-      const suspended = await recorder.waitFor('SUSPENDED', (event) => event.kind === 'lifecycle' && event.event === C.VIR_DOMAIN_EVENT_SUSPENDED);
+      const suspended = await recorder.waitFor(
+        'SUSPENDED',
+        (event) => event.kind === 'lifecycle' && event.event === C.VIR_DOMAIN_EVENT_SUSPENDED,
+      );
       assert.deepEqual(suspended, {
         kind: 'lifecycle',
         name: 'test',
@@ -75,7 +78,10 @@ test('suspend and resume change the state and arrive as lifecycle events', async
     } finally {
       await connection.resume(TEST_DOMAIN_UUID);
     }
-    const resumed = await recorder.waitFor('RESUMED', (event) => event.kind === 'lifecycle' && event.event === C.VIR_DOMAIN_EVENT_RESUMED);
+    const resumed = await recorder.waitFor(
+      'RESUMED',
+      (event) => event.kind === 'lifecycle' && event.event === C.VIR_DOMAIN_EVENT_RESUMED,
+    );
     assert.equal(resumed.kind === 'lifecycle' && resumed.detail, C.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED);
     const running = await connection.getDomain(TEST_DOMAIN_UUID);
     assert.equal(running.state, C.VIR_DOMAIN_RUNNING);
@@ -100,7 +106,11 @@ test('libvirt errors carry code, domain, level and message', async () => {
 
     // The test driver cannot detach: the error of an unsupported call.
     const detach = await rejection(
-      connection.detachDevice(TEST_DOMAIN_UUID, "<disk type='file' device='disk'><target dev='vda'/></disk>", C.VIR_DOMAIN_AFFECT_LIVE),
+      connection.detachDevice(
+        TEST_DOMAIN_UUID,
+        "<disk type='file' device='disk'><target dev='vda'/></disk>",
+        C.VIR_DOMAIN_AFFECT_LIVE,
+      ),
     );
     assert.equal(detach.code, C.VIR_ERR_NO_SUPPORT);
     const alias = await rejection(connection.detachDeviceAlias(TEST_DOMAIN_UUID, 'ua-disk', C.VIR_DOMAIN_AFFECT_LIVE));
@@ -166,7 +176,11 @@ test('defines a domain with vmdevd metadata, starts, destroys and undefines it',
     const notFound = await rejection(connection.getDomain(defined.uuid));
     assert.equal(notFound.code, C.VIR_ERR_NO_DOMAIN);
 
-    await recorder.waitFor('UNDEFINED', (event) => event.kind === 'lifecycle' && event.uuid === defined.uuid && event.event === C.VIR_DOMAIN_EVENT_UNDEFINED);
+    await recorder.waitFor(
+      'UNDEFINED',
+      (event) =>
+        event.kind === 'lifecycle' && event.uuid === defined.uuid && event.event === C.VIR_DOMAIN_EVENT_UNDEFINED,
+    );
     const mine = recorder.events.filter((event) => event.uuid === defined.uuid);
     assert.deepEqual(
       mine.map((event) => (event.kind === 'lifecycle' ? [event.event, event.detail] : event.kind)),

@@ -52,7 +52,8 @@ export function messageLength(buf: Buffer, off: number): number {
   const le = endian === LITTLE;
   const bodyLength = le ? buf.readUInt32LE(off + 4) : buf.readUInt32BE(off + 4);
   const fieldsLength = le ? buf.readUInt32LE(off + 12) : buf.readUInt32BE(off + 12);
-  if (fieldsLength > MAX_ARRAY_LENGTH) throw new DecodeError(`header fields of ${fieldsLength} bytes (at most ${MAX_ARRAY_LENGTH})`);
+  if (fieldsLength > MAX_ARRAY_LENGTH)
+    throw new DecodeError(`header fields of ${fieldsLength} bytes (at most ${MAX_ARRAY_LENGTH})`);
   const total = FIXED_HEADER_LENGTH + ((fieldsLength + 7) & ~7) + bodyLength;
   if (total > MAX_MESSAGE_LENGTH) throw new DecodeError(`a message of ${total} bytes (at most ${MAX_MESSAGE_LENGTH})`);
   return total;
@@ -64,7 +65,8 @@ export function messageLength(buf: Buffer, off: number): number {
  */
 export function decodeMessage(buf: Buffer, off: number, length: number): Message | undefined {
   const r = new Reader(buf as FastBuffer, off, buf[off] === LITTLE);
-  const { type, flags, serial, path, iface, member, errorName, replySerial, destination, sender, signature } = readHeader(r, buf, off);
+  const { type, flags, serial, path, iface, member, errorName, replySerial, destination, sender, signature } =
+    readHeader(r, buf, off);
 
   r.end = off + length;
   r.align(8);
@@ -73,7 +75,8 @@ export function decodeMessage(buf: Buffer, off: number, length: number): Message
     const types = parseSignature(signature);
     for (let i = 0; i < types.length; i++) body.push(r.value(types[i]!, 0));
   }
-  if (r.pos !== r.end) throw new DecodeError(`the body is longer than its signature ${JSON.stringify(signature ?? '')} says`);
+  if (r.pos !== r.end)
+    throw new DecodeError(`the body is longer than its signature ${JSON.stringify(signature ?? '')} says`);
 
   if (type > 4) return undefined;
   checkFields(type, path, iface, member, errorName, replySerial, destination);
@@ -209,11 +212,31 @@ function checkFields(
   if (iface) checkName(iface, validators.isInterfaceNameValid, 'interface name');
   if (errorName) checkName(errorName, validators.isInterfaceNameValid, 'interface name');
   const missing =
-    type === METHOD_CALL ? (path === undefined ? 'path' : member === undefined ? 'member' : undefined)
-    : type === SIGNAL ? (path === undefined ? 'path' : member === undefined ? 'member' : iface === undefined ? 'interface' : undefined)
-    : type === ERROR ? (errorName === undefined ? 'errorName' : replySerial === undefined ? 'replySerial' : undefined)
-    : type === METHOD_RETURN ? (replySerial === undefined ? 'replySerial' : undefined)
-    : undefined;
+    type === METHOD_CALL
+      ? path === undefined
+        ? 'path'
+        : member === undefined
+          ? 'member'
+          : undefined
+      : type === SIGNAL
+        ? path === undefined
+          ? 'path'
+          : member === undefined
+            ? 'member'
+            : iface === undefined
+              ? 'interface'
+              : undefined
+        : type === ERROR
+          ? errorName === undefined
+            ? 'errorName'
+            : replySerial === undefined
+              ? 'replySerial'
+              : undefined
+          : type === METHOD_RETURN
+            ? replySerial === undefined
+              ? 'replySerial'
+              : undefined
+            : undefined;
   if (missing !== undefined) throw new DecodeError(`Message is missing a required field: ${missing}`);
 }
 
@@ -240,7 +263,9 @@ class Reader {
 
   u32At(at: number): number {
     const b = this.buf;
-    return this.le ? (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16)) + b[at + 3]! * 0x1000000 : (b[at + 3]! | (b[at + 2]! << 8) | (b[at + 1]! << 16)) + b[at]! * 0x1000000;
+    return this.le
+      ? (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16)) + b[at + 3]! * 0x1000000
+      : (b[at + 3]! | (b[at + 2]! << 8) | (b[at + 1]! << 16)) + b[at]! * 0x1000000;
   }
 
   need(n: number): void {
@@ -270,7 +295,8 @@ class Reader {
   }
 
   expectFieldType(code: number, sig: string, expected: string): void {
-    if (sig !== expected) throw new DecodeError(`header field ${code} has type ${JSON.stringify(sig)}, not ${JSON.stringify(expected)}`);
+    if (sig !== expected)
+      throw new DecodeError(`header field ${code} has type ${JSON.stringify(sig)}, not ${JSON.stringify(expected)}`);
   }
 
   singleType(sig: string): TypeNode {
@@ -425,7 +451,8 @@ class Reader {
         const key = String(this.value(kt, depth + 2));
         const value = this.value(vt, depth + 2);
         // An own property even for "__proto__" (dbus-next would set the object's prototype).
-        if (key === '__proto__') Object.defineProperty(out, key, { value, enumerable: true, writable: true, configurable: true });
+        if (key === '__proto__')
+          Object.defineProperty(out, key, { value, enumerable: true, writable: true, configurable: true });
         else out[key] = value;
       }
       if (this.pos !== end) throw new DecodeError('an array element overruns the array');

@@ -139,7 +139,8 @@ export function encodeMessage(msg: OutgoingMessage): Buffer {
  */
 export function encodeBody(signature: string, body: readonly unknown[]): Buffer {
   const types = parseSignature(signature);
-  if (body.length !== types.length) throw new EncodeError(`Expected ${types.length} body elements for signature '${signature}' (got ${body.length})`);
+  if (body.length !== types.length)
+    throw new EncodeError(`Expected ${types.length} body elements for signature '${signature}' (got ${body.length})`);
   const w = new WireWriter(256);
   for (let i = 0; i < types.length; i++) writeValue(w, types[i]!, body[i], 0);
   return w.take();
@@ -168,7 +169,9 @@ function writeMessage(w: WireWriter, msg: OutgoingMessage): void {
   const types = parseSignature(signature);
   const body = msg.body === undefined ? [] : msg.body;
   if (!Array.isArray(body) || body.length !== types.length) {
-    throw new EncodeError(`Expected ${types.length} body elements for signature '${signature}' (got ${Array.isArray(body) ? body.length : typeof body})`);
+    throw new EncodeError(
+      `Expected ${types.length} body elements for signature '${signature}' (got ${Array.isArray(body) ? body.length : typeof body})`,
+    );
   }
   const type = msg.type || 1;
   const flags = msg.flags || 0;
@@ -217,7 +220,8 @@ function writeMessage(w: WireWriter, msg: OutgoingMessage): void {
     for (let i = 0; i < types.length; i++) writeValue(w, types[i]!, body[i], 0);
   }
   const bodyLength = w.pos - bodyStart;
-  if (w.pos - start > MAX_MESSAGE_LENGTH) throw new EncodeError(`the message is longer than ${MAX_MESSAGE_LENGTH} bytes`);
+  if (w.pos - start > MAX_MESSAGE_LENGTH)
+    throw new EncodeError(`the message is longer than ${MAX_MESSAGE_LENGTH} bytes`);
   putU32(w.buf, start + 4, bodyLength);
 }
 
@@ -341,7 +345,8 @@ function writeValue(w: WireWriter, t: TypeNode, v: unknown, depth: number): void
       return;
     case '(': {
       if (!Array.isArray(v)) throw typeError(t, v, 'an array');
-      if (v.length !== t.children.length) throw new EncodeError(`expecting struct to have ${t.children.length} members (got ${v.length} members)`);
+      if (v.length !== t.children.length)
+        throw new EncodeError(`expecting struct to have ${t.children.length} members (got ${v.length} members)`);
       if (depth >= MAX_TOTAL_DEPTH) throw tooDeep();
       pad(w, 8);
       for (let i = 0; i < v.length; i++) writeValue(w, t.children[i]!, v[i], depth + 1);
@@ -386,7 +391,8 @@ function writeArray(w: WireWriter, t: TypeNode, v: unknown, depth: number): void
     for (let i = 0; i < arr.length; i++) writeValue(w, el, arr[i], depth + 1);
   }
   const length = w.pos - start;
-  if (length > MAX_ARRAY_LENGTH) throw new EncodeError(`an array of type '${t.signature}' is longer than ${MAX_ARRAY_LENGTH} bytes`);
+  if (length > MAX_ARRAY_LENGTH)
+    throw new EncodeError(`an array of type '${t.signature}' is longer than ${MAX_ARRAY_LENGTH} bytes`);
   putU32(w.buf, lengthAt, length);
 }
 
@@ -471,7 +477,8 @@ function stringValue(v: unknown, type: string): string {
 }
 
 function checkInteger(v: unknown, min: number, max: number, what: string): void {
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw new EncodeError(`expected an integer for ${what}, got ${describe(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v))
+    throw new EncodeError(`expected an integer for ${what}, got ${describe(v)}`);
   if (v < min || v > max) throw new EncodeError(`${v} is out of range for ${what} (${min} to ${max})`);
 }
 

@@ -32,7 +32,6 @@ import { MessageFramer, type MessageHeader } from './decoder.js';
 import { MAX_MESSAGE_LENGTH } from './encoder.js';
 import type dbus from 'dbus-next';
 
-
 export interface FastConnectionOptions {
   /** One or more `;`-separated unix addresses, tried in order. */
   readonly busAddress: string;
@@ -162,7 +161,10 @@ export class FastConnection extends EventEmitter {
     const fds = encodeMessageInto(this.out, msg);
     if (fds.length > 0) console.warn('Sending file descriptors is not supported in current bus connection');
     if (this.waitingForDrain || !this.connected) {
-      if (this.out.pos > this.maxQueuedBytes) this.fail(new Error(`the bus has not read the last ${this.out.pos} bytes sent to it; giving up the connection`));
+      if (this.out.pos > this.maxQueuedBytes)
+        this.fail(
+          new Error(`the bus has not read the last ${this.out.pos} bytes sent to it; giving up the connection`),
+        );
       return;
     }
     if (!this.flushScheduled) {
@@ -189,7 +191,8 @@ export class FastConnection extends EventEmitter {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     const socket = this.socket;
-    if (!this.connected || this.waitingForDrain || this.out.pos === 0 || socket === undefined || !socket.writable) return;
+    if (!this.connected || this.waitingForDrain || this.out.pos === 0 || socket === undefined || !socket.writable)
+      return;
     if (!socket.write(this.out.take())) this.waitingForDrain = true;
   };
 

@@ -28,7 +28,25 @@ export const MAX_SIGNATURE_LENGTH = 255;
 /** Nested arrays, and separately nested structs, in one signature (dict entries are bounded by their arrays). */
 export const MAX_CONTAINER_DEPTH = 32;
 
-const ALIGN: Record<string, number> = { y: 1, g: 1, v: 1, n: 2, q: 2, b: 4, i: 4, u: 4, h: 4, s: 4, o: 4, a: 4, x: 8, t: 8, d: 8, '(': 8, '{': 8 };
+const ALIGN: Record<string, number> = {
+  y: 1,
+  g: 1,
+  v: 1,
+  n: 2,
+  q: 2,
+  b: 4,
+  i: 4,
+  u: 4,
+  h: 4,
+  s: 4,
+  o: 4,
+  a: 4,
+  x: 8,
+  t: 8,
+  d: 8,
+  '(': 8,
+  '{': 8,
+};
 const BASIC = new Set(['y', 'b', 'n', 'q', 'i', 'u', 'x', 't', 'd', 's', 'o', 'g', 'h']);
 
 /**
@@ -53,13 +71,15 @@ export function parseSignature(signature: string): readonly TypeNode[] {
 /** Exactly one complete type, as a variant's signature must be. */
 export function parseSingleType(signature: string): TypeNode {
   const types = parseSignature(signature);
-  if (types.length !== 1) throw new SignatureError(`a variant's signature must be one complete type, not ${JSON.stringify(signature)}`);
+  if (types.length !== 1)
+    throw new SignatureError(`a variant's signature must be one complete type, not ${JSON.stringify(signature)}`);
   return types[0]!;
 }
 
 function parse(signature: string): readonly TypeNode[] {
   if (typeof signature !== 'string') throw new SignatureError(`a signature must be a string, not ${typeof signature}`);
-  if (signature.length > MAX_SIGNATURE_LENGTH) throw new SignatureError(`signature longer than ${MAX_SIGNATURE_LENGTH} characters`);
+  if (signature.length > MAX_SIGNATURE_LENGTH)
+    throw new SignatureError(`signature longer than ${MAX_SIGNATURE_LENGTH} characters`);
   let pos = 0;
   const fail = (why: string): never => {
     throw new SignatureError(`invalid signature ${JSON.stringify(signature)}: ${why} at position ${pos}`);

@@ -100,7 +100,11 @@ export function parseValgrindXml(xml: string): Finding[] {
   return findings;
 }
 
-function run(command: string, args: string[], timeoutMs: number): Promise<{ exitCode: number | null; stdout: string; stderr: string }> {
+function run(
+  command: string,
+  args: string[],
+  timeoutMs: number,
+): Promise<{ exitCode: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -147,7 +151,9 @@ async function runValgrind(config: WorkloadConfig, dir: string): Promise<Omit<Me
   const findings = parseValgrindXml(await readFile(xmlFile, 'utf8'));
   const ours = findings.filter((finding) => finding.ours);
   const lost = (mine: boolean): number =>
-    findings.filter((finding) => finding.kind === 'Leak_DefinitelyLost' && finding.ours === mine).reduce((sum, finding) => sum + finding.bytes, 0);
+    findings
+      .filter((finding) => finding.kind === 'Leak_DefinitelyLost' && finding.ours === mine)
+      .reduce((sum, finding) => sum + finding.bytes, 0);
   return {
     workload,
     exitCode: result.exitCode,
@@ -177,8 +183,16 @@ export async function runMemcheck(options: MemcheckOptions = {}): Promise<Memche
       cleanups.unshift(() => connection.close());
       const vm = await createTestVm(connection, { type: 'memcheck' });
       cleanups.unshift(() => vm.remove());
-      log(`test VM ${vm.name} (${vm.virtType}) on ${libvirtd.uri}, libvirtd ${libvirtd.owned ? 'started here' : 'of the host'}`);
-      qemu = { uri: libvirtd.uri, uuid: vm.uuid, deviceXml: vm.devices.usbDisk.xml, alias: vm.devices.usbDisk.alias, cycles: qemuCycles };
+      log(
+        `test VM ${vm.name} (${vm.virtType}) on ${libvirtd.uri}, libvirtd ${libvirtd.owned ? 'started here' : 'of the host'}`,
+      );
+      qemu = {
+        uri: libvirtd.uri,
+        uuid: vm.uuid,
+        deviceXml: vm.devices.usbDisk.xml,
+        alias: vm.devices.usbDisk.alias,
+        cycles: qemuCycles,
+      };
     }
     const config: WorkloadConfig = {
       testCycles: options.testCycles ?? 300,
@@ -186,8 +200,10 @@ export async function runMemcheck(options: MemcheckOptions = {}): Promise<Memche
       gcConnections: options.gcConnections ?? 20,
       workerConnections: options.workerConnections ?? 3,
     };
-    log(`valgrind: ${config.testCycles} test:///default cycles, ${qemuCycles} QEMU detach/attach cycles, ` +
-      `${config.gcConnections} connections left to GC, ${config.workerConnections} in a terminated worker`);
+    log(
+      `valgrind: ${config.testCycles} test:///default cycles, ${qemuCycles} QEMU detach/attach cycles, ` +
+        `${config.gcConnections} connections left to GC, ${config.workerConnections} in a terminated worker`,
+    );
     const report = await runValgrind(config, dir);
     const passed =
       report.exitCode === 0 &&
@@ -212,7 +228,9 @@ export async function runMemcheck(options: MemcheckOptions = {}): Promise<Memche
 export function formatReport(report: MemcheckReport): string {
   const lines: string[] = [];
   const workload = report.workload;
-  lines.push(`memcheck ${report.passed ? 'PASSED' : 'FAILED'} in ${report.seconds.toFixed(1)} s (valgrind exit code ${report.exitCode})`);
+  lines.push(
+    `memcheck ${report.passed ? 'PASSED' : 'FAILED'} in ${report.seconds.toFixed(1)} s (valgrind exit code ${report.exitCode})`,
+  );
   if (workload === undefined) {
     lines.push('the workload did not finish; its stderr:', report.stderr.slice(-4000));
   } else {

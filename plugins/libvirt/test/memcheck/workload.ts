@@ -52,7 +52,11 @@ function testDomainXml(): string {
 }
 
 /** Resolves with the first event that matches, after `start()` ran. */
-function nextEvent(events: DomainEvent[], listeners: Array<() => void>, match: (event: DomainEvent) => boolean): Promise<DomainEvent> {
+function nextEvent(
+  events: DomainEvent[],
+  listeners: Array<() => void>,
+  match: (event: DomainEvent) => boolean,
+): Promise<DomainEvent> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('no event within 60 s')), 60_000);
     const check = (): void => {
@@ -78,7 +82,11 @@ async function testCycle(result: WorkloadResult, cycle: number): Promise<void> {
   await expectLibvirtError(connection.getDomain(UNKNOWN_UUID), C.VIR_ERR_NO_DOMAIN);
   await expectLibvirtError(connection.getXml('not-a-uuid'), C.VIR_ERR_INVALID_ARG);
   await expectLibvirtError(
-    connection.detachDevice(TEST_DOMAIN_UUID, "<disk type='file' device='disk'><target dev='vda'/></disk>", C.VIR_DOMAIN_AFFECT_LIVE),
+    connection.detachDevice(
+      TEST_DOMAIN_UUID,
+      "<disk type='file' device='disk'><target dev='vda'/></disk>",
+      C.VIR_DOMAIN_AFFECT_LIVE,
+    ),
     C.VIR_ERR_NO_SUPPORT,
   );
   await expectLibvirtError(connection.detachDeviceAlias(TEST_DOMAIN_UUID, 'ua-disk', 0), C.VIR_ERR_NO_SUPPORT);
@@ -92,7 +100,13 @@ async function testCycle(result: WorkloadResult, cycle: number): Promise<void> {
   // Wait for the last event, so that deliveries overlap nothing of the next cycle.
   await new Promise<void>((resolve) => {
     const poll = (): void => {
-      if (events.some((event) => event.kind === 'lifecycle' && event.uuid === defined.uuid && event.event === C.VIR_DOMAIN_EVENT_UNDEFINED)) resolve();
+      if (
+        events.some(
+          (event) =>
+            event.kind === 'lifecycle' && event.uuid === defined.uuid && event.event === C.VIR_DOMAIN_EVENT_UNDEFINED,
+        )
+      )
+        resolve();
       else setTimeout(poll, 1);
     };
     poll();
@@ -102,7 +116,11 @@ async function testCycle(result: WorkloadResult, cycle: number): Promise<void> {
   if (remaining !== 0) result.nonZeroCloses.push(`test ${cycle}:${remaining}`);
 }
 
-async function qemuCycle(config: NonNullable<WorkloadConfig['qemu']>, result: WorkloadResult, cycle: number): Promise<void> {
+async function qemuCycle(
+  config: NonNullable<WorkloadConfig['qemu']>,
+  result: WorkloadResult,
+  cycle: number,
+): Promise<void> {
   const events: DomainEvent[] = [];
   const listeners: Array<() => void> = [];
   const connection = await Connection.open(config.uri, {
@@ -112,10 +130,17 @@ async function qemuCycle(config: NonNullable<WorkloadConfig['qemu']>, result: Wo
     },
     onClose: () => {},
   });
-  const removed = nextEvent(events, listeners, (event) => event.kind === 'device-removed' && event.uuid === config.uuid && event.alias === config.alias);
+  const removed = nextEvent(
+    events,
+    listeners,
+    (event) => event.kind === 'device-removed' && event.uuid === config.uuid && event.alias === config.alias,
+  );
   await connection.detachDevice(config.uuid, config.deviceXml, C.VIR_DOMAIN_AFFECT_LIVE);
   await removed;
-  await expectLibvirtError(connection.detachDevice(config.uuid, config.deviceXml, C.VIR_DOMAIN_AFFECT_LIVE), C.VIR_ERR_DEVICE_MISSING);
+  await expectLibvirtError(
+    connection.detachDevice(config.uuid, config.deviceXml, C.VIR_DOMAIN_AFFECT_LIVE),
+    C.VIR_ERR_DEVICE_MISSING,
+  );
   await connection.attachDevice(config.uuid, config.deviceXml, C.VIR_DOMAIN_AFFECT_LIVE);
   assert.match(await connection.getXml(config.uuid), new RegExp(`<alias name='${config.alias}'/>`));
   await connection.listDomains();
