@@ -23,6 +23,8 @@ PACKAGES=(
   # running clients and the daemon as them (setpriv), the unit checks
   # (systemd-analyze, systemd-sysusers: package systemd, above)
   passwd util-linux
+  # npm run lint: the formatter of the native code, the shell checker
+  clang-format shellcheck
 )
 
 if [ "$(id -u)" -ne 0 ]; then

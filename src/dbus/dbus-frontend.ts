@@ -509,9 +509,7 @@ export class DbusFrontend implements Disposable {
   private buildIntrospection(): string {
     const generated = (this.bus as unknown as { _introspect(path: string): string })._introspect(OBJECT_PATH);
     const doc = create(generated).node as unknown as {
-      getElementsByTagName(
-        tag: string,
-      ): ArrayLike<{
+      getElementsByTagName(tag: string): ArrayLike<{
         getAttribute(n: string): string | null;
         parentNode: { replaceChild(a: unknown, b: unknown): void };
       }>;

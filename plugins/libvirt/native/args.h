@@ -28,6 +28,8 @@ inline int IntArg(const Napi::CallbackInfo& info, size_t index, const char* name
   return info[index].As<Napi::Number>().Int32Value();
 }
 
-inline bool BoolArg(const Napi::CallbackInfo& info, size_t index) { return info[index].ToBoolean().Value(); }
+inline bool BoolArg(const Napi::CallbackInfo& info, size_t index) {
+  return info[index].ToBoolean().Value();
+}
 
 }  // namespace vmdevd

@@ -169,9 +169,11 @@ Napi::Value Connection::Open(const Napi::CallbackInfo& info) {
   return promise;
 }
 
-Connection::Connection(const Napi::CallbackInfo& info) : ObjectWrap<Connection>(info), env_(info.Env()) {
+Connection::Connection(const Napi::CallbackInfo& info)
+    : ObjectWrap<Connection>(info), env_(info.Env()) {
   Opened* opened = GetAddonData(info.Env()).constructing;
-  if (opened == nullptr) throw Napi::TypeError::New(info.Env(), "use open() to create a connection");
+  if (opened == nullptr)
+    throw Napi::TypeError::New(info.Env(), "use open() to create a connection");
   GetAddonData(info.Env()).constructing = nullptr;
   conn_ = opened->conn;
   sink_ = std::move(opened->sink);

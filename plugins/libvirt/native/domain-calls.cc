@@ -26,7 +26,8 @@ Napi::Value Connection::GetDomain(const Napi::CallbackInfo& info) {
   return Call<DomainInfo>(
       info.Env(),
       [uuid](virConnectPtr conn, DomainInfo& result, CallError& error) {
-        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) { return ReadDomainInfo(dom, result, error); });
+        return WithDomain(conn, uuid, error,
+                          [&](virDomainPtr dom) { return ReadDomainInfo(dom, result, error); });
       },
       DomainInfoResult);
 }
@@ -53,7 +54,8 @@ Napi::Value Connection::GetMetadata(const Napi::CallbackInfo& info) {
   unsigned int flags = BoolArg(info, 2) ? VIR_DOMAIN_AFFECT_CONFIG : VIR_DOMAIN_AFFECT_CURRENT;
   return Call<std::optional<std::string>>(
       info.Env(),
-      [uuid, namespaceUri, flags](virConnectPtr conn, std::optional<std::string>& metadata, CallError& error) {
+      [uuid, namespaceUri, flags](virConnectPtr conn, std::optional<std::string>& metadata,
+                                  CallError& error) {
         return WithDomain(conn, uuid, error, [&](virDomainPtr dom) {
           LibvirtString text(
               virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, namespaceUri.c_str(), flags));
@@ -70,14 +72,15 @@ Napi::Value Connection::GetMetadata(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Connection::DeviceAction(const Napi::CallbackInfo& info, const char* what,
-                                      int (*action)(virDomainPtr, const char*, unsigned int)) {
+                                     int (*action)(virDomainPtr, const char*, unsigned int)) {
   std::string uuid = StringArg(info, 0, "uuid");
   std::string text = StringArg(info, 1, what);
   unsigned int flags = FlagsArg(info, 2);
   return Call<Nothing>(
       info.Env(),
       [uuid, text, flags, action](virConnectPtr conn, Nothing&, CallError& error) {
-        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) { return action(dom, text.c_str(), flags) == 0; });
+        return WithDomain(conn, uuid, error,
+                          [&](virDomainPtr dom) { return action(dom, text.c_str(), flags) == 0; });
       },
       Undefined);
 }
@@ -100,8 +103,9 @@ Napi::Value Connection::Undefine(const Napi::CallbackInfo& info) {
   return Call<Nothing>(
       info.Env(),
       [uuid, flags](virConnectPtr conn, Nothing&, CallError& error) {
-        return WithDomain(conn, uuid, error,
-                          [&](virDomainPtr dom) { return virDomainUndefineFlags(dom, flags) == 0; });
+        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) {
+          return virDomainUndefineFlags(dom, flags) == 0;
+        });
       },
       Undefined);
 }
@@ -116,10 +120,20 @@ Napi::Value Connection::DomainAction(const Napi::CallbackInfo& info, int (*actio
       Undefined);
 }
 
-Napi::Value Connection::Create(const Napi::CallbackInfo& info) { return DomainAction(info, virDomainCreate); }
-Napi::Value Connection::Resume(const Napi::CallbackInfo& info) { return DomainAction(info, virDomainResume); }
-Napi::Value Connection::Suspend(const Napi::CallbackInfo& info) { return DomainAction(info, virDomainSuspend); }
-Napi::Value Connection::Shutdown(const Napi::CallbackInfo& info) { return DomainAction(info, virDomainShutdown); }
-Napi::Value Connection::Destroy(const Napi::CallbackInfo& info) { return DomainAction(info, virDomainDestroy); }
+Napi::Value Connection::Create(const Napi::CallbackInfo& info) {
+  return DomainAction(info, virDomainCreate);
+}
+Napi::Value Connection::Resume(const Napi::CallbackInfo& info) {
+  return DomainAction(info, virDomainResume);
+}
+Napi::Value Connection::Suspend(const Napi::CallbackInfo& info) {
+  return DomainAction(info, virDomainSuspend);
+}
+Napi::Value Connection::Shutdown(const Napi::CallbackInfo& info) {
+  return DomainAction(info, virDomainShutdown);
+}
+Napi::Value Connection::Destroy(const Napi::CallbackInfo& info) {
+  return DomainAction(info, virDomainDestroy);
+}
 
 }  // namespace vmdevd

@@ -26,6 +26,8 @@ bool ReadDomainInfo(virDomainPtr dom, DomainInfo& info, CallError& error);
 Napi::Object DomainInfoToJs(Napi::Env env, const DomainInfo& info);
 
 // DomainInfoToJs in the shape LibvirtCall's ToJs wants.
-inline Napi::Value DomainInfoResult(Napi::Env env, DomainInfo& info) { return DomainInfoToJs(env, info); }
+inline Napi::Value DomainInfoResult(Napi::Env env, DomainInfo& info) {
+  return DomainInfoToJs(env, info);
+}
 
 }  // namespace vmdevd

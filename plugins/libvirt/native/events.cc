@@ -28,7 +28,8 @@ EventSink& SinkOf(void* opaque) { return **static_cast<std::shared_ptr<EventSink
 
 }  // namespace
 
-std::shared_ptr<EventSink> EventSink::Create(Napi::Env env, Napi::Value onEvent, Napi::Value onClose) {
+std::shared_ptr<EventSink> EventSink::Create(Napi::Env env, Napi::Value onEvent,
+                                             Napi::Value onClose) {
   auto sink = std::make_shared<EventSink>(Private{});
   if (onEvent.IsFunction()) sink->onEvent_ = Napi::Persistent(onEvent.As<Napi::Function>());
   if (onClose.IsFunction()) sink->onClose_ = Napi::Persistent(onClose.As<Napi::Function>());
@@ -63,8 +64,8 @@ bool EventSink::Register(virConnectPtr conn, CallError& error) {
   };
   for (int i = 0; i < 4; i++) {
     auto* hold = new std::shared_ptr<EventSink>(shared_from_this());
-    int id = virConnectDomainEventRegisterAny(conn, nullptr, registrations[i].eventId, registrations[i].callback,
-                                              hold, FreeHold);
+    int id = virConnectDomainEventRegisterAny(conn, nullptr, registrations[i].eventId,
+                                              registrations[i].callback, hold, FreeHold);
     if (id < 0) {
       error.Capture();
       // On failure libvirt does not call the free callback: the hold is ours.
@@ -136,7 +137,8 @@ void EventSink::OnDeviceRemoved(virConnectPtr, virDomainPtr dom, const char* ali
   SinkOf(opaque).Deliver(std::move(data));
 }
 
-void EventSink::OnDeviceRemovalFailed(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque) {
+void EventSink::OnDeviceRemovalFailed(virConnectPtr, virDomainPtr dom, const char* alias,
+                                      void* opaque) {
   auto data = DomainEvent(EventData::Kind::DeviceRemovalFailed, dom);
   if (alias != nullptr) data->alias = alias;
   SinkOf(opaque).Deliver(std::move(data));

@@ -64,7 +64,8 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
   static void OnLifecycle(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque);
   static void OnDeviceAdded(virConnectPtr conn, virDomainPtr dom, const char* alias, void* opaque);
   static void OnDeviceRemoved(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque);
-  static void OnDeviceRemovalFailed(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque);
+  static void OnDeviceRemovalFailed(virConnectPtr, virDomainPtr dom, const char* alias,
+                                    void* opaque);
   static void OnClose(virConnectPtr, int reason, void* opaque);
 
   void Deliver(std::unique_ptr<EventData> data);

@@ -10,7 +10,8 @@
 namespace vmdevd {
 
 Napi::Value SetErrorClassFn(const Napi::CallbackInfo& info) {
-  if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "setErrorClass needs a constructor");
+  if (!info[0].IsFunction())
+    throw Napi::TypeError::New(info.Env(), "setErrorClass needs a constructor");
   SetErrorClass(info.Env(), info[0].As<Napi::Function>());
   return info.Env().Undefined();
 }
@@ -25,7 +26,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->connectionClass = Napi::Persistent(Connection::DefineClass(env));
   event_loop::AddEnvironment();
   // Registered first, so it runs after every connection's own cleanup hook.
-  napi_add_env_cleanup_hook(env, [](void*) { event_loop::RemoveEnvironment(); }, nullptr);
+  napi_add_env_cleanup_hook(
+      env, [](void*) { event_loop::RemoveEnvironment(); }, nullptr);
 
   exports.Set("open", Napi::Function::New<Connection::Open>(env, "open"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClassFn>(env, "setErrorClass"));
@@ -35,6 +37,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
 }  // namespace vmdevd
 
-static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return vmdevd::Init(env, exports); }
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  return vmdevd::Init(env, exports);
+}
 
 NODE_API_MODULE(vmdevd_libvirt, InitModule)
