@@ -82,13 +82,12 @@ export function openBus(spec: BusSpec, options: OpenOptions = {}): Promise<Messa
     let conn: FastConnection;
     try {
       conn = createFastConnection({ busAddress: busAddress(spec), maxIncomingLength: options.maxIncomingLength });
-      bus = new MessageBusClass(conn);
+      bus = new WrappingMessageBus(conn);
     } catch (err) {
       reject(new Error(`cannot connect to ${describeBus(spec)}: ${(err as Error).message}`));
       return;
     }
     connections.set(bus, conn);
-    wrapSerials(bus);
     conn.on('undecodable', (m: UndecodableMessage) => {
       answerUndecodable(bus, m);
       options.onUndecodable?.(m);
@@ -125,18 +124,26 @@ function disconnect(bus: MessageBus): void {
   }
 }
 
+/** Serials of each bus: `MessageBus` counts its own up without end, past what fits the header. */
+const nextSerials = new WeakMap<MessageBus, number>();
+
 /**
- * `MessageBus` counts serials up without end; past 2^32 - 1 they would not
- * fit the header. Every message it and `sendTrusted` send takes its serial
- * from `newSerial()`, so that is where they wrap. `next` is the first serial
- * (tests start near the end to see the wrap).
+ * dbus-next's `MessageBus` over our connection, with serials that wrap
+ * after 2^32 - 1. Every message it sends (Hello in its constructor
+ * included) and every one `sendTrusted` sends takes its serial from
+ * `newSerial()`.
  */
-export function wrapSerials(bus: MessageBus, next = 1): void {
-  let serial = next - 1;
-  bus.newSerial = () => {
-    serial = serial >= MAX_SERIAL ? 1 : serial + 1;
+class WrappingMessageBus extends MessageBusClass {
+  override newSerial(): number {
+    const serial = nextSerials.get(this) ?? 1;
+    nextSerials.set(this, serial >= MAX_SERIAL ? 1 : serial + 1);
     return serial;
-  };
+  }
+}
+
+/** For tests: the serial `bus` sends its next message with (to see the wrap). */
+export function setNextSerial(bus: MessageBus, serial: number): void {
+  nextSerials.set(bus, serial);
 }
 
 /** A call that could not be read gets InvalidArgs, unless it asked for no reply. */

@@ -9,8 +9,3 @@ declare module 'dbus-next/lib/bus.js' {
   const MessageBus: new (connection: unknown) => dbus.MessageBus;
   export default MessageBus;
 }
-
-declare module 'dbus-next/lib/validators.js' {
-  const validators: { isBusNameValid(name: string): boolean; isInterfaceNameValid(name: string): boolean };
-  export default validators;
-}

@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import dbus from 'dbus-next';
-import { onConnectionEnd, openBus, type MessageBus } from '../../src/dbus/bus-connection.js';
+import { onConnectionEnd, openBus, setNextSerial, type MessageBus } from '../../src/dbus/bus-connection.js';
 import { MessageFramer } from '../../src/dbus/wire/decoder.js';
 import { encodeMessage } from '../../src/dbus/wire/encoder.js';
 import { BusAddressError, busTargets, createFastConnection } from '../../src/dbus/wire/fast-connection.js';
@@ -47,6 +47,28 @@ describe('fast connection on a private dbus-daemon', () => {
         }),
       );
       assert.ok((reply!.body[0] as string[]).includes(uniqueName(client)));
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it('serials wrap after 2^32 - 1 to 1, and calls go on', async () => {
+    const client = await openBus(bus.address);
+    try {
+      setNextSerial(client, 0xfffffffe);
+      const serials: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const msg = new Message({
+          destination: 'org.freedesktop.DBus',
+          path: '/org/freedesktop/DBus',
+          interface: 'org.freedesktop.DBus',
+          member: 'GetId',
+        });
+        const reply = await client.call(msg);
+        serials.push(msg.serial!);
+        assert.equal(reply!.type, MessageType.METHOD_RETURN);
+      }
+      assert.deepEqual(serials, [0xfffffffe, 0xffffffff, 1]);
     } finally {
       client.disconnect();
     }

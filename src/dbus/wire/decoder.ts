@@ -20,9 +20,16 @@
  */
 import { Buffer, isUtf8 } from 'node:buffer';
 import dbus from 'dbus-next';
-import validators from 'dbus-next/lib/validators.js';
 import { MAX_ARRAY_LENGTH, MAX_MESSAGE_LENGTH, MAX_TOTAL_DEPTH } from './encoder.js';
-import { isObjectPath, parseSignature, parseSingleType, SignatureError, type TypeNode } from './signature.js';
+import {
+  isBusName,
+  isInterfaceName,
+  isObjectPath,
+  parseSignature,
+  parseSingleType,
+  SignatureError,
+  type TypeNode,
+} from './signature.js';
 
 const { Message, Variant } = dbus;
 type Message = dbus.Message;
@@ -209,9 +216,9 @@ function checkFields(
   replySerial: number | undefined,
   destination: string | undefined,
 ): void {
-  if (destination) checkName(destination, validators.isBusNameValid, 'bus name');
-  if (iface) checkName(iface, validators.isInterfaceNameValid, 'interface name');
-  if (errorName) checkName(errorName, validators.isInterfaceNameValid, 'interface name');
+  if (destination) checkName(destination, isBusName, 'bus name');
+  if (iface) checkName(iface, isInterfaceName, 'interface name');
+  if (errorName) checkName(errorName, isInterfaceName, 'error name');
   const missing =
     type === METHOD_CALL
       ? path === undefined
