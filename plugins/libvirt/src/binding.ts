@@ -2,16 +2,19 @@
  * The typed face of the native libvirt binding (`native/`, built by node-gyp
  * into `build/Release/vmdevd_libvirt.node`).
  *
- * Every method returns a Promise and runs its libvirt call on a worker
- * thread; the JavaScript thread never waits for libvirt. Domains are
+ * Every method returns a Promise and runs its libvirt call on one of the
+ * connection's own threads; the JavaScript thread never waits for libvirt,
+ * and no call waits behind another (a slow detach holds only its thread). Domains are
  * addressed by UUID string: the binding looks the domain up, calls, and
  * frees it on every path, so no libvirt object outlives a call.
  *
  * Events (lifecycle, device added, device removed, device removal failed) and the close
  * callback are registered by {@link Connection.open} before it resolves,
  * so a detach can never be issued before its DEVICE_REMOVED event could be
- * received. libvirt's event loop runs on a native thread of its own; the
+ * received. libvirt's event loop runs on the main thread's libuv loop, so
+ * an event reaches its listener on the thread that received it; the
  * callbacks run on the JavaScript thread, in the order libvirt emitted them.
+ * Load this module on the main thread first (a worker may load it later).
  */
 import { createRequire } from 'node:module';
 
