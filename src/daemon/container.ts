@@ -10,7 +10,7 @@ import { Config } from '../core/config.js';
 import { DetachGraceMs, DetachService } from '../core/detach-service.js';
 import { RootLogger } from '../core/logger.js';
 import { BUILTIN_PLUGIN_DIR } from '../core/plugin-loader.js';
-import { CoalesceWindowMs, StateHub } from '../core/state-hub.js';
+import { StateHub } from '../core/state-hub.js';
 import { VmdevService } from '../core/vmdev-service.js';
 import { DbusFrontend, InterfaceDefinitionToken } from '../dbus/dbus-frontend.js';
 import { loadInterface } from '../dbus/interface-definition.js';
@@ -18,8 +18,6 @@ import { loadInterface } from '../dbus/interface-definition.js';
 export interface ContainerOptions {
   /** Where in-repo plugins are looked up; the package's `plugins/` by default. */
   readonly builtinPluginDir?: string;
-  /** Window within which state changes are announced together. */
-  readonly coalesceWindowMs?: number;
   /** How long a backend may take to verify a device after its timeout. */
   readonly detachGraceMs?: number;
   /** The core's time (tests run it by hand). */
@@ -34,7 +32,6 @@ export function createContainer(config: Config, logger: RootLogger, options: Con
   container.bind(RootLogger).toConstantValue(logger);
   container.bind(CoreContainer).toConstantValue(container);
   container.bind(BuiltinPluginDir).toConstantValue(options.builtinPluginDir ?? BUILTIN_PLUGIN_DIR);
-  container.bind(CoalesceWindowMs).toConstantValue(options.coalesceWindowMs ?? 10);
   container.bind(DetachGraceMs).toConstantValue(options.detachGraceMs ?? 2000);
   container.bind(Clock).toConstantValue(options.clock ?? systemClock);
   container.bind(InterfaceDefinitionToken).toConstantValue(loadInterface());

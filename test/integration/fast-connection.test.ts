@@ -9,7 +9,13 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import dbus from 'dbus-next';
-import { onConnectionEnd, openBus, setNextSerial, type MessageBus } from '../../src/dbus/bus-connection.js';
+import {
+  onConnectionEnd,
+  openBus,
+  setNextSerial,
+  whenWritten,
+  type MessageBus,
+} from '../../src/dbus/bus-connection.js';
 import { MessageFramer } from '../../src/dbus/wire/decoder.js';
 import { encodeMessage } from '../../src/dbus/wire/encoder.js';
 import { BusAddressError, busTargets, createFastConnection } from '../../src/dbus/wire/fast-connection.js';
@@ -368,6 +374,44 @@ describe('fast connection on a fake bus', () => {
       const started = Date.now();
       await assert.rejects(openBus(fake.address), /during authentication/);
       assert.ok(Date.now() - started < 5000);
+    } finally {
+      await fake.close();
+      dir.remove();
+    }
+  });
+
+  it('whenWritten: at once when nothing waits, after the write of the tick, and after drain when the bus stops reading', async () => {
+    const dir = makeTempDir('vmdevd-fake-');
+    const fake = await startFakeBus(dir.file('bus'));
+    let client: net.Socket | undefined;
+    fake.onClient = (socket) => (client = socket);
+    try {
+      const bus = await openBus(fake.address);
+      const calls: string[] = [];
+      whenWritten(bus, () => calls.push('idle'));
+      assert.deepEqual(calls, ['idle'], 'nothing waits: at once');
+      bus.send(Message.newSignal('/x', 'org.example.X', 'Small', 's', ['x']));
+      whenWritten(bus, () => calls.push('small'));
+      assert.deepEqual(calls, ['idle'], 'not before the write at the end of the tick');
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(calls, ['idle', 'small']);
+
+      client!.pause();
+      // Far more than a socket buffer holds: the write waits for 'drain'.
+      const big = 'x'.repeat(1 << 20);
+      for (let i = 0; i < 8; i++) bus.send(Message.newSignal('/x', 'org.example.X', 'Big', 's', [big]));
+      const written = new Promise<void>((resolve) => whenWritten(bus, resolve));
+      whenWritten(bus, () => calls.push('big'));
+      for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+      assert.deepEqual(calls, ['idle', 'small'], 'not while the bus reads nothing');
+      client!.resume();
+      await written;
+      assert.deepEqual(calls, ['idle', 'small', 'big']);
+      // The fake bus reads no further than Hello: closing it resets the connection.
+      bus.on('error', () => {});
+      const ended = new Promise<void>((resolve) => onConnectionEnd(bus, resolve));
+      bus.disconnect();
+      await ended;
     } finally {
       await fake.close();
       dir.remove();

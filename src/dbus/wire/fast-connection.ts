@@ -28,7 +28,10 @@
  * in that buffer until 'drain'; more than `maxQueuedBytes` waiting (64 MiB by
  * default: a bus that reads nothing for that long is stuck) fails the
  * connection rather than letting memory grow without bound. The socket
- * itself then holds at most one more batch.
+ * itself then holds at most one more batch. `whenWritten` tells a sender
+ * when what it sent has left that buffer and the socket is not asking to
+ * wait: a sender of state can hold back further changes until then (the bus
+ * is not keeping up) and send the last one, instead of queueing each.
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
@@ -166,6 +169,7 @@ export class FastConnection extends EventEmitter {
   private ended = false;
   private waitingForDrain = false;
   private flushScheduled = false;
+  private writtenListeners: Array<() => void> = [];
   private readonly out = new WireWriter();
   private readonly framer: MessageFramer;
   private readonly maxQueuedBytes: number;
@@ -215,6 +219,19 @@ export class FastConnection extends EventEmitter {
     }
   }
 
+  /**
+   * Calls `fn` once every message sent so far has been handed to the socket
+   * and the socket is not asking to wait ('drain'): at once when nothing
+   * waits, and when the connection ends first.
+   */
+  whenWritten(fn: () => void): void {
+    if (this.ended || (this.connected && this.out.pos === 0 && !this.waitingForDrain)) {
+      fn();
+      return;
+    }
+    this.writtenListeners.push(fn);
+  }
+
   /** Sends what is queued and closes the connection (dbus-next's `end()`). */
   end(): this {
     const socket = this.socket;
@@ -233,10 +250,29 @@ export class FastConnection extends EventEmitter {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     const socket = this.socket;
-    if (!this.connected || this.waitingForDrain || this.out.pos === 0 || socket === undefined || !socket.writable)
+    if (!this.connected || this.waitingForDrain || socket === undefined || !socket.writable) return;
+    if (this.out.pos > 0 && !socket.write(this.out.take())) {
+      this.waitingForDrain = true;
       return;
-    if (!socket.write(this.out.take())) this.waitingForDrain = true;
+    }
+    this.written();
   };
+
+  /** Everything sent has left: tells those waiting (who may send again). */
+  private written(): void {
+    if (this.writtenListeners.length === 0) return;
+    const listeners = this.writtenListeners;
+    this.writtenListeners = [];
+    for (const fn of listeners) {
+      try {
+        fn();
+      } catch (err) {
+        process.nextTick(() => {
+          throw err;
+        });
+      }
+    }
+  }
 
   private connectTo(targets: readonly SocketTarget[], index: number, failures: string[]): void {
     const target = targets[index]!;
@@ -339,5 +375,6 @@ export class FastConnection extends EventEmitter {
     this.connected = false;
     this.out.pos = 0;
     this.emit('end');
+    this.written();
   }
 }
