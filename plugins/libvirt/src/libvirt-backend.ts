@@ -8,7 +8,13 @@
  * the backend reports it, reconnects with backoff, registers its events
  * again and republishes every domain.
  *
- * Detaches: see DomainQueue for ordering and the clock.
+ * Detaches: see DomainQueue for ordering and the clock. A detach that
+ * waits on a guest (a device on PCI: libvirt holds the call about 5 s for
+ * the guest to release it) is issued on a second connection to the same
+ * URI, opened when first needed: libvirtd serves a client's requests five
+ * at a time by default (`max_client_requests`), and a few such detaches on
+ * the one connection would hold every other call of the backend behind
+ * them. Events stay on the main connection.
  */
 import type {
   BackendContext,
@@ -89,6 +95,8 @@ export class LibvirtBackend implements VmBackend {
   private readonly strayEvents = new Set<string>();
   /** Domain XML by UUID, dropped on every event of the domain (see domainXml). */
   private readonly xmlCache = new Map<string, { live?: Promise<DomainXml>; config?: Promise<DomainXml> }>();
+  /** The second connection, for detaches that wait on a guest; of one generation of the main one. */
+  private guestLane: { readonly generation: number; readonly conn: Promise<Connection | undefined> } | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private backoffMs: number;
   private stopped = false;
@@ -110,6 +118,50 @@ export class LibvirtBackend implements VmBackend {
 
   isConnected(): boolean {
     return this.conn !== undefined;
+  }
+
+  /**
+   * The connection for a call that may wait seconds for a guest (see the
+   * top of this file): the second connection, or the main one when the
+   * second cannot be opened. Throws BackendUnavailable when not connected.
+   */
+  async guestConnection(): Promise<Connection> {
+    const main = this.connection();
+    const generation = this.generation;
+    if (this.guestLane?.generation !== generation) {
+      this.closeGuestLane();
+      this.guestLane = { generation, conn: this.openGuestLane(generation) };
+    }
+    return (await this.guestLane.conn) ?? main;
+  }
+
+  private async openGuestLane(generation: number): Promise<Connection | undefined> {
+    try {
+      const conn = await Connection.open(this.uri);
+      try {
+        await conn.setKeepAlive(this.options.keepaliveIntervalSeconds, this.options.keepaliveCount);
+      } catch (err) {
+        if (!(err instanceof LibvirtError && err.code === C.VIR_ERR_NO_SUPPORT)) throw err;
+      }
+      if (this.stopped || generation !== this.generation) {
+        await conn.close().catch(() => undefined);
+        return undefined;
+      }
+      return conn;
+    } catch (err) {
+      this.ctx.log.warn('no second connection for detaches that wait on a guest; they share the main one', {
+        uri: this.uri,
+        error: (err as Error).message,
+      });
+      return undefined;
+    }
+  }
+
+  private closeGuestLane(): void {
+    const lane = this.guestLane;
+    this.guestLane = undefined;
+    if (lane === undefined) return;
+    void lane.conn.then((conn) => conn?.close()).catch(() => undefined);
   }
 
   /** Resolves the next time the connection is (re)established; at once if it is up. */
@@ -183,6 +235,7 @@ export class LibvirtBackend implements VmBackend {
     const conn = this.conn;
     this.conn = undefined;
     this.generation++;
+    this.closeGuestLane();
     if (conn !== undefined) {
       const refs = await conn.close().catch(() => -1);
       if (refs > 0) this.ctx.log.warn('libvirt connection still referenced after close', { references: refs });
@@ -435,6 +488,7 @@ export class LibvirtBackend implements VmBackend {
     this.ctx.log.warn('lost the connection to libvirt', { uri: this.uri, reason: why });
     this.ctx.setHealth({ connected: false, reason: `lost the connection to ${this.uri} (${why}); reconnecting` });
     this.xmlCache.clear();
+    this.closeGuestLane();
     if (conn !== undefined) void conn.close().catch(() => undefined);
     this.scheduleReconnect();
   }
