@@ -30,7 +30,7 @@ import { VmdevService } from '../core/vmdev-service.js';
 import { cleanText } from '../core/clean-text.js';
 import { DBUS_ERRORS } from '../protocol.js';
 import { onConnectionEnd, onOversized, openBus, sendTrusted, whenWritten, type MessageBus } from './bus-connection.js';
-import { encodeStateBodies, type StateBodies } from './state-bodies.js';
+import { StateBodyEncoder, type StateBodies } from './state-bodies.js';
 import type { UndecodableMessage } from './wire/fast-connection.js';
 import {
   PROPERTY_READ_ONLY,
@@ -157,6 +157,7 @@ export class DbusFrontend implements Disposable {
   private readonly credentialCache = new Map<string, Credentials>();
   /** The encoded messages of the current state map (see state-bodies.ts). */
   private stateBodies: { readonly map: StateMap; readonly bodies: StateBodies } | undefined;
+  private readonly stateBodyEncoder = new StateBodyEncoder(INTERFACE_NAME, INVALIDATED_WITH_STATES);
   /** Holds the hub's announcements while a state signal is still waiting to be written. */
   private stateHold: (() => void) | undefined;
   private methodHandler: Disposable | undefined;
@@ -294,29 +295,36 @@ export class DbusFrontend implements Disposable {
   }
 
   /**
-   * Sends `TestSignal` and `PropertiesChanged` with the map, then holds the
+   * Sends `TestSignal` and `PropertiesChanged` with the map, and holds the
    * hub's announcements until both are written: when the bus keeps up, that
    * is right after this turn of the event loop and every change goes out at
    * once; when it does not, the changes meanwhile go out together, with the
-   * last map, as soon as it has taken these.
+   * last map, as soon as it has taken these. TestSignal is written first, on
+   * its own (the connection writes what was sent in a tick at its end):
+   * PropertiesChanged, which says the same, follows in the next write.
    */
   private emitStates(map: StateMap): void {
     if (this.closed) return;
     const bodies = this.bodiesOf(map);
     this.signal(INTERFACE_NAME, 'TestSignal', 'a{ss}', [map], bodies.testSignal);
-    this.signal(
-      PROPERTIES,
-      'PropertiesChanged',
-      'sa{sv}as',
-      [INTERFACE_NAME, { TestProperty: new Variant('a{ss}', map) }, INVALIDATED_WITH_STATES],
-      bodies.propertiesChanged,
-    );
-    if (this.stateHold !== undefined) return;
-    const release = this.hub.hold();
-    this.stateHold = release;
-    whenWritten(this.bus!, () => {
-      this.stateHold = undefined;
-      release();
+    const held = this.stateHold === undefined;
+    if (held) this.stateHold = this.hub.hold();
+    process.nextTick(() => {
+      if (!this.closed) {
+        this.signal(
+          PROPERTIES,
+          'PropertiesChanged',
+          'sa{sv}as',
+          [INTERFACE_NAME, { TestProperty: new Variant('a{ss}', map) }, INVALIDATED_WITH_STATES],
+          bodies.propertiesChanged,
+        );
+      }
+      if (!held) return;
+      whenWritten(this.bus!, () => {
+        const release = this.stateHold;
+        this.stateHold = undefined;
+        release?.();
+      });
     });
   }
 
@@ -607,7 +615,7 @@ export class DbusFrontend implements Disposable {
    */
   private bodiesOf(map: StateMap): StateBodies {
     if (this.stateBodies?.map !== map) {
-      this.stateBodies = { map, bodies: encodeStateBodies(map, INTERFACE_NAME, INVALIDATED_WITH_STATES) };
+      this.stateBodies = { map, bodies: this.stateBodyEncoder.encode(map) };
     }
     return this.stateBodies.bodies;
   }

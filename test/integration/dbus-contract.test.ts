@@ -407,6 +407,8 @@ describe('D-Bus contract', () => {
         true,
         'the connection goes on',
       );
+      // Its detach ends before the next test counts the journal.
+      await signals.waitFor((s) => s.member.startsWith('DeviceDetach') && s.body[1] === 'after');
     });
 
     it('rejects a whole request when one of several devices is bad', async () => {

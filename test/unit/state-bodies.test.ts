@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import dbus from 'dbus-next';
-import { encodeStateBodies } from '../../src/dbus/state-bodies.js';
+import { StateBodyEncoder } from '../../src/dbus/state-bodies.js';
 import { encodeBody } from '../../src/dbus/wire/encoder.js';
 
 const { Variant } = dbus;
@@ -11,6 +11,7 @@ describe('state bodies', () => {
     {},
     { vm1: 'running' },
     { a: 'paused', bb: 'running', ccc: 'shutoff', 'backend/dddd': 'crashed' },
+    { 'vm-é': 'running', 虚拟机: 'paused', 'emoji-🙂': 'shutoff' },
     Object.fromEntries(
       Array.from({ length: 1000 }, (_, i) => [`vm-${'x'.repeat(i % 7)}${i}`, i % 2 ? 'paused' : 'running']),
     ),
@@ -19,7 +20,7 @@ describe('state bodies', () => {
     for (const invalidated of [[], ['Vms'], ['Vms', 'Backends']]) {
       it(`are the bytes the encoder writes for the whole bodies (${iface}, invalidated ${invalidated.length})`, () => {
         for (const map of maps) {
-          const bodies = encodeStateBodies(map, iface, invalidated);
+          const bodies = new StateBodyEncoder(iface, invalidated).encode(map);
           assert.deepEqual(bodies.testSignal, encodeBody('a{ss}', [map]));
           assert.deepEqual(bodies.getReply, encodeBody('v', [new Variant('a{ss}', map)]));
           assert.deepEqual(
