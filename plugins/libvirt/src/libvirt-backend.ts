@@ -95,6 +95,8 @@ export class LibvirtBackend implements VmBackend {
   private readonly strayEvents = new Set<string>();
   /** Domain XML by UUID, dropped on every event of the domain (see domainXml). */
   private readonly xmlCache = new Map<string, { live?: Promise<DomainXml>; config?: Promise<DomainXml> }>();
+  /** The last XML fetched of each domain and kind, parsed: a fetch that returns the same text reuses it. */
+  private readonly lastXml = new Map<string, DomainXml>();
   /** The second connection, for detaches that wait on a guest; of one generation of the main one. */
   private guestLane: { readonly generation: number; readonly conn: Promise<Connection | undefined> } | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -201,7 +203,16 @@ export class LibvirtBackend implements VmBackend {
     const cached = entry[key];
     if (cached !== undefined && !fresh) return cached;
     const conn = this.connection();
-    const fetched = conn.getXml(uuid, { inactive }).then((text) => new DomainXml(text));
+    const last = `${uuid}\u0000${key}`;
+    const fetched = conn.getXml(uuid, { inactive }).then((text) => {
+      // Asked again for a device it lacks, a domain mostly has not changed:
+      // its XML is not parsed again.
+      const previous = this.lastXml.get(last);
+      if (previous?.text === text) return previous;
+      const parsed = new DomainXml(text);
+      this.lastXml.set(last, parsed);
+      return parsed;
+    });
     entry[key] = fetched;
     fetched.catch(() => {
       if (this.xmlCache.get(uuid)?.[key] === fetched) delete this.xmlCache.get(uuid)![key];
@@ -376,6 +387,7 @@ export class LibvirtBackend implements VmBackend {
   private async reload(conn: Connection): Promise<void> {
     this.reloading = new Set();
     this.xmlCache.clear();
+    this.lastXml.clear();
     try {
       const infos = await conn.listDomains();
       const domains = new Map<string, Domain>();
@@ -422,6 +434,8 @@ export class LibvirtBackend implements VmBackend {
     if (conn !== this.conn && this.conn !== undefined) return;
     const old = this.domains.get(uuid);
     if (next === undefined) {
+      this.lastXml.delete(`${uuid}\u0000live`);
+      this.lastXml.delete(`${uuid}\u0000config`);
       if (old === undefined) return;
       this.domains.delete(uuid);
       if (publish) this.ctx.remove(old.name);
@@ -488,6 +502,7 @@ export class LibvirtBackend implements VmBackend {
     this.ctx.log.warn('lost the connection to libvirt', { uri: this.uri, reason: why });
     this.ctx.setHealth({ connected: false, reason: `lost the connection to ${this.uri} (${why}); reconnecting` });
     this.xmlCache.clear();
+    this.lastXml.clear();
     this.closeGuestLane();
     if (conn !== undefined) void conn.close().catch(() => undefined);
     this.scheduleReconnect();
