@@ -12,12 +12,13 @@ import dbus from 'dbus-next';
 import {
   onConnectionEnd,
   openBus,
+  sendTrusted,
   setNextSerial,
   whenWritten,
   type MessageBus,
 } from '../../src/dbus/bus-connection.js';
 import { MessageFramer } from '../../src/dbus/wire/decoder.js';
-import { encodeMessage } from '../../src/dbus/wire/encoder.js';
+import { encodeBody, encodeMessage } from '../../src/dbus/wire/encoder.js';
 import { BusAddressError, busTargets, createFastConnection } from '../../src/dbus/wire/fast-connection.js';
 import { startPrivateBus, tcpBusConfig, type PrivateBus } from '../harness/dbus-daemon.js';
 import { makeTempDir } from '../harness/temp-dir.js';
@@ -200,6 +201,54 @@ describe('fast connection on a private dbus-daemon', () => {
       assert.deepEqual(
         seen,
         Array.from({ length: 3000 }, (_, i) => i),
+      );
+    } finally {
+      client.disconnect();
+      server.disconnect();
+    }
+  });
+
+  it('large encoded bodies, written from their own buffers, arrive in order among small messages', async () => {
+    const server = await openBus(bus.address);
+    const client = await openBus(bus.address);
+    try {
+      const seen: Array<[number, number]> = [];
+      const all = new Promise<void>((resolve) =>
+        server.on('message', (msg: dbus.Message) => {
+          if (msg.member !== 'Map') return;
+          const map = msg.body[1] as Record<string, string>;
+          seen.push([msg.body[0] as number, Object.keys(map).length]);
+          if (seen.length === 60) resolve();
+        }),
+      );
+      await server.call(
+        new Message({
+          destination: 'org.freedesktop.DBus',
+          path: '/org/freedesktop/DBus',
+          interface: 'org.freedesktop.DBus',
+          member: 'AddMatch',
+          signature: 's',
+          body: ["type='signal',interface='org.example.Maps'"],
+        }),
+      );
+      const mapOf = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`vm-${i}`, 'running']));
+      // Every third map is large (its body over 16 KiB); all sent in one tick.
+      for (let i = 0; i < 60; i++) {
+        const map = mapOf(i % 3 === 0 ? 2000 : i);
+        sendTrusted(client, {
+          type: MessageType.SIGNAL,
+          path: '/x',
+          interface: 'org.example.Maps',
+          member: 'Map',
+          signature: 'ua{ss}',
+          body: [i, map],
+          rawBody: encodeBody('ua{ss}', [i, map]),
+        });
+      }
+      await all;
+      assert.deepEqual(
+        seen,
+        Array.from({ length: 60 }, (_, i) => [i, i % 3 === 0 ? 2000 : i]),
       );
     } finally {
       client.disconnect();

@@ -51,8 +51,10 @@ export interface OutgoingMessage {
   readonly unixFd?: number;
   /**
    * The body already encoded (by {@link encodeBody}) for `signature`; it is
-   * copied instead of encoding `body`. A connection without this codec
-   * ignores it and sends `body`, so both must say the same.
+   * copied instead of encoding `body`, or (see {@link encodeHeaderInto})
+   * written from this buffer as it is, so it must not change once sent. A
+   * connection without this codec ignores it and sends `body`, so both must
+   * say the same.
    */
   readonly rawBody?: Buffer;
 }
@@ -104,7 +106,22 @@ export class WireWriter {
 export function encodeMessageInto(w: WireWriter, msg: OutgoingMessage): void {
   const start = w.pos;
   try {
-    writeMessage(w, msg);
+    writeMessage(w, msg, true);
+  } catch (err) {
+    w.pos = start;
+    throw err;
+  }
+}
+
+/**
+ * Appends the header of a message with a `rawBody`, for a sender that
+ * writes the body from its own buffer right after it (a large body is not
+ * copied). On an error nothing is appended.
+ */
+export function encodeHeaderInto(w: WireWriter, msg: OutgoingMessage & { readonly rawBody: Buffer }): void {
+  const start = w.pos;
+  try {
+    writeMessage(w, msg, false);
   } catch (err) {
     w.pos = start;
     throw err;
@@ -148,7 +165,7 @@ const CH_S = 0x73;
 const CH_U = 0x75;
 const CH_G = 0x67;
 
-function writeMessage(w: WireWriter, msg: OutgoingMessage): void {
+function writeMessage(w: WireWriter, msg: OutgoingMessage, withBody: boolean): void {
   if (!msg.serial) throw new EncodeError('Missing or invalid serial');
   const signature = msg.signature === undefined ? '' : msg.signature;
   const types = parseSignature(signature);
@@ -187,16 +204,21 @@ function writeMessage(w: WireWriter, msg: OutgoingMessage): void {
   }
 
   const bodyStart = w.pos;
-  if (msg.rawBody !== undefined) {
+  let bodyLength: number;
+  if (msg.rawBody !== undefined && !withBody) {
+    // The sender writes the body right after this header.
+    bodyLength = msg.rawBody.length;
+  } else if (msg.rawBody !== undefined) {
     // The body starts 8-aligned, as it did when it was encoded: alignment holds.
     w.reserve(msg.rawBody.length);
     msg.rawBody.copy(w.buf, w.pos);
     w.pos += msg.rawBody.length;
+    bodyLength = msg.rawBody.length;
   } else {
     for (let i = 0; i < types.length; i++) writeValue(w, types[i]!, body[i], 0);
+    bodyLength = w.pos - bodyStart;
   }
-  const bodyLength = w.pos - bodyStart;
-  if (w.pos - start > MAX_MESSAGE_LENGTH)
+  if (bodyStart - start + bodyLength > MAX_MESSAGE_LENGTH)
     throw new EncodeError(`the message is longer than ${MAX_MESSAGE_LENGTH} bytes`);
   putU32(w.buf, start + 4, bodyLength);
 }

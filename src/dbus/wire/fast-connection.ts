@@ -20,7 +20,8 @@
  * Sending: every message is marshalled at once (a bad body throws to the
  * caller, before anything is queued) into one buffer, and what was sent
  * during one turn of the event loop goes out in one write, in order, from a
- * process.nextTick callback: the reply to a call is written as soon as the
+ * process.nextTick callback (a body already encoded and large, a state map
+ * of thousands of VMs, is written from its own buffer rather than copied): the reply to a call is written as soon as the
  * handler that sent it returns. Flushing in setImmediate instead batched no
  * better here (calls/s at 16 in flight within noise, p50 the same), so the
  * earlier write wins; `flush: 'immediate'` is kept for measuring. When the
@@ -37,7 +38,7 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { DBUS_ERRORS } from '../../protocol.js';
 import { authenticate, type AuthMechanism } from './sasl-client.js';
-import { encodeMessageInto, WireWriter, type OutgoingMessage } from './encoder.js';
+import { encodeHeaderInto, encodeMessageInto, WireWriter, type OutgoingMessage } from './encoder.js';
 import { type DecodeError, MessageFramer, type MessageHeader } from './decoder.js';
 import { MAX_MESSAGE_LENGTH } from './encoder.js';
 import dbus from 'dbus-next';
@@ -86,6 +87,8 @@ export interface ConnectionStream {
 }
 
 export const DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024;
+/** An encoded body this long is written from its buffer, not copied into the connection's. */
+const SEPARATE_BODY_BYTES = 16 * 1024;
 
 /** A socket to connect to, from one entry of a D-Bus address. */
 export type SocketTarget =
@@ -170,6 +173,9 @@ export class FastConnection extends EventEmitter {
   private waitingForDrain = false;
   private flushScheduled = false;
   private writtenListeners: Array<() => void> = [];
+  /** Bytes to write before what is in `out`: headers taken from it and the large bodies after them, in order. */
+  private chunks: Buffer[] = [];
+  private chunkBytes = 0;
   private readonly out = new WireWriter();
   private readonly framer: MessageFramer;
   private readonly maxQueuedBytes: number;
@@ -205,12 +211,18 @@ export class FastConnection extends EventEmitter {
       return;
     }
     if (this.connected && !this.socket!.writable) throw new Error('Cannot send message, stream is closed');
-    encodeMessageInto(this.out, msg);
+    const rawBody = msg.rawBody;
+    if (rawBody !== undefined && rawBody.length >= SEPARATE_BODY_BYTES) {
+      encodeHeaderInto(this.out, { ...msg, rawBody });
+      this.chunks.push(this.out.take(), rawBody);
+      this.chunkBytes += rawBody.length;
+    } else {
+      encodeMessageInto(this.out, msg);
+    }
     if (this.waitingForDrain || !this.connected) {
-      if (this.out.pos > this.maxQueuedBytes)
-        this.fail(
-          new Error(`the bus has not read the last ${this.out.pos} bytes sent to it; giving up the connection`),
-        );
+      const queued = this.out.pos + this.chunkBytes;
+      if (queued > this.maxQueuedBytes)
+        this.fail(new Error(`the bus has not read the last ${queued} bytes sent to it; giving up the connection`));
       return;
     }
     if (!this.flushScheduled) {
@@ -225,7 +237,7 @@ export class FastConnection extends EventEmitter {
    * waits, and when the connection ends first.
    */
   whenWritten(fn: () => void): void {
-    if (this.ended || (this.connected && this.out.pos === 0 && !this.waitingForDrain)) {
+    if (this.ended || (this.connected && this.out.pos === 0 && this.chunks.length === 0 && !this.waitingForDrain)) {
       fn();
       return;
     }
@@ -242,7 +254,7 @@ export class FastConnection extends EventEmitter {
       socket.destroy();
       return this;
     }
-    if (this.out.pos > 0 && socket.writable) socket.write(this.out.take());
+    if (socket.writable) for (const chunk of this.takeChunks()) socket.write(chunk);
     socket.end();
     return this;
   }
@@ -251,12 +263,29 @@ export class FastConnection extends EventEmitter {
     this.flushScheduled = false;
     const socket = this.socket;
     if (!this.connected || this.waitingForDrain || socket === undefined || !socket.writable) return;
-    if (this.out.pos > 0 && !socket.write(this.out.take())) {
-      this.waitingForDrain = true;
-      return;
+    const chunks = this.takeChunks();
+    if (chunks.length > 0) {
+      let flowing = true;
+      // Several buffers: one system call for them all.
+      if (chunks.length > 1) socket.cork();
+      for (const chunk of chunks) flowing = socket.write(chunk);
+      if (chunks.length > 1) socket.uncork();
+      if (!flowing) {
+        this.waitingForDrain = true;
+        return;
+      }
     }
     this.written();
   };
+
+  /** Everything queued, in order. */
+  private takeChunks(): Buffer[] {
+    const chunks = this.chunks;
+    if (this.out.pos > 0) chunks.push(this.out.take());
+    this.chunks = [];
+    this.chunkBytes = 0;
+    return chunks;
+  }
 
   /** Everything sent has left: tells those waiting (who may send again). */
   private written(): void {
@@ -374,6 +403,8 @@ export class FastConnection extends EventEmitter {
     this.ended = true;
     this.connected = false;
     this.out.pos = 0;
+    this.chunks = [];
+    this.chunkBytes = 0;
     this.emit('end');
     this.written();
   }
