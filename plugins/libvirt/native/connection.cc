@@ -243,26 +243,12 @@ Napi::Value Connection::IsAlive(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Connection::ListDomains(const Napi::CallbackInfo& info) {
+  std::optional<std::string> metadataNamespace;
+  if (!info[0].IsUndefined()) metadataNamespace = StringArg(info, 0, "metadataNamespace");
   return Call<std::vector<DomainInfo>>(
       info.Env(),
-      [](virConnectPtr conn, std::vector<DomainInfo>& list, CallError& error) {
-        virDomainPtr* domains = nullptr;
-        int count = virConnectListAllDomains(conn, &domains, 0);
-        if (count < 0) return error.Capture();
-        std::vector<DomainHandle> handles;
-        handles.reserve(count);
-        for (int i = 0; i < count; i++) handles.emplace_back(domains[i]);
-        free(domains);
-        for (auto& dom : handles) {
-          DomainInfo info;
-          if (!ReadDomainInfo(dom.get(), info, error)) {
-            // A transient domain that went away since the list was taken.
-            if (error.code == VIR_ERR_NO_DOMAIN) continue;
-            return false;
-          }
-          list.push_back(std::move(info));
-        }
-        return true;
+      [metadataNamespace](virConnectPtr conn, std::vector<DomainInfo>& list, CallError& error) {
+        return ListDomainInfo(conn, metadataNamespace, list, error);
       },
       InfoList);
 }

@@ -31,6 +31,11 @@ export interface DomainInfo {
   readonly reason: number;
   readonly persistent: boolean;
   readonly active: boolean;
+  /**
+   * From {@link Connection.listDomains} with `metadataNamespace`: the domain's
+   * metadata element of that namespace, as XML; absent when it has none.
+   */
+  readonly metadata?: string;
 }
 
 /** A domain event, delivered on the JavaScript thread. */
@@ -215,7 +220,7 @@ interface NativeConnection {
   close(): Promise<number>;
   setKeepAlive(interval: number, count: number): Promise<boolean>;
   isAlive(): Promise<boolean>;
-  listDomains(): Promise<DomainInfo[]>;
+  listDomains(metadataNamespace: string | undefined): Promise<DomainInfo[]>;
   defineXml(xml: string): Promise<DomainInfo>;
   getDomain(uuid: string): Promise<DomainInfo>;
   getXml(uuid: string, inactive: boolean): Promise<string>;
@@ -307,9 +312,14 @@ export class Connection {
     return this.#native.isAlive();
   }
 
-  /** Every domain, active and inactive. */
-  listDomains(): Promise<DomainInfo[]> {
-    return this.#native.listDomains();
+  /**
+   * Every domain, active and inactive, in a few calls to libvirt whatever
+   * their number (their states all at once, which are active and which
+   * persistent as filtered lists). With `metadataNamespace`, each domain's
+   * metadata element of that namespace as well (one call per domain).
+   */
+  listDomains(options: { readonly metadataNamespace?: string } = {}): Promise<DomainInfo[]> {
+    return this.#native.listDomains(options.metadataNamespace);
   }
 
   getDomain(uuid: string): Promise<DomainInfo> {

@@ -389,9 +389,10 @@ export class LibvirtBackend implements VmBackend {
     this.xmlCache.clear();
     this.lastXml.clear();
     try {
-      const infos = await conn.listDomains();
+      // Each domain's type comes with the listing: no call per domain from here.
+      const infos = await conn.listDomains({ metadataNamespace: METADATA_NAMESPACE });
       const domains = new Map<string, Domain>();
-      await Promise.all(infos.map(async (info) => domains.set(info.uuid, await this.domainOf(conn, info))));
+      for (const info of infos) domains.set(info.uuid, toDomain(info, metadataType(info.metadata)));
       this.domains = domains;
       const touched = [...this.reloading];
       this.reloading = undefined;
@@ -410,14 +411,7 @@ export class LibvirtBackend implements VmBackend {
       if (isConnectionError(err)) throw err;
       // The domain went away meanwhile, or has broken metadata: no type.
     }
-    return {
-      uuid: info.uuid,
-      name: info.name,
-      type,
-      state: domainState(info.state),
-      persistent: info.persistent,
-      active: info.active,
-    };
+    return toDomain(info, type);
   }
 
   /** Looks a domain up again and publishes what changed; removes it if it is gone. */
@@ -526,6 +520,17 @@ export class LibvirtBackend implements VmBackend {
       this.connect().catch((err: unknown) => this.connectFailed(err));
     }, delay);
   }
+}
+
+function toDomain(info: DomainInfo, type: string | undefined): Domain {
+  return {
+    uuid: info.uuid,
+    name: info.name,
+    type,
+    state: domainState(info.state),
+    persistent: info.persistent,
+    active: info.active,
+  };
 }
 
 export function toVmInfo(d: Domain): VmInfo {

@@ -103,6 +103,8 @@ async function testCycle(result: WorkloadResult, cycle: number): Promise<void> {
   assert.equal(new Set(xmls).size, 1);
   const defined = await connection.defineXml(testDomainXml());
   assert.match((await connection.getMetadata(defined.uuid, METADATA_NAMESPACE)) ?? '', /memcheck/);
+  const listed = await connection.listDomains({ metadataNamespace: METADATA_NAMESPACE });
+  assert.match(listed.find((domain) => domain.uuid === defined.uuid)?.metadata ?? '', /memcheck/);
   await connection.create(defined.uuid);
   await connection.destroy(defined.uuid);
   await connection.undefine(defined.uuid);
@@ -154,7 +156,10 @@ async function qemuCycle(
   );
   await connection.attachDevice(config.uuid, config.deviceXml, C.VIR_DOMAIN_AFFECT_LIVE);
   assert.match(await connection.getXml(config.uuid), new RegExp(`<alias name='${config.alias}'/>`));
-  await connection.listDomains();
+  // The listing with every state at once and each domain's metadata, over the daemon's RPC.
+  assert.ok(
+    (await connection.listDomains({ metadataNamespace: METADATA_NAMESPACE })).some((d) => d.uuid === config.uuid),
+  );
   // Lifecycle events, which the thread making the call often reads and
   // hands to the loop; every other cycle closes without waiting for them,
   // so the close meets events being dispatched.
