@@ -11,6 +11,16 @@ export const GREETING = {
   QMP: { version: { qemu: { major: 7, minor: 2, micro: 0 }, package: 'fake' }, capabilities: ['oob'] },
 };
 
+/** What the fake says to one command. */
+export interface Answer {
+  readonly before?: readonly object[];
+  readonly return?: unknown;
+  readonly error?: { readonly class: string; readonly desc: string };
+  /** No reply at all. */
+  readonly silent?: boolean;
+  readonly after?: readonly object[];
+}
+
 /** One client of the fake server. */
 export class FakeConnection {
   private buffer = '';
@@ -53,6 +63,25 @@ export class FakeConnection {
     const c = await this.command(0);
     if (c.execute !== 'qmp_capabilities') throw new Error(`expected qmp_capabilities, got ${c.execute}`);
     this.send({ return: {}, id: c.id });
+  }
+
+  /**
+   * Answers every command from the `from`th on with what `answer` says, in
+   * the order they come: events to send before the reply, the reply (a
+   * `return` value or an `error`), events after it. Runs until the
+   * connection ends.
+   */
+  serve(answer: (command: { execute: string; arguments?: Record<string, unknown> }) => Answer, from = 1): void {
+    void (async () => {
+      for (let n = from; !this.socket.destroyed; n++) {
+        const c = (await this.command(n)) as { execute: string; id: unknown; arguments?: Record<string, unknown> };
+        const a = answer(c);
+        for (const e of a.before ?? []) this.send(e);
+        if (a.error !== undefined) this.send({ error: a.error, id: c.id });
+        else if (!a.silent) this.send({ return: a.return ?? {}, id: c.id });
+        for (const e of a.after ?? []) this.send(e);
+      }
+    })();
   }
 
   destroy(): void {
