@@ -80,14 +80,7 @@ export class QmpBackend implements VmBackend, MonitorOwner {
 
   async start(): Promise<void> {
     for (const vm of this.options.vms) this.add(vm.name, vm.type, vm.socket, true);
-    for (const dir of new Set(this.options.vms.map((vm) => dirname(vm.socket)))) {
-      try {
-        this.watcher.add(dir);
-      } catch (err) {
-        // Retries with backoff still find QEMU there; only later than a watch would.
-        this.ctx.log.warn('cannot watch the directory of a QMP socket', { dir, error: (err as Error).message });
-      }
-    }
+    for (const dir of new Set(this.options.vms.map((vm) => dirname(vm.socket)))) this.watchSocketDirectory(dir, true);
     if (this.options.socketDir !== undefined) await this.scan();
     await Promise.all([...this.entries.values()].map((e) => e.monitor.start()));
     if (this.stopped) return;
@@ -124,6 +117,23 @@ export class QmpBackend implements VmBackend, MonitorOwner {
     const entry = this.entries.get(vm.name);
     if (entry === undefined) throw new BackendError('Failed', `VM "${vm.name}" no longer exists`);
     await entry.monitor.setState(state);
+  }
+
+  retrying(monitor: VmMonitor): void {
+    const dir = dirname(monitor.socket);
+    if (!this.stopped && dir !== this.options.socketDir) this.watchSocketDirectory(dir, false);
+  }
+
+  /** Watches the directory of a socket of `vms`; one that does not exist yet is tried again at the next retry. */
+  private watchSocketDirectory(dir: string, report: boolean): void {
+    if (this.watcher.has(dir)) return;
+    try {
+      this.watcher.add(dir);
+    } catch (err) {
+      // Retries with backoff still find QEMU there, only later than a watch would.
+      if (report)
+        this.ctx.log.warn('cannot watch the directory of a QMP socket', { dir, error: (err as Error).message });
+    }
   }
 
   changed(monitor: VmMonitor): void {

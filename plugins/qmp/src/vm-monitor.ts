@@ -50,6 +50,8 @@ export interface MonitorOwner {
   readonly timing: MonitorTiming;
   /** The monitor's VM (state, UUID) or its problem changed. */
   changed(monitor: VmMonitor): void;
+  /** The monitor will try again later: its socket's directory is worth watching (again). */
+  retrying(monitor: VmMonitor): void;
 }
 
 type Phase = 'idle' | 'connecting' | 'up' | 'down' | 'stopped';
@@ -119,6 +121,7 @@ export class VmMonitor implements DetachHost {
   /** The socket file changed: if not connected, try now, with the backoff from its start. */
   poke(): void {
     if (this.phase !== 'down') return;
+    this.owner.log.debug('the socket changed; connecting now', { vm: this.name, socket: this.socket });
     this.backoffMs = this.owner.timing.reconnectInitialMs;
     void this.attempt();
   }
@@ -401,6 +404,7 @@ export class VmMonitor implements DetachHost {
 
   private scheduleRetry(): void {
     if (this.phase === 'stopped') return;
+    this.owner.retrying(this);
     clearTimeout(this.retryTimer);
     const delay = this.backoffMs;
     this.backoffMs = Math.min(this.backoffMs * 2, this.owner.timing.reconnectMaxMs);

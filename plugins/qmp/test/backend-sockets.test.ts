@@ -69,6 +69,8 @@ describe('qmp backend: socketDir', { timeout: 180_000 }, () => {
     await qemuIn('ivi');
     const s = await stateSignal(signals, 'ivi', 'running', since);
     assert.deepEqual(s.body[0], { guest1: 'running', ivi: 'running' });
+    // The directory's change, not a retry, made it try.
+    assert.match(stack.daemon.output(), /the socket changed; connecting now vm=ivi/);
     const vms = await stack.client.getProperty<Record<string, Record<string, string>>>('Vms');
     assert.equal(vms['ivi']!['type'], 'ivi');
     assert.equal(vms['guest1']!['type'], undefined);
