@@ -71,6 +71,8 @@ export class VmMonitor implements DetachHost {
   private uuid: string | undefined;
   private problemText: string | undefined;
   private whyDown = 'not connected yet';
+  /** The socket changed while an attempt was under way: the next one is not to wait. */
+  private changedMeanwhile = false;
   private readonly watchers = new Set<DetachWatcher>();
   private readonly eventListeners = new Set<(event: QmpEvent) => void>();
 
@@ -120,7 +122,12 @@ export class VmMonitor implements DetachHost {
 
   /** The socket file changed: if not connected, try now, with the backoff from its start. */
   poke(): void {
+    if (this.phase === 'connecting') this.changedMeanwhile = true;
     if (this.phase !== 'down') return;
+    this.connectNow();
+  }
+
+  private connectNow(): void {
     this.owner.log.debug('the socket changed; connecting now', { vm: this.name, socket: this.socket });
     this.backoffMs = this.owner.timing.reconnectInitialMs;
     void this.attempt();
@@ -229,6 +236,7 @@ export class VmMonitor implements DetachHost {
     clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.phase = 'connecting';
+    this.changedMeanwhile = false;
     const attempt = this.connect()
       .catch((err: unknown) => {
         // Not an error QEMU can cause: a bug; the VM is retried like an unreachable one.
@@ -406,6 +414,12 @@ export class VmMonitor implements DetachHost {
     if (this.phase === 'stopped') return;
     this.owner.retrying(this);
     clearTimeout(this.retryTimer);
+    if (this.changedMeanwhile) {
+      // The attempt that just failed may have come before the change (QEMU binds, then listens).
+      this.changedMeanwhile = false;
+      this.retryTimer = setTimeout(() => this.connectNow(), 0);
+      return;
+    }
     const delay = this.backoffMs;
     this.backoffMs = Math.min(this.backoffMs * 2, this.owner.timing.reconnectMaxMs);
     this.retryTimer = setTimeout(() => void this.attempt(), delay);
