@@ -14,6 +14,7 @@ import { QmpClient } from '../src/qmp-client.js';
 import { stateSignal } from './support.js';
 
 const EX_CONFIG = 78;
+const UUID = '5f3c2a10-8e4b-4c1d-9a7e-0b6d2f4e8c31';
 
 describe('qmp backend: options', () => {
   const dir = makeTempDir('vmdevd-qmp-config-');
@@ -91,7 +92,7 @@ describe('qmp and libvirt backends in one daemon', { timeout: 120_000 }, () => {
   let stack: Stack;
 
   before(async () => {
-    qemu = await startQemu();
+    qemu = await startQemu({ args: ['-uuid', UUID.toUpperCase()] });
     monitor = await QmpClient.connect(qemu.socket('test'));
     stack = await startStack({
       backends: [],
@@ -113,6 +114,8 @@ describe('qmp and libvirt backends in one daemon', { timeout: 120_000 }, () => {
     assert.deepEqual(await stack.client.getProperty('Backends'), { qemu: 'connected', virt: 'connected' });
     const vms = await stack.client.getProperty<Record<string, Record<string, string>>>('Vms');
     assert.equal(vms['edge']!['backend'], 'qemu');
+    assert.equal(vms['edge']!['uuid'], UUID, "QEMU's -uuid, lower-case");
+    assert.equal(vms['edge']!['type'], 'cluster');
     assert.equal(vms['test']!['backend'], 'virt');
   });
 
