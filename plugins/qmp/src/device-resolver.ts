@@ -151,8 +151,8 @@ export async function resolveDevice(client: QmpClient, vm: string, spec: DeviceS
         ? [parseInt(p['vendor']!, 16), parseInt(p['product']!, 16)]
         : [Number(p['bus']), Number(p['device'])];
       const [a, b] = await Promise.all([
-        propertyOf<number>(client, hosts, first!),
-        propertyOf<number>(client, hosts, second!),
+        propertyOf<number>(client, hosts, first),
+        propertyOf<number>(client, hosts, second),
       ]);
       const what = byVendor ? `USB device ${p['vendor']}:${p['product']}` : `USB device ${p['bus']}.${p['device']}`;
       for (const id of hosts) {

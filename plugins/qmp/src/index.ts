@@ -12,7 +12,7 @@ import { QmpBackend } from './qmp-backend.js';
 import { OPTIONS_SCHEMA } from './qmp-options.js';
 
 const factory: BackendFactory = {
-  optionsSchema: OPTIONS_SCHEMA as unknown as Record<string, unknown>,
+  optionsSchema: OPTIONS_SCHEMA,
   create: (context) => new QmpBackend(context),
 };
 

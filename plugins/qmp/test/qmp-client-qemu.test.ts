@@ -125,7 +125,7 @@ describe('QMP client on QEMU', { timeout: 180_000 }, () => {
     const results = await Promise.allSettled([schema, client.execute('query-status')]);
     for (const r of results) {
       assert.equal(r.status, 'rejected');
-      assert.match(String((r as PromiseRejectedResult).reason), /QEMU sent a line longer than 64 KiB/);
+      assert.match(String(r.reason), /QEMU sent a line longer than 64 KiB/);
     }
     assert.ok(closed instanceof QmpProtocolError);
     assert.equal(client.closed, true);
@@ -256,7 +256,7 @@ describe('QMP client and a QEMU that goes away', { timeout: 120_000 }, () => {
     const results = await settled;
     for (const r of results) {
       assert.equal(r.status, 'rejected');
-      assert.ok((r as PromiseRejectedResult).reason instanceof QmpClosedError);
+      assert.ok(r.reason instanceof QmpClosedError);
     }
     assert.equal(closes, 1);
     assert.match(String(reason?.message), /QEMU closed the QMP socket|failed/);

@@ -1,7 +1,7 @@
 // What the qmp backend's daemon tests share: waiting for outcomes and states on the bus.
 import type { Signal, SignalLog } from 'vmdevd/testing/bus-client';
 import type { Stack } from 'vmdevd/testing/stack';
-import { QmpClient } from '../src/qmp-client.js';
+import { type QmpClient } from '../src/qmp-client.js';
 
 export const E = 'org.example.dbustest.Error.';
 
