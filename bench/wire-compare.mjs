@@ -168,8 +168,14 @@ async function serve(serverMode, name, address) {
       bus.once('connect', resolve);
       bus.once('error', reject);
     });
+  } else if (serverMode === 'dbus-next') {
+    // dbus-next's own connection, through its public API.
+    bus = dbus.sessionBus({ busAddress: address });
+    await new Promise((resolve, reject) => {
+      bus.once('connect', resolve);
+      bus.once('error', reject);
+    });
   } else {
-    process.env.VMDEVD_DBUS_CONNECTION = serverMode === 'dbus-next' ? 'dbus-next' : '';
     const { openBus } = await import('../dist/src/dbus/bus-connection.js');
     bus = await openBus(address);
   }
@@ -179,7 +185,7 @@ async function serve(serverMode, name, address) {
     return true;
   });
   await bus.requestName(name, dbus.NameFlag.DO_NOT_QUEUE);
-  console.log(`READY ${bus._connection.constructor.name}`);
+  console.log(`READY ${serverMode}`);
   process.on('SIGTERM', () => process.exit(0));
 }
 

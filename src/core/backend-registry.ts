@@ -20,6 +20,7 @@ import {
   type VmBackend,
   type VmInfo,
 } from '../plugin-api.js';
+import { cleanText, isCleanName } from './clean-text.js';
 import { Config, describeSchemaError, type BackendConfig } from './config.js';
 import type { Disposable } from './disposable.js';
 import { ConfigError, VmdevError, errorMessage } from './errors.js';
@@ -34,6 +35,8 @@ export const CoreContainer = Symbol('CoreContainer');
 export const BuiltinPluginDir = Symbol('BuiltinPluginDir');
 
 const START_TIMEOUT_MS = 10_000;
+/** The longest VM name a backend may publish (libvirt allows far less in practice). */
+const MAX_VM_NAME_LENGTH = 1024;
 const STOP_TIMEOUT_MS = 5_000;
 
 /** One configured backend and what the core knows about it. */
@@ -307,7 +310,7 @@ export class BackendRegistry implements Disposable {
     const before = host.describe();
     host.health = health.connected
       ? { connected: true }
-      : { connected: false, reason: String(health.reason || 'unknown reason') };
+      : { connected: false, reason: cleanText(health.reason || 'unknown reason') };
     if (host.describe() !== before) {
       host.log.info('health changed', { health: host.describe() });
       this.onDidChangeHealthEmitter.fire();
@@ -316,16 +319,37 @@ export class BackendRegistry implements Disposable {
 
   private contextFor(host: BackendHost): BackendContext {
     const active = () => !host.stopped;
+    // What a backend publishes goes on the bus as keys and values: a name the
+    // bus cannot carry (a control character, a lone surrogate) would cost
+    // every client its TestSignal, so such a VM is left out, and a type or
+    // UUID of that kind is dropped.
     const check = (vm: VmInfo): VmInfo | undefined => {
-      if (typeof vm?.name !== 'string' || vm.name.length === 0 || vm.name.includes('/')) {
-        host.log.warn('ignoring a VM with an invalid name', { name: String(vm?.name) });
+      if (
+        typeof vm?.name !== 'string' ||
+        vm.name.length === 0 ||
+        vm.name.length > MAX_VM_NAME_LENGTH ||
+        vm.name.includes('/') ||
+        !isCleanName(vm.name)
+      ) {
+        host.log.warn('ignoring a VM with an invalid name', { name: cleanText(String(vm?.name), 200) });
         return undefined;
       }
-      if (!(VM_STATES as readonly string[]).includes(vm.state)) {
-        host.log.warn('VM reported with an unknown state; showing nostate', { vm: vm.name, state: String(vm.state) });
-        return { ...vm, state: 'nostate' };
+      let checked: VmInfo = vm;
+      for (const field of ['uuid', 'type'] as const) {
+        const value = vm[field];
+        if (value !== undefined && (typeof value !== 'string' || !isCleanName(value) || value.length > 256)) {
+          host.log.warn(`VM reported with an invalid ${field}; leaving it out`, { vm: vm.name });
+          checked = { ...checked, [field]: undefined };
+        }
       }
-      return vm;
+      if (!(VM_STATES as readonly string[]).includes(vm.state)) {
+        host.log.warn('VM reported with an unknown state; showing nostate', {
+          vm: vm.name,
+          state: cleanText(String(vm.state), 200),
+        });
+        return { ...checked, state: 'nostate' };
+      }
+      return checked;
     };
     return {
       id: host.id,

@@ -1,23 +1,47 @@
 /**
  * Detach jobs. Every device of an accepted request ends with exactly one
- * outcome: the backend's confirmed result, `Timeout`, or `Failed` at shutdown.
+ * outcome: the backend's confirmed result, `Timeout`, or `Failed` at
+ * shutdown; and it ends within a bound, whatever the backend does.
  *
  * A device already pending on the same VM (same backend, VM and device
- * identity) joins the pending job instead of issuing a second detach; each
- * request still gets its own outcome under its own label.
+ * identity) joins the pending job instead of issuing a second detach; every
+ * request that joined gets the job's outcome, under its own label.
  *
- * The clock: a device has `detachTimeoutSeconds`, counted from acceptance,
- * or from when the backend says it issued the detach (`issued()`); a backend
- * that makes a device wait behind another operation pauses it (`hold()`).
- * When it runs out, the request's signal is aborted and the backend has a
- * short grace period to answer with what it verified (a removal, a lost
- * connection, its own Timeout); a generic failure or no answer is `Timeout`.
+ * The clock of one job is this state machine; its transitions are all in
+ * `DetachJob` (T = detachTimeoutSeconds, G = the grace period):
+ *
+ * | phase     | entered when                                   | ends at                 |
+ * |-----------|------------------------------------------------|-------------------------|
+ * | `queued`  | the request is accepted                        | accepted + T            |
+ * | `held`    | the backend calls `hold()` (waits behind       | first held + T          |
+ * |           | another operation of the VM), before issuing   |                         |
+ * | `issued`  | the backend calls `issued()` (its call went    | issued + T              |
+ * |           | out), from `queued` or `held`, once            |                         |
+ * | `grace`   | the phase's end passed: the request's signal   | + G, then `Timeout`     |
+ * |           | is aborted ('timeout') and the backend may     |                         |
+ * |           | answer with what it verified                   |                         |
+ * | `settled` | an outcome: the backend's, `Timeout`, or       | (final)                 |
+ * |           | `Failed` at shutdown (signal aborted           |                         |
+ * |           | 'shutdown')                                    |                         |
+ *
+ * `hold()` after `issued()`, and `issued()` twice, change nothing, so no
+ * backend can extend a clock: every accepted device ends at the latest
+ * 2T + G after it was accepted (one bounded wait in line, then its own
+ * timeout, then the grace period), plus the sweeper's slack (the clocks are
+ * looked at every T/4, at most every 50 ms).
+ *
+ * In `grace`, a specific verdict of the backend stands (the device is gone;
+ * the connection was lost; the guest refused); a generic `Failed` is taken
+ * as the effect of the abort, and the outcome is `Timeout`.
  */
 import { inject, injectable } from 'inversify';
 import type { DetachOutcome, DetachRequest, DeviceSpec, Logger } from '../plugin-api.js';
 import { BackendRegistry, type BackendHost } from './backend-registry.js';
+import { cleanText } from './clean-text.js';
+import { Clock, type Timer } from './clock.js';
 import { Config } from './config.js';
 import type { Disposable } from './disposable.js';
+import { VmdevError } from './errors.js';
 import { Emitter, type Event } from './event.js';
 import { RootLogger } from './logger.js';
 import { StateHub, type VmEntry } from './state-hub.js';
@@ -32,21 +56,50 @@ export interface DetachFinished {
   readonly outcome: DetachOutcome;
 }
 
+export type DetachPhase = 'queued' | 'held' | 'issued' | 'grace' | 'settled';
+
 interface Subscriber {
   readonly label: string;
   readonly vmKey: string;
 }
 
+/** What a job needs of its service: the clock, the limits, and where its outcome goes. */
+interface JobOwner {
+  readonly clock: Clock;
+  readonly timeoutMs: number;
+  readonly graceMs: number;
+  /** Makes sure the sweeper runs while some job has a deadline. */
+  watch(): void;
+  finished(job: DetachJob, outcome: DetachOutcome): void;
+}
+
+/** One detach and its clock. Every change of `phase` happens in this class. */
 class DetachJob {
   readonly subscribers: Subscriber[] = [];
-  /** Made when the backend first looks at the request's signal: most never do. */
-  controller: AbortController | undefined;
-  abortReason: 'timeout' | 'shutdown' | undefined;
+  phase: DetachPhase = 'queued';
+  /** When the current phase ends (Clock ms); the sweeper calls `expire()` after it. */
+  deadline: number;
+  private heldSince: number | undefined;
+  private graceTimer: Timer | undefined;
+  /** The phase the clock ran out in: it words the Timeout. */
+  private expiredIn: 'queued' | 'held' | 'issued' | undefined;
+  /** Made when the backend first reads the request's signal: most never do. */
+  private controller: AbortController | undefined;
+  private abortReason: 'timeout' | 'shutdown' | undefined;
 
-  /** Aborts the request's signal, now or when the backend first reads it. */
-  abort(reason: 'timeout' | 'shutdown'): void {
-    this.abortReason ??= reason;
-    this.controller?.abort(reason);
+  constructor(
+    readonly key: string,
+    readonly host: BackendHost,
+    readonly vm: VmEntry,
+    readonly device: DeviceSpec,
+    private readonly owner: JobOwner,
+  ) {
+    this.deadline = owner.clock.now() + owner.timeoutMs;
+    owner.watch();
+  }
+
+  get settled(): boolean {
+    return this.phase === 'settled';
   }
 
   signal(): AbortSignal {
@@ -56,18 +109,68 @@ class DetachJob {
     }
     return this.controller.signal;
   }
-  settled = false;
-  timedOut = false;
-  /** When the clock runs out (performance.now() ms); Infinity while held. */
-  deadline = Infinity;
-  grace: NodeJS.Timeout | undefined;
 
-  constructor(
-    readonly key: string,
-    readonly host: BackendHost,
-    readonly vm: VmEntry,
-    readonly device: DeviceSpec,
-  ) {}
+  /** queued → held. The wait in line is bounded from the first hold. */
+  hold(): void {
+    if (this.phase !== 'queued') return;
+    this.heldSince ??= this.owner.clock.now();
+    this.phase = 'held';
+    this.deadline = this.heldSince + this.owner.timeoutMs;
+  }
+
+  /** queued | held → issued, with the full timeout from now. */
+  issued(): void {
+    if (this.phase !== 'queued' && this.phase !== 'held') return;
+    this.phase = 'issued';
+    this.deadline = this.owner.clock.now() + this.owner.timeoutMs;
+    this.owner.watch();
+  }
+
+  /** queued | held | issued → grace, once the phase's deadline passed. */
+  expire(): void {
+    if (this.phase !== 'queued' && this.phase !== 'held' && this.phase !== 'issued') return;
+    this.expiredIn = this.phase;
+    this.phase = 'grace';
+    this.deadline = Infinity;
+    this.abort('timeout');
+    this.graceTimer = this.owner.clock.setTimeout(() => this.settle(this.timeout()), this.owner.graceMs);
+  }
+
+  /** The backend's answer: → settled (in grace, a generic failure is the abort's doing: Timeout). */
+  answered(outcome: DetachOutcome): void {
+    if (this.phase === 'grace' && !outcome.ok && outcome.error === 'Failed') this.settle(this.timeout());
+    else this.settle(outcome);
+  }
+
+  /** Any phase but settled → settled: the daemon is going away. */
+  shutdown(): void {
+    if (this.settled) return;
+    this.settle({ ok: false, error: 'Failed', message: 'vmdevd shut down before the detach was confirmed' });
+    this.abort('shutdown');
+  }
+
+  private settle(outcome: DetachOutcome): void {
+    if (this.settled) return;
+    this.phase = 'settled';
+    this.deadline = Infinity;
+    this.graceTimer?.cancel();
+    this.owner.finished(this, outcome);
+  }
+
+  private timeout(): DetachOutcome {
+    const seconds = this.owner.timeoutMs / 1000;
+    const message =
+      this.expiredIn === 'held'
+        ? `the detach was still waiting for another operation of the VM after ${seconds} s`
+        : `the device was not confirmed removed within ${seconds} s`;
+    return { ok: false, error: 'Timeout', message };
+  }
+
+  /** Aborts the request's signal, now or when the backend first reads it. */
+  private abort(reason: 'timeout' | 'shutdown'): void {
+    this.abortReason ??= reason;
+    this.controller?.abort(reason);
+  }
 }
 
 @injectable()
@@ -75,8 +178,9 @@ export class DetachService implements Disposable {
   private readonly jobs = new Map<string, DetachJob>();
   private readonly onDidFinishEmitter = new Emitter<DetachFinished>();
   private readonly log: Logger;
-  private readonly timeoutMs: number;
-  private sweeper: NodeJS.Timeout | undefined;
+  private readonly owner: JobOwner;
+  private sweeper: Timer | undefined;
+  private closed = false;
 
   /** Fires once per device of every accepted request. */
   readonly onDidFinish: Event<DetachFinished> = this.onDidFinishEmitter.event;
@@ -86,10 +190,17 @@ export class DetachService implements Disposable {
     @inject(BackendRegistry) private readonly registry: BackendRegistry,
     @inject(StateHub) private readonly hub: StateHub,
     @inject(RootLogger) logger: RootLogger,
-    @inject(DetachGraceMs) private readonly graceMs: number,
+    @inject(DetachGraceMs) graceMs: number,
+    @inject(Clock) private readonly clock: Clock,
   ) {
     this.log = logger.child('detach');
-    this.timeoutMs = Math.round(config.detachTimeoutSeconds * 1000);
+    this.owner = {
+      clock,
+      timeoutMs: Math.round(config.detachTimeoutSeconds * 1000),
+      graceMs,
+      watch: () => this.watchClocks(),
+      finished: (job, outcome) => this.finished(job, outcome),
+    };
   }
 
   /** Number of detaches in progress (joined requests count once). */
@@ -97,10 +208,22 @@ export class DetachService implements Disposable {
     return this.jobs.size;
   }
 
-  /** Starts one detach per device, or joins a pending one. Returns at once. */
-  start(host: BackendHost, vm: VmEntry, devices: readonly DeviceSpec[]): void {
+  /** The phase of the pending detach of `device` on `vm` (for tests and logs). */
+  phaseOf(host: BackendHost, vm: VmEntry, device: DeviceSpec): DetachPhase | undefined {
+    return this.jobs.get(jobKey(host, vm, device))?.phase;
+  }
+
+  /**
+   * Accepts one detach per device, or joins a pending one: from here on each
+   * device is owed an outcome. Returns what hands the new ones to the
+   * backend: the caller replies first, then calls it. Throws
+   * `VmdevError('Failed')` once shutdown began.
+   */
+  accept(host: BackendHost, vm: VmEntry, devices: readonly DeviceSpec[]): () => void {
+    if (this.closed) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
+    const fresh: DetachJob[] = [];
     for (const device of devices) {
-      const key = `${host.id}\u0000${vm.vm.name}\u0000${device.identity}`;
+      const key = jobKey(host, vm, device);
       const subscriber = { label: device.label, vmKey: vm.key };
       const pending = this.jobs.get(key);
       if (pending !== undefined) {
@@ -109,53 +232,44 @@ export class DetachService implements Disposable {
           vm: vm.key,
           device: device.label,
           with: pending.subscribers[0]!.label,
+          phase: pending.phase,
         });
         continue;
       }
-      const job = new DetachJob(key, host, vm, device);
+      const job = new DetachJob(key, host, vm, device, this.owner);
       job.subscribers.push(subscriber);
       this.jobs.set(key, job);
-      this.run(job);
+      fresh.push(job);
     }
+    return () => {
+      for (const job of fresh) if (!job.settled) this.run(job);
+    };
   }
 
-  /** Ends every pending detach with `Failed`: the daemon is going away. */
+  /** Ends every pending detach with `Failed` and accepts nothing more: the daemon is going away. */
   shutdown(): void {
-    for (const job of [...this.jobs.values()]) {
-      this.settle(job, { ok: false, error: 'Failed', message: 'vmdevd shut down before the detach was confirmed' });
-      job.abort('shutdown');
-    }
+    this.closed = true;
+    for (const job of [...this.jobs.values()]) job.shutdown();
   }
 
   dispose(): void {
     this.shutdown();
-    clearInterval(this.sweeper);
+    this.sweeper?.cancel();
     this.sweeper = undefined;
     this.onDidFinishEmitter.dispose();
   }
 
   private run(job: DetachJob): void {
-    const startClock = () => {
-      job.deadline = performance.now() + this.timeoutMs;
-      this.watchClocks();
-    };
     const request: DetachRequest = {
       vm: job.vm.vm,
       device: job.device,
-      timeoutMs: this.timeoutMs,
+      timeoutMs: this.owner.timeoutMs,
       get signal() {
         return job.signal();
       },
-      hold: () => {
-        if (!job.settled && !job.timedOut) {
-          job.deadline = Infinity;
-        }
-      },
-      issued: () => {
-        if (!job.settled && !job.timedOut) startClock();
-      },
+      hold: () => job.hold(),
+      issued: () => job.issued(),
     };
-    startClock();
     void this.registry.detach(job.host, request).then((outcome) => {
       if (job.settled) {
         this.log.info('outcome arrived after the device was already reported', {
@@ -165,63 +279,45 @@ export class DetachService implements Disposable {
         });
         return;
       }
-      // After the timeout, a specific verdict the backend verified stands (the
-      // device is gone, or the connection was lost); a generic failure is
-      // just the abort, and the outcome is Timeout.
-      if (job.timedOut && !outcome.ok && outcome.error === 'Failed') {
-        this.settle(job, { ok: false, error: 'Timeout', message: this.timeoutMessage() });
-      } else {
-        this.settle(job, outcome);
-      }
+      job.answered(outcome);
     });
   }
 
   /**
-   * One timer for every job's clock: it looks for expired deadlines a few
+   * One timer for every job's clock: it looks for passed deadlines a few
    * times per timeout, instead of each device arming, restarting and
-   * clearing a timer of its own. A timeout is late by at most a quarter of
-   * itself (and 50 ms).
+   * clearing a timer of its own. A phase ends late by at most a quarter of
+   * the timeout (and 50 ms).
    */
   private watchClocks(): void {
     if (this.sweeper !== undefined) return;
-    const every = Math.max(1, Math.min(50, this.timeoutMs / 4));
-    this.sweeper = setInterval(() => {
-      const now = performance.now();
-      for (const job of this.jobs.values()) if (!job.timedOut && job.deadline <= now) this.expire(job);
+    const every = Math.max(1, Math.min(50, this.owner.timeoutMs / 4));
+    this.sweeper = this.clock.setInterval(() => {
+      const now = this.clock.now();
+      for (const job of [...this.jobs.values()]) if (job.deadline <= now) job.expire();
       if (this.jobs.size === 0) {
-        clearInterval(this.sweeper);
+        this.sweeper?.cancel();
         this.sweeper = undefined;
       }
     }, every);
   }
 
-  private timeoutMessage(): string {
-    return `the device was not confirmed removed within ${this.timeoutMs / 1000} s`;
-  }
-
-  private expire(job: DetachJob): void {
-    if (job.settled) return;
-    job.timedOut = true;
-    job.abort('timeout');
-    job.grace = setTimeout(
-      () => this.settle(job, { ok: false, error: 'Timeout', message: this.timeoutMessage() }),
-      this.graceMs,
-    );
-  }
-
-  private settle(job: DetachJob, outcome: DetachOutcome): void {
-    if (job.settled) return;
-    job.settled = true;
-    clearTimeout(job.grace);
+  private finished(job: DetachJob, outcome: DetachOutcome): void {
     this.jobs.delete(job.key);
+    // Backend text goes on the bus: no NUL, valid UTF-8, bounded.
+    const clean: DetachOutcome = outcome.ok ? outcome : { ...outcome, message: cleanText(outcome.message) };
     const current = this.hub.find(job.host.id, job.vm.vm.name)?.key;
     for (const sub of job.subscribers) {
       const vm = current ?? sub.vmKey;
       // A failure is news at info; a confirmed detach is logged at debug, as
       // the request itself already was.
-      if (outcome.ok) this.log.debug('detach finished', { vm, device: sub.label, result: 'detached' });
-      else this.log.info('detach finished', { vm, device: sub.label, result: outcome.error, message: outcome.message });
-      this.onDidFinishEmitter.fire({ vm, device: sub.label, outcome });
+      if (clean.ok) this.log.debug('detach finished', { vm, device: sub.label, result: 'detached' });
+      else this.log.info('detach finished', { vm, device: sub.label, result: clean.error, message: clean.message });
+      this.onDidFinishEmitter.fire({ vm, device: sub.label, outcome: clean });
     }
   }
+}
+
+function jobKey(host: BackendHost, vm: VmEntry, device: DeviceSpec): string {
+  return `${host.id}\u0000${vm.vm.name}\u0000${device.identity}`;
 }

@@ -31,6 +31,7 @@ export interface Caller {
 @injectable()
 export class VmdevService {
   private readonly log: Logger;
+  private closed = false;
 
   constructor(
     @inject(StateHub) private readonly hub: StateHub,
@@ -42,10 +43,12 @@ export class VmdevService {
   }
 
   /**
-   * `TestMethod`: validates every device, then resolves the selector.
-   * `accepted` is false when no VM matches; `start()` starts one detach per
-   * device. The caller replies between the two, so the reply does not wait
-   * for the detaches to be set up; nothing can fail in between.
+   * `TestMethod`: validates every device, then resolves the selector, then
+   * accepts one detach per device. `accepted` is false when no VM matches;
+   * `start()` hands the accepted detaches to the backend. The caller replies
+   * between the two, so the reply does not wait for the detaches to be set
+   * up; nothing can fail in between, and a shutdown in between still gives
+   * every accepted device its outcome. Throws `Failed` once shutdown began.
    */
   detach(caller: Caller, selector: unknown, devices: unknown): Acceptance {
     const labels =
@@ -57,13 +60,16 @@ export class VmdevService {
         this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, 'no such VM (false)');
         return NOT_ACCEPTED;
       }
+      // From here each device is owed an outcome: accept() makes the jobs now
+      // (shutdown ends them), start() hands them to the backend.
+      const start = this.detaches.accept(target.host, target.entry, specs);
       this.logRequest(
         'TestMethod',
         caller,
         { selector: text(selector), devices: labels },
         `accepted for ${target.entry.key}`,
       );
-      return { accepted: true, start: () => this.detaches.start(target.host, target.entry, specs) };
+      return { accepted: true, start };
     } catch (err) {
       this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, describe(err));
       throw err;
@@ -85,6 +91,7 @@ export class VmdevService {
         : undefined;
     try {
       const changes = this.validateStates(desired);
+      if (this.closed) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
       const results = await Promise.allSettled(changes.map((c) => this.registry.setState(c.host, c.entry.vm, c.state)));
       const failures = results.flatMap((r, i) =>
         r.status === 'rejected' ? [{ change: changes[i]!, err: r.reason as unknown }] : [],
@@ -104,6 +111,16 @@ export class VmdevService {
       this.logRequest('Set TestProperty', caller, { states: summary }, describe(err));
       throw err;
     }
+  }
+
+  /**
+   * Nothing is accepted from now on: the daemon is shutting down. Requests
+   * check this where they start something, after any wait (such as the
+   * caller's credentials), so none slips in behind the shutdown.
+   */
+  close(): void {
+    this.closed = true;
+    this.detaches.shutdown();
   }
 
   private validateStates(desired: unknown): Array<{ entry: VmEntry; host: BackendHost; state: DesiredState }> {

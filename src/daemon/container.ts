@@ -5,6 +5,7 @@
 import { Container } from 'inversify';
 import { AccessPolicy, AccountFiles } from '../core/access-policy.js';
 import { BackendRegistry, BuiltinPluginDir, CoreContainer } from '../core/backend-registry.js';
+import { Clock, systemClock } from '../core/clock.js';
 import { Config } from '../core/config.js';
 import { DetachGraceMs, DetachService } from '../core/detach-service.js';
 import { RootLogger } from '../core/logger.js';
@@ -21,6 +22,8 @@ export interface ContainerOptions {
   readonly coalesceWindowMs?: number;
   /** How long a backend may take to verify a device after its timeout. */
   readonly detachGraceMs?: number;
+  /** The core's time (tests run it by hand). */
+  readonly clock?: Clock;
   /** Where user and group names are looked up. */
   readonly accountFiles?: AccountFiles;
 }
@@ -33,6 +36,7 @@ export function createContainer(config: Config, logger: RootLogger, options: Con
   container.bind(BuiltinPluginDir).toConstantValue(options.builtinPluginDir ?? BUILTIN_PLUGIN_DIR);
   container.bind(CoalesceWindowMs).toConstantValue(options.coalesceWindowMs ?? 10);
   container.bind(DetachGraceMs).toConstantValue(options.detachGraceMs ?? 2000);
+  container.bind(Clock).toConstantValue(options.clock ?? systemClock);
   container.bind(InterfaceDefinitionToken).toConstantValue(loadInterface());
   container.bind(AccountFiles).toConstantValue(options.accountFiles ?? { passwd: '/etc/passwd', group: '/etc/group' });
   container.bind(AccessPolicy).toSelf();

@@ -13,6 +13,7 @@ import { DetachService } from '../core/detach-service.js';
 import { errorMessage } from '../core/errors.js';
 import { RootLogger } from '../core/logger.js';
 import { StateHub } from '../core/state-hub.js';
+import { VmdevService } from '../core/vmdev-service.js';
 import { DbusFrontend } from '../dbus/dbus-frontend.js';
 import { createContainer, type ContainerOptions } from './container.js';
 import { MemoryReclaimer } from './memory-reclaimer.js';
@@ -72,7 +73,10 @@ export class Daemon {
     const detaches = this.container.get(DetachService);
     frontend.stopAccepting();
     const pending = detaches.pendingCount();
-    detaches.shutdown();
+    // Accepts nothing more, also for calls still waiting for their caller's
+    // credentials, and gives every pending detach its outcome now, while the
+    // bus still carries it.
+    this.container.get(VmdevService).close();
     if (pending > 0) this.log.warn('pending detaches were ended as failed', { count: pending });
     try {
       await frontend.close();

@@ -1,54 +1,100 @@
 /**
  * Opening a dbus-next `MessageBus` to the session bus, the system bus, or any
- * address, and waiting until it is usable.
+ * address, over the connection of `./wire/` (our own framing and codec, on
+ * unix sockets and TCP), and waiting until it is usable.
  *
- * On a unix socket the bus gets the connection of `./wire/` (our own
- * marshalling, batched writes); other addresses, and every address when
- * `VMDEVD_DBUS_CONNECTION=dbus-next`, get dbus-next's own connection.
+ * Everything here that reaches below dbus-next's public API is listed in
+ * `./README.md` and pinned by `test/unit/dbus-next-internals.test.ts`.
  */
 import dbus from 'dbus-next';
 import MessageBusClass from 'dbus-next/lib/bus.js';
-import { createFastConnection, isFastAddress, type OversizedMessage } from './wire/fast-connection.js';
-
-/** Set to `dbus-next` to use dbus-next's own connection everywhere. */
-export const CONNECTION_ENV = 'VMDEVD_DBUS_CONNECTION';
+import {
+  BusAddressError,
+  busTargets,
+  createFastConnection,
+  type FastConnection,
+  type OversizedMessage,
+  type UndecodableMessage,
+} from './wire/fast-connection.js';
 
 export type MessageBus = dbus.MessageBus;
 
 /** `session`, `system`, or a D-Bus address such as `unix:path=/run/bus`. */
 export type BusSpec = string;
 
+const SYSTEM_BUS_DEFAULT = 'unix:path=/var/run/dbus/system_bus_socket';
+const INVALID_ARGS = 'org.freedesktop.DBus.Error.InvalidArgs';
+const METHOD_CALL = 1;
+const ERROR = 3;
+const NO_REPLY_EXPECTED = 0x1;
+/** Serials are u32 and never 0: after 2^32 - 1 comes 1. */
+const MAX_SERIAL = 0xffffffff;
+
 export function describeBus(spec: BusSpec): string {
   if (spec === 'session') return `the session bus (${process.env['DBUS_SESSION_BUS_ADDRESS'] ?? 'address unknown'})`;
-  if (spec === 'system')
-    return `the system bus (${process.env['DBUS_SYSTEM_BUS_ADDRESS'] ?? 'unix:path=/var/run/dbus/system_bus_socket'})`;
+  if (spec === 'system') return `the system bus (${process.env['DBUS_SYSTEM_BUS_ADDRESS'] ?? SYSTEM_BUS_DEFAULT})`;
   return spec;
 }
 
-/** Connects and resolves once the bus has answered Hello. */
+/**
+ * The address of a bus spec. The session bus is `DBUS_SESSION_BUS_ADDRESS`,
+ * else `$XDG_RUNTIME_DIR/bus` (as sd-bus and GDBus look for it); there is
+ * no X11 autolaunch. Throws BusAddressError when there is none.
+ */
+export function busAddress(spec: BusSpec): string {
+  if (spec === 'system') return process.env['DBUS_SYSTEM_BUS_ADDRESS'] || SYSTEM_BUS_DEFAULT;
+  if (spec !== 'session') return spec;
+  const env = process.env['DBUS_SESSION_BUS_ADDRESS'];
+  if (env) return env;
+  const runtime = process.env['XDG_RUNTIME_DIR'];
+  if (runtime) return `unix:path=${runtime}/bus`;
+  throw new BusAddressError(
+    'there is no session bus here (DBUS_SESSION_BUS_ADDRESS and XDG_RUNTIME_DIR are not set); use --system, or --address ADDRESS',
+  );
+}
+
+/** Throws BusAddressError when vmdevd cannot connect to this spec's address at all. */
+export function checkBusSpec(spec: BusSpec): void {
+  busTargets(busAddress(spec));
+}
+
 export interface OpenOptions {
   readonly timeoutMs?: number;
   /** The longest message to accept (see `FastConnectionOptions.maxIncomingLength`). */
   readonly maxIncomingLength?: number;
+  /** Told of every message that could not be read; calls among them are answered InvalidArgs here. */
+  readonly onUndecodable?: (message: UndecodableMessage) => void;
 }
 
+const connections = new WeakMap<MessageBus, FastConnection>();
+
+function connectionOf(bus: MessageBus): FastConnection {
+  const conn = connections.get(bus);
+  if (conn === undefined) throw new Error('this MessageBus was not opened by openBus');
+  return conn;
+}
+
+/** Connects and resolves once the bus has answered Hello. */
 export function openBus(spec: BusSpec, options: OpenOptions = {}): Promise<MessageBus> {
   const timeoutMs = options.timeoutMs ?? 10_000;
   return new Promise((resolve, reject) => {
     let bus: MessageBus;
+    let conn: FastConnection;
     try {
-      bus = createBus(spec, options.maxIncomingLength);
+      conn = createFastConnection({ busAddress: busAddress(spec), maxIncomingLength: options.maxIncomingLength });
+      bus = new WrappingMessageBus(conn);
     } catch (err) {
       reject(new Error(`cannot connect to ${describeBus(spec)}: ${(err as Error).message}`));
       return;
     }
+    connections.set(bus, conn);
+    conn.on('undecodable', (m: UndecodableMessage) => {
+      answerUndecodable(bus, m);
+      options.onUndecodable?.(m);
+    });
     const timer = setTimeout(() => {
       cleanup();
-      try {
-        bus.disconnect();
-      } catch {
-        // already gone
-      }
+      disconnect(bus);
       reject(new Error(`cannot connect to ${describeBus(spec)}: no answer within ${timeoutMs / 1000} s`));
     }, timeoutMs);
     const onConnect = () => {
@@ -57,11 +103,7 @@ export function openBus(spec: BusSpec, options: OpenOptions = {}): Promise<Messa
     };
     const onError = (err: unknown) => {
       cleanup();
-      try {
-        bus.disconnect();
-      } catch {
-        // already gone
-      }
+      disconnect(bus);
       reject(new Error(`cannot connect to ${describeBus(spec)}: ${(err as Error)?.message ?? String(err)}`));
     };
     const cleanup = () => {
@@ -74,32 +116,57 @@ export function openBus(spec: BusSpec, options: OpenOptions = {}): Promise<Messa
   });
 }
 
-/** The address dbus-next would resolve for a spec (undefined: dbus-next looks it up itself). */
-function addressOf(spec: BusSpec): string | undefined {
-  if (spec === 'system') return process.env['DBUS_SYSTEM_BUS_ADDRESS'] || 'unix:path=/var/run/dbus/system_bus_socket';
-  if (spec === 'session') return process.env['DBUS_SESSION_BUS_ADDRESS'] || undefined;
-  return spec;
+function disconnect(bus: MessageBus): void {
+  try {
+    bus.disconnect();
+  } catch {
+    // already gone
+  }
 }
 
-function createBus(spec: BusSpec, maxIncomingLength?: number): MessageBus {
-  const address = addressOf(spec);
-  if (address !== undefined && process.env[CONNECTION_ENV] !== 'dbus-next' && isFastAddress(address)) {
-    return new MessageBusClass(createFastConnection({ busAddress: address, maxIncomingLength }));
-  }
-  return spec === 'system'
-    ? dbus.systemBus()
-    : spec === 'session'
-      ? dbus.sessionBus()
-      : dbus.sessionBus({ busAddress: spec });
-}
+/** Serials of each bus: `MessageBus` counts its own up without end, past what fits the header. */
+const nextSerials = new WeakMap<MessageBus, number>();
 
 /**
- * Calls `listener` once when the connection under `bus` ends or closes (the
- * bus went away); `MessageBus` itself reports only errors. Both connections
- * emit 'end' for it.
+ * dbus-next's `MessageBus` over our connection, with serials that wrap
+ * after 2^32 - 1. Every message it sends (Hello in its constructor
+ * included) and every one `sendTrusted` sends takes its serial from
+ * `newSerial()`.
  */
+class WrappingMessageBus extends MessageBusClass {
+  override newSerial(): number {
+    const serial = nextSerials.get(this) ?? 1;
+    nextSerials.set(this, serial >= MAX_SERIAL ? 1 : serial + 1);
+    return serial;
+  }
+}
+
+/** For tests: the serial `bus` sends its next message with (to see the wrap). */
+export function setNextSerial(bus: MessageBus, serial: number): void {
+  nextSerials.set(bus, serial);
+}
+
+/** A call that could not be read gets InvalidArgs, unless it asked for no reply. */
+function answerUndecodable(bus: MessageBus, { header, reason }: UndecodableMessage): void {
+  if (header === undefined || header.type !== METHOD_CALL || header.sender === undefined) return;
+  if ((header.flags & NO_REPLY_EXPECTED) !== 0) return;
+  try {
+    sendTrusted(bus, {
+      type: ERROR,
+      errorName: INVALID_ARGS,
+      replySerial: header.serial,
+      destination: header.sender,
+      signature: 's',
+      body: [`the call could not be read: ${reason}`],
+    });
+  } catch {
+    // The connection is closing: nothing can be answered any more.
+  }
+}
+
+/** Calls `listener` once when the connection under `bus` ends (the bus went away or closed it). */
 export function onConnectionEnd(bus: MessageBus, listener: () => void): void {
-  (bus as unknown as { _connection: NodeJS.EventEmitter })._connection.once('end', listener);
+  connectionOf(bus).once('end', listener);
 }
 
 /** A message vmdevd builds itself: every name in it is a constant of ours or came from the bus. */
@@ -122,19 +189,16 @@ export interface TrustedMessage {
  * Sends a message without dbus-next's `Message` (its constructor checks every
  * name with regular expressions; replies, errors and signals of our own need
  * no checking, and on the hot path of a request the checks cost more than
- * the encoding). Both connections accept a plain object.
+ * the encoding). Throws an EncodeError for a body that does not fit its
+ * signature; nothing is sent then.
  */
 export function sendTrusted(bus: MessageBus, msg: TrustedMessage): void {
-  const internals = bus as unknown as { newSerial(): number; _connection: { message(m: unknown): void } };
   // The callers build the object just for this: it takes its serial in place.
-  (msg as { serial?: number }).serial = internals.newSerial();
-  internals._connection.message(msg);
+  (msg as { serial?: number }).serial = bus.newSerial();
+  connectionOf(bus).message(msg);
 }
 
-/**
- * Calls `listener` for each message the connection dropped for its length
- * (only our own connection limits it).
- */
+/** Calls `listener` for each message the connection dropped for its length. */
 export function onOversized(bus: MessageBus, listener: (m: OversizedMessage) => void): void {
-  (bus as unknown as { _connection: NodeJS.EventEmitter })._connection.on('oversized', listener);
+  connectionOf(bus).on('oversized', listener);
 }

@@ -2,14 +2,18 @@
  * The D-Bus frontend: the only part of vmdevd that knows dbus-next.
  *
  * The interface is configured from the interface XML with
- * `Interface.configureMembers`; dbus-next marshals, emits the signals and
- * answers the standard interfaces. Calls to our own interface, and the
- * Properties and Introspectable calls on our object, are dispatched here
- * (a method handler runs before dbus-next's) because they need the caller's
- * name, asynchronous property writes, one reply per call (dbus-next replies
- * twice to a write of a read-only property) and the argument names in
- * `Introspect`.
+ * `Interface.configureMembers`, and dbus-next's `MessageBus` matches the
+ * replies to our own calls (the bus daemon's) and requests the name. Every
+ * method call that reaches the connection is answered here, on any path:
+ * our interface, Properties, Introspectable (with the argument names and
+ * annotations dbus-next's own introspection drops) and Peer, and an
+ * UnknownObject/UnknownInterface/UnknownMethod error for anything else, so
+ * that dbus-next's dispatch never answers (it replies to errors with stack
+ * traces, and twice to a write of a read-only property). The signals are
+ * written here too (`sendTrusted`); dbus-next sends only the
+ * PropertiesChanged of `Backends`.
  */
+import { readFileSync } from 'node:fs';
 import dbus from 'dbus-next';
 import { inject, injectable } from 'inversify';
 import { builder, create } from 'xmlbuilder2';
@@ -23,9 +27,18 @@ import { VmdevError, errorMessage, invalidArgs } from '../core/errors.js';
 import { RootLogger } from '../core/logger.js';
 import { StateHub, type StateMap } from '../core/state-hub.js';
 import { VmdevService } from '../core/vmdev-service.js';
+import { cleanText } from '../core/clean-text.js';
 import { onConnectionEnd, onOversized, openBus, sendTrusted, type MessageBus } from './bus-connection.js';
+import type { UndecodableMessage } from './wire/fast-connection.js';
 import { encodeBody } from './wire/encoder.js';
-import { PROPERTY_READ_ONLY, UNKNOWN_METHOD, errorName, toDBusError } from './error-map.js';
+import {
+  PROPERTY_READ_ONLY,
+  UNKNOWN_INTERFACE,
+  UNKNOWN_METHOD,
+  UNKNOWN_OBJECT,
+  errorName,
+  toDBusError,
+} from './error-map.js';
 import { INTERFACE_NAME, OBJECT_PATH, type InterfaceDefinition } from './interface-definition.js';
 
 export const InterfaceDefinitionToken = Symbol('InterfaceDefinition');
@@ -35,7 +48,11 @@ const { Message, MessageType, Variant } = dbus;
 type Message = dbus.Message;
 
 const PROPERTIES = 'org.freedesktop.DBus.Properties';
+const PEER = 'org.freedesktop.DBus.Peer';
 const INTROSPECTABLE = 'org.freedesktop.DBus.Introspectable';
+const PROPERTY_SIGNATURES: Readonly<Record<string, string>> = { Get: 'ss', GetAll: 's', Set: 'ssv' };
+const PROPERTY_METHODS = new Set(Object.keys(PROPERTY_SIGNATURES));
+const STANDARD_INTERFACE_NAMES = new Set([PEER, INTROSPECTABLE, PROPERTIES]);
 const NO_REPLY_EXPECTED = 0x1;
 /**
  * The longest call vmdevd reads. The largest valid request (256 devices of 16
@@ -137,6 +154,7 @@ export class DbusFrontend implements Disposable {
   private readonly credentialCache = new Map<string, Credentials>();
   private encodedStateCache = new WeakMap<StateMap, Buffer>();
   private methodHandler: Disposable | undefined;
+  private undecodableWindow = { start: -Infinity, logged: 0, suppressed: 0 };
 
   constructor(
     @inject(Config) private readonly config: Config,
@@ -154,7 +172,10 @@ export class DbusFrontend implements Disposable {
   /** Connects to the bus. `onLost` is called if the connection breaks later. */
   async connect(onLost: (err: Error) => void): Promise<void> {
     this.onBusLost = onLost;
-    this.bus = await openBus(this.config.bus, { maxIncomingLength: MAX_CALL_BYTES });
+    this.bus = await openBus(this.config.bus, {
+      maxIncomingLength: MAX_CALL_BYTES,
+      onUndecodable: (m) => this.undecodable(m),
+    });
     onOversized(this.bus, ({ header, length, limit }) => {
       this.log.warn('dropped a message that is too long', {
         caller: header.sender,
@@ -298,44 +319,120 @@ export class DbusFrontend implements Disposable {
 
   private emitOutcome(e: DetachFinished): void {
     if (this.closed) {
-      this.log.warn('outcome not sent: the bus is closed', { vm: e.vm, device: e.device });
+      this.log.warn('outcome not sent: the bus is closed', {
+        vm: e.vm,
+        device: e.device,
+        outcome: e.outcome.ok ? 'detached' : e.outcome.error,
+      });
       return;
     }
-    if (e.outcome.ok) this.signal(INTERFACE_NAME, 'DeviceDetached', 'ss', [e.vm, e.device]);
-    else
-      this.signal(INTERFACE_NAME, 'DeviceDetachFailed', 'ssss', [
-        e.vm,
-        e.device,
-        errorName(e.outcome.error),
-        e.outcome.message,
-      ]);
+    try {
+      if (e.outcome.ok) this.signal(INTERFACE_NAME, 'DeviceDetached', 'ss', [e.vm, e.device]);
+      else
+        this.signal(INTERFACE_NAME, 'DeviceDetachFailed', 'ssss', [
+          e.vm,
+          e.device,
+          errorName(e.outcome.error),
+          e.outcome.message,
+        ]);
+    } catch (err) {
+      // The core cleans what it passes on; should a string still not encode,
+      // the client gets the outcome with every string cleaned, not nothing.
+      this.log.error('an outcome signal did not encode; sending it cleaned', { error: errorMessage(err) });
+      const name = e.outcome.ok ? 'DeviceDetached' : 'DeviceDetachFailed';
+      const body = e.outcome.ok
+        ? [cleanText(e.vm), cleanText(e.device)]
+        : [cleanText(e.vm), cleanText(e.device), errorName(e.outcome.error), cleanText(e.outcome.message)];
+      this.signal(INTERFACE_NAME, name, e.outcome.ok ? 'ss' : 'ssss', body);
+    }
+  }
+
+  /**
+   * A message that did not decode was skipped (a call among them was
+   * answered InvalidArgs by the connection). One line per sender and
+   * reason, at most a few per minute: whoever sends them must not fill
+   * the journal.
+   */
+  private undecodable({ header, reason }: UndecodableMessage): void {
+    const now = performance.now();
+    if (now - this.undecodableWindow.start > 60_000) {
+      if (this.undecodableWindow.suppressed > 0) {
+        this.log.warn('refused more messages that could not be read', { count: this.undecodableWindow.suppressed });
+      }
+      this.undecodableWindow = { start: now, logged: 0, suppressed: 0 };
+    }
+    if (this.undecodableWindow.logged >= 10) {
+      this.undecodableWindow.suppressed++;
+      return;
+    }
+    this.undecodableWindow.logged++;
+    this.log.warn('refused a message that could not be read', {
+      caller: header?.sender,
+      member: header?.member,
+      signature: header?.signature,
+      reason,
+    });
   }
 
   // ---- dispatch -------------------------------------------------------------
 
-  /** Returns true for every message it answers; the rest goes to dbus-next. */
+  /**
+   * Answers every method call that reaches the connection, so that none is
+   * left to dbus-next's own dispatch (which answers errors with stack traces
+   * and Peer calls with serials of its own). Signals and replies go on to
+   * dbus-next.
+   */
   private dispatch(msg: Message): boolean {
-    if (msg.type !== MessageType.METHOD_CALL || msg.path !== OBJECT_PATH) return false;
+    if (msg.type !== MessageType.METHOD_CALL) return false;
     try {
-      const iface = msg.interface;
-      if (iface === INTERFACE_NAME || (!iface && this.def.methods.has(msg.member))) return this.callOwn(msg);
-      if (iface === PROPERTIES) return this.callProperties(msg);
-      if (iface === INTROSPECTABLE && msg.member === 'Introspect' && !msg.signature) {
-        this.reply(msg, 's', [this.introspection!]);
-        return true;
-      }
-      return false;
+      this.route(msg);
     } catch (err) {
       this.replyError(msg, err, msg.member);
-      return true;
     }
+    return true;
   }
 
-  private callOwn(msg: Message): boolean {
+  private route(msg: Message): void {
+    const iface = msg.interface;
+    const member = msg.member;
+    // Peer is the connection's, on any path (as libdbus and GDBus answer it).
+    if (iface === PEER || (!iface && (member === 'Ping' || member === 'GetMachineId'))) return this.callPeer(msg);
+    if (msg.path === OBJECT_PATH) {
+      if (iface === INTERFACE_NAME || (!iface && this.def.methods.has(member))) return this.callOwn(msg);
+      if (iface === PROPERTIES || (!iface && PROPERTY_METHODS.has(member))) return this.callProperties(msg);
+      if (iface === INTROSPECTABLE || (!iface && member === 'Introspect')) return this.callIntrospect(msg, true);
+      this.sendError(msg, UNKNOWN_INTERFACE, `${OBJECT_PATH} has no interface ${JSON.stringify(iface ?? '')}`);
+      return;
+    }
+    if (isAncestorPath(msg.path, OBJECT_PATH)) {
+      if (iface === INTROSPECTABLE || (!iface && member === 'Introspect')) return this.callIntrospect(msg, false);
+      this.sendError(msg, UNKNOWN_METHOD, `${msg.path} has only ${INTROSPECTABLE} and ${PEER}`);
+      return;
+    }
+    this.sendError(msg, UNKNOWN_OBJECT, `vmdevd has no object ${msg.path}; its object is ${OBJECT_PATH}`);
+  }
+
+  private callPeer(msg: Message): void {
+    if (msg.signature) throw invalidArgs(`${PEER}.${msg.member} takes no arguments`);
+    if (msg.member === 'Ping') return this.reply(msg, '', []);
+    if (msg.member === 'GetMachineId') return this.reply(msg, 's', [machineId()]);
+    this.sendError(msg, UNKNOWN_METHOD, `${PEER} has no method ${JSON.stringify(msg.member)}`);
+  }
+
+  private callIntrospect(msg: Message, ours: boolean): void {
+    if (msg.member !== 'Introspect') {
+      this.sendError(msg, UNKNOWN_METHOD, `${INTROSPECTABLE} has no method ${JSON.stringify(msg.member)}`);
+      return;
+    }
+    if (msg.signature) throw invalidArgs(`${INTROSPECTABLE}.Introspect takes no arguments`);
+    this.reply(msg, 's', [ours ? this.introspection! : childNodeIntrospection(msg.path, OBJECT_PATH)]);
+  }
+
+  private callOwn(msg: Message): void {
     const method = this.def.methods.get(msg.member);
     if (method === undefined) {
       this.sendError(msg, UNKNOWN_METHOD, `${INTERFACE_NAME} has no method ${JSON.stringify(msg.member)}`);
-      return true;
+      return;
     }
     const signature = msg.signature ?? '';
     if (signature !== method.inSignature) {
@@ -349,7 +446,6 @@ export class DbusFrontend implements Disposable {
       // The reply's write is queued first: the detaches start right behind it.
       process.nextTick(acceptance.start);
     });
-    return true;
   }
 
   /**
@@ -406,15 +502,27 @@ export class DbusFrontend implements Disposable {
     return creds;
   }
 
-  private callProperties(msg: Message): boolean {
+  private callProperties(msg: Message): void {
     const signature = msg.signature ?? '';
     const body = msg.body;
-    const expected: Record<string, string> = { Get: 'ss', GetAll: 's', Set: 'ssv' };
-    const want = expected[msg.member];
-    if (want === undefined) return false;
+    const want = PROPERTY_SIGNATURES[msg.member];
+    if (want === undefined) {
+      this.sendError(msg, UNKNOWN_METHOD, `${PROPERTIES} has no method ${JSON.stringify(msg.member)}`);
+      return;
+    }
     if (signature !== want) throw invalidArgs(`Properties.${msg.member} takes (${want}), not (${signature})`);
     const ifaceName = body[0] as string;
-    if (ifaceName !== INTERFACE_NAME && ifaceName !== '') return false;
+    if (ifaceName !== INTERFACE_NAME && ifaceName !== '') {
+      // The standard interfaces have no properties; any other is not here.
+      if (!STANDARD_INTERFACE_NAMES.has(ifaceName)) {
+        this.sendError(msg, UNKNOWN_INTERFACE, `${OBJECT_PATH} has no interface ${JSON.stringify(ifaceName)}`);
+      } else if (msg.member === 'GetAll') {
+        this.reply(msg, 'a{sv}', [{}]);
+      } else {
+        throw invalidArgs(`${ifaceName} has no property ${JSON.stringify(body[1])}`);
+      }
+      return;
+    }
 
     if (msg.member === 'GetAll') {
       const all: Record<string, unknown> = {};
@@ -422,7 +530,7 @@ export class DbusFrontend implements Disposable {
         if (p.access !== 'write') all[p.name] = new Variant(p.type, this.propertyValue(p.name));
       }
       this.reply(msg, 'a{sv}', [all]);
-      return true;
+      return;
     }
 
     const name = body[1] as string;
@@ -434,13 +542,13 @@ export class DbusFrontend implements Disposable {
       const value = this.propertyValue(name);
       const body = [new Variant(prop.type, value)];
       this.reply(msg, 'v', body, name === 'TestProperty' ? this.encodedStates(value as StateMap, body) : undefined);
-      return true;
+      return;
     }
 
     // Set
     if (prop.access === 'read') {
       this.sendError(msg, PROPERTY_READ_ONLY, `property ${name} is read-only`);
-      return true;
+      return;
     }
     const value = body[2] as { signature: string; value: unknown };
     if (value.signature !== prop.type)
@@ -452,7 +560,6 @@ export class DbusFrontend implements Disposable {
         (err: unknown) => this.replyError(msg, err, `Set ${name}`),
       );
     });
-    return true;
   }
 
   private propertyValue(name: string): unknown {
@@ -505,22 +612,77 @@ export class DbusFrontend implements Disposable {
     });
   }
 
-  /** dbus-next's introspection of our object with our interface replaced by the file's element. */
+  /** Our object: the standard interfaces, and ours exactly as the interface file has it. */
   private buildIntrospection(): string {
-    const generated = (this.bus as unknown as { _introspect(path: string): string })._introspect(OBJECT_PATH);
-    const doc = create(generated).node as unknown as {
-      getElementsByTagName(tag: string): ArrayLike<{
-        getAttribute(n: string): string | null;
-        parentNode: { replaceChild(a: unknown, b: unknown): void };
-      }>;
-      importNode(node: unknown, deep: boolean): unknown;
-      documentElement: unknown;
-    };
-    const ours = Array.from(doc.getElementsByTagName('interface')).find(
-      (el) => el.getAttribute('name') === INTERFACE_NAME,
-    );
-    if (ours === undefined) throw new Error('dbus-next did not introspect the exported interface');
-    ours.parentNode.replaceChild(doc.importNode(this.def.element, true), ours);
-    return INTROSPECTION_HEADER + builder(doc.documentElement as never).toString();
+    const root = create(STANDARD_INTERFACES).root();
+    root.import(builder(this.def.element as never));
+    return INTROSPECTION_HEADER + root.end({ headless: true });
   }
+}
+
+const STANDARD_INTERFACES = `<node>
+  <interface name="org.freedesktop.DBus.Peer">
+    <method name="Ping"/>
+    <method name="GetMachineId"><arg name="machine_uuid" type="s" direction="out"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Introspectable">
+    <method name="Introspect"><arg name="xml_data" type="s" direction="out"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Properties">
+    <method name="Get">
+      <arg name="interface_name" type="s" direction="in"/>
+      <arg name="property_name" type="s" direction="in"/>
+      <arg name="value" type="v" direction="out"/>
+    </method>
+    <method name="GetAll">
+      <arg name="interface_name" type="s" direction="in"/>
+      <arg name="properties" type="a{sv}" direction="out"/>
+    </method>
+    <method name="Set">
+      <arg name="interface_name" type="s" direction="in"/>
+      <arg name="property_name" type="s" direction="in"/>
+      <arg name="value" type="v" direction="in"/>
+    </method>
+    <signal name="PropertiesChanged">
+      <arg name="interface_name" type="s"/>
+      <arg name="changed_properties" type="a{sv}"/>
+      <arg name="invalidated_properties" type="as"/>
+    </signal>
+  </interface>
+</node>`;
+
+/** True when `path` is a proper ancestor of `of` ('/' and '/org' of '/org/example/dbustest'). */
+function isAncestorPath(path: string, of: string): boolean {
+  return path === '/' || (of.startsWith(path) && of[path.length] === '/');
+}
+
+/** The introspection of an ancestor of our object: its one child on the way down. */
+function childNodeIntrospection(path: string, of: string): string {
+  const rest = of.slice(path === '/' ? 1 : path.length + 1);
+  const child = rest.split('/')[0]!;
+  const root = create('<node/>').root();
+  root.ele('interface', { name: INTROSPECTABLE }).ele('method', { name: 'Introspect' }).ele('arg', {
+    name: 'xml_data',
+    type: 's',
+    direction: 'out',
+  });
+  root.ele('interface', { name: PEER }).ele('method', { name: 'Ping' });
+  root.ele('node', { name: child });
+  return INTROSPECTION_HEADER + root.end({ headless: true });
+}
+
+let cachedMachineId: string | undefined;
+
+/** The host's machine id, as libdbus answers Peer.GetMachineId. */
+function machineId(): string {
+  if (cachedMachineId !== undefined) return cachedMachineId;
+  for (const file of ['/etc/machine-id', '/var/lib/dbus/machine-id']) {
+    try {
+      const id = readFileSync(file, 'utf8').trim();
+      if (/^[0-9a-f]{32}$/.test(id)) return (cachedMachineId = id);
+    } catch {
+      // try the next
+    }
+  }
+  throw new VmdevError('Failed', 'this host has no machine id (/etc/machine-id or /var/lib/dbus/machine-id)');
 }

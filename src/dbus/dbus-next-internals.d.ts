@@ -9,23 +9,3 @@ declare module 'dbus-next/lib/bus.js' {
   const MessageBus: new (connection: unknown) => dbus.MessageBus;
   export default MessageBus;
 }
-
-declare module 'dbus-next/lib/handshake.js' {
-  import type net from 'node:net';
-  const clientHandshake: (
-    stream: net.Socket,
-    opts: { authMethods?: readonly string[] | undefined },
-    cb: (err: unknown, guid?: string) => void,
-  ) => void;
-  export default clientHandshake;
-}
-
-declare module 'dbus-next/lib/marshall-compat.js' {
-  const marshallCompat: { marshallMessage(msg: unknown): [Buffer, unknown[]] };
-  export default marshallCompat;
-}
-
-declare module 'dbus-next/lib/validators.js' {
-  const validators: { isBusNameValid(name: string): boolean; isInterfaceNameValid(name: string): boolean };
-  export default validators;
-}

@@ -8,6 +8,8 @@ import { VmdevError, errorMessage, type ErrorKind } from '../core/errors.js';
 export const ERROR_NAMESPACE = 'org.example.dbustest.Error';
 export const INVALID_ARGS = 'org.freedesktop.DBus.Error.InvalidArgs';
 export const UNKNOWN_METHOD = 'org.freedesktop.DBus.Error.UnknownMethod';
+export const UNKNOWN_INTERFACE = 'org.freedesktop.DBus.Error.UnknownInterface';
+export const UNKNOWN_OBJECT = 'org.freedesktop.DBus.Error.UnknownObject';
 export const PROPERTY_READ_ONLY = 'org.freedesktop.DBus.Error.PropertyReadOnly';
 
 /** The D-Bus error name of an error kind. */

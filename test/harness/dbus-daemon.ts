@@ -34,6 +34,28 @@ export function openBusConfig(socket: string): string {
 }
 
 /**
+ * A session-style bus on TCP (loopback, a port the kernel picks) with
+ * anonymous authentication, as a bus reached over the network would be.
+ */
+export function tcpBusConfig(): string {
+  const doc = create({ version: '1.0' })
+    .dtd({
+      pubID: '-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN',
+      sysID: 'http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd',
+    })
+    .ele('busconfig');
+  doc.ele('type').txt('session');
+  doc.ele('listen').txt('tcp:host=127.0.0.1,bind=127.0.0.1,port=0,family=ipv4');
+  doc.ele('auth').txt('ANONYMOUS');
+  doc.ele('allow_anonymous');
+  const policy = doc.ele('policy', { context: 'default' });
+  policy.ele('allow', { send_destination: '*', eavesdrop: 'true' });
+  policy.ele('allow', { eavesdrop: 'true' });
+  policy.ele('allow', { own: '*' });
+  return doc.end({ prettyPrint: true });
+}
+
+/**
  * A system-style bus configuration: the default policy of Debian's
  * /usr/share/dbus-1/system.conf (no one owns names or calls methods unless
  * a policy file allows it; signals and requested replies pass) on a
@@ -86,16 +108,18 @@ export async function startPrivateBus(
   const configFile = dir.file('bus.conf');
   writeFileSync(configFile, config(socket, dir));
   const proc = startProcess('dbus-daemon', ['--config-file', configFile, '--nofork', '--print-address=1']);
+  let address = `unix:path=${socket}`;
   try {
-    const [line] = await proc.waitForOutput(/^unix:[^\n]+$/m, 10_000);
-    if (!existsSync(socket)) throw new Error(`dbus-daemon printed ${line} but ${socket} does not exist`);
+    const [line] = await proc.waitForOutput(/^(unix|tcp):[^\n]+$/m, 10_000);
+    if (line.startsWith('tcp:')) address = line.trim();
+    else if (!existsSync(socket)) throw new Error(`dbus-daemon printed ${line} but ${socket} does not exist`);
   } catch (err) {
     await proc.stop();
     dir.remove();
     throw err;
   }
   return {
-    address: `unix:path=${socket}`,
+    address,
     socket,
     process: proc,
     dir,

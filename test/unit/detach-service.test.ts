@@ -1,6 +1,7 @@
 /**
- * Detach jobs against a scripted stand-in for the backend registry: the
- * clock (hold, issued, grace), joining, late outcomes and shutdown.
+ * Detach jobs against a scripted stand-in for the backend registry, on a
+ * clock the test moves by hand: the phases (queued, held, issued, grace,
+ * settled) and their bounds, joining, late outcomes and shutdown.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -11,12 +12,18 @@ import { DetachService, type DetachFinished } from '../../src/core/detach-servic
 import { parseDevice } from '../../src/core/device-spec.js';
 import { RootLogger } from '../../src/core/logger.js';
 import { StateHub } from '../../src/core/state-hub.js';
+import { ManualClock, drainMicrotasks } from '../harness/manual-clock.js';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+type Detach = (r: DetachRequest) => Promise<DetachOutcome>;
 
-function setup(timeoutSeconds: number, graceMs: number, detach: (r: DetachRequest) => Promise<DetachOutcome>) {
+const never = (): Promise<DetachOutcome> => new Promise(() => {});
+const onAbort = (r: DetachRequest, outcome: DetachOutcome) =>
+  new Promise<DetachOutcome>((resolve) => r.signal.addEventListener('abort', () => resolve(outcome)));
+
+function setup(timeoutSeconds: number, graceMs: number, detach: Detach) {
   const lines: string[] = [];
   const logger = new RootLogger('debug', { write: (l) => lines.push(l) });
+  const clock = new ManualClock();
   const hub = new StateHub(1);
   hub.publish('b', [{ name: 'vm', state: 'running' }]);
   const requests: DetachRequest[] = [];
@@ -26,31 +33,36 @@ function setup(timeoutSeconds: number, graceMs: number, detach: (r: DetachReques
       return detach(r);
     },
   } as unknown as BackendRegistry;
-  const service = new DetachService({ detachTimeoutSeconds: timeoutSeconds } as Config, registry, hub, logger, graceMs);
-  const finished: Array<DetachFinished & { at: number }> = [];
-  service.onDidFinish((e) => finished.push({ ...e, at: performance.now() }));
-  const host = { id: 'b' } as BackendHost;
-  const vm = hub.entries()[0]!;
-  return {
-    service,
-    finished,
-    requests,
-    lines,
-    start: (...labels: string[]) =>
-      service.start(
-        host,
-        vm,
-        labels.map((l, i) => parseDevice(l, ['type=disk', `target=vd${'bcdefgh'[i]}`])),
-      ),
+  const service = new DetachService(
+    { detachTimeoutSeconds: timeoutSeconds } as Config,
+    registry,
     hub,
+    logger,
+    graceMs,
+    clock,
+  );
+  const finished: Array<DetachFinished & { at: number }> = [];
+  service.onDidFinish((e) => finished.push({ ...e, at: clock.now() }));
+  const host = { id: 'b' } as BackendHost;
+  const device = (label: string, i = 0) => parseDevice(label, ['type=disk', `target=vd${'bcdefgh'[i]}`]);
+  /** Accepts the devices (one per label, different disks) and starts them, as TestMethod does. */
+  const start = (...labels: string[]) => {
+    const run = service.accept(
+      host,
+      hub.entries()[0]!,
+      labels.map((l, i) => device(l, i)),
+    );
+    run();
   };
+  const outcomes = () => finished.map((f) => [f.device, f.outcome.ok ? 'ok' : f.outcome.error]);
+  return { service, finished, requests, lines, clock, hub, host, device, start, outcomes };
 }
 
 describe('DetachService', () => {
   it('reports the backend outcome once per device', async () => {
     const t = setup(1, 50, async () => ({ ok: true }));
     t.start('a', 'b');
-    await sleep(20);
+    await drainMicrotasks();
     assert.deepEqual(
       t.finished.map((f) => [f.vm, f.device, f.outcome.ok]),
       [
@@ -61,32 +73,29 @@ describe('DetachService', () => {
   });
 
   it('times out from acceptance, aborts the request, and waits the grace period', async () => {
-    const t = setup(0.1, 80, () => new Promise(() => {}));
-    const t0 = performance.now();
+    const t = setup(0.1, 80, never);
     t.start('a');
-    await sleep(130);
+    await t.clock.advance(99);
+    assert.equal(t.requests[0]!.signal.aborted, false);
+    await t.clock.advance(1);
     assert.equal(t.requests[0]!.signal.aborted, true);
     assert.equal(t.requests[0]!.signal.reason, 'timeout');
+    await t.clock.advance(79);
     assert.equal(t.finished.length, 0, 'the backend still has its grace period');
-    await sleep(100);
+    await t.clock.advance(1);
     assert.equal(t.finished.length, 1);
-    const f = t.finished[0]!;
-    assert.deepEqual(f.outcome, {
+    assert.deepEqual(t.finished[0]!.outcome, {
       ok: false,
       error: 'Timeout',
       message: 'the device was not confirmed removed within 0.1 s',
     });
-    assert.ok(f.at - t0 >= 175);
+    assert.equal(t.finished[0]!.at, 180);
   });
 
   it('takes a removal the backend verifies during the grace period', async () => {
-    const t = setup(
-      0.05,
-      500,
-      (r) => new Promise((resolve) => r.signal.addEventListener('abort', () => resolve({ ok: true }))),
-    );
+    const t = setup(0.05, 500, (r) => onAbort(r, { ok: true }));
     t.start('a');
-    await sleep(120);
+    await t.clock.advance(50);
     assert.deepEqual(
       t.finished.map((f) => f.outcome),
       [{ ok: true }],
@@ -94,27 +103,14 @@ describe('DetachService', () => {
   });
 
   it('after the timeout, reports a generic failure as Timeout but keeps a specific verdict', async () => {
-    const generic = setup(
-      0.05,
-      500,
-      (r) =>
-        new Promise((resolve) =>
-          r.signal.addEventListener('abort', () => resolve({ ok: false, error: 'Failed', message: 'aborted' })),
-        ),
-    );
-    const lost = setup(
-      0.05,
-      500,
-      (r) =>
-        new Promise((resolve) =>
-          r.signal.addEventListener('abort', () =>
-            resolve({ ok: false, error: 'BackendUnavailable', message: 'connection lost' }),
-          ),
-        ),
+    const generic = setup(0.05, 500, (r) => onAbort(r, { ok: false, error: 'Failed', message: 'aborted' }));
+    const lost = setup(0.05, 500, (r) =>
+      onAbort(r, { ok: false, error: 'BackendUnavailable', message: 'connection lost' }),
     );
     generic.start('a');
     lost.start('a');
-    await sleep(120);
+    await generic.clock.advance(50);
+    await lost.clock.advance(50);
     assert.deepEqual(generic.finished[0]!.outcome, {
       ok: false,
       error: 'Timeout',
@@ -123,49 +119,103 @@ describe('DetachService', () => {
     assert.deepEqual(lost.finished[0]!.outcome, { ok: false, error: 'BackendUnavailable', message: 'connection lost' });
   });
 
-  it('pauses the clock while held and restarts it in full when issued', async () => {
-    const t = setup(0.1, 10, async (r) => {
+  it('holds the clock while the device waits in line, and restarts it in full when issued', async () => {
+    let issue!: () => void;
+    let confirm!: () => void;
+    const t = setup(0.1, 10, (r) => {
       r.hold();
-      await sleep(200);
-      r.issued();
-      await sleep(80);
-      return { ok: true };
+      return new Promise((resolve) => {
+        issue = () => r.issued();
+        confirm = () => resolve({ ok: true });
+      });
     });
     t.start('a');
-    await sleep(350);
-    assert.deepEqual(
-      t.finished.map((f) => f.outcome),
-      [{ ok: true }],
-    );
+    await t.clock.advance(90);
+    assert.equal(t.service.phaseOf(t.host, t.hub.entries()[0]!, t.device('a')), 'held');
+    issue();
+    assert.equal(t.service.phaseOf(t.host, t.hub.entries()[0]!, t.device('a')), 'issued');
+    await t.clock.advance(99);
+    assert.equal(t.requests[0]!.signal.aborted, false, '99 ms after issue, of 100');
+    confirm();
+    await drainMicrotasks();
+    assert.deepEqual(t.outcomes(), [['a', 'ok']]);
+  });
+
+  it('bounds the wait in line: a device held for the whole timeout ends with Timeout', async () => {
+    // A backend that holds a device behind an operation that never returns
+    // (a hung QEMU monitor), and answers nothing even when aborted.
+    const t = setup(0.1, 20, (r) => {
+      r.hold();
+      return never();
+    });
+    t.start('a');
+    await t.clock.advance(100);
+    assert.equal(t.requests[0]!.signal.reason, 'timeout');
+    await t.clock.advance(20);
+    assert.deepEqual(t.finished[0]!.outcome, {
+      ok: false,
+      error: 'Timeout',
+      message: 'the detach was still waiting for another operation of the VM after 0.1 s',
+    });
+  });
+
+  it('no backend can extend a clock: hold() after issued(), and issued() again, change nothing', async () => {
+    let again!: () => void;
+    const t = setup(0.1, 20, (r) => {
+      r.issued();
+      again = () => {
+        r.hold();
+        r.issued();
+      };
+      return never();
+    });
+    t.start('a');
+    await t.clock.advance(60);
+    again();
+    await t.clock.advance(40);
+    assert.equal(t.requests[0]!.signal.aborted, true, 'the timeout still counts from the first issued()');
+    await t.clock.advance(20);
+    assert.deepEqual(t.outcomes(), [['a', 'Timeout']]);
+  });
+
+  it('every accepted device ends within 2 timeouts and the grace period, whatever the backend does', async () => {
+    // Held as late as possible, then issued at the last moment, then silent.
+    const t = setup(1, 100, async (r) => {
+      r.hold();
+      return never();
+    });
+    t.start('a');
+    await t.clock.advance(999);
+    t.requests[0]!.issued();
+    await t.clock.advance(999);
+    assert.equal(t.requests[0]!.signal.aborted, false, 'the full timeout from issued()');
+    // The clocks are looked at every 50 ms (a quarter of the timeout at most): the documented slack.
+    await t.clock.advance(2 * 1000 + 100 + 50 - 1998);
+    assert.deepEqual(t.outcomes(), [['a', 'Timeout']]);
+    assert.ok(t.finished[0]!.at <= 2 * 1000 + 100 + 50);
   });
 
   it('counts the timeout from issued()', async () => {
-    const t = setup(0.1, 10, async (r) => {
-      await sleep(80);
-      r.issued();
-      await sleep(80);
-      return { ok: true };
-    });
+    let confirm!: () => void;
+    const t = setup(0.1, 10, (r) => new Promise((resolve) => (confirm = () => resolve({ ok: true }))));
     t.start('a');
-    await sleep(220);
-    assert.deepEqual(
-      t.finished.map((f) => f.outcome),
-      [{ ok: true }],
-      'done 160 ms after acceptance but 80 ms after issue',
-    );
+    await t.clock.advance(80);
+    t.requests[0]!.issued();
+    await t.clock.advance(80);
+    confirm();
+    await drainMicrotasks();
+    assert.deepEqual(t.outcomes(), [['a', 'ok']], 'done 160 ms after acceptance but 80 ms after issue');
   });
 
   it('joins a request for a pending device: one detach, one outcome per label', async () => {
     let release!: () => void;
     const t = setup(1, 10, () => new Promise((resolve) => (release = () => resolve({ ok: true }))));
     t.start('first');
-    t.service.start({ id: 'b' } as BackendHost, t.hub.entries()[0]!, [
-      parseDevice('second', ['type=disk', 'target=vdb']),
-    ]);
+    t.service.accept(t.host, t.hub.entries()[0]!, [parseDevice('second', ['type=disk', 'target=vdb'])])();
     assert.equal(t.requests.length, 1);
     assert.equal(t.service.pendingCount(), 1);
     release();
-    await sleep(10);
+    await drainMicrotasks();
     assert.deepEqual(
       t.finished.map((f) => f.device),
       ['first', 'second'],
@@ -174,33 +224,70 @@ describe('DetachService', () => {
     // Once settled, the same device is detached afresh.
     t.start('third');
     assert.equal(t.requests.length, 2);
-    release();
+  });
+
+  it('a request that joins during the grace period gets the outcome of the detach it joined', async () => {
+    let verify!: () => void;
+    const t = setup(0.1, 1000, (r) => new Promise((resolve) => (verify = () => resolve({ ok: true }))));
+    t.start('first');
+    await t.clock.advance(100);
+    assert.equal(t.service.phaseOf(t.host, t.hub.entries()[0]!, t.device('first')), 'grace');
+    t.service.accept(t.host, t.hub.entries()[0]!, [parseDevice('second', ['type=disk', 'target=vdb'])])();
+    assert.equal(t.requests.length, 1, 'joined, not started again');
+    await t.clock.advance(500);
+    verify();
+    await drainMicrotasks();
+    assert.deepEqual(t.outcomes(), [
+      ['first', 'ok'],
+      ['second', 'ok'],
+    ]);
   });
 
   it('logs an outcome that arrives after the device was reported, and reports nothing twice', async () => {
     let release!: () => void;
     const t = setup(0.05, 10, () => new Promise((resolve) => (release = () => resolve({ ok: true }))));
     t.start('late');
-    await sleep(100);
+    await t.clock.advance(60);
     release();
-    await sleep(10);
-    assert.equal(t.finished.length, 1);
-    assert.equal((t.finished[0]!.outcome as { error: string }).error, 'Timeout');
+    await drainMicrotasks();
+    assert.deepEqual(t.outcomes(), [['late', 'Timeout']]);
     assert.ok(t.lines.some((l) => /outcome arrived after the device was already reported .*outcome=detached/.test(l)));
   });
 
-  it('fails every pending detach at shutdown', async () => {
-    const t = setup(10, 10, () => new Promise(() => {}));
+  it('fails every pending detach at shutdown, and accepts nothing after', async () => {
+    const t = setup(10, 10, never);
     t.start('a', 'b');
     t.service.shutdown();
-    assert.deepEqual(
-      t.finished.map((f) => [f.device, f.outcome.ok ? 'ok' : f.outcome.error]),
-      [
-        ['a', 'Failed'],
-        ['b', 'Failed'],
-      ],
-    );
+    assert.deepEqual(t.outcomes(), [
+      ['a', 'Failed'],
+      ['b', 'Failed'],
+    ]);
     assert.equal(t.requests[0]!.signal.reason, 'shutdown');
+    assert.throws(
+      () => t.service.accept(t.host, t.hub.entries()[0]!, [t.device('c')]),
+      /vmdevd is shutting down and accepts no new requests/,
+    );
+  });
+
+  it('a device accepted but not yet handed to the backend gets its outcome at shutdown, and is never issued', async () => {
+    const t = setup(10, 10, never);
+    const run = t.service.accept(t.host, t.hub.entries()[0]!, [t.device('a')]);
+    t.service.shutdown();
+    run();
+    assert.equal(t.requests.length, 0);
+    assert.deepEqual(t.outcomes(), [['a', 'Failed']]);
+  });
+
+  it('cleans a backend message before it goes on: no NUL, no control characters, no lone surrogates', async () => {
+    const t = setup(1, 10, async () => ({
+      ok: false,
+      error: 'RemovalFailed',
+      message: 'bad\u0000byte \u001b[1m \ud800 end',
+    }));
+    t.start('a');
+    await drainMicrotasks();
+    const outcome = t.finished[0]!.outcome as { message: string };
+    assert.equal(outcome.message, 'bad\ufffdbyte \ufffd[1m \ufffd end');
   });
 
   it('names the VM by its current key', async () => {
@@ -209,7 +296,7 @@ describe('DetachService', () => {
     t.start('a');
     t.hub.publish('other', [{ name: 'vm', state: 'running' }]);
     release();
-    await sleep(10);
+    await drainMicrotasks();
     assert.equal(t.finished[0]!.vm, 'b/vm');
   });
 });

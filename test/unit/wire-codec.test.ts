@@ -57,9 +57,13 @@ async function theirDecode(bytes: Buffer): Promise<Message[]> {
   return out;
 }
 
+/** Decodes a stream; a message that does not decode throws here (the framer itself skips it). */
 function ourDecode(bytes: Buffer): Message[] {
   const out: Message[] = [];
-  new MessageFramer().push(bytes, (m) => out.push(m));
+  const strict = new MessageFramer(undefined, undefined, (_header, err) => {
+    throw err;
+  });
+  strict.push(bytes, (m) => out.push(m));
   return out;
 }
 
@@ -645,7 +649,10 @@ describe('wire codec: malformed input is an error, never a crash or a hang', () 
       for (let k = gen.int(1, 4); k > 0; k--)
         bytes[gen.int(0, bytes.length - 1)] = gen.pick([0, 1, 0xff, 0x80, gen.int(0, 255)]);
       try {
-        const framer = new MessageFramer();
+        const framer = new MessageFramer(undefined, undefined, (_header, err) => {
+          assert.ok(err instanceof DecodeError, `case ${i}: ${err.stack}`);
+          errors++;
+        });
         framer.push(bytes, () => {});
       } catch (err) {
         assert.ok(err instanceof DecodeError, `case ${i}: ${(err as Error).stack}`);
@@ -663,6 +670,96 @@ describe('wire codec: malformed input is an error, never a crash or a hang', () 
     framer.push(head, () => assert.fail('no message'));
     framer.push(Buffer.alloc(1000), () => assert.fail('no message'));
     assert.equal(framer.pending, 1016);
+  });
+});
+
+describe("wire codec: a bad message is that message's problem", () => {
+  const call = (serial: number, signature: string, body: unknown[]) =>
+    ourBytes({
+      type: 1,
+      serial,
+      sender: ':1.9',
+      destination: ':1.2',
+      path: PATH,
+      interface: IFACE,
+      member: 'TestMethod',
+      signature,
+      body,
+    });
+  const ping = (serial: number) =>
+    ourBytes({
+      type: 1,
+      serial,
+      sender: ':1.9',
+      destination: ':1.2',
+      path: '/',
+      interface: 'org.freedesktop.DBus.Peer',
+      member: 'Ping',
+    });
+  /** A call whose body has a unix fd index: our encoder refuses 'h', so the body is written by hand. */
+  const withFd = (serial: number, signature: 'h' | 'v') => {
+    const bytes = Buffer.from(call(serial, 'u', [0]));
+    // Same length and alignment as 'u' (both are 4-byte integers): only the signature changes.
+    const at = bytes.indexOf(Buffer.from([8, 1, 0x67, 0, 1, 0x75, 0]));
+    assert.ok(at > 0);
+    if (signature === 'h') bytes[at + 5] = 0x68;
+    return bytes;
+  };
+
+  it("skips a message with 'h' in its body, reports its header, and frames what follows", () => {
+    const stream = Buffer.concat([ping(1), withFd(2, 'h'), ping(3)]);
+    const got: Message[] = [];
+    const bad: Array<{ serial: number | undefined; reason: string }> = [];
+    new MessageFramer(undefined, undefined, (header, err) =>
+      bad.push({ serial: header?.serial, reason: err.message }),
+    ).push(stream, (m) => got.push(m));
+    assert.deepEqual(
+      got.map((m) => m.serial),
+      [1, 3],
+    );
+    assert.deepEqual(bad, [{ serial: 2, reason: "a unix fd ('h'): vmdevd takes no file descriptors" }]);
+  });
+
+  it('a variant holding h, a bad boolean and a bad string are skipped the same way', () => {
+    const variantFd = Buffer.from(call(2, 'v', [new Variant('u', 7)]));
+    const inner = variantFd.indexOf(Buffer.from([1, 0x75, 0]), 40);
+    variantFd[inner + 1] = 0x68; // the variant's signature 'u' → 'h'
+    const badBool = Buffer.from(call(3, 'b', [true]));
+    badBool[badBool.length - 4] = 2;
+    const badString = Buffer.from(call(4, 's', ['ok']));
+    badString[badString.length - 2] = 0; // "o\0" + NUL: a NUL inside the string
+    const got: number[] = [];
+    const bad: Array<number | undefined> = [];
+    new MessageFramer(undefined, undefined, (header) => bad.push(header?.serial)).push(
+      Buffer.concat([variantFd, ping(10), badBool, badString, ping(11)]),
+      (m) => got.push(m.serial!),
+    );
+    assert.deepEqual(got, [10, 11]);
+    assert.deepEqual(bad, [2, 3, 4]);
+  });
+
+  it('a message whose header fields do not decode is skipped without a header', () => {
+    const broken = Buffer.from(ping(5));
+    broken[16] = 0; // header field code 0 is invalid
+    const got: number[] = [];
+    const bad: Array<unknown> = [];
+    new MessageFramer(undefined, undefined, (header) => bad.push(header)).push(Buffer.concat([broken, ping(6)]), (m) =>
+      got.push(m.serial!),
+    );
+    assert.deepEqual(got, [6]);
+    assert.deepEqual(bad, [undefined]);
+  });
+
+  it('only a fixed header that cannot frame a message ends the stream', () => {
+    const framer = new MessageFramer();
+    const broken = Buffer.from(ping(7));
+    broken[0] = 0x58; // no byte order
+    assert.throws(() => framer.push(broken, () => {}), /endianness/);
+  });
+
+  it('the encoder sends no unix fds', () => {
+    assert.throws(() => ourBytes(reply('h', [0])), /vmdevd sends no unix fds/);
+    assert.throws(() => ourBytes(reply('v', [new Variant('h', 0)])), /vmdevd sends no unix fds/);
   });
 });
 

@@ -138,6 +138,7 @@ Napi::Function Connection::DefineClass(Napi::Env env) {
       {
           InstanceMethod<&Connection::Close>("close"),
           InstanceMethod<&Connection::SetKeepAlive>("setKeepAlive"),
+          InstanceMethod<&Connection::IsAlive>("isAlive"),
           InstanceMethod<&Connection::ListDomains>("listDomains"),
           InstanceMethod<&Connection::DefineXml>("defineXml"),
           InstanceMethod<&Connection::GetDomain>("getDomain"),
@@ -230,6 +231,21 @@ Napi::Value Connection::SetKeepAlive(const Napi::CallbackInfo& info) {
         int result = virConnectSetKeepAlive(conn, interval, count);
         if (result < 0) return error.Capture();
         supported = result == 0;  // 1: the daemon does not support keepalive
+        return true;
+      },
+      Boolean);
+}
+
+// virConnectIsAlive: whether the connection still works (false once a
+// remote connection lost its socket or keepalive), to tell a lost
+// connection from an error the daemon reported.
+Napi::Value Connection::IsAlive(const Napi::CallbackInfo& info) {
+  return Call<bool>(
+      info.Env(),
+      [](virConnectPtr conn, bool& alive, CallError& error) {
+        int result = virConnectIsAlive(conn);
+        if (result < 0) return error.Capture();
+        alive = result == 1;
         return true;
       },
       Boolean);

@@ -28,6 +28,7 @@ class Connection : public Napi::ObjectWrap<Connection> {
   // connection.cc
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value SetKeepAlive(const Napi::CallbackInfo& info);
+  Napi::Value IsAlive(const Napi::CallbackInfo& info);
   Napi::Value ListDomains(const Napi::CallbackInfo& info);
   Napi::Value DefineXml(const Napi::CallbackInfo& info);
   // domain-calls.cc: each takes the domain's UUID string first.

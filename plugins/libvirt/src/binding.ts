@@ -211,6 +211,7 @@ export type Constants = { readonly [name in ConstantName]: number };
 interface NativeConnection {
   close(): Promise<number>;
   setKeepAlive(interval: number, count: number): Promise<boolean>;
+  isAlive(): Promise<boolean>;
   listDomains(): Promise<DomainInfo[]>;
   defineXml(xml: string): Promise<DomainInfo>;
   getDomain(uuid: string): Promise<DomainInfo>;
@@ -296,6 +297,11 @@ export class Connection {
    */
   setKeepAlive(intervalSeconds: number, count: number): Promise<boolean> {
     return this.#native.setKeepAlive(intervalSeconds, count);
+  }
+
+  /** Whether the connection still works (`virConnectIsAlive`). */
+  isAlive(): Promise<boolean> {
+    return this.#native.isAlive();
   }
 
   /** Every domain, active and inactive. */

@@ -20,10 +20,10 @@
  */
 import type { DetachOutcome, DetachRequest } from 'vmdevd/plugin-api';
 import { BackendError } from 'vmdevd/plugin-api';
-import { constants as C } from './binding.js';
+import { constants as C, LibvirtError } from './binding.js';
 import { findDevice, type DomainXml, type FoundDevice } from './domain-devices.js';
-import { isConnectionError, toBackendError } from './libvirt-errors.js';
-import type { LibvirtBackend } from './libvirt-backend.js';
+import { toBackendError } from './libvirt-errors.js';
+import type { LibvirtBackend, RemovalResult } from './libvirt-backend.js';
 
 interface Item {
   readonly request: DetachRequest;
@@ -65,11 +65,6 @@ export class DomainQueue {
       // turn of the event loop.
       if (this.intake.length === 1) queueMicrotask(() => void this.classify());
     });
-  }
-
-  /** The connection is gone: nothing waits in line with its clock held any more. */
-  connectionLost(): void {
-    for (const item of this.waiting) item.request.issued();
   }
 
   stop(): void {
@@ -191,9 +186,13 @@ export class DomainQueue {
     // The event settles a live-only detach at once, even before libvirt's call
     // returns; with the definition to edit as well, the call's end is awaited.
     const configToo = (item.flags! & C.VIR_DOMAIN_AFFECT_CONFIG) !== 0;
-    const onRemoval = (r: 'removed' | 'failed') => {
-      result = r;
-      if (!configToo) this.settleFromEvent(item, r);
+    const onRemoval = (r: RemovalResult, stray: boolean) => {
+      // An event that may be an earlier device's (same alias) only makes the
+      // XML be checked; the device is confirmed if it is gone from there.
+      if (!stray) {
+        result = r;
+        if (!configToo) this.settleFromEvent(item, r);
+      }
       wake();
     };
     // Without an alias (drivers that give none) only the XML can confirm the removal.
@@ -205,7 +204,7 @@ export class DomainQueue {
       if (spec.type === 'alias') await conn.detachDeviceAlias(this.uuid, spec.params['name']!, item.flags!);
       else await conn.detachDevice(this.uuid, spec.xml!, item.flags!);
     } catch (err) {
-      if (!isConnectionError(err)) {
+      if (!(await this.backend.isLost(err))) {
         unwatch();
         item.resolve(
           failure(toBackendError(err, `detaching the ${describe(spec)} from VM "${this.name}"`, 'RemovalFailed')),
@@ -253,9 +252,14 @@ export class DomainQueue {
         return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
       // Synchronous removals and removals while disconnected show only in the XML.
       const gone = await this.deviceGone(request.device);
-      if (gone === true) return item.resolve({ ok: true });
+      if (gone === true) {
+        // Confirmed before (or without) its event: should the event still
+        // come, it must not confirm a later device that reuses the alias.
+        if (alias !== undefined && result() === undefined) this.backend.expectStrayEvent(this.uuid, alias);
+        return item.resolve({ ok: true });
+      }
       if (request.signal.aborted) {
-        if (alias !== undefined) this.backend.noteGaveUp(this.uuid, alias);
+        if (alias !== undefined) this.backend.expectStrayEvent(this.uuid, alias);
         return item.resolve(
           gone === undefined
             ? {
@@ -286,9 +290,12 @@ export class DomainQueue {
     try {
       return findDevice(await this.backend.domainXml(this.uuid, false, true), spec) === undefined;
     } catch (err) {
-      if (isConnectionError(err)) return undefined;
-      // The domain is gone (or stopped): so is the device.
-      return true;
+      if (await this.backend.isLost(err)) return undefined;
+      // The domain is gone (or no longer running): so is the device.
+      if (err instanceof LibvirtError && (err.code === C.VIR_ERR_NO_DOMAIN || err.code === C.VIR_ERR_OPERATION_INVALID))
+        return true;
+      // Anything else proves nothing: the device counts as still attached.
+      return false;
     }
   }
 }

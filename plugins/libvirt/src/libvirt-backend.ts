@@ -23,7 +23,7 @@ import { BackendError } from 'vmdevd/plugin-api';
 import { Connection, constants as C, LibvirtError, type DomainEvent, type DomainInfo } from './binding.js';
 import { DomainXml, METADATA_NAMESPACE, metadataType } from './domain-devices.js';
 import { DomainQueue } from './domain-queue.js';
-import { isConnectionError, toBackendError } from './libvirt-errors.js';
+import { isAmbiguousError, isConnectionError, toBackendError } from './libvirt-errors.js';
 import { domainState, stateAfterEvent } from './states.js';
 
 export interface LibvirtOptions {
@@ -74,7 +74,8 @@ const CLOSE_REASONS: Record<number, string> = {
   [C.VIR_CONNECT_CLOSE_REASON_CLIENT]: 'closed by the client',
 };
 
-type RemovalResult = 'removed' | 'failed';
+export type RemovalResult = 'removed' | 'failed';
+export type RemovalListener = (result: RemovalResult, stray: boolean) => void;
 
 export class LibvirtBackend implements VmBackend {
   private readonly options: LibvirtOptions;
@@ -82,10 +83,10 @@ export class LibvirtBackend implements VmBackend {
   private generation = 0;
   private domains = new Map<string, Domain>();
   private reloading: Set<string> | undefined;
-  private readonly removalWatchers = new Map<string, Set<(r: RemovalResult) => void>>();
+  private readonly removalWatchers = new Map<string, Set<RemovalListener>>();
   private readonly queues = new Map<string, DomainQueue>();
   private readonly connectedWaiters = new Set<() => void>();
-  private readonly gaveUp = new Set<string>();
+  private readonly strayEvents = new Set<string>();
   /** Domain XML by UUID, dropped on every event of the domain (see domainXml). */
   private readonly xmlCache = new Map<string, { live?: Promise<DomainXml>; config?: Promise<DomainXml> }>();
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -237,11 +238,15 @@ export class LibvirtBackend implements VmBackend {
   }
 
   /**
-   * Calls `listener` once when libvirt reports the device with `alias`
-   * removed from the domain (or its removal failed). Register before
-   * issuing the detach: the event can come before the call returns.
+   * Calls `listener` when libvirt reports the device with `alias` removed
+   * from the domain (or its removal failed). Register before issuing the
+   * detach: the event can come before the call returns. `stray` is true for
+   * an event that may belong to an earlier device of the same alias (libvirt
+   * reuses aliases): one whose removal vmdevd stopped waiting for, or
+   * confirmed from the XML before its event came. Such an event confirms
+   * nothing by itself; the listener checks the XML.
    */
-  watchRemoval(uuid: string, alias: string, listener: (r: RemovalResult) => void): () => void {
+  watchRemoval(uuid: string, alias: string, listener: RemovalListener): () => void {
     const key = `${uuid}\u0000${alias}`;
     let set = this.removalWatchers.get(key);
     if (set === undefined) {
@@ -249,17 +254,33 @@ export class LibvirtBackend implements VmBackend {
       this.removalWatchers.set(key, set);
     }
     set.add(listener);
-    this.gaveUp.delete(key);
     return () => {
       set.delete(listener);
       if (set.size === 0) this.removalWatchers.delete(key);
     };
   }
 
-  /** Remembers a device given up on, so a late DEVICE_REMOVED is logged as such. */
-  noteGaveUp(uuid: string, alias: string): void {
-    this.gaveUp.add(`${uuid}\u0000${alias}`);
-    if (this.gaveUp.size > 1000) this.gaveUp.delete(this.gaveUp.values().next().value!);
+  /**
+   * Remembers that a removal event of this alias may still come without a
+   * detach waiting for it (the detach was given up, or confirmed from the
+   * XML first), so that it is not taken for a later device's.
+   */
+  expectStrayEvent(uuid: string, alias: string): void {
+    this.strayEvents.add(`${uuid}\u0000${alias}`);
+    if (this.strayEvents.size > 1000) this.strayEvents.delete(this.strayEvents.values().next().value!);
+  }
+
+  /**
+   * Whether `err` means the connection is gone. An ambiguous error (a
+   * failed system call, which libvirt reports the same way from its daemon
+   * and from its transport) is settled by asking the connection.
+   */
+  async isLost(err: unknown): Promise<boolean> {
+    if (isConnectionError(err)) return true;
+    if (!isAmbiguousError(err)) return false;
+    const conn = this.conn;
+    if (conn === undefined) return true;
+    return !(await conn.isAlive().catch(() => false));
   }
 
   // ---- connection ------------------------------------------------------------
@@ -365,17 +386,18 @@ export class LibvirtBackend implements VmBackend {
     if (e.kind === 'device-removed' || e.kind === 'device-removal-failed') {
       const key = `${e.uuid}\u0000${e.alias}`;
       const watchers = this.removalWatchers.get(key);
+      const stray = this.strayEvents.delete(key);
+      const result = e.kind === 'device-removed' ? 'removed' : 'failed';
       if (watchers !== undefined && watchers.size > 0) {
-        for (const w of [...watchers]) w(e.kind === 'device-removed' ? 'removed' : 'failed');
-      } else if (this.gaveUp.has(key)) {
+        for (const w of [...watchers]) w(result, stray);
+      } else if (stray) {
         this.ctx.log.info(
-          `device ${e.kind === 'device-removed' ? 'removed' : 'removal failed'} after its detach was already reported`,
+          `device ${result === 'removed' ? 'removed' : 'removal failed'} after its detach was reported`,
           {
             vm: e.name,
             alias: e.alias,
           },
         );
-        this.gaveUp.delete(key);
       } else {
         this.ctx.log.debug(e.kind, { vm: e.name, alias: e.alias });
       }
@@ -412,7 +434,6 @@ export class LibvirtBackend implements VmBackend {
     this.ctx.log.warn('lost the connection to libvirt', { uri: this.uri, reason: why });
     this.ctx.setHealth({ connected: false, reason: `lost the connection to ${this.uri} (${why}); reconnecting` });
     this.xmlCache.clear();
-    for (const queue of this.queues.values()) queue.connectionLost();
     if (conn !== undefined) void conn.close().catch(() => undefined);
     this.scheduleReconnect();
   }

@@ -2,15 +2,29 @@
 import { BackendError, type FailureKind } from 'vmdevd/plugin-api';
 import { constants as C, LibvirtError } from './binding.js';
 
-/** True for errors that mean the connection to libvirt is gone. */
+/**
+ * True for errors that mean the connection to libvirt is gone: those of
+ * libvirt's RPC and remote layers (the client's transport), a connection
+ * that is closed or invalid, and our binding's own "closed". Not
+ * VIR_ERR_SYSTEM_ERROR as such: libvirt uses it for any failed system call,
+ * in the daemon as much as in the transport; an ambiguous one is settled
+ * with `virConnectIsAlive` (see LibvirtBackend.isLost).
+ */
 export function isConnectionError(err: unknown): boolean {
   if (err instanceof LibvirtError) {
     return (
-      [C.VIR_ERR_SYSTEM_ERROR, C.VIR_ERR_RPC, C.VIR_ERR_NO_CONNECT, C.VIR_ERR_INVALID_CONN].includes(err.code) ||
-      err.domain === C.VIR_FROM_RPC
+      err.domain === C.VIR_FROM_RPC ||
+      err.domain === C.VIR_FROM_REMOTE ||
+      err.code === C.VIR_ERR_NO_CONNECT ||
+      err.code === C.VIR_ERR_INVALID_CONN
     );
   }
   return (err as { code?: unknown } | undefined)?.code === 'ERR_LIBVIRT_CONNECTION_CLOSED';
+}
+
+/** An error that may mean a lost connection or not, depending on whether the connection is alive. */
+export function isAmbiguousError(err: unknown): boolean {
+  return err instanceof LibvirtError && err.code === C.VIR_ERR_SYSTEM_ERROR && !isConnectionError(err);
 }
 
 /**

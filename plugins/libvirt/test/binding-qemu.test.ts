@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
 import { startLibvirtd, type Libvirtd } from 'vmdevd/testing/libvirtd';
 import { createTestVm, VM_METADATA_NAMESPACE, type TestVm } from 'vmdevd/testing/test-vms';
-import { Connection, constants as C } from '../src/binding.js';
+import { Connection, LibvirtError, constants as C } from '../src/binding.js';
+import { isAmbiguousError, isConnectionError, toBackendError } from '../src/libvirt-errors.js';
 import { EventRecorder } from './event-recorder.js';
 import { UNKNOWN_UUID, rejection } from './support.js';
 
@@ -161,6 +162,38 @@ test(
         false,
       );
     });
+  },
+);
+
+test(
+  'a failed system call in libvirtd is its own error, not a lost connection; the connection says it is alive',
+  { timeout: 60_000 },
+  async () => {
+    const connection = await Connection.open(libvirtd.uri, { onEvent: () => {}, onClose: () => {} });
+    const name = `vmdevd-test-missing-${process.pid}`;
+    const info = await connection.defineXml(
+      `<domain type='qemu'><name>${name}</name><memory unit='MiB'>64</memory>` +
+        `<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>` +
+        `<disk type='file' device='disk'><source file='/nonexistent/vmdevd-missing.img'/><target dev='vda' bus='virtio'/></disk>` +
+        `</devices></domain>`,
+    );
+    try {
+      const err = await rejection(connection.create(info.uuid));
+      assert.ok(err instanceof LibvirtError);
+      // libvirt reports an errno failure (ENOENT) with VIR_ERR_SYSTEM_ERROR, from its storage code.
+      assert.equal(err.code, C.VIR_ERR_SYSTEM_ERROR);
+      assert.notEqual(err.domain, C.VIR_FROM_RPC);
+      assert.notEqual(err.domain, C.VIR_FROM_REMOTE);
+      assert.equal(isConnectionError(err), false);
+      assert.equal(isAmbiguousError(err), true);
+      assert.equal(await connection.isAlive(), true);
+      const mapped = toBackendError(err, 'starting the VM');
+      assert.equal(mapped.kind, 'Failed');
+      assert.match(mapped.message, /^starting the VM: .*\/nonexistent\/vmdevd-missing\.img/);
+    } finally {
+      await connection.undefine(info.uuid);
+      assert.equal(await connection.close(), 0);
+    }
   },
 );
 

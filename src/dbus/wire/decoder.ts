@@ -14,14 +14,22 @@
  * or 1, object paths, signatures, nesting depth, a body exactly as long as its
  * signature says, the header fields' types and the fields each message type
  * requires. A message of an unknown type is skipped, as the spec says (dbus-next
- * reports an error). Unix fds ('h') are not supported on this connection: such
- * a message is an error, as in dbus-next without fd passing.
+ * reports an error). vmdevd takes no unix fds: a message with 'h' anywhere in
+ * its body does not decode (and is answered InvalidArgs by its owner, see
+ * MessageFramer), where dbus-next would fail the whole connection.
  */
 import { Buffer, isUtf8 } from 'node:buffer';
 import dbus from 'dbus-next';
-import validators from 'dbus-next/lib/validators.js';
 import { MAX_ARRAY_LENGTH, MAX_MESSAGE_LENGTH, MAX_TOTAL_DEPTH } from './encoder.js';
-import { isObjectPath, parseSignature, parseSingleType, SignatureError, type TypeNode } from './signature.js';
+import {
+  isBusName,
+  isInterfaceName,
+  isObjectPath,
+  parseSignature,
+  parseSingleType,
+  SignatureError,
+  type TypeNode,
+} from './signature.js';
 
 const { Message, Variant } = dbus;
 type Message = dbus.Message;
@@ -208,9 +216,9 @@ function checkFields(
   replySerial: number | undefined,
   destination: string | undefined,
 ): void {
-  if (destination) checkName(destination, validators.isBusNameValid, 'bus name');
-  if (iface) checkName(iface, validators.isInterfaceNameValid, 'interface name');
-  if (errorName) checkName(errorName, validators.isInterfaceNameValid, 'interface name');
+  if (destination) checkName(destination, isBusName, 'bus name');
+  if (iface) checkName(iface, isInterfaceName, 'interface name');
+  if (errorName) checkName(errorName, isInterfaceName, 'error name');
   const missing =
     type === METHOD_CALL
       ? path === undefined
@@ -408,7 +416,7 @@ class Reader {
       case 'g':
         return this.signature();
       case 'h':
-        throw new DecodeError("a unix fd ('h'): this connection does not pass fds");
+        throw new DecodeError("a unix fd ('h'): vmdevd takes no file descriptors");
       case 'v': {
         if (depth >= MAX_TOTAL_DEPTH) throw tooDeep();
         const inner = this.singleType(this.signature());
@@ -491,14 +499,23 @@ function tooDeep(): DecodeError {
   return new DecodeError(`containers nested deeper than ${MAX_TOTAL_DEPTH}`);
 }
 
+/** The longest header an oversized message may have: only its body is dropped unread. */
+const MAX_OVERSIZED_HEADER = 65536;
+
 /**
  * Cuts a byte stream into messages. A message that arrives whole in one
  * chunk is decoded in place; one split over chunks is assembled once, when
  * its last byte is in (so a large message costs one copy, not one per chunk).
- * After a DecodeError the framer is unusable: the stream cannot be trusted.
+ *
+ * A bad message is that message's problem: once its fixed header gave a
+ * length that can be trusted (a known byte order, version 1, lengths within
+ * the spec's limits), a message that does not decode is skipped and reported
+ * to `onUndecodable`, with its header when the header itself decodes, and
+ * the stream goes on after it. Only a fixed header that cannot frame a
+ * message throws (a DecodeError from `push`): then nothing after it can be
+ * trusted, and the framer is unusable.
  */
-/** The longest header an oversized message may have: only its body is dropped unread. */
-const MAX_OVERSIZED_HEADER = 65536;
+export type UndecodableListener = (header: MessageHeader | undefined, error: DecodeError) => void;
 
 export class MessageFramer {
   private chunks: Buffer[] = [];
@@ -516,6 +533,7 @@ export class MessageFramer {
   constructor(
     private readonly maxLength = MAX_MESSAGE_LENGTH,
     private readonly onOversized: (header: MessageHeader, length: number) => void = () => {},
+    private readonly onUndecodable: UndecodableListener = () => {},
   ) {}
 
   /** Calls `onMessage` for each complete message; it must not throw. Throws DecodeError. */
@@ -589,7 +607,16 @@ export class MessageFramer {
         this.headLength = length;
         break;
       }
-      const msg = decodeMessage(buf, off, length);
+      let msg: Message | undefined;
+      try {
+        msg = decodeMessage(buf, off, length);
+      } catch (err) {
+        if (!(err instanceof DecodeError)) throw err;
+        const header = headerOrUndefined(buf, off);
+        off += length;
+        this.onUndecodable(header, err);
+        continue;
+      }
       off += length;
       if (msg !== undefined) onMessage(msg);
     }
@@ -597,5 +624,14 @@ export class MessageFramer {
       this.chunks = [buf.subarray(off)];
       this.buffered = buf.length - off;
     }
+  }
+}
+
+/** The header of a message whose body did not decode, if the header itself does. */
+function headerOrUndefined(buf: Buffer, off: number): MessageHeader | undefined {
+  try {
+    return decodeHeader(buf, off);
+  } catch {
+    return undefined;
   }
 }

@@ -15,16 +15,14 @@
  * dbus-next refuses by an off-by-one. It does not rewrite the message's body
  * into marshaller form as dbus-next's marshaller does.
  *
- * Unix fds ('h') are not marshalled here: such a message goes through
- * dbus-next's marshaller, as before.
+ * vmdevd sends no unix fds: a value of type 'h' is an EncodeError (a message
+ * with 'h' and no fd attached is one the bus would drop us for).
  */
 import { Buffer } from 'node:buffer';
 import dbus from 'dbus-next';
-import marshallCompat from 'dbus-next/lib/marshall-compat.js';
 import { isObjectPath, parseSignature, parseSingleType, SignatureError, type TypeNode } from './signature.js';
 
 const { Variant } = dbus;
-const { marshallMessage } = marshallCompat;
 
 export class EncodeError extends Error {
   override readonly name = 'EncodeError';
@@ -102,27 +100,15 @@ export class WireWriter {
   }
 }
 
-const NO_FDS: readonly unknown[] = Object.freeze([]);
-
-/**
- * Appends one message to `w`. Returns the unix fds the message refers to
- * (only when it went through dbus-next's marshaller because of 'h'). On an
- * error nothing is appended.
- */
-export function encodeMessageInto(w: WireWriter, msg: OutgoingMessage): readonly unknown[] {
+/** Appends one message to `w`. On an error nothing is appended. */
+export function encodeMessageInto(w: WireWriter, msg: OutgoingMessage): void {
   const start = w.pos;
   try {
     writeMessage(w, msg);
-    return NO_FDS;
   } catch (err) {
     w.pos = start;
-    if (!(err instanceof UnixFdValue)) throw err;
+    throw err;
   }
-  const [data, fds] = marshallMessage(msg);
-  w.reserve(data.length);
-  data.copy(w.buf, w.pos);
-  w.pos += data.length;
-  return fds;
 }
 
 const scratch = new WireWriter();
@@ -147,7 +133,6 @@ export function encodeBody(signature: string, body: readonly unknown[]): Buffer 
 }
 
 /** Thrown at an 'h' value: the whole message falls back to dbus-next. */
-class UnixFdValue extends Error {}
 
 const FIELD_PATH = 1;
 const FIELD_INTERFACE = 2;
@@ -325,7 +310,7 @@ function writeValue(w: WireWriter, t: TypeNode, v: unknown, depth: number): void
       return;
     }
     case 'h':
-      throw new UnixFdValue();
+      throw new EncodeError("vmdevd sends no unix fds ('h')");
     case 'v': {
       if (v === null || v === undefined || (v as object).constructor !== Variant) throw typeError(t, v, 'a Variant');
       if (depth >= MAX_TOTAL_DEPTH) throw tooDeep();

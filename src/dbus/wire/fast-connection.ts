@@ -1,15 +1,21 @@
 /**
- * A bus connection for dbus-next's `MessageBus` (`new MessageBus(conn)`),
- * with this directory's encoder and decoder instead of dbus-next's.
+ * The bus connection under dbus-next's `MessageBus` (`new MessageBus(conn)`),
+ * with this directory's encoder and decoder: the only codec vmdevd uses, on
+ * every address it accepts (unix sockets and TCP; see `busTargets`).
  *
  * It is what dbus-next's `connection.js` is to `MessageBus`: an EventEmitter
  * with `message(msg)` to send, the events 'connect', 'message', 'error' and
  * 'end', and a `stream` with `end()` and `writable` (used by
  * `MessageBus.disconnect` and its match-rule removal). Authentication is
- * dbus-next's own `handshake.js`, so it behaves exactly as before.
+ * `./sasl-client.ts` (EXTERNAL, DBUS_COOKIE_SHA1, ANONYMOUS).
  *
- * Unix sockets only (`unix:path=`, `unix:abstract=`, and dbus-next's
- * `unix:socket=`); `isFastAddress` tells which addresses it takes.
+ * Receiving: a message that does not decode (a unix fd 'h' in its body,
+ * which vmdevd never takes; a wrong boolean; a bad string) is that message's
+ * problem, never the connection's: it is skipped and reported as
+ * 'undecodable' with its header when that can be read, and a reply that
+ * cannot be read is handed on as an error reply, so the call waiting for it
+ * ends. Only bytes that cannot frame a message (see MessageFramer) end the
+ * connection, since nothing after them can be trusted.
  *
  * Sending: every message is marshalled at once (a bad body throws to the
  * caller, before anything is queued) into one buffer, and what was sent
@@ -26,17 +32,22 @@
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
-import clientHandshake from 'dbus-next/lib/handshake.js';
+import { authenticate, type AuthMechanism } from './sasl-client.js';
 import { encodeMessageInto, WireWriter, type OutgoingMessage } from './encoder.js';
-import { MessageFramer, type MessageHeader } from './decoder.js';
+import { DecodeError, MessageFramer, type MessageHeader } from './decoder.js';
 import { MAX_MESSAGE_LENGTH } from './encoder.js';
-import type dbus from 'dbus-next';
+import dbus from 'dbus-next';
+
+const METHOD_RETURN = 2;
+const ERROR = 3;
+/** The error a reply that cannot be read is handed on as (libdbus's name for a malformed message). */
+export const INCONSISTENT_MESSAGE = 'org.freedesktop.DBus.Error.InconsistentMessage';
 
 export interface FastConnectionOptions {
   /** One or more `;`-separated unix addresses, tried in order. */
   readonly busAddress: string;
-  /** As dbus-next's `authMethods` (default EXTERNAL, DBUS_COOKIE_SHA1, ANONYMOUS). */
-  readonly authMethods?: readonly string[];
+  /** The authentication mechanisms to try, in order (default EXTERNAL, DBUS_COOKIE_SHA1, ANONYMOUS). */
+  readonly authMethods?: readonly AuthMechanism[];
   /** Bytes that may wait for a stuck socket before the connection fails (default 64 MiB). */
   readonly maxQueuedBytes?: number;
   /** When a batch of writes goes out: after the current tick (default) or in the event loop's check phase (for measuring). */
@@ -47,6 +58,13 @@ export interface FastConnectionOptions {
    * connection emits 'oversized' (the owner of the bus answers a call).
    */
   readonly maxIncomingLength?: number;
+}
+
+/** What 'undecodable' reports. */
+export interface UndecodableMessage {
+  /** The message's header, when it could be read (its body could not). */
+  readonly header: MessageHeader | undefined;
+  readonly reason: string;
 }
 
 /** What 'oversized' reports. */
@@ -65,46 +83,70 @@ export interface ConnectionStream {
 
 export const DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024;
 
-/** A unix socket to connect to, from one D-Bus address. */
-interface SocketTarget {
-  readonly path: string;
-  readonly describe: string;
+/** A socket to connect to, from one entry of a D-Bus address. */
+export type SocketTarget =
+  | { readonly kind: 'unix'; readonly path: string; readonly describe: string }
+  | {
+      readonly kind: 'tcp';
+      readonly host: string;
+      readonly port: number;
+      readonly family: 4 | 6 | undefined;
+      readonly describe: string;
+    };
+
+/** An address this connection cannot open: the message says which entry and why. */
+export class BusAddressError extends Error {
+  override readonly name = 'BusAddressError';
 }
 
 /**
- * The sockets of a D-Bus address list, or undefined when some entry is not
- * a unix socket this connection can open (TCP, unixexec, launchd, …).
- * Values are unescaped (`%2f`), which dbus-next does not do; other keys such
- * as `guid` are ignored, as dbus-next ignores them.
+ * The sockets of a D-Bus address list: `unix:path=`, `unix:abstract=` (and
+ * dbus-next's `unix:socket=`), and `tcp:host=,port=[,family=]`. Values are
+ * unescaped (`%2f`); other keys such as `guid` are ignored. Throws
+ * BusAddressError for any other transport (`unixexec:`, `launchd:`,
+ * `nonce-tcp:`, `autolaunch:`), or an entry without what it needs.
  */
-export function unixTargets(address: string): SocketTarget[] | undefined {
+export function busTargets(address: string): SocketTarget[] {
   const targets: SocketTarget[] = [];
   for (const entry of address.split(';')) {
     if (entry === '') continue;
     const colon = entry.indexOf(':');
-    if (colon < 0 || entry.slice(0, colon).toLowerCase() !== 'unix') return undefined;
+    const transport = colon < 0 ? entry : entry.slice(0, colon).toLowerCase();
     const params = new Map<string, string>();
-    for (const kv of entry.slice(colon + 1).split(',')) {
+    for (const kv of colon < 0 ? [] : entry.slice(colon + 1).split(',')) {
       const eq = kv.indexOf('=');
       if (eq < 0) continue;
       try {
         params.set(kv.slice(0, eq), decodeURIComponent(kv.slice(eq + 1)));
       } catch {
-        return undefined;
+        throw new BusAddressError(`the bus address ${JSON.stringify(entry)} has a malformed %-escape`);
       }
     }
-    const path = params.get('path') ?? params.get('socket');
-    const abstract = params.get('abstract');
-    if (path !== undefined) targets.push({ path, describe: `unix:path=${path}` });
-    else if (abstract !== undefined) targets.push({ path: `\0${abstract}`, describe: `unix:abstract=${abstract}` });
-    else return undefined;
+    if (transport === 'unix') {
+      const path = params.get('path') ?? params.get('socket');
+      const abstract = params.get('abstract');
+      if (path !== undefined) targets.push({ kind: 'unix', path, describe: `unix:path=${path}` });
+      else if (abstract !== undefined)
+        targets.push({ kind: 'unix', path: `\0${abstract}`, describe: `unix:abstract=${abstract}` });
+      else throw new BusAddressError(`the bus address ${JSON.stringify(entry)} names no path= or abstract=`);
+    } else if (transport === 'tcp') {
+      const host = params.get('host') ?? 'localhost';
+      const port = Number(params.get('port'));
+      const family = params.get('family');
+      if (!Number.isInteger(port) || port <= 0 || port > 65535)
+        throw new BusAddressError(`the bus address ${JSON.stringify(entry)} has no valid port=`);
+      if (family !== undefined && family !== 'ipv4' && family !== 'ipv6')
+        throw new BusAddressError(`the bus address ${JSON.stringify(entry)} has family=${family} (ipv4 or ipv6)`);
+      const fam = family === 'ipv4' ? 4 : family === 'ipv6' ? 6 : undefined;
+      targets.push({ kind: 'tcp', host, port, family: fam, describe: `tcp:host=${host},port=${port}` });
+    } else {
+      throw new BusAddressError(
+        `the bus address ${JSON.stringify(entry)} uses the transport "${transport}"; vmdevd connects to unix: and tcp: addresses only`,
+      );
+    }
   }
-  return targets.length > 0 ? targets : undefined;
-}
-
-/** Whether createFastConnection can open this address. */
-export function isFastAddress(address: string): boolean {
-  return unixTargets(address) !== undefined;
+  if (targets.length === 0) throw new BusAddressError(`the bus address ${JSON.stringify(address)} is empty`);
+  return targets;
 }
 
 export function createFastConnection(options: FastConnectionOptions): FastConnection {
@@ -132,9 +174,11 @@ export class FastConnection extends EventEmitter {
     super();
     this.maxQueuedBytes = options.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES;
     const maxIncoming = options.maxIncomingLength ?? MAX_MESSAGE_LENGTH;
-    this.framer = new MessageFramer(maxIncoming, (header, length) => {
-      this.emit('oversized', { header, length, limit: maxIncoming } satisfies OversizedMessage);
-    });
+    this.framer = new MessageFramer(
+      maxIncoming,
+      (header, length) => this.emit('oversized', { header, length, limit: maxIncoming } satisfies OversizedMessage),
+      (header, error) => this.undecodable(header, error),
+    );
     this.schedule = options.flush === 'immediate' ? (fn) => setImmediate(fn) : (fn) => process.nextTick(fn);
     const self = this;
     this.stream = {
@@ -143,9 +187,7 @@ export class FastConnection extends EventEmitter {
         return !self.ended && self.socket !== undefined && self.socket.writable;
       },
     };
-    const targets = unixTargets(options.busAddress);
-    if (targets === undefined) throw new Error(`not a unix socket address: ${options.busAddress}`);
-    this.connectTo(targets, 0, []);
+    this.connectTo(busTargets(options.busAddress), 0, []);
   }
 
   /**
@@ -158,8 +200,7 @@ export class FastConnection extends EventEmitter {
       return;
     }
     if (this.connected && !this.socket!.writable) throw new Error('Cannot send message, stream is closed');
-    const fds = encodeMessageInto(this.out, msg);
-    if (fds.length > 0) console.warn('Sending file descriptors is not supported in current bus connection');
+    encodeMessageInto(this.out, msg);
     if (this.waitingForDrain || !this.connected) {
       if (this.out.pos > this.maxQueuedBytes)
         this.fail(
@@ -198,7 +239,10 @@ export class FastConnection extends EventEmitter {
 
   private connectTo(targets: readonly SocketTarget[], index: number, failures: string[]): void {
     const target = targets[index]!;
-    const socket = net.createConnection({ path: target.path });
+    const socket =
+      target.kind === 'unix'
+        ? net.createConnection({ path: target.path })
+        : net.createConnection({ host: target.host, port: target.port, family: target.family });
     this.socket = socket;
     const onConnectError = (err: Error) => {
       failures.push(`${target.describe}: ${err.message}`);
@@ -213,35 +257,27 @@ export class FastConnection extends EventEmitter {
   }
 
   private attach(socket: net.Socket): void {
-    let authenticated = false;
-    socket.on('error', (err) => this.emit('error', err));
+    socket.on('close', () => this.close());
     socket.on('drain', () => {
       this.waitingForDrain = false;
       this.flush();
     });
-    socket.on('end', () => {
-      if (!authenticated) this.emit('error', new Error('the bus closed the connection during authentication'));
-      this.close();
-    });
-    socket.on('close', () => this.close());
-    clientHandshake(socket, { authMethods: this.options.authMethods }, (err, guid) => {
-      if (err) {
-        this.fail(err instanceof Error ? err : new Error(`authentication failed: ${String(err).trim()}`));
-        return;
-      }
-      authenticated = true;
-      this.guid = guid;
-      this.state = 'connected';
-      this.connected = true;
-      this.emit('connect');
-      this.flush();
-      // The handshake reads lines through a 'readable' listener, which it
-      // removes after this callback returns; read messages from then on.
-      process.nextTick(() => {
+    authenticate(socket, this.options.authMethods).then(
+      ({ guid, rest }) => {
+        if (this.ended) return;
+        socket.on('error', (err) => this.emit('error', err));
+        socket.on('end', () => this.close());
+        this.guid = guid;
+        this.state = 'connected';
+        this.connected = true;
+        this.emit('connect');
+        this.flush();
         socket.on('data', (chunk: Buffer) => this.receive(chunk));
+        if (rest.length > 0) this.receive(rest);
         socket.resume();
-      });
-    });
+      },
+      (err: unknown) => this.fail(err instanceof Error ? err : new Error(String(err))),
+    );
   }
 
   private receive(chunk: Buffer): void {
@@ -263,6 +299,30 @@ export class FastConnection extends EventEmitter {
       });
     }
   };
+
+  private undecodable(header: MessageHeader | undefined, error: DecodeError): void {
+    try {
+      this.emit('undecodable', { header, reason: error.message } satisfies UndecodableMessage);
+    } catch (err) {
+      process.nextTick(() => {
+        throw err;
+      });
+    }
+    if (header === undefined || header.replySerial === undefined) return;
+    if (header.type !== METHOD_RETURN && header.type !== ERROR) return;
+    // The call waiting for this reply must end: with an error saying why.
+    this.deliver(
+      new dbus.Message({
+        type: ERROR,
+        errorName: INCONSISTENT_MESSAGE,
+        // dbus-next's types say string; its bus matches the number (as every message it decodes carries).
+        replySerial: header.replySerial as unknown as string,
+        sender: header.sender,
+        signature: 's',
+        body: [`the reply could not be read: ${error.message}`],
+      }),
+    );
+  }
 
   private fail(err: Error): void {
     if (this.ended) return;

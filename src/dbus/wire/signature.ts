@@ -131,3 +131,16 @@ export function isObjectPath(value: string): boolean {
   return OBJECT_PATH.test(value);
 }
 const OBJECT_PATH = /^\/(?:[A-Za-z0-9_]+(?:\/[A-Za-z0-9_]+)*)?$/;
+
+/** A bus name as the spec has it: a unique name (`:1.42`) or a well-known one (`org.example.dbustest`). */
+export function isBusName(value: string): boolean {
+  return value.length <= 255 && (value.startsWith(':') ? UNIQUE_NAME.test(value) : WELL_KNOWN_NAME.test(value));
+}
+const UNIQUE_NAME = /^:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+$/;
+const WELL_KNOWN_NAME = /^[A-Za-z_-][A-Za-z0-9_-]*(?:\.[A-Za-z_-][A-Za-z0-9_-]*)+$/;
+
+/** An interface or error name as the spec has it: two or more elements, none starting with a digit. */
+export function isInterfaceName(value: string): boolean {
+  return value.length <= 255 && INTERFACE_NAME.test(value);
+}
+const INTERFACE_NAME = /^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$/;
