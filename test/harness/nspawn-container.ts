@@ -20,6 +20,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
+import type { Writable } from 'node:stream';
 import { startProcess, type ManagedProcess } from './process.js';
 
 /** systemd's "halt" signal: glibc's SIGRTMIN is 34. */
@@ -159,7 +160,7 @@ export class NspawnContainer {
       env: containerEnv(),
       stdio: ['pipe', 'pipe', 'pipe'],
     });
-    proc.child.stdin!.end(options.input ?? '');
+    writeInput(proc.child.stdin!, options.input);
     return proc;
   }
 
@@ -266,6 +267,17 @@ function nsenter(pid: number, command: readonly string[], options: ExecOptions):
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     child.once('error', reject);
     child.once('close', (code, signal) => resolve({ code: code ?? (signal === null ? 1 : 128), stdout, stderr }));
-    child.stdin.end(options.input ?? '');
+    writeInput(child.stdin, options.input);
   });
+}
+
+/**
+ * Gives a command its input and closes its standard input. A command that
+ * exits without reading it makes the write fail (EPIPE): its exit status
+ * says what happened, so that error is not one of its own.
+ */
+function writeInput(stdin: Writable, input: string | undefined): void {
+  stdin.on('error', () => {});
+  if (input === undefined) stdin.end();
+  else stdin.end(input);
 }
