@@ -220,6 +220,9 @@ describe('vmdevd installed in a booted Debian 12 (systemd-nspawn)', { skip: !isR
       // runs its VMs without cgroups of their own.
       await check(['sh', '-c', 'printf "\\ncgroup_controllers = [ ]\\n" >> /etc/libvirt/qemu.conf']);
       await check(['systemctl', 'try-restart', 'libvirtd.service']);
+      // Returns once libvirtd serves qemu:///system (its socket starts it):
+      // the service then finds it ready on its first connection.
+      await check(['virsh', '-c', 'qemu:///system', 'version']);
       // Its stop action asks every running VM's guest to shut down and waits
       // minutes for it at halt: the test's VMs have no guest. Stopped now,
       // while there is no VM, it has nothing left to do at halt.
