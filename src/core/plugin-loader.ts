@@ -107,13 +107,14 @@ function checkPlugin(exported: unknown, spec: string): VmdevdPlugin {
 }
 
 /**
- * Imports a plugin, checks its API version, loads its module into a child
- * container of `parent` and returns the backend factory it binds.
+ * Imports a plugin, checks its API version, loads its module into a
+ * container of its own and returns the backend factory it binds. The
+ * container holds nothing of the core: what a plugin gets from vmdevd is
+ * the plugin API, and the BackendContext each backend is created with.
  */
 export async function loadPlugin(
   spec: string,
   baseDir: string,
-  parent: Container,
   builtinDir = BUILTIN_PLUGIN_DIR,
 ): Promise<LoadedPlugin> {
   const entry = resolvePlugin(spec, baseDir, builtinDir);
@@ -124,7 +125,7 @@ export async function loadPlugin(
     throw new PluginLoadError(`plugin "${spec}" failed to load from ${entry}: ${errorMessage(err)}`);
   }
   const plugin = checkPlugin(mod['default'] ?? mod['plugin'], spec);
-  const container = new Container({ parent });
+  const container = new Container();
   let factory: BackendFactory;
   try {
     await container.loadAsync(plugin.module);

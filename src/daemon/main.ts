@@ -1,6 +1,6 @@
 /** `vmdevd`: the daemon's command line entry. */
 import 'reflect-metadata';
-import { loadConfig } from '../core/config.js';
+import { loadConfig, type ConfigOverrides } from '../core/config.js';
 import { ConfigError, errorMessage } from '../core/errors.js';
 import { RootLogger } from '../core/logger.js';
 import { VERSION } from '../paths.js';
@@ -29,6 +29,8 @@ function disableProtoAccessor(): void {
 export async function main(argv: readonly string[]): Promise<number> {
   disableProtoAccessor();
   let config;
+  let configFile: string | undefined;
+  let overrides: ConfigOverrides;
   try {
     const args = parseDaemonArgs(argv);
     if (args.help) {
@@ -39,7 +41,9 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stdout.write(`vmdevd ${VERSION}\n`);
       return 0;
     }
-    config = loadConfig(args.config, { bus: args.bus });
+    configFile = args.config;
+    overrides = { bus: args.bus };
+    config = loadConfig(configFile, overrides);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`vmdevd: ${err.message}\n`);
@@ -50,7 +54,7 @@ export async function main(argv: readonly string[]): Promise<number> {
 
   const logger = new RootLogger(config.logLevel);
   const log = logger.child('vmdevd');
-  const daemon = new Daemon(config, logger);
+  const daemon = new Daemon(config, logger, {}, { file: configFile, overrides });
 
   // A plugin's stray exception must not take the daemon down: log it and
   // mark the backend it came from.
@@ -75,6 +79,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
+    // SIGHUP (systemctl reload): read the config again; a bad file is refused and logged.
+    process.on('SIGHUP', () => void daemon.reload());
     daemon.onBusLost((err) => {
       void daemon.stop(`bus connection lost: ${err.message}`).then(() => resolve(EX_UNAVAILABLE));
     });
@@ -84,14 +90,15 @@ export async function main(argv: readonly string[]): Promise<number> {
     version: VERSION,
     pid: process.pid,
     bus: config.bus,
-    config: argv.includes('--config') ? undefined : 'built-in default',
+    config: configFile ?? 'built-in default',
   });
   try {
     await daemon.start();
   } catch (err) {
     const code = err instanceof ConfigError ? EX_CONFIG : EX_UNAVAILABLE;
+    // A config error is one line on stderr (the journal under systemd), naming the file.
     if (err instanceof ConfigError) process.stderr.write(`vmdevd: ${err.message}\n`);
-    log.error('start failed', { error: errorMessage(err) });
+    else log.error('start failed', { error: errorMessage(err) });
     await daemon.stop('start failed');
     return code;
   }
