@@ -43,6 +43,8 @@ const PACKAGES = [
   'libvirt-daemon-driver-qemu',
   'qemu-system-x86',
   'python3-dbus-next',
+  // /bin/kill, which the unit's ExecReload runs (on a full Debian it is there).
+  'procps',
 ];
 
 /** Where the checkout is bound in the container (read-only). */
