@@ -521,9 +521,30 @@ describe('vmdevd installed in a booted Debian 12 (systemd-nspawn)', { skip: !isR
       await journalLine(/^vmdevd\.service: Main process exited, code=killed, status=9\/KILL$/);
     }));
 
-  // systemctl reload and SIGHUP: their step comes here, once the daemon
-  // re-reads its config on SIGHUP (a valid file applied, an invalid one
-  // refused with a log line and the old config kept, the same PID).
+  it('applies a valid config on systemctl reload, refuses an invalid one, and keeps its PID', () =>
+    timed('systemctl reload', async () => {
+      const before = await unit('MainPID', 'NRestarts');
+      const file = '/etc/vmdevd/config.json';
+      const original = await check(['cat', file]);
+      const config = JSON.parse(original) as Record<string, unknown>;
+      try {
+        // A valid change: applied, by the same process.
+        await exec(['sh', '-c', `cat > ${file}`], { input: JSON.stringify({ ...config, logLevel: 'debug' }) });
+        await check(['systemctl', 'reload', 'vmdevd.service']);
+        await journalLine(/^vmdevd: config reloaded file=\/etc\/vmdevd\/config\.json changes="logLevel debug"$/);
+        // An invalid one: refused whole, the file and the field named, the running config kept.
+        await exec(['sh', '-c', `cat > ${file}`], { input: JSON.stringify({ ...config, logLevel: 'loud' }) });
+        await check(['systemctl', 'reload', 'vmdevd.service']);
+        const refused = await journalLine(/^vmdevd: config reload refused; the running config stays /);
+        assert.match(refused.MESSAGE, /\/etc\/vmdevd\/config\.json: logLevel: must be one of/);
+        assert.equal(refused.PRIORITY, '4', 'a refusal is a warning');
+        assert.deepEqual(await getProperty('Backends'), { local: 'connected' });
+        assert.deepEqual(await unit('MainPID', 'NRestarts'), before, 'reloaded, not restarted');
+      } finally {
+        await exec(['sh', '-c', `cat > ${file}`], { input: original });
+        await check(['systemctl', 'reload', 'vmdevd.service']);
+      }
+    }));
 
   it('keeps running when an unprivileged user sends a body of signature "h" (the same PID, still answering)', () =>
     timed('hostile message', async () => {
