@@ -157,7 +157,10 @@ bool ListDomainInfo(virConnectPtr conn, const std::optional<std::string>& metada
   }
   size_t kept = 0;
   for (size_t i = 0; i < list.size(); i++) {
-    if (!gone[i]) list[kept++] = std::move(list[i]);
+    if (gone[i]) continue;
+    // Never onto itself: a moved-from string is left empty.
+    if (kept != i) list[kept] = std::move(list[i]);
+    kept++;
   }
   list.resize(kept);
   return true;
