@@ -13,6 +13,8 @@ PACKAGES=(
   build-essential pkg-config python3 libvirt-dev
   # a private bus for the daemon and the tests, and foreign clients
   dbus systemd libglib2.0-bin python3-dbus-next
+  # a second foreign client that writes big-endian messages (GLib's GDBus from Python)
+  python3-gi gir1.2-glib-2.0
   # a real libvirtd with QEMU, for the libvirt backend and the demo; QEMU run
   # directly for the qmp backend
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils

@@ -136,6 +136,17 @@ export class BackendRegistry implements Disposable {
     }
   }
 
+  /** Loads every plugin and checks every backend's options; returns the backends whose plugin cannot load. */
+  async check(): Promise<string[]> {
+    const problems: string[] = [];
+    for (const [index, host] of this.hostList.entries()) {
+      if ((await this.prepare(host, index)) === undefined) {
+        problems.push(`backends[${index}] (${host.id}): ${host.failure ?? 'cannot be loaded'}`);
+      }
+    }
+    return problems;
+  }
+
   /**
    * Starts every backend (or those given). Resolves once each one has
    * published its first list, finished starting, failed, or taken longer
@@ -178,7 +189,11 @@ export class BackendRegistry implements Disposable {
     const current = new Map(this.hostList.map((h) => [h.id, h]));
     const next = entries.map((entry) => {
       const kept = current.get(entry.id);
-      return kept !== undefined && sameBackendConfig(kept.config, entry) ? kept : this.newHost(entry);
+      // A backend that could never run (its plugin did not load, its start
+      // was refused) is tried again, even with its entry unchanged.
+      return kept !== undefined && kept.failure === undefined && sameBackendConfig(kept.config, entry)
+        ? kept
+        : this.newHost(entry);
     });
     const fresh = next.filter((h) => !this.hostList.includes(h));
     const gone = this.hostList.filter((h) => !next.includes(h));
@@ -321,7 +336,7 @@ export class BackendRegistry implements Disposable {
     if (schema === undefined) return plugin;
     let validate;
     try {
-      validate = this.ajv.compile(schema);
+      validate = this.ajv.compile(closedSchema(schema));
     } catch (err) {
       this.fail(host, `plugin "${plugin.name}" has an invalid options schema: ${errorMessage(err)}`);
       return undefined;
@@ -448,4 +463,20 @@ export class BackendRegistry implements Disposable {
 
 function sameBackendConfig(a: BackendConfig, b: BackendConfig): boolean {
   return a.plugin === b.plugin && JSON.stringify(a.options) === JSON.stringify(b.options);
+}
+
+/**
+ * A plugin's options schema as vmdevd applies it: an object schema that
+ * names its properties but forgets `additionalProperties: false` still
+ * refuses options it does not name, so a typo in a config is an error, not
+ * an option silently ignored.
+ */
+function closedSchema(schema: Record<string, unknown>): Record<string, unknown> {
+  const open =
+    schema['type'] === 'object' &&
+    typeof schema['properties'] === 'object' &&
+    schema['additionalProperties'] === undefined &&
+    schema['unevaluatedProperties'] === undefined &&
+    schema['patternProperties'] === undefined;
+  return open ? { ...schema, additionalProperties: false } : schema;
 }

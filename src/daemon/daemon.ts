@@ -57,6 +57,20 @@ export class Daemon {
     return this.container.get(DbusFrontend).onDidLoseConnection(listener);
   }
 
+  /**
+   * For `--check-config`: loads every backend's plugin and checks its
+   * options, creating and starting nothing. Returns what is wrong (a plugin
+   * that does not load); throws `ConfigError` for options a plugin refuses.
+   */
+  async checkBackends(): Promise<string[]> {
+    try {
+      return await this.registry.check();
+    } catch (err) {
+      if (err instanceof ConfigError) return [err.message.replace(`${this.config.source}: `, '')];
+      throw err;
+    }
+  }
+
   /** Throws `ConfigError` for a config that cannot work, and any error that prevents start. */
   async start(): Promise<void> {
     const started = performance.now();

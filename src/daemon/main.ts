@@ -1,11 +1,12 @@
 /** `vmdevd`: the daemon's command line entry. */
 import 'reflect-metadata';
-import { loadConfig, type ConfigOverrides } from '../core/config.js';
+import { loadConfig, type Config, type ConfigOverrides } from '../core/config.js';
 import { ConfigError, errorMessage } from '../core/errors.js';
 import { RootLogger } from '../core/logger.js';
 import { VERSION } from '../paths.js';
 import { parseDaemonArgs, USAGE } from './args.js';
 import { Daemon } from './daemon.js';
+import { providePluginApi } from './plugin-api-resolver.js';
 
 /** sysexits.h: a config error, and a service that cannot be reached. */
 const EX_CONFIG = 78;
@@ -26,6 +27,21 @@ function disableProtoAccessor(): void {
   delete (Object.prototype as { __proto__?: unknown }).__proto__;
 }
 
+/** `--check-config`: the whole config, plugin options included; 0 or 78. */
+async function checkConfig(config: Config): Promise<number> {
+  providePluginApi();
+  // Quiet: the answer is the one line below.
+  const daemon = new Daemon(config, new RootLogger('error', { write: () => {} }));
+  const problems = await daemon.checkBackends();
+  if (problems.length > 0) {
+    for (const p of problems) process.stderr.write(`vmdevd: ${config.source}: ${p}\n`);
+    return EX_CONFIG;
+  }
+  const backends = config.backends.map((b) => `${b.id} (${b.plugin})`).join(', ');
+  process.stdout.write(`vmdevd: ${config.source}: valid; backends: ${backends}\n`);
+  return 0;
+}
+
 export async function main(argv: readonly string[]): Promise<number> {
   disableProtoAccessor();
   let config;
@@ -44,6 +60,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     configFile = args.config;
     overrides = { bus: args.bus };
     config = loadConfig(configFile, overrides);
+    if (args.checkConfig) return await checkConfig(config);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`vmdevd: ${err.message}\n`);
@@ -52,6 +69,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     throw err;
   }
 
+  // Before any plugin is imported: plugins resolve vmdevd/plugin-api to ours.
+  providePluginApi();
   const logger = new RootLogger(config.logLevel);
   const log = logger.child('vmdevd');
   const daemon = new Daemon(config, logger, {}, { file: configFile, overrides });
