@@ -13,6 +13,8 @@ import { BUS_NAME, INTERFACE, type CallError, type TestClient } from './bus-clie
 /** One outcome signal, numbered in the order the observer received every signal. */
 export interface Outcome {
   readonly result: string;
+  /** The failure's message; empty for `detached`. */
+  readonly message: string;
   readonly seq: number;
 }
 
@@ -198,7 +200,7 @@ export class OutcomeLedger {
       this.wake();
       return;
     }
-    const [vm, label, error] = msg.body as string[];
+    const [vm, label, error, message] = msg.body as string[];
     const result = msg.member === 'DeviceDetached' ? 'detached' : String(error).replace(/^.*\./, '');
     this.results[result] = (this.results[result] ?? 0) + 1;
     const device = this.devices.get(deviceKey(vm!, label!));
@@ -206,7 +208,7 @@ export class OutcomeLedger {
       this.strays.push(`${vm}/${label}: ${result}`);
       return;
     }
-    device.outcomes.push({ result, seq });
+    device.outcomes.push({ result, message: message ?? '', seq });
     if (device.accepted === true && device.outcomes.length === 1) this.open--;
     this.wake();
   }
