@@ -26,6 +26,10 @@ PACKAGES=(
   # running clients and the daemon as them (setpriv), the unit checks
   # (systemd-analyze, systemd-sysusers: package systemd, above)
   passwd util-linux
+  # the system test: a Debian 12 tree (debootstrap, which checks the mirror's
+  # signature with Debian's keyring) booted with systemd-nspawn, commands
+  # inside it through nsenter (util-linux, above)
+  debootstrap debian-archive-keyring systemd-container
   # npm run lint: the formatter of the native code, the shell checker
   clang-format shellcheck
 )
