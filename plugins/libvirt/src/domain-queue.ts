@@ -31,6 +31,10 @@ interface Item {
   found?: FoundDevice;
   flags?: number;
   done: boolean;
+  /** The connection went away while the call was in flight: libvirt may never have issued it. */
+  callLost?: boolean;
+  /** Issued once more after such a loss (only once). */
+  reissued?: boolean;
 }
 
 function failure(err: unknown): DetachOutcome {
@@ -148,11 +152,15 @@ export class DomainQueue {
       item.found = found;
       item.flags = flags;
       item.request.hold();
-      // Devices that need no guest overtake those that do, but never one already in flight.
-      const at = found.needsGuest ? this.waiting.length : this.waiting.findIndex((w) => w.found!.needsGuest);
-      this.waiting.splice(at < 0 ? this.waiting.length : at, 0, item);
+      this.enqueue(item);
     }
     this.pump();
+  }
+
+  /** Devices that need no guest overtake those that do, but never one already in flight. */
+  private enqueue(item: Item): void {
+    const at = item.found!.needsGuest ? this.waiting.length : this.waiting.findIndex((w) => w.found!.needsGuest);
+    this.waiting.splice(at < 0 ? this.waiting.length : at, 0, item);
   }
 
   private pump(): void {
@@ -213,6 +221,7 @@ export class DomainQueue {
         return;
       }
       // The connection went away mid-call: whether it happened is checked after the reconnect.
+      item.callLost = true;
     }
     if (!live) {
       unwatch();
@@ -258,6 +267,16 @@ export class DomainQueue {
         // come, it must not confirm a later device that reuses the alias.
         if (alias !== undefined && result() === undefined) this.backend.expectStrayEvent(this.uuid, alias);
         return item.resolve({ ok: true });
+      }
+      if (gone === false && item.callLost === true && item.reissued !== true && !request.signal.aborted) {
+        // The call died with the connection and the device is still there:
+        // libvirtd (killed, restarted) never carried it out, and no event
+        // will come. Issue it once more, in line.
+        item.reissued = true;
+        item.callLost = false;
+        this.enqueue(item);
+        this.pump();
+        return;
       }
       if (request.signal.aborted) {
         if (alias !== undefined) this.backend.expectStrayEvent(this.uuid, alias);
