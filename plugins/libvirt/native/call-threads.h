@@ -19,7 +19,7 @@ namespace vmdevd {
 
 class CallThreads : public std::enable_shared_from_this<CallThreads> {
  public:
-  static constexpr int kMaxThreads = 64;
+  static constexpr int kMaxThreads = 16;
 
   static std::shared_ptr<CallThreads> Create();
 
