@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Container } from 'inversify';
-import { BackendFactory, PLUGIN_API_VERSION, type VmdevdPlugin } from '../plugin-api.js';
+import { BackendFactory, OLDEST_PLUGIN_API_VERSION, PLUGIN_API_VERSION, type VmdevdPlugin } from '../plugin-api.js';
 import { PACKAGE_ROOT } from '../paths.js';
 import { errorMessage } from './errors.js';
 
@@ -26,6 +26,8 @@ export interface LoadedPlugin {
   /** The plugin's package directory (real path), used to tell which plugin an uncaught error came from. */
   readonly root: string;
   readonly factory: BackendFactory;
+  /** The plugin-API version the plugin was built for (from the oldest supported to this daemon's). */
+  readonly apiVersion: number;
 }
 
 function packageRoot(file: string): string {
@@ -88,12 +90,19 @@ function checkPlugin(exported: unknown, spec: string): VmdevdPlugin {
     );
   }
   const plugin = exported as Partial<VmdevdPlugin>;
-  if (typeof plugin.apiVersion !== 'number') {
+  if (typeof plugin.apiVersion !== 'number' || !Number.isInteger(plugin.apiVersion)) {
     throw new PluginLoadError(`plugin "${spec}" does not declare the plugin-API version it targets (apiVersion)`);
   }
-  if (plugin.apiVersion !== PLUGIN_API_VERSION) {
+  // The host-version range: every version adds only optional members, so an
+  // older plugin fits; a newer one may rely on what this daemon lacks.
+  if (plugin.apiVersion > PLUGIN_API_VERSION) {
     throw new PluginLoadError(
       `plugin "${spec}" targets plugin API ${plugin.apiVersion}; this vmdevd implements plugin API ${PLUGIN_API_VERSION}`,
+    );
+  }
+  if (plugin.apiVersion < OLDEST_PLUGIN_API_VERSION) {
+    throw new PluginLoadError(
+      `plugin "${spec}" targets plugin API ${plugin.apiVersion}; this vmdevd loads plugin API ${OLDEST_PLUGIN_API_VERSION} to ${PLUGIN_API_VERSION}`,
     );
   }
   if (
@@ -143,7 +152,13 @@ export async function loadPlugin(
   } catch {
     // keep the unresolved path
   }
-  return { spec, name: typeof plugin.name === 'string' ? plugin.name : spec, root, factory };
+  return {
+    spec,
+    name: typeof plugin.name === 'string' ? plugin.name : spec,
+    root,
+    factory,
+    apiVersion: plugin.apiVersion,
+  };
 }
 
 /** Reads a package's version, for logs. */

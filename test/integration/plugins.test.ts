@@ -29,6 +29,7 @@ describe('broken plugins', () => {
       backends: [{ id: 'good' }],
       extraBackends: [
         { id: 'wrong-api', plugin: fixture('wrong-api') },
+        { id: 'api-v1', plugin: fixture('api-v1') },
         { id: 'import-error', plugin: fixture('throws-on-import') },
         { id: 'not-a-plugin', plugin: fixture('no-export') },
         { id: 'create-error', plugin: fixture('create-throws') },
@@ -47,7 +48,7 @@ describe('broken plugins', () => {
     assert.equal(backends['good'], 'connected');
     assert.match(
       backends['wrong-api']!,
-      /^disconnected: plugin ".*wrong-api.js" targets plugin API 2; this vmdevd implements plugin API 1$/,
+      /^disconnected: plugin ".*wrong-api.js" targets plugin API 3; this vmdevd implements plugin API 2$/,
     );
     assert.match(
       backends['import-error']!,
@@ -62,10 +63,18 @@ describe('broken plugins', () => {
 
   it('keeps serving with the good backend', async () => {
     assert.deepEqual(Object.keys(await stack.client.getProperty<Record<string, string>>('TestProperty')).sort(), [
+      'old-vm',
       'vm1',
       'vm2',
       'vm3',
     ]);
+  });
+
+  it('loads a plugin built for the previous plugin API', async () => {
+    assert.equal((await stack.client.getProperty<Record<string, string>>('Backends'))['api-v1'], 'connected');
+    const signals = await stack.client.subscribeAll();
+    assert.equal(await stack.client.testMethod('old-vm', { old: ['type=disk', 'target=vdb'] }), true);
+    await signals.waitFor((s) => s.member === 'DeviceDetached' && s.body[1] === 'old');
   });
 
   it('says a VM may be in a failed backend rather than that it does not exist', async () => {
