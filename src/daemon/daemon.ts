@@ -1,7 +1,7 @@
 /**
  * The daemon's life cycle: start the backends and the bus side by side,
  * take the bus name once the first complete map is known, announce it, and
- * on shutdown give every pending detach its outcome before letting go of
+ * on shutdown give every pending detach and attach its outcome before letting go of
  * the bus and then the backends.
  */
 import 'reflect-metadata';
@@ -9,7 +9,7 @@ import type { Container } from 'inversify';
 import type { Logger } from '../plugin-api.js';
 import { BackendRegistry } from '../core/backend-registry.js';
 import type { Config } from '../core/config.js';
-import { DetachService } from '../core/detach-service.js';
+import { DeviceJobService } from '../core/device-job-service.js';
 import { errorMessage } from '../core/errors.js';
 import { type RootLogger } from '../core/logger.js';
 import { StateHub } from '../core/state-hub.js';
@@ -70,14 +70,14 @@ export class Daemon {
   private async doStop(reason: string): Promise<void> {
     this.log.info('shutting down', { reason });
     const frontend = this.container.get(DbusFrontend);
-    const detaches = this.container.get(DetachService);
+    const jobs = this.container.get(DeviceJobService);
     frontend.stopAccepting();
-    const pending = detaches.pendingCount();
+    const pending = jobs.pendingCount();
     // Accepts nothing more, also for calls still waiting for their caller's
-    // credentials, and gives every pending detach its outcome now, while the
-    // bus still carries it.
+    // credentials, and gives every pending detach and attach its outcome
+    // now, while the bus still carries it.
     this.container.get(VmdevService).close();
-    if (pending > 0) this.log.warn('pending detaches were ended as failed', { count: pending });
+    if (pending > 0) this.log.warn('pending detaches and attaches were ended as failed', { count: pending });
     try {
       await frontend.close();
     } catch (err) {
@@ -87,7 +87,7 @@ export class Daemon {
     this.reclaimer.dispose();
     this.container.get(StateHub).dispose();
     this.container.get(BackendRegistry).dispose();
-    detaches.dispose();
+    jobs.dispose();
     frontend.dispose();
     this.log.info('stopped');
   }

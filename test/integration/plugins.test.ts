@@ -70,11 +70,31 @@ describe('broken plugins', () => {
     ]);
   });
 
-  it('loads a plugin built for the previous plugin API', async () => {
+  it('loads a plugin built for the previous plugin API, and answers what it lacks with NotSupported', async () => {
     assert.equal((await stack.client.getProperty<Record<string, string>>('Backends'))['api-v1'], 'connected');
     const signals = await stack.client.subscribeAll();
     assert.equal(await stack.client.testMethod('old-vm', { old: ['type=disk', 'target=vdb'] }), true);
     await signals.waitFor((s) => s.member === 'DeviceDetached' && s.body[1] === 'old');
+    const list = await callError(stack.client.call({ member: 'GetDevices', signature: 's', body: ['old-vm'] }));
+    assert.equal(list.type, `${E}NotSupported`);
+    assert.match(list.text, /backend "api-v1" \(plugin "api-v1", plugin API 1\) cannot list devices/);
+    const attach = await callError(
+      stack.client.call({
+        member: 'AttachDevices',
+        signature: 'sa{sas}',
+        body: ['old-vm', { d: ['type=disk', 'target=vdb', 'source=/images/d.img', 'bus=virtio'] }],
+      }),
+    );
+    assert.equal(attach.type, `${E}NotSupported`);
+    assert.match(attach.text, /VM "old-vm" belongs to backend "api-v1", which cannot attach devices/);
+    // A plugin of version 1 cannot check what describes a device: no detach that would not be checked.
+    assert.equal(
+      await stack.client.testMethod('old-vm', { described: ['type=disk', 'target=vdc', 'source=/images/c.img'] }),
+      true,
+    );
+    const described = await signals.waitFor((s) => s.member === 'DeviceDetachFailed' && s.body[1] === 'described');
+    assert.equal(described.body[2], `${E}NotSupported`);
+    assert.match(described.body[3] as string, /\(plugin API 1\) cannot check source; detach without them/);
   });
 
   it('says a VM may be in a failed backend rather than that it does not exist', async () => {
