@@ -8,8 +8,10 @@ import { Ajv } from 'ajv';
 import { type Container, inject, injectable } from 'inversify';
 import {
   BackendError,
+  DESCRIPTIVE_PARAMS,
   FAILURE_KINDS,
   VM_STATES,
+  type DeviceType,
   type BackendContext,
   type BackendHealth,
   type DesiredState,
@@ -78,6 +80,16 @@ function isBackendError(err: unknown): err is { kind: FailureKind; message: stri
 }
 
 class TimeoutError extends Error {}
+
+/** A listing's tokens without those that describe a disk or an interface (given that the type is known). */
+function namingTokens(tokens: unknown): unknown {
+  if (!Array.isArray(tokens)) return tokens;
+  const type = (tokens as unknown[]).find((t) => typeof t === 'string' && t.startsWith('type='));
+  const descriptive = DESCRIPTIVE_PARAMS[(type as string | undefined)?.slice(5) as DeviceType] ?? [];
+  return (tokens as unknown[]).filter(
+    (t) => typeof t !== 'string' || !descriptive.includes(t.slice(0, Math.max(0, t.indexOf('=')))),
+  );
+}
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout;
@@ -285,9 +297,7 @@ export class BackendRegistry implements Disposable {
       try {
         if (typeof label !== 'string' || !LABEL_PATTERN.test(label)) throw new Error('an invalid label');
         if (Object.hasOwn(devices, label)) throw new Error('a label listed twice');
-        // What GetDevices lists must be taken back by TestMethod as it is.
-        parseDevice(label, tokens, 'detach');
-        devices[label] = [...(tokens as string[])];
+        devices[label] = this.checkListed(host, vm, label, tokens);
       } catch (err) {
         host.log.warn('leaving out a device the backend listed wrongly', {
           vm: vm.name,
@@ -297,6 +307,29 @@ export class BackendRegistry implements Disposable {
       }
     }
     return devices;
+  }
+
+  /**
+   * What GetDevices lists must be taken back by TestMethod as it is. A
+   * device whose descriptive tokens the grammar refuses (a path with a
+   * `..`, a network name with a space) is listed by the tokens that name
+   * it only: it can still be detached, and an attach of it is refused
+   * rather than made of half a description. Throws for anything else.
+   */
+  private checkListed(host: BackendHost, vm: VmInfo, label: string, tokens: unknown): string[] {
+    try {
+      parseDevice(label, tokens, 'detach');
+      return [...(tokens as string[])];
+    } catch (err) {
+      const naming = namingTokens(tokens);
+      parseDevice(label, naming, 'detach');
+      host.log.debug('listing a device by the tokens that name it only', {
+        vm: vm.name,
+        label,
+        reason: errorMessage(err),
+      });
+      return [...(naming as string[])];
+    }
   }
 
   private cannot(host: BackendHost, what: string): string {
