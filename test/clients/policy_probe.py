@@ -7,8 +7,8 @@ With python3-dbus-next: subscribes to TestSignal, makes each call below and
 records "ok" or the error name of the reply, then prints "READY" and waits
 for one TestSignal (the test changes a VM's state when it sees READY).
 Finally prints one JSON object: {"uid", "calls": {name: result}, "signals": n}.
-LABEL names the device in the TestMethod call, so the test can find it in
-the backend's journal.
+LABEL names the device in the TestMethod call (LABEL-attach in the
+AttachDevices call), so the test can find it in the backend's journal.
 """
 import asyncio
 import json
@@ -49,6 +49,9 @@ async def main(address, label, timeout):
     calls = {
         "Get": dict(interface=PROPS, member="Get", signature="ss", body=[IFACE, "TestProperty"]),
         "GetAll": dict(interface=PROPS, member="GetAll", signature="s", body=[IFACE]),
+        "GetDevices": dict(interface=IFACE, member="GetDevices", signature="s", body=["vm1"]),
+        "AttachDevices": dict(interface=IFACE, member="AttachDevices", signature="sa{sas}",
+                              body=["vm1", {label + "-attach": ["type=pci", "address=01:00.0"]}]),
         "Introspect": dict(interface="org.freedesktop.DBus.Introspectable", member="Introspect"),
         "Introspect /": dict(path="/", interface="org.freedesktop.DBus.Introspectable", member="Introspect"),
         "Ping": dict(interface="org.freedesktop.DBus.Peer", member="Ping"),
