@@ -4,13 +4,15 @@
  * A plugin is an npm package (or a directory with a `package.json`) whose
  * entry point exports a {@link VmdevdPlugin}, as its default export or as a
  * named export `plugin`. The daemon imports it, checks {@link VmdevdPlugin.apiVersion},
- * loads its `ContainerModule` into a container of its own, asks that container
+ * loads its `ContainerModule` into a container of its own (with nothing of the
+ * daemon's in it), asks that container
  * for the {@link BackendFactory} it binds, and creates one backend per entry
  * of the config's `backends` list that names the plugin.
  *
- * Versions. A plugin declares the plugin-API version it was built for
- * (`apiVersion`, normally {@link PLUGIN_API_VERSION} of the vmdevd it was
- * compiled against). A daemon loads a plugin whose version lies from
+ * Versions. A plugin declares the plugin-API version it was built for, as
+ * a number it writes down (`apiVersion`, or `vmdevd.apiVersion` in its
+ * package.json), not this module's constant, which at run time is the
+ * daemon's own. A daemon loads a plugin whose version lies from
  * {@link OLDEST_PLUGIN_API_VERSION} to its own {@link PLUGIN_API_VERSION}:
  * a version only ever adds optional members, so a plugin built for an
  * older one still fits. It refuses a plugin built for a newer version than
@@ -308,9 +310,10 @@ export const BackendFactory = Symbol.for('vmdevd.plugin-api.BackendFactory');
 /** What a plugin package exports. */
 export interface VmdevdPlugin {
   /**
-   * The plugin-API version it was built for: {@link PLUGIN_API_VERSION} of
-   * the vmdevd it was compiled against. A daemon loads it when this is from
-   * its {@link OLDEST_PLUGIN_API_VERSION} to its own version.
+   * The plugin-API version it was built for, as a number (not
+   * {@link PLUGIN_API_VERSION}, which at run time is the daemon's own). A
+   * daemon loads it when this is from its {@link OLDEST_PLUGIN_API_VERSION}
+   * to its own version.
    */
   readonly apiVersion: number;
   /** A short name for logs. */

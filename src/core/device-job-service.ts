@@ -79,7 +79,8 @@ interface Subscriber {
 /** What a job needs of its service: the clock, the limits, and where its outcome goes. */
 interface JobOwner {
   readonly clock: Clock;
-  readonly timeoutMs: number;
+  /** Read when a job starts a phase: a reloaded timeout applies to what starts after it. */
+  timeoutMs: number;
   readonly graceMs: number;
   /** Makes sure the sweeper runs while some job has a deadline. */
   watch(): void;
@@ -215,6 +216,16 @@ export class DeviceJobService implements Disposable {
       watch: () => this.watchClocks(),
       finished: (job, outcome) => this.finished(job, outcome),
     };
+  }
+
+  /** A new `detachTimeoutSeconds` (config reload): for phases that start from now on. */
+  setTimeoutSeconds(seconds: number): void {
+    this.owner.timeoutMs = Math.round(seconds * 1000);
+  }
+
+  /** `detachTimeoutSeconds` as it is now, in ms (what GetDevices also waits for a backend). */
+  get timeoutMs(): number {
+    return this.owner.timeoutMs;
   }
 
   /** Number of jobs in progress (joined requests count once). */

@@ -6,7 +6,6 @@
 import { inject, injectable } from 'inversify';
 import { DESIRED_STATES, type DesiredState, type Logger } from '../plugin-api.js';
 import { BackendRegistry, type BackendHost } from './backend-registry.js';
-import { Config } from './config.js';
 import { DeviceJobService, type JobKind } from './device-job-service.js';
 import { parseDeviceMap } from './device-spec.js';
 import { VmdevError, errorMessage, invalidArgs } from './errors.js';
@@ -38,7 +37,6 @@ export class VmdevService {
     @inject(StateHub) private readonly hub: StateHub,
     @inject(BackendRegistry) private readonly registry: BackendRegistry,
     @inject(DeviceJobService) private readonly jobs: DeviceJobService,
-    @inject(Config) private readonly config: Config,
     @inject(RootLogger) logger: RootLogger,
   ) {
     this.log = logger.child('request');
@@ -76,11 +74,7 @@ export class VmdevService {
       const target = this.resolve(selector);
       if (target === undefined) throw new VmdevError('VmNotFound', `no VM matches ${JSON.stringify(selector)}`);
       if (this.closed) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
-      const devices = await this.registry.listDevices(
-        target.host,
-        target.entry.vm,
-        Math.round(this.config.detachTimeoutSeconds * 1000),
-      );
+      const devices = await this.registry.listDevices(target.host, target.entry.vm, this.jobs.timeoutMs);
       this.logRequest(
         'GetDevices',
         caller,

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Tries every kind of call to vmdevd's bus name, as whoever runs it.
 
-Usage: policy_probe.py BUS_ADDRESS LABEL [SIGNAL_TIMEOUT_S]
+Usage: policy_probe.py BUS_ADDRESS LABEL [SIGNAL_TIMEOUT_S [SELECTOR VM=STATE]]
 
 With python3-dbus-next: subscribes to TestSignal, makes each call below and
 records "ok" or the error name of the reply, then prints "READY" and waits
@@ -9,6 +9,8 @@ for one TestSignal (the test changes a VM's state when it sees READY).
 Finally prints one JSON object: {"uid", "calls": {name: result}, "signals": n}.
 LABEL names the device in the TestMethod call (LABEL-attach in the
 AttachDevices call), so the test can find it in the backend's journal.
+TestMethod, GetDevices and AttachDevices ask for SELECTOR (default vm1),
+Set writes {VM: STATE} (default vm2=paused).
 """
 import asyncio
 import json
@@ -30,7 +32,7 @@ def bus_call(member, signature="", body=None):
                    signature=signature, body=body or [])
 
 
-async def main(address, label, timeout):
+async def main(address, label, timeout, selector, vm, state):
     bus = await MessageBus(bus_address=address).connect()
     signals = []
     got = asyncio.Event()
@@ -49,21 +51,23 @@ async def main(address, label, timeout):
     calls = {
         "Get": dict(interface=PROPS, member="Get", signature="ss", body=[IFACE, "TestProperty"]),
         "GetAll": dict(interface=PROPS, member="GetAll", signature="s", body=[IFACE]),
-        "GetDevices": dict(interface=IFACE, member="GetDevices", signature="s", body=["vm1"]),
+        "GetDevices": dict(interface=IFACE, member="GetDevices", signature="s", body=[selector]),
         "AttachDevices": dict(interface=IFACE, member="AttachDevices", signature="sa{sas}",
-                              body=["vm1", {label + "-attach": ["type=pci", "address=01:00.0"]}]),
+                              # A disk whose file does not exist: a real hypervisor refuses it, harmlessly.
+                              body=[selector, {label + "-attach": ["type=disk", "target=sdz", "bus=usb",
+                                                                  "source=/nonexistent/vmdevd-probe.img"]}]),
         "Introspect": dict(interface="org.freedesktop.DBus.Introspectable", member="Introspect"),
         "Introspect /": dict(path="/", interface="org.freedesktop.DBus.Introspectable", member="Introspect"),
         "Ping": dict(interface="org.freedesktop.DBus.Peer", member="Ping"),
         "GetMachineId": dict(interface="org.freedesktop.DBus.Peer", member="GetMachineId"),
         "TestMethod": dict(interface=IFACE, member="TestMethod", signature="sa{sas}",
-                           body=["vm1", {label: ["type=disk", "target=vdb"]}]),
+                           body=[selector, {label: ["type=disk", "target=vdb"]}]),
         "Set": dict(interface=PROPS, member="Set", signature="ssv",
-                    body=[IFACE, "TestProperty", Variant("a{ss}", {"vm2": "paused"})]),
+                    body=[IFACE, "TestProperty", Variant("a{ss}", {vm: state})]),
         "unknown member": dict(interface=IFACE, member="Bogus"),
         "unknown interface": dict(interface="org.example.dbustest.Other", member="TestMethod"),
         "TestMethod without interface": dict(member="TestMethod", signature="sa{sas}",
-                                             body=["vm1", {label + "-noiface": ["type=disk", "target=vdc"]}]),
+                                             body=[selector, {label + "-noiface": ["type=disk", "target=vdc"]}]),
     }
     results = {}
     for key, spec in calls.items():
@@ -88,4 +92,6 @@ async def main(address, label, timeout):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 10.0))
+    vm, _, state = (sys.argv[5] if len(sys.argv) > 5 else "vm2=paused").partition("=")
+    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 10.0,
+                     sys.argv[4] if len(sys.argv) > 4 else "vm1", vm, state))

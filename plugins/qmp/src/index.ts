@@ -1,0 +1,29 @@
+/**
+ * The qmp plugin: backends on QEMU processes reached directly through
+ * their QMP sockets, for hosts without libvirt.
+ *
+ * Options: `vms` (a list of `{ name, type?, socket }`) and/or `socketDir`
+ * (every `NAME.qmp` socket there is a VM `NAME`); `commandTimeoutMs`
+ * (10000), `connectTimeoutMs` (5000), `reconnectInitialMs` (500) and
+ * `reconnectMaxMs` (30000).
+ */
+import { BackendFactory, ContainerModule, type VmdevdPlugin } from 'vmdevd/plugin-api';
+import { QmpBackend } from './qmp-backend.js';
+import { OPTIONS_SCHEMA } from './qmp-options.js';
+
+const factory: BackendFactory = {
+  optionsSchema: OPTIONS_SCHEMA,
+  create: (context) => new QmpBackend(context),
+};
+
+export const plugin: VmdevdPlugin = {
+  // The plugin API this was written for: 1. It neither lists nor attaches devices, and cannot
+  // check the tokens that describe a disk or an interface, so vmdevd answers those NotSupported.
+  apiVersion: 1,
+  name: 'qmp',
+  module: new ContainerModule(({ bind }) => {
+    bind<BackendFactory>(BackendFactory).toConstantValue(factory);
+  }),
+};
+
+export default plugin;
