@@ -469,10 +469,14 @@ export class DbusFrontend implements Disposable {
     switch (method.name) {
       case 'GetDevices':
         // A read, open to everyone as the properties are.
-        this.service.devices(caller, msg.body[0]).then(
-          (devices) => this.reply(msg, method.outSignature, [devices]),
-          (err: unknown) => this.replyError(msg, err, method.name),
-        );
+        this.service
+          .devices(caller, msg.body[0])
+          .then(
+            (devices) => this.reply(msg, method.outSignature, [devices]),
+            (err: unknown) => this.replyError(msg, err, method.name),
+          )
+          // The backend may answer after the connection closed (shutdown): nobody is left to tell.
+          .catch((err: unknown) => this.log.warn('GetDevices could not be answered', { error: errorMessage(err) }));
         return;
       case 'TestMethod':
       case 'AttachDevices':
