@@ -4,6 +4,7 @@
  * isolated, so a plugin that fails to load, targets another API version or
  * throws shows up in `Backends` and in the log, never as a daemon crash.
  */
+import { sep } from 'node:path';
 import { Ajv } from 'ajv';
 import { inject, injectable } from 'inversify';
 import {
@@ -419,7 +420,8 @@ export class BackendRegistry implements Disposable {
     let blamed = false;
     for (const host of this.hostList) {
       const root = host.plugin?.root;
-      if (root !== undefined && stack.includes(root)) {
+      // The directory itself, not a longer name that begins with it (vmdevd-plugin-kvm, vmdevd-plugin-kvm-arm).
+      if (root !== undefined && stack.includes(root + sep)) {
         this.setHealth(host, { connected: false, reason: `plugin crashed: ${errorMessage(err)}` });
         blamed = true;
       }

@@ -52,6 +52,10 @@ interface Item {
   /** Whether its call waits on the guest, so that others go first. */
   needsGuest?: boolean;
   done: boolean;
+  /** The connection went away while the call was in flight: libvirt may never have issued it. */
+  callLost?: boolean;
+  /** Issued once more after such a loss (only once). */
+  reissued?: boolean;
 }
 
 function failure(err: unknown, op: Operation = 'detach'): DeviceOutcome {
@@ -190,11 +194,15 @@ export class DomainQueue {
         item.needsGuest = found.needsGuest;
       }
       item.request.hold();
-      // Calls that need no guest overtake those that do, but never one already in flight.
-      const at = item.needsGuest ? this.waiting.length : this.waiting.findIndex((w) => w.needsGuest);
-      this.waiting.splice(at < 0 ? this.waiting.length : at, 0, item);
+      this.enqueue(item);
     }
     this.pump();
+  }
+
+  /** Calls that need no guest (attaches among them) overtake those that do, but never one already in flight. */
+  private enqueue(item: Item): void {
+    const at = item.needsGuest === true ? this.waiting.length : this.waiting.findIndex((w) => w.needsGuest === true);
+    this.waiting.splice(at < 0 ? this.waiting.length : at, 0, item);
   }
 
   private pump(): void {
@@ -282,6 +290,15 @@ export class DomainQueue {
         return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
       const here = await this.devicePresent(request.device, live);
       if (here === true) return this.confirmed(item, live ? 'the live XML' : 'the definition');
+      if (here === false && lost && item.reissued !== true && !request.signal.aborted) {
+        // The call died with the connection and the device is not there:
+        // libvirtd never carried it out. Issue it once more, in line, as a
+        // detach is.
+        item.reissued = true;
+        this.enqueue(item);
+        this.pump();
+        return;
+      }
       if (here === false && (lost || !live)) {
         // The call returned (or the connection came back) and the device is not there: it never will be.
         return item.resolve({
@@ -360,6 +377,7 @@ export class DomainQueue {
         return;
       }
       // The connection went away mid-call: whether it happened is checked after the reconnect.
+      item.callLost = true;
     }
     if (!live) {
       unwatch();
@@ -405,6 +423,16 @@ export class DomainQueue {
         // come, it must not confirm a later device that reuses the alias.
         if (alias !== undefined && result() === undefined) this.backend.expectStrayEvent(this.uuid, alias);
         return item.resolve({ ok: true });
+      }
+      if (gone === false && item.callLost === true && item.reissued !== true && !request.signal.aborted) {
+        // The call died with the connection and the device is still there:
+        // libvirtd (killed, restarted) never carried it out, and no event
+        // will come. Issue it once more, in line.
+        item.reissued = true;
+        item.callLost = false;
+        this.enqueue(item);
+        this.pump();
+        return;
       }
       if (request.signal.aborted) {
         if (alias !== undefined) this.backend.expectStrayEvent(this.uuid, alias);
