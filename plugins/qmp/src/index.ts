@@ -19,7 +19,7 @@ const factory: BackendFactory = {
 export const plugin: VmdevdPlugin = {
   // The plugin API this was written for: 1. It neither lists nor attaches devices, and cannot
   // check the tokens that describe a disk or an interface, so vmdevd answers those NotSupported.
-  apiVersion: 1,
+  apiVersion: 2,
   name: 'qmp',
   module: new ContainerModule(({ bind }) => {
     bind<BackendFactory>(BackendFactory).toConstantValue(factory);
