@@ -2,8 +2,8 @@
  * Bad input over the bus. A seeded fuzzer sends at least 10,000 calls to the
  * daemon (run as in the unit, with the node options of bin/vmdevd) and checks that it answers
  * every one with a valid reply or a D-Bus error, never crashes, never puts a
- * stack trace in an error, never starts a detach for a request it refused,
- * and gives back the memory afterwards.
+ * stack trace in an error, never starts a detach or an attach for a request
+ * it refused, and gives back the memory afterwards.
  *
  *   VMDEVD_FUZZ_SEED=N      repeat a run (the seed is printed)
  *   VMDEVD_FUZZ_CALLS=N     calls in the main phase (default 12000, at least 10000 in CI)
@@ -12,6 +12,9 @@
  * What is sent: TestMethod with valid requests, with requests that have one
  * known defect (bad labels, types, tokens, values, too many devices, too
  * long tokens), with random maps and selectors, and with wrong signatures;
+ * AttachDevices with valid requests and with requests that have one defect
+ * of the grammar or of what an attach needs; GetDevices with known and
+ * random selectors;
  * Properties Get, GetAll and Set with right and wrong signatures, names and
  * values; Introspect and Peer with and without arguments and on other
  * paths; unknown members and interfaces, calls without an interface, calls
@@ -80,7 +83,8 @@ class Tally {
     let outcome: string;
     if (reply.kind === 'return') {
       this.returns++;
-      outcome = call.member === 'TestMethod' ? `return ${String(reply.body[0])}` : 'return';
+      outcome =
+        call.member === 'TestMethod' || call.member === 'AttachDevices' ? `return ${String(reply.body[0])}` : 'return';
       if (call.expect === 'error')
         this.failures.push(
           `${what}: expected an error${call.errors ? ` (${call.errors.join(' or ')})` : ''}, got a reply`,
@@ -272,15 +276,17 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
       `# RSS: ${mb(baseline.kib)} before, ${mb(peak)} right after, ${mb(after.kib)} after settling ${after.waitedMs} ms (${((after.kib / baseline.kib - 1) * 100).toFixed(1)}%; ${rssParts(pid)})`,
     );
 
-    // Detaches the backend started, each of which must come from a request that was accepted.
-    const journal = stack.journal().filter((e) => e['op'] === 'detach');
+    // Detaches and attaches the backend started, each of which must come from a request that was accepted.
+    const journal = stack.journal().filter((e) => e['op'] === 'detach' || e['op'] === 'attach');
     const wrong = journal.filter(
       (e) =>
         !(tally.labelOutcomes.get(String(e['label'])) ?? warm.labelOutcomes.get(String(e['label'])) ?? []).some(
           (o) => o === 'return true',
         ),
     );
-    console.log(`# detaches started: ${journal.length}, from requests that were not accepted: ${wrong.length}`);
+    console.log(
+      `# detaches and attaches started: ${journal.length} (${journal.filter((e) => e['op'] === 'attach').length} attaches), from requests that were not accepted: ${wrong.length}`,
+    );
 
     const failures = [...warm.failures, ...tally.failures];
     assert.deepEqual(failures.slice(0, 20), [], `${failures.length} calls went wrong (seed ${SEED})`);
@@ -289,9 +295,13 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
         .slice(0, 10)
         .map((e) => `${String(e['label'])}: ${(tally.labelOutcomes.get(String(e['label'])) ?? []).join(', ')}`),
       [],
-      `detaches were started for requests that were not accepted (seed ${SEED})`,
+      `detaches or attaches were started for requests that were not accepted (seed ${SEED})`,
     );
     assert.ok(journal.length > 0, 'valid requests started detaches (else the check above proves nothing)');
+    assert.ok(
+      journal.some((e) => e['op'] === 'attach'),
+      'valid requests started attaches (else the check above proves nothing for them)',
+    );
     assert.ok(done >= Math.min(CALLS, MIN_CALLS), `only ${done} calls within ${SECONDS} s`);
     assert.doesNotMatch(
       stack.daemon.output(),

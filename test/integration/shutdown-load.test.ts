@@ -71,7 +71,7 @@ describe('SIGTERM with detaches pending under load', { timeout: 300_000 }, () =>
     );
     assert.ok(released !== undefined, 'the name was released');
     const summary = ledger.summary();
-    const pending = /pending detaches end as failed count=(\d+)/.exec(stack.daemon.output())?.[1];
+    const pending = /pending detaches and attaches end as failed count=(\d+)/.exec(stack.daemon.output())?.[1];
 
     console.log(
       `# SIGTERM after ${CALLS_BEFORE_SIGTERM} answered calls from ${CLIENTS} connections; ${answered} calls in all`,
