@@ -72,6 +72,10 @@ export async function load(
     duration?: number;
     selector?: string;
     expectEntries?: number;
+    /** `--device LABEL:TOKEN,…` for each entry: the devices of a TestMethod. */
+    devices?: readonly string[];
+    /** Walk every Nth reply's body only (a 10,000-entry map costs the client more than the server). */
+    checkEvery?: number;
   },
 ): Promise<LoadResult> {
   const args = [
@@ -89,6 +93,8 @@ export async function load(
   if (options.path) args.push('--path', options.path);
   if (options.selector) args.push('--selector', options.selector);
   if (options.expectEntries !== undefined) args.push('--expect-entries', String(options.expectEntries));
+  for (const device of options.devices ?? []) args.push('--device', device);
+  if (options.checkEvery !== undefined) args.push('--check-every', String(options.checkEvery));
   const out = await run(`${TOOLS}/load`, args);
   const result = JSON.parse(out) as LoadResult;
   if (result.failed > 0)
@@ -165,3 +171,29 @@ export function nowNs(): bigint {
 }
 
 export const fmt = (v: number, digits = 1) => (Number.isFinite(v) ? v.toFixed(digits) : '–');
+
+/**
+ * A 95% interval of `statistic` by the bootstrap: `rounds` resamples (with
+ * replacement) of `items`, from a fixed seed so that a run reproduces.
+ */
+export function bootstrapInterval<T>(
+  items: readonly T[],
+  statistic: (sample: readonly T[]) => number,
+  rounds = 2000,
+): [number, number] {
+  if (items.length === 0) return [NaN, NaN];
+  let seed = 0x9e3779b9;
+  const random = () => {
+    // xorshift32
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) / 0x100000000;
+  };
+  const values: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const sample = Array.from({ length: items.length }, () => items[Math.floor(random() * items.length)]!);
+    values.push(statistic(sample));
+  }
+  return [percentile(values, 2.5), percentile(values, 97.5)];
+}

@@ -32,6 +32,9 @@ PACKAGES=(
   debootstrap debian-archive-keyring systemd-container
   # npm run lint: the formatter of the native code, the shell checker
   clang-format shellcheck
+  # the multi-host test: a CA and certificates for qemu+tls:// (certtool), and
+  # an sshd of the test's own on a loopback port for qemu+ssh://
+  gnutls-bin openssh-server
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -6,7 +6,13 @@
  *           disk's alias (libvirt's default event loop on its own thread);
  *   vmdevd  the same disk through vmdevd: from just before an async
  *           TestMethod(domain, {"d": ["type=disk", "target=sda"]}) to the
- *           DeviceDetached signal for label "d".
+ *           DeviceDetached signal for label "d";
+ *
+ * or both in turn (alternate: direct, vmdevd, direct, ...), so that the
+ * two are measured in pairs of neighbouring cycles and drift of the host
+ * in between weighs on both alike. The probe's own DEVICE_REMOVED callbacks
+ * are registered only around its direct cycles, so each cycle runs as it
+ * would in a run of its mode alone.
  *
  * Between cycles, outside the timed part, the disk is attached again
  * through the same libvirt connection in both modes, with the <disk> element
@@ -41,7 +47,7 @@
 #define ERROR_TEXT 256
 #define ALIAS_TEXT 128
 
-typedef enum { MODE_DIRECT, MODE_VMDEVD } probe_mode_t;
+typedef enum { MODE_DIRECT, MODE_VMDEVD, MODE_ALTERNATE } probe_mode_t;
 
 static void sleep_ms(uint64_t ms)
 {
@@ -322,6 +328,7 @@ static int read_file(const char *path, char **out)
  * TestMethod's reply arrived (vmdevd). t_done: DEVICE_REMOVED or
  * DeviceDetached arrived; 0 when it did not. */
 typedef struct {
+    probe_mode_t mode; /* direct or vmdevd */
     uint64_t t_start, t_return, t_done;
     bool ok;
     char alias[ALIAS_TEXT];
@@ -491,7 +498,7 @@ static int restore_disk(probe_t *p)
     }
 check_alias:
     /* DEVICE_REMOVED names the disk by its alias. */
-    if (p->mode == MODE_DIRECT && !p->alias[0]) {
+    if (p->mode != MODE_VMDEVD && !p->alias[0]) {
         fprintf(stderr, "detach-probe: %s has no alias in the live XML\n", p->target);
         return -1;
     }
@@ -707,15 +714,48 @@ static int cycle_vmdevd(probe_t *p, cycle_t *c)
     return status;
 }
 
-/* One cycle: the timed detach, then (untimed) the disk back in place.
- * Returns -1 when the run must stop. */
-static int run_cycle(probe_t *p, cycle_t *c)
+/* The probe's own DEVICE_REMOVED and DEVICE_REMOVAL_FAILED callbacks. */
+static int register_events(probe_t *p, int *callback_ids)
+{
+    /* Registered before the first call: the event can beat the reply. */
+    callback_ids[0] = virConnectDomainEventRegisterAny(
+        p->conn, p->dom, VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+        VIR_DOMAIN_EVENT_CALLBACK(on_device_removed), &p->waiter, NULL);
+    if (callback_ids[0] >= 0)
+        callback_ids[1] = virConnectDomainEventRegisterAny(
+            p->conn, p->dom, VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
+            VIR_DOMAIN_EVENT_CALLBACK(on_device_removal_failed), &p->waiter, NULL);
+    if (callback_ids[0] < 0 || callback_ids[1] < 0) {
+        fprintf(stderr, "detach-probe: event registration: %s\n", last_error());
+        return -1;
+    }
+    return 0;
+}
+
+static void deregister_events(probe_t *p, int *callback_ids)
+{
+    for (int i = 0; i < 2; i++) {
+        if (callback_ids[i] >= 0)
+            virConnectDomainEventDeregisterAny(p->conn, callback_ids[i]);
+        callback_ids[i] = -1;
+    }
+}
+
+/* One cycle in `mode`: the timed detach, then (untimed) the disk back in
+ * place. Returns -1 when the run must stop. */
+static int run_cycle(probe_t *p, probe_mode_t mode, int *callback_ids, cycle_t *c)
 {
     bool present;
     int r;
 
     *c = (cycle_t){ 0 };
-    r = p->mode == MODE_DIRECT ? cycle_direct(p, c) : cycle_vmdevd(p, c);
+    c->mode = mode;
+    if (p->mode == MODE_ALTERNATE && mode == MODE_DIRECT &&
+        register_events(p, callback_ids) < 0)
+        return -1;
+    r = mode == MODE_DIRECT ? cycle_direct(p, c) : cycle_vmdevd(p, c);
+    if (p->mode == MODE_ALTERNATE && mode == MODE_DIRECT)
+        deregister_events(p, callback_ids);
     if (r < 0)
         return -1;
     if (c->ok) {
@@ -747,11 +787,14 @@ static void json_string_or_null(FILE *f, const char *text)
 
 static void usage(FILE *f)
 {
-    fputs("Usage: detach-probe --mode direct|vmdevd --domain NAME [--uri URI] [--target DEV]\n"
+    fputs("Usage: detach-probe --mode direct|vmdevd|alternate --domain NAME [--uri URI]\n"
+          "                    [--target DEV]\n"
           "                    [--address ADDR] [--dest NAME] [--disk-xml FILE]\n"
           "                    [--cycles N] [--warmup N] [--timeout-ms MS] [--json]\n"
           "  --mode direct      detach with virDomainDetachDeviceFlags; done at DEVICE_REMOVED\n"
           "  --mode vmdevd      detach with vmdevd's TestMethod; done at DeviceDetached\n"
+          "  --mode alternate   direct and vmdevd in turn, starting with direct; N cycles\n"
+          "                     of each\n"
           "  --domain NAME      a running domain with the disk attached\n"
           "  --uri URI          libvirt URI (default qemu:///system); both modes attach the\n"
           "                     disk again through it between cycles\n"
@@ -821,20 +864,8 @@ static int setup(probe_t *p, int *callback_ids)
         return -1;
     }
 
-    if (p->mode == MODE_DIRECT) {
-        /* Registered before the first call: the event can beat the reply. */
-        callback_ids[0] = virConnectDomainEventRegisterAny(
-            p->conn, p->dom, VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
-            VIR_DOMAIN_EVENT_CALLBACK(on_device_removed), &p->waiter, NULL);
-        if (callback_ids[0] >= 0)
-            callback_ids[1] = virConnectDomainEventRegisterAny(
-                p->conn, p->dom, VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
-                VIR_DOMAIN_EVENT_CALLBACK(on_device_removal_failed), &p->waiter, NULL);
-        if (callback_ids[0] < 0 || callback_ids[1] < 0) {
-            fprintf(stderr, "detach-probe: event registration: %s\n", last_error());
-            return -1;
-        }
-    }
+    if (p->mode == MODE_DIRECT && register_events(p, callback_ids) < 0)
+        return -1;
     /* A disk left detached by an interrupted run is attached first. */
     if (restore_disk(p) < 0)
         return -1;
@@ -926,9 +957,10 @@ int main(int argc, char **argv)
     sd_bus_slot *matches[2] = { NULL, NULL };
     bool waiter_ok = false, stopped = false;
     cycle_t *cycles = NULL;
-    samples_t done_lat = { 0 }, return_lat = { 0 };
-    latency_stats_t done_st, return_st;
-    uint64_t completed = 0, errors = 0, outcome_first = 0, unexpected;
+    /* Per mode: [MODE_DIRECT], [MODE_VMDEVD]. */
+    samples_t done_lat[2] = { { 0 } }, return_lat[2] = { { 0 } };
+    latency_stats_t done_st[2], return_st[2];
+    uint64_t total, completed = 0, errors = 0, outcome_first = 0, unexpected;
     int opt, status = 2;
 
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -971,6 +1003,8 @@ int main(int argc, char **argv)
         p.mode = MODE_DIRECT;
     } else if (strcmp(mode, "vmdevd") == 0) {
         p.mode = MODE_VMDEVD;
+    } else if (strcmp(mode, "alternate") == 0) {
+        p.mode = MODE_ALTERNATE;
     } else {
         fprintf(stderr, "detach-probe: unknown --mode '%s'\n", mode);
         return 2;
@@ -983,9 +1017,10 @@ int main(int argc, char **argv)
     }
     p.bw.domain = p.domain;
 
-    cycles = calloc(p.cycles, sizeof(*cycles));
-    if (!cycles || samples_init(&done_lat, p.cycles) < 0 ||
-        samples_init(&return_lat, p.cycles) < 0) {
+    total = p.mode == MODE_ALTERNATE ? 2 * p.cycles : p.cycles;
+    cycles = calloc(total, sizeof(*cycles));
+    if (!cycles || samples_init(&done_lat[0], total) < 0 || samples_init(&done_lat[1], total) < 0 ||
+        samples_init(&return_lat[0], total) < 0 || samples_init(&return_lat[1], total) < 0) {
         fprintf(stderr, "detach-probe: out of memory\n");
         goto out;
     }
@@ -1003,24 +1038,27 @@ int main(int argc, char **argv)
     /* In both modes, so the probe's own cost is the same in both. */
     if (event_loop_start(&loop, "detach-probe") < 0)
         goto out;
-    if (p.mode == MODE_VMDEVD && setup_bus(&p, matches) < 0)
+    if (p.mode != MODE_DIRECT && setup_bus(&p, matches) < 0)
         goto out;
     if (setup(&p, callback_ids) < 0)
         goto out;
 
-    for (uint64_t i = 0; i < p.warmup; i++) {
+    /* Alternating, warm-up included: both modes warm up. */
+#define CYCLE_MODE(i) \
+    (p.mode == MODE_ALTERNATE ? ((i) % 2 ? MODE_VMDEVD : MODE_DIRECT) : p.mode)
+    for (uint64_t i = 0; i < (p.mode == MODE_ALTERNATE ? 2 * p.warmup : p.warmup); i++) {
         cycle_t c;
 
-        if (run_cycle(&p, &c) < 0 || !c.ok) {
+        if (run_cycle(&p, CYCLE_MODE(i), callback_ids, &c) < 0 || !c.ok) {
             fprintf(stderr, "detach-probe: warm-up cycle %" PRIu64 " failed: %s\n", i,
                     c.error[0] ? c.error : "see above");
             goto out;
         }
     }
 
-    for (uint64_t i = 0; i < p.cycles; i++) {
+    for (uint64_t i = 0; i < total; i++) {
         cycle_t *c = &cycles[i];
-        int r = run_cycle(&p, c);
+        int r = run_cycle(&p, CYCLE_MODE(i), callback_ids, c);
 
         completed++;
         if (!c->ok) {
@@ -1029,8 +1067,10 @@ int main(int argc, char **argv)
                 first_error = c->error;
             fprintf(stderr, "detach-probe: cycle %" PRIu64 ": %s\n", i, c->error);
         } else {
-            if (samples_push(&done_lat, c->t_done - c->t_start) < 0 ||
-                samples_push(&return_lat, c->t_return - c->t_start) < 0) {
+            int m = c->mode == MODE_VMDEVD;
+
+            if (samples_push(&done_lat[m], c->t_done - c->t_start) < 0 ||
+                samples_push(&return_lat[m], c->t_return - c->t_start) < 0) {
                 fprintf(stderr, "detach-probe: out of memory\n");
                 goto out;
             }
@@ -1047,23 +1087,27 @@ int main(int argc, char **argv)
         }
     }
 
-    samples_stats(&done_lat, &done_st);
-    samples_stats(&return_lat, &return_st);
+    for (int m = 0; m < 2; m++) {
+        samples_stats(&done_lat[m], &done_st[m]);
+        samples_stats(&return_lat[m], &return_st[m]);
+    }
     pthread_mutex_lock(&p.waiter.lock);
     unexpected = p.waiter.unexpected;
     pthread_mutex_unlock(&p.waiter.lock);
     unexpected += p.bw.unexpected;
 
     if (p.json) {
+        static const char *const mode_names[] = { "direct", "vmdevd", "alternate" };
+
         fprintf(stdout, "{\"tool\":\"detach-probe\",\"mode\":\"%s\",\"uri\":",
-                p.mode == MODE_DIRECT ? "direct" : "vmdevd");
+                mode_names[p.mode]);
         json_string(stdout, p.uri);
         fputs(",\"domain\":", stdout);
         json_string(stdout, p.domain);
         fputs(",\"target\":", stdout);
         json_string(stdout, p.target);
         fputs(",\"dest\":", stdout);
-        json_string_or_null(stdout, p.mode == MODE_VMDEVD ? p.dest : NULL);
+        json_string_or_null(stdout, p.mode != MODE_DIRECT ? p.dest : NULL);
         fputs(",\"vm_key\":", stdout);
         json_string_or_null(stdout, p.bw.vm_key);
         printf(",\"cycles\":%" PRIu64 ",\"warmup\":%" PRIu64 ",\"completed\":%" PRIu64
@@ -1072,22 +1116,37 @@ int main(int argc, char **argv)
                p.cycles, p.warmup, completed, errors, stopped ? "true" : "false", unexpected,
                outcome_first);
         json_string_or_null(stdout, first_error);
-        fputc(',', stdout);
-        json_latency(stdout, "latency", &done_st);
-        fputc(',', stdout);
-        json_latency(stdout, "return", &return_st);
+        if (p.mode == MODE_ALTERNATE) {
+            /* Per mode: done and returned, as "latency" and "return" are
+             * in a run of one mode. */
+            fputc(',', stdout);
+            json_latency(stdout, "latency_direct", &done_st[0]);
+            fputc(',', stdout);
+            json_latency(stdout, "return_direct", &return_st[0]);
+            fputc(',', stdout);
+            json_latency(stdout, "latency_vmdevd", &done_st[1]);
+            fputc(',', stdout);
+            json_latency(stdout, "return_vmdevd", &return_st[1]);
+        } else {
+            int m = p.mode == MODE_VMDEVD;
+
+            fputc(',', stdout);
+            json_latency(stdout, "latency", &done_st[m]);
+            fputc(',', stdout);
+            json_latency(stdout, "return", &return_st[m]);
+        }
         fputs(",\"samples\":[", stdout);
         for (uint64_t i = 0; i < completed; i++) {
             const cycle_t *c = &cycles[i];
 
-            printf("%s{\"cycle\":%" PRIu64 ",\"ok\":%s,\"t_start_ns\":\"%" PRIu64
+            printf("%s{\"cycle\":%" PRIu64 ",\"mode\":\"%s\",\"ok\":%s,\"t_start_ns\":\"%" PRIu64
                    "\",\"t_return_ns\":\"%" PRIu64 "\",\"t_done_ns\":\"%" PRIu64 "\"",
-                   i ? "," : "", i, c->ok ? "true" : "false", c->t_start, c->t_return,
-                   c->t_done);
+                   i ? "," : "", i, c->mode == MODE_DIRECT ? "direct" : "vmdevd",
+                   c->ok ? "true" : "false", c->t_start, c->t_return, c->t_done);
             if (c->ok)
                 printf(",\"latency_ns\":%" PRIu64 ",\"return_ns\":%" PRIu64,
                        c->t_done - c->t_start, c->t_return - c->t_start);
-            if (p.mode == MODE_DIRECT) {
+            if (c->mode == MODE_DIRECT) {
                 fputs(",\"alias\":", stdout);
                 json_string(stdout, c->alias);
             }
@@ -1099,19 +1158,22 @@ int main(int argc, char **argv)
         }
         fputs("]}\n", stdout);
     } else {
-        const bool direct = p.mode == MODE_DIRECT;
+        static const char *const mode_names[] = { "direct", "vmdevd", "alternate" };
 
         printf("detach-probe: %s, %s %s %s, %" PRIu64 " of %" PRIu64 " cycles (+%" PRIu64
                " warm-up), %" PRIu64 " errors, %" PRIu64 " unexpected outcomes%s\n",
-               direct ? "direct" : "vmdevd", p.uri, p.domain, p.target, completed, p.cycles,
-               p.warmup, errors, unexpected, stopped ? ", STOPPED" : "");
-        print_stats_text(direct ? "detach call -> DEVICE_REMOVED" : "TestMethod -> DeviceDetached",
-                         &done_st);
-        print_stats_text(direct ? "detach call -> call returned" : "TestMethod -> reply",
-                         &return_st);
-        printf("  %s before the %s in %" PRIu64 " of %zu cycles\n",
-               direct ? "DEVICE_REMOVED" : "DeviceDetached", direct ? "call returned" : "reply",
-               outcome_first, done_st.n);
+               mode_names[p.mode], p.uri, p.domain, p.target, completed, total, p.warmup,
+               errors, unexpected, stopped ? ", STOPPED" : "");
+        for (int m = 0; m < 2; m++) {
+            if (done_st[m].n == 0)
+                continue;
+            print_stats_text(m ? "TestMethod -> DeviceDetached" : "detach call -> DEVICE_REMOVED",
+                             &done_st[m]);
+            print_stats_text(m ? "TestMethod -> reply" : "detach call -> call returned",
+                             &return_st[m]);
+        }
+        printf("  the outcome before the call returned (or the reply) in %" PRIu64
+               " of %zu cycles\n", outcome_first, done_st[0].n + done_st[1].n);
         if (first_error)
             printf("  first error: %s\n", first_error);
     }
@@ -1119,11 +1181,9 @@ int main(int argc, char **argv)
     status = errors || stopped ? 1 : 0;
 
 out:
-    for (int i = 0; i < 2; i++) {
-        if (callback_ids[i] >= 0)
-            virConnectDomainEventDeregisterAny(p.conn, callback_ids[i]);
+    deregister_events(&p, callback_ids);
+    for (int i = 0; i < 2; i++)
         sd_bus_slot_unref(matches[i]);
-    }
     sd_bus_flush_close_unref(p.bus);
     if (p.dom)
         virDomainFree(p.dom);
@@ -1134,7 +1194,9 @@ out:
         waiter_destroy(&p.waiter);
     free(p.attach_xml);
     free(cycles);
-    samples_free(&done_lat);
-    samples_free(&return_lat);
+    for (int m = 0; m < 2; m++) {
+        samples_free(&done_lat[m]);
+        samples_free(&return_lat[m]);
+    }
     return status;
 }

@@ -57,6 +57,15 @@ static const struct {
 };
 #define N_KINDS (sizeof(kinds) / sizeof(kinds[0]))
 
+#define MAX_DEVICES 8
+#define MAX_TOKENS 16
+
+/* One device of a --device request: a label and its tokens (NULL-ended). */
+typedef struct {
+    char *label;
+    char *tokens[MAX_TOKENS + 1];
+} device_t;
+
 /* What to call and how to judge the answer. */
 typedef struct {
     sd_bus *bus;
@@ -64,6 +73,8 @@ typedef struct {
     const char *dest;
     const char *path;
     const char *selector;
+    device_t devices[MAX_DEVICES]; /* testmethod: instead of the default request */
+    size_t n_devices;
     char *domain_path;      /* libvirt-get-name: first path from ListDomains */
     int64_t expect_entries; /* -1: any */
     int expect_bool;        /* -1: any */
@@ -149,6 +160,46 @@ static int append_testmethod(sd_bus_message *m, const char *selector, bool valid
                                  "d2", 2, valid ? "type=disk" : "type=floppy", "target=vdb");
 }
 
+/* The request of --device options: a{sas} with those devices. */
+static int append_devices(sd_bus_message *m, const char *selector, const target_t *t)
+{
+    int r = sd_bus_message_append_basic(m, 's', selector);
+
+    if (r >= 0)
+        r = sd_bus_message_open_container(m, 'a', "{sas}");
+    for (size_t i = 0; r >= 0 && i < t->n_devices; i++) {
+        r = sd_bus_message_open_container(m, 'e', "sas");
+        if (r >= 0)
+            r = sd_bus_message_append_basic(m, 's', t->devices[i].label);
+        if (r >= 0)
+            r = sd_bus_message_append_strv(m, (char **)t->devices[i].tokens);
+        if (r >= 0)
+            r = sd_bus_message_close_container(m);
+    }
+    if (r >= 0)
+        r = sd_bus_message_close_container(m);
+    return r;
+}
+
+/* "LABEL:TOKEN,TOKEN,...": the string is split in place. */
+static int parse_device(char *text, device_t *d)
+{
+    char *colon = strchr(text, ':'), *token, *save = NULL;
+    size_t n = 0;
+
+    if (!colon || colon == text || !colon[1])
+        return -EINVAL;
+    *colon = '\0';
+    d->label = text;
+    for (token = strtok_r(colon + 1, ",", &save); token; token = strtok_r(NULL, ",", &save)) {
+        if (n == MAX_TOKENS)
+            return -E2BIG;
+        d->tokens[n++] = token;
+    }
+    d->tokens[n] = NULL;
+    return n ? 0 : -EINVAL;
+}
+
 static int build_call(const target_t *t, sd_bus_message **out)
 {
     sd_bus_message *m = NULL;
@@ -169,7 +220,9 @@ static int build_call(const target_t *t, sd_bus_message **out)
         r = sd_bus_message_new_method_call(t->bus, &m, t->dest, t->path, VMDEVD_INTERFACE,
                                            "TestMethod");
         if (r >= 0)
-            r = append_testmethod(m, t->selector, t->kind == KIND_TESTMETHOD);
+            r = t->n_devices && t->kind == KIND_TESTMETHOD
+                    ? append_devices(m, t->selector, t)
+                    : append_testmethod(m, t->selector, t->kind == KIND_TESTMETHOD);
         break;
     case KIND_GET_TESTPROPERTY:
         r = sd_bus_message_new_method_call(t->bus, &m, t->dest, t->path,
@@ -659,7 +712,8 @@ static void usage(FILE *f)
 {
     fputs("Usage: load --call KIND [--address ADDR] [--dest NAME] [--path PATH]\n"
           "            [--duration S | --count N] [--inflight K] [--warmup N]\n"
-          "            [--selector S] [--expect-entries N] [--expect-bool true|false]\n"
+          "            [--selector S] [--device L:T,...] [--expect-entries N]\n"
+          "            [--expect-bool true|false]\n"
           "            [--check-every N] [--floor N] [--timeout-ms MS] [--json]\n"
           "KIND: ping                 Peer.Ping to the bus itself (the bus floor)\n"
           "      peer-ping            Peer.Ping to --dest\n"
@@ -678,6 +732,8 @@ static void usage(FILE *f)
           "  --inflight K          calls kept outstanding (default 1: blocking calls)\n"
           "  --warmup N            unmeasured calls first (default 200)\n"
           "  --selector S          TestMethod selector (default " DEFAULT_SELECTOR ")\n"
+          "  --device L:T,T,...    testmethod: send these devices instead (label L, tokens T;\n"
+          "                        repeat for up to 8 devices)\n"
           "  --expect-entries N    get-testproperty/libvirt-listdomains: reply must have N\n"
           "  --expect-bool B       testmethod: the reply must be B\n"
           "  --check-every N       walk the whole reply body on every Nth reply only;\n"
@@ -704,7 +760,7 @@ int main(int argc, char **argv)
 {
     enum { OPT_ADDRESS = 256, OPT_CALL, OPT_DEST, OPT_PATH, OPT_DURATION, OPT_COUNT,
            OPT_INFLIGHT, OPT_WARMUP, OPT_SELECTOR, OPT_EXPECT_ENTRIES, OPT_EXPECT_BOOL,
-           OPT_FLOOR, OPT_TIMEOUT, OPT_CHECK_EVERY, OPT_JSON };
+           OPT_FLOOR, OPT_TIMEOUT, OPT_CHECK_EVERY, OPT_DEVICE, OPT_JSON };
     static const struct option options[] = {
         { "address", required_argument, NULL, OPT_ADDRESS },
         { "call", required_argument, NULL, OPT_CALL },
@@ -715,6 +771,7 @@ int main(int argc, char **argv)
         { "inflight", required_argument, NULL, OPT_INFLIGHT },
         { "warmup", required_argument, NULL, OPT_WARMUP },
         { "selector", required_argument, NULL, OPT_SELECTOR },
+        { "device", required_argument, NULL, OPT_DEVICE },
         { "expect-entries", required_argument, NULL, OPT_EXPECT_ENTRIES },
         { "expect-bool", required_argument, NULL, OPT_EXPECT_BOOL },
         { "floor", required_argument, NULL, OPT_FLOOR },
@@ -746,6 +803,10 @@ int main(int argc, char **argv)
         case OPT_DEST: target.dest = optarg; break;
         case OPT_PATH: target.path = optarg; break;
         case OPT_SELECTOR: target.selector = optarg; break;
+        case OPT_DEVICE:
+            bad |= target.n_devices == MAX_DEVICES ||
+                   parse_device(optarg, &target.devices[target.n_devices++]) < 0;
+            break;
         case OPT_JSON: json = true; break;
         case OPT_DURATION:
             bad |= parse_double(optarg, 0.001, 86400, &duration_s) < 0;

@@ -7,6 +7,8 @@
         "native/constants.cc",
         "native/errors.cc",
         "native/event-loop.cc",
+        "native/call-threads.cc",
+        "native/js-queue.cc",
         "native/events.cc",
         "native/connection.cc",
         "native/domain-calls.cc",

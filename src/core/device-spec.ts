@@ -338,10 +338,24 @@ class ParsedDevice implements DeviceSpec {
   ) {}
 
   get xml(): string | undefined {
-    if (this.#xml === null) this.#xml = buildDeviceXml(this.type, this.params);
+    if (this.#xml === null) {
+      // Clients ask for the same devices again and again; building the XML
+      // costs more than the rest of a request's checks.
+      const key = this.identity.slice(0, this.identity.lastIndexOf(';'));
+      this.#xml = builtXml.get(key);
+      if (this.#xml === undefined && !builtXml.has(key)) {
+        this.#xml = buildDeviceXml(this.type, this.params);
+        if (builtXml.size >= BUILT_XML_CACHE_SIZE) builtXml.delete(builtXml.keys().next().value!);
+        builtXml.set(key, this.#xml);
+      }
+    }
     return this.#xml;
   }
 }
+
+/** Device XML by the device's identity (without persistent=, which the XML does not show). */
+const builtXml = new Map<string, string | undefined>();
+const BUILT_XML_CACHE_SIZE = 1024;
 
 /**
  * Validates a whole device map. Throws `InvalidArgs` on the first problem, so

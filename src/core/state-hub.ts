@@ -7,17 +7,16 @@
  * the names collide. Names never contain `/`, so keys are unique, and they
  * depend only on the current VMs, never on the order events arrived in.
  *
- * Announcements: the first change after a quiet period is announced at
- * once; further changes within the coalescing window are announced together
- * when it ends, so the last state is never lost.
+ * Announcements: every change is announced at once, unless announcements
+ * are held (see `hold`: the D-Bus frontend holds them while a state signal
+ * is still waiting to be written); changes meanwhile are announced
+ * together, with the map as it then is, when the last hold is released, so
+ * the last state is never lost.
  */
-import { performance } from 'node:perf_hooks';
-import { inject, injectable } from 'inversify';
+import { injectable } from 'inversify';
 import type { VmInfo } from '../plugin-api.js';
 import type { Disposable } from './disposable.js';
 import { Emitter, type Event } from './event.js';
-
-export const CoalesceWindowMs = Symbol('CoalesceWindowMs');
 
 export type StateMap = Readonly<Record<string, string>>;
 
@@ -34,16 +33,12 @@ export class StateHub implements Disposable {
   private mapCache: StateMap | undefined;
   private lastAnnounced: StateMap | undefined;
   private forceNext = false;
-  private windowTimer: NodeJS.Timeout | undefined;
-  /** performance.now() of the last announcement. */
-  private lastAnnouncedAt = -Infinity;
+  private holds = 0;
   private pending = false;
   private readonly onDidChangeMapEmitter = new Emitter<StateMap>();
 
-  /** Fires with the whole map when it changed (coalesced, see above). */
+  /** Fires with the whole map when it changed (held back while held, see above). */
   readonly onDidChangeMap: Event<StateMap> = this.onDidChangeMapEmitter.event;
-
-  constructor(@inject(CoalesceWindowMs) private readonly windowMs: number) {}
 
   /** Replaces a backend's VMs. Always announced, even when equal: it is a republish. */
   publish(backendId: string, vms: readonly VmInfo[]): void {
@@ -117,26 +112,33 @@ export class StateHub implements Disposable {
     return this.entries().find((e) => e.key === key);
   }
 
+  /**
+   * Holds announcements until the returned function is called (once; more
+   * calls do nothing). Changes meanwhile cost no map: the map is built and
+   * announced once, when the last hold is released.
+   */
+  hold(): () => void {
+    this.holds++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.holds === 0 && this.pending) {
+        this.pending = false;
+        this.announce();
+      }
+    };
+  }
+
   dispose(): void {
-    clearTimeout(this.windowTimer);
-    this.windowTimer = undefined;
     this.onDidChangeMapEmitter.dispose();
   }
 
   private changed(): void {
     this.entriesCache = undefined;
     this.mapCache = undefined;
-    if (this.windowTimer !== undefined) {
+    if (this.holds > 0) {
       this.pending = true;
-      return;
-    }
-    // A timer only inside a burst: the first change after a quiet period
-    // goes out without arming one (on its path, that costs as much as the
-    // rest of the hub's work).
-    const since = performance.now() - this.lastAnnouncedAt;
-    if (since < this.windowMs) {
-      this.pending = true;
-      this.windowTimer = setTimeout(() => this.windowEnded(), this.windowMs - since);
       return;
     }
     this.announce();
@@ -147,16 +149,7 @@ export class StateHub implements Disposable {
     if (!this.forceNext && this.lastAnnounced !== undefined && sameMap(map, this.lastAnnounced)) return;
     this.forceNext = false;
     this.lastAnnounced = map;
-    this.lastAnnouncedAt = performance.now();
     this.onDidChangeMapEmitter.fire(map);
-  }
-
-  private windowEnded(): void {
-    this.windowTimer = undefined;
-    if (this.pending) {
-      this.pending = false;
-      this.announce();
-    }
   }
 }
 

@@ -13,7 +13,7 @@ import { DeviceJobService, JobGraceMs } from '../core/device-job-service.js';
 import { Lifecycle, type LifecycleStage } from '../core/lifecycle.js';
 import { RootLogger } from '../core/logger.js';
 import { BUILTIN_PLUGIN_DIR } from '../core/plugin-loader.js';
-import { CoalesceWindowMs, StateHub } from '../core/state-hub.js';
+import { StateHub } from '../core/state-hub.js';
 import { VmdevService } from '../core/vmdev-service.js';
 import { DbusFrontend, InterfaceDefinitionToken } from '../dbus/dbus-frontend.js';
 import { loadInterface } from '../dbus/interface-definition.js';
@@ -22,8 +22,6 @@ import { MemoryReclaimer } from './memory-reclaimer.js';
 export interface ContainerOptions {
   /** Where in-repo plugins are looked up; the package's `plugins/` by default. */
   readonly builtinPluginDir?: string;
-  /** Window within which state changes are announced together. */
-  readonly coalesceWindowMs?: number;
   /** How long a backend may take to verify a device after its timeout. */
   readonly jobGraceMs?: number;
   /** The core's time (tests run it by hand). */
@@ -37,7 +35,6 @@ export function createContainer(config: Config, logger: RootLogger, options: Con
   container.bind(Config).toConstantValue(config);
   container.bind(RootLogger).toConstantValue(logger);
   container.bind(BuiltinPluginDir).toConstantValue(options.builtinPluginDir ?? BUILTIN_PLUGIN_DIR);
-  container.bind(CoalesceWindowMs).toConstantValue(options.coalesceWindowMs ?? 10);
   container.bind(JobGraceMs).toConstantValue(options.jobGraceMs ?? 2000);
   container.bind(Clock).toConstantValue(options.clock ?? systemClock);
   container.bind(InterfaceDefinitionToken).toConstantValue(loadInterface());

@@ -199,6 +199,15 @@ export function sendTrusted(bus: MessageBus, msg: TrustedMessage): void {
   connectionOf(bus).message(msg);
 }
 
+/**
+ * Calls `fn` once every message sent on `bus` so far has been handed to its
+ * socket and the socket is not asking to wait: at once when nothing waits,
+ * and also when the connection ends first.
+ */
+export function whenWritten(bus: MessageBus, fn: () => void): void {
+  connectionOf(bus).whenWritten(fn);
+}
+
 /** Calls `listener` for each message the connection dropped for its length. */
 export function onOversized(bus: MessageBus, listener: (m: OversizedMessage) => void): void {
   connectionOf(bus).on('oversized', listener);

@@ -30,9 +30,9 @@ import { StateHub, type StateMap } from '../core/state-hub.js';
 import { VmdevService } from '../core/vmdev-service.js';
 import { cleanText } from '../core/clean-text.js';
 import { DBUS_ERRORS } from '../protocol.js';
-import { onConnectionEnd, onOversized, openBus, sendTrusted, type MessageBus } from './bus-connection.js';
+import { onConnectionEnd, onOversized, openBus, sendTrusted, whenWritten, type MessageBus } from './bus-connection.js';
+import { StateBodyEncoder, type StateBodies } from './state-bodies.js';
 import type { UndecodableMessage } from './wire/fast-connection.js';
-import { encodeBody } from './wire/encoder.js';
 import {
   PROPERTY_READ_ONLY,
   UNKNOWN_INTERFACE,
@@ -64,6 +64,8 @@ const NO_REPLY_EXPECTED = 0x1;
  */
 export const MAX_CALL_BYTES = 4 * 1024 * 1024;
 const LIMITS_EXCEEDED = DBUS_ERRORS.LimitsExceeded;
+/** What the PropertiesChanged of TestProperty lists as invalidated with it. */
+const INVALIDATED_WITH_STATES: readonly string[] = ['Vms'];
 
 /** Unique names are never reused on a bus, so credentials can be kept; this bounds the memory. */
 const CREDENTIAL_CACHE_SIZE = 1024;
@@ -178,7 +180,11 @@ export class DbusFrontend implements Disposable {
   /** Fires once if the bus connection breaks after `connect()` (not when `close()` ends it). */
   readonly onDidLoseConnection: Event<Error> = this.onDidLoseConnectionEmitter.event;
   private readonly credentialCache = new Map<string, Credentials>();
-  private encodedStateCache = new WeakMap<StateMap, Buffer>();
+  /** The encoded messages of the current state map (see state-bodies.ts). */
+  private stateBodies: { readonly map: StateMap; readonly bodies: StateBodies } | undefined;
+  private readonly stateBodyEncoder = new StateBodyEncoder(INTERFACE_NAME, INVALIDATED_WITH_STATES);
+  /** Holds the hub's announcements while a state signal is still waiting to be written. */
+  private stateHold: (() => void) | undefined;
   private methodHandler: Disposable | undefined;
   private undecodableWindow = { start: -Infinity, logged: 0, suppressed: 0 };
 
@@ -312,18 +318,50 @@ export class DbusFrontend implements Disposable {
     this.onDidLoseConnectionEmitter.fire(error);
   }
 
+  /**
+   * Sends `TestSignal` and `PropertiesChanged` with the map, and holds the
+   * hub's announcements until both are written: when the bus keeps up, that
+   * is right after this turn of the event loop and every change goes out at
+   * once; when it does not, the changes meanwhile go out together, with the
+   * last map, as soon as it has taken these. TestSignal is written first, on
+   * its own (the connection writes what was sent in a tick at its end):
+   * PropertiesChanged, which says the same, follows in the next write.
+   */
   private emitStates(map: StateMap): void {
     if (this.closed) return;
-    this.signal(INTERFACE_NAME, 'TestSignal', 'a{ss}', [map]);
-    this.signal(PROPERTIES, 'PropertiesChanged', 'sa{sv}as', [
-      INTERFACE_NAME,
-      { TestProperty: new Variant('a{ss}', map) },
-      ['Vms'],
-    ]);
+    const bodies = this.bodiesOf(map);
+    this.signal(INTERFACE_NAME, 'TestSignal', 'a{ss}', [map], bodies.testSignal);
+    const held = this.stateHold === undefined;
+    if (held) this.stateHold = this.hub.hold();
+    process.nextTick(() => {
+      if (!this.closed) {
+        this.signal(
+          PROPERTIES,
+          'PropertiesChanged',
+          'sa{sv}as',
+          [INTERFACE_NAME, { TestProperty: new Variant('a{ss}', map) }, INVALIDATED_WITH_STATES],
+          bodies.propertiesChanged,
+        );
+      }
+      if (!held) return;
+      whenWritten(this.bus!, () => {
+        const release = this.stateHold;
+        this.stateHold = undefined;
+        release?.();
+      });
+    });
   }
 
-  private signal(iface: string, member: string, signature: string, body: unknown[]): void {
-    sendTrusted(this.bus!, { type: MessageType.SIGNAL, path: OBJECT_PATH, interface: iface, member, signature, body });
+  private signal(iface: string, member: string, signature: string, body: unknown[], rawBody?: Buffer): void {
+    sendTrusted(this.bus!, {
+      type: MessageType.SIGNAL,
+      path: OBJECT_PATH,
+      interface: iface,
+      member,
+      signature,
+      body,
+      rawBody,
+    });
   }
 
   private emitPropertiesChanged(changed: Record<string, unknown>, invalidated: string[] = []): void {
@@ -588,7 +626,7 @@ export class DbusFrontend implements Disposable {
       if (prop.access === 'write') throw invalidArgs(`property ${name} cannot be read`);
       const value = this.propertyValue(name);
       const body = [new Variant(prop.type, value)];
-      this.reply(msg, 'v', body, name === 'TestProperty' ? this.encodedStates(value as StateMap, body) : undefined);
+      this.reply(msg, 'v', body, name === 'TestProperty' ? this.bodiesOf(value as StateMap).getReply : undefined);
       return;
     }
 
@@ -617,17 +655,15 @@ export class DbusFrontend implements Disposable {
   }
 
   /**
-   * The reply body of `Get TestProperty`, encoded once per state map: the map
-   * changes only with VM states, and with 1,000 VMs encoding it is most of
-   * the cost of a Get.
+   * The encoded bodies of the messages that carry `map`, made once per map
+   * (the hub hands out the same map object until a VM changes): a change is
+   * encoded once for its two signals and every `Get` until the next one.
    */
-  private encodedStates(map: StateMap, body: unknown[]): Buffer {
-    let bytes = this.encodedStateCache.get(map);
-    if (bytes === undefined) {
-      bytes = encodeBody('v', body);
-      this.encodedStateCache = new WeakMap([[map, bytes]]);
+  private bodiesOf(map: StateMap): StateBodies {
+    if (this.stateBodies?.map !== map) {
+      this.stateBodies = { map, bodies: this.stateBodyEncoder.encode(map) };
     }
-    return bytes;
+    return this.stateBodies.bodies;
   }
 
   private reply(msg: Message, signature: string, body: unknown[], rawBody?: Buffer): void {

@@ -9,9 +9,16 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import dbus from 'dbus-next';
-import { onConnectionEnd, openBus, setNextSerial, type MessageBus } from '../../src/dbus/bus-connection.js';
+import {
+  onConnectionEnd,
+  openBus,
+  sendTrusted,
+  setNextSerial,
+  whenWritten,
+  type MessageBus,
+} from '../../src/dbus/bus-connection.js';
 import { MessageFramer } from '../../src/dbus/wire/decoder.js';
-import { encodeMessage } from '../../src/dbus/wire/encoder.js';
+import { encodeBody, encodeMessage } from '../../src/dbus/wire/encoder.js';
 import { BusAddressError, busTargets, createFastConnection } from '../../src/dbus/wire/fast-connection.js';
 import { startPrivateBus, tcpBusConfig, type PrivateBus } from '../harness/dbus-daemon.js';
 import { makeTempDir } from '../harness/temp-dir.js';
@@ -201,6 +208,54 @@ describe('fast connection on a private dbus-daemon', () => {
     }
   });
 
+  it('large encoded bodies, written from their own buffers, arrive in order among small messages', async () => {
+    const server = await openBus(bus.address);
+    const client = await openBus(bus.address);
+    try {
+      const seen: Array<[number, number]> = [];
+      const all = new Promise<void>((resolve) =>
+        server.on('message', (msg: dbus.Message) => {
+          if (msg.member !== 'Map') return;
+          const map = msg.body[1] as Record<string, string>;
+          seen.push([msg.body[0] as number, Object.keys(map).length]);
+          if (seen.length === 60) resolve();
+        }),
+      );
+      await server.call(
+        new Message({
+          destination: 'org.freedesktop.DBus',
+          path: '/org/freedesktop/DBus',
+          interface: 'org.freedesktop.DBus',
+          member: 'AddMatch',
+          signature: 's',
+          body: ["type='signal',interface='org.example.Maps'"],
+        }),
+      );
+      const mapOf = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`vm-${i}`, 'running']));
+      // Every third map is large (its body over 16 KiB); all sent in one tick.
+      for (let i = 0; i < 60; i++) {
+        const map = mapOf(i % 3 === 0 ? 2000 : i);
+        sendTrusted(client, {
+          type: MessageType.SIGNAL,
+          path: '/x',
+          interface: 'org.example.Maps',
+          member: 'Map',
+          signature: 'ua{ss}',
+          body: [i, map],
+          rawBody: encodeBody('ua{ss}', [i, map]),
+        });
+      }
+      await all;
+      assert.deepEqual(
+        seen,
+        Array.from({ length: 60 }, (_, i) => [i, i % 3 === 0 ? 2000 : i]),
+      );
+    } finally {
+      client.disconnect();
+      server.disconnect();
+    }
+  });
+
   it('a body that does not fit its signature throws to the caller and sends nothing', async () => {
     const client = await openBus(bus.address);
     try {
@@ -368,6 +423,44 @@ describe('fast connection on a fake bus', () => {
       const started = Date.now();
       await assert.rejects(openBus(fake.address), /during authentication/);
       assert.ok(Date.now() - started < 5000);
+    } finally {
+      await fake.close();
+      dir.remove();
+    }
+  });
+
+  it('whenWritten: at once when nothing waits, after the write of the tick, and after drain when the bus stops reading', async () => {
+    const dir = makeTempDir('vmdevd-fake-');
+    const fake = await startFakeBus(dir.file('bus'));
+    let client: net.Socket | undefined;
+    fake.onClient = (socket) => (client = socket);
+    try {
+      const bus = await openBus(fake.address);
+      const calls: string[] = [];
+      whenWritten(bus, () => calls.push('idle'));
+      assert.deepEqual(calls, ['idle'], 'nothing waits: at once');
+      bus.send(Message.newSignal('/x', 'org.example.X', 'Small', 's', ['x']));
+      whenWritten(bus, () => calls.push('small'));
+      assert.deepEqual(calls, ['idle'], 'not before the write at the end of the tick');
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(calls, ['idle', 'small']);
+
+      client!.pause();
+      // Far more than a socket buffer holds: the write waits for 'drain'.
+      const big = 'x'.repeat(1 << 20);
+      for (let i = 0; i < 8; i++) bus.send(Message.newSignal('/x', 'org.example.X', 'Big', 's', [big]));
+      const written = new Promise<void>((resolve) => whenWritten(bus, resolve));
+      whenWritten(bus, () => calls.push('big'));
+      for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+      assert.deepEqual(calls, ['idle', 'small'], 'not while the bus reads nothing');
+      client!.resume();
+      await written;
+      assert.deepEqual(calls, ['idle', 'small', 'big']);
+      // The fake bus reads no further than Hello: closing it resets the connection.
+      bus.on('error', () => {});
+      const ended = new Promise<void>((resolve) => onConnectionEnd(bus, resolve));
+      bus.disconnect();
+      await ended;
     } finally {
       await fake.close();
       dir.remove();

@@ -1,7 +1,7 @@
 /**
  * Plugins and backends: broken plugins are isolated and shown in Backends,
  * several backends share one map with deterministic keys, a disconnected
- * backend is reported, and state changes are announced (coalesced in bursts).
+ * backend is reported, and state changes are announced (a burst while a signal waits to be written goes out as one).
  */
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
@@ -225,6 +225,6 @@ describe('several backends', () => {
       .slice(from)
       .filter((s) => s.member === 'TestSignal')
       .map((s) => (s.body[0] as Record<string, string>)['east-only']);
-    assert.deepEqual(emitted, ['running', 'shutoff'], 'the first state at once, the last at the end of the window');
+    assert.deepEqual(emitted, ['running', 'shutoff'], 'the first state at once, the last once the first was written');
   });
 });

@@ -19,7 +19,7 @@ async function registryWithFixture(): Promise<BackendRegistry> {
   const config = parseConfig({ backends: [{ id: 'rej', plugin: fixture }] }, 'test config', dirname(fixture));
   const registry = new BackendRegistry(
     config,
-    new StateHub(1),
+    new StateHub(),
     new RootLogger('error', { write: () => {} }),
     '/nonexistent',
   );

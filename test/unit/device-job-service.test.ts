@@ -32,7 +32,7 @@ function setup(timeoutSeconds: number, graceMs: number, call: Call, kind: JobKin
   const lines: string[] = [];
   const logger = new RootLogger('debug', { write: (l) => lines.push(l) });
   const clock = new ManualClock();
-  const hub = new StateHub(1);
+  const hub = new StateHub();
   hub.publish('b', [{ name: 'vm', state: 'running' }]);
   const requests: DeviceRequest[] = [];
   /** Which registry method each request went to. */

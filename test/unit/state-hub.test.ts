@@ -2,18 +2,12 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { StateHub, type StateMap } from '../../src/core/state-hub.js';
 
-function hub(windowMs = 20): { hub: StateHub; seen: StateMap[]; times: number[] } {
-  const h = new StateHub(windowMs);
+function hub(): { hub: StateHub; seen: StateMap[] } {
+  const h = new StateHub();
   const seen: StateMap[] = [];
-  const times: number[] = [];
-  h.onDidChangeMap((m) => {
-    seen.push(m);
-    times.push(performance.now());
-  });
-  return { hub: h, seen, times };
+  h.onDidChangeMap((m) => seen.push(m));
+  return { hub: h, seen };
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('StateHub keys', () => {
   it('keys a VM by its name when the name is unique', () => {
@@ -52,49 +46,83 @@ describe('StateHub keys', () => {
 });
 
 describe('StateHub announcements', () => {
-  it('announces the first change at once', () => {
+  it('announces every change at once while nothing holds it', () => {
     const { hub: h, seen } = hub();
     h.update('a', { name: 'x', state: 'running' });
     assert.equal(seen.length, 1, 'synchronously');
+    h.update('a', { name: 'x', state: 'paused' });
+    h.update('a', { name: 'x', state: 'running' });
+    assert.deepEqual(seen, [{ x: 'running' }, { x: 'paused' }, { x: 'running' }]);
     h.dispose();
   });
 
-  it('coalesces a burst and announces the last state at the end of the window', async () => {
-    const { hub: h, seen, times } = hub(20);
-    const t0 = performance.now();
+  it('holds changes while held and announces the last map once, when released', () => {
+    const { hub: h, seen } = hub();
     h.update('a', { name: 'x', state: 'running' });
+    const release = h.hold();
     h.update('a', { name: 'x', state: 'paused' });
     h.update('a', { name: 'x', state: 'crashed' });
     h.update('a', { name: 'y', state: 'running' });
     assert.equal(seen.length, 1);
-    await sleep(60);
+    release();
     assert.deepEqual(seen, [{ x: 'running' }, { x: 'crashed', y: 'running' }]);
-    assert.ok(times[1]! - t0 >= 18, 'not before the window ended');
+    release();
+    assert.equal(seen.length, 2, 'a second call of the same release does nothing');
     h.dispose();
   });
 
-  it('does not announce a change that changed nothing, but announces a republish', async () => {
-    const { hub: h, seen } = hub(5);
+  it('waits for the last of several holds', () => {
+    const { hub: h, seen } = hub();
+    const first = h.hold();
+    const second = h.hold();
     h.update('a', { name: 'x', state: 'running' });
-    await sleep(20);
+    first();
+    assert.equal(seen.length, 0);
+    second();
+    assert.deepEqual(seen, [{ x: 'running' }]);
+    h.dispose();
+  });
+
+  it('announces nothing on release when nothing changed while held', () => {
+    const { hub: h, seen } = hub();
     h.update('a', { name: 'x', state: 'running' });
-    await sleep(20);
+    h.hold()();
     assert.equal(seen.length, 1);
+    h.dispose();
+  });
+
+  it('does not announce a change that changed nothing, but announces a republish', () => {
+    const { hub: h, seen } = hub();
+    h.update('a', { name: 'x', state: 'running' });
+    h.update('a', { name: 'x', state: 'running' });
+    assert.equal(seen.length, 1);
+    const release = h.hold();
+    h.update('a', { name: 'x', state: 'paused' });
+    h.update('a', { name: 'x', state: 'running' });
+    release();
+    assert.equal(seen.length, 1, 'back where it was when the hold began');
     h.publish('a', [{ name: 'x', state: 'running' }]);
     assert.equal(seen.length, 2);
     h.dispose();
   });
 
-  it('never loses the last state when changes keep coming', async () => {
-    const { hub: h, seen } = hub(10);
+  it('never loses the last state when changes keep coming, each while the previous announcement is held', () => {
+    const { hub: h, seen } = hub();
+    // As the frontend does: every announcement holds the next ones until it is written.
+    let release: (() => void) | undefined;
+    h.onDidChangeMap(() => (release = h.hold()));
     for (let i = 0; i < 50; i++) {
       h.update('a', { name: 'x', state: i % 2 === 0 ? 'running' : 'paused' });
-      await sleep(2);
+      if (i % 10 === 9) {
+        const r = release;
+        release = undefined;
+        r?.();
+      }
     }
     h.update('a', { name: 'x', state: 'shutoff' });
-    await sleep(40);
+    release?.();
     assert.equal(seen.at(-1)!['x'], 'shutoff');
-    assert.ok(seen.length < 51, `coalesced: ${seen.length} announcements for 51 changes`);
+    assert.ok(seen.length <= 7, `held: ${seen.length} announcements for 51 changes`);
     h.dispose();
   });
 

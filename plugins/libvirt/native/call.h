@@ -1,75 +1,84 @@
-// One libvirt call run on a libuv worker thread, settling a Promise on the
-// JavaScript thread. The call holds its own reference on the connection,
-// so a close() issued meanwhile cannot free it under the call (close()
-// then reports that reference in its count).
+// One libvirt call, run on one of its connection's call threads and settling
+// a Promise on the JavaScript thread. The call holds its own reference on
+// the connection, so a close() issued meanwhile cannot free it under the
+// call (close() then reports that reference in its count).
 #pragma once
 
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 #include <napi.h>
 
+#include <exception>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 
+#include "call-threads.h"
 #include "errors.h"
+#include "js-queue.h"
 #include "libvirt-handles.h"
 
 namespace vmdevd {
 
+// What a connection's calls run on and settle through.
+struct CallContext {
+  std::shared_ptr<CallThreads> threads;
+  std::shared_ptr<JsQueue> js;
+};
+
 template <typename Result>
-class LibvirtCall final : public Napi::AsyncWorker {
+class LibvirtCall {
  public:
-  // Runs on the worker thread; on failure captures libvirt's error into
-  // `error` (CallError::Capture) and returns false.
+  // Runs on a call thread; on failure captures libvirt's error into `error`
+  // (CallError::Capture) and returns false.
   using Work = std::function<bool(virConnectPtr conn, Result& result, CallError& error)>;
   // Runs on the JavaScript thread with the result of a successful Work.
   using ToJs = Napi::Value (*)(Napi::Env env, Result& result);
 
-  static Napi::Value Start(Napi::Env env, virConnectPtr conn, Work work, ToJs toJs) {
-    auto* call = new LibvirtCall(env, conn, std::move(work), toJs);
-    Napi::Promise promise = call->deferred_.Promise();
-    call->Queue();  // the worker deletes itself once settled
-    return promise;
+  // JavaScript thread.
+  static Napi::Value Start(Napi::Env env, const CallContext& context, virConnectPtr conn, Work work,
+                           ToJs toJs) {
+    auto deferred = Napi::Promise::Deferred::New(env);
+    virConnectRef(conn);  // an atomic increment, nothing blocking
+    context.js->Hold();
+    std::shared_ptr<JsQueue> js = context.js;
+    context.threads->Submit([js, conn, work = std::move(work), toJs, deferred] {
+      auto outcome = std::make_shared<Outcome>();
+      try {
+        virResetLastError();
+        outcome->ok = work(conn, outcome->result, outcome->error);
+      } catch (const std::exception& e) {
+        outcome->ok = false;
+        outcome->error.Set(VIR_ERR_INTERNAL_ERROR, e.what());
+      }
+      virConnectClose(conn);
+      js->Post([js, outcome, toJs, deferred](Napi::Env env) {
+        Settle(env, *outcome, toJs, deferred);
+        js->Release();
+      });
+    });
+    return deferred.Promise();
   }
 
  private:
-  LibvirtCall(Napi::Env env, virConnectPtr conn, Work work, ToJs toJs)
-      : Napi::AsyncWorker(env, "vmdevd:libvirt-call"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        conn_(conn),
-        work_(std::move(work)),
-        toJs_(toJs) {
-    virConnectRef(conn_);  // an atomic increment, nothing blocking
-  }
+  struct Outcome {
+    Result result{};
+    bool ok = false;
+    CallError error;
+  };
 
-  void Execute() override {
-    struct Unref {
-      virConnectPtr conn;
-      ~Unref() { virConnectClose(conn); }
-    } unref{conn_};
-    virResetLastError();
-    ok_ = work_(conn_, result_, error_);
-  }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (ok_) {
-      deferred_.Resolve(toJs_(env, result_));
-    } else {
-      deferred_.Reject(MakeLibvirtError(env, error_));
+  static void Settle(Napi::Env env, Outcome& outcome, ToJs toJs, Napi::Promise::Deferred deferred) {
+    try {
+      if (outcome.ok) {
+        deferred.Resolve(toJs(env, outcome.result));
+      } else {
+        deferred.Reject(MakeLibvirtError(env, outcome.error));
+      }
+    } catch (const Napi::Error& error) {
+      deferred.Reject(error.Value());
     }
   }
-
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
-
-  Napi::Promise::Deferred deferred_;
-  virConnectPtr conn_;
-  Work work_;
-  ToJs toJs_;
-  Result result_{};
-  bool ok_ = false;
-  CallError error_;
 };
 
 // Looks the domain up by UUID, runs `fn` on it and frees it. `fn` returns

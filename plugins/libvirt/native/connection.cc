@@ -1,5 +1,6 @@
 #include "connection.h"
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,6 +15,7 @@ namespace vmdevd {
 // What open() hands to the Connection constructor.
 struct Opened {
   virConnectPtr conn;
+  CallContext calls;
   std::shared_ptr<EventSink> sink;
 };
 
@@ -23,105 +25,40 @@ namespace {
 // but JavaScript's, except at environment teardown. Returns what
 // virConnectClose returns: the references still held, or -1.
 int CloseOpened(virConnectPtr conn, EventSink& sink, CallError& error) {
+  sink.Shutdown();
   sink.Deregister(conn);
   virResetLastError();
   int remaining = virConnectClose(conn);
   if (remaining < 0) error.Capture();
-  sink.Shutdown();
   return remaining;
 }
 
-class OpenWorker final : public Napi::AsyncWorker {
- public:
-  OpenWorker(Napi::Env env, std::string uri, bool readOnly, std::shared_ptr<EventSink> sink)
-      : Napi::AsyncWorker(env, "vmdevd:libvirt-open"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        uri_(std::move(uri)),
-        readOnly_(readOnly),
-        sink_(std::move(sink)) {}
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- private:
-  void Execute() override {
-    virResetLastError();
-    conn_ = readOnly_ ? virConnectOpenReadOnly(uri_.c_str()) : virConnectOpen(uri_.c_str());
-    if (conn_ == nullptr) {
-      error_.Capture();
-      return;
-    }
-    if (!sink_->Register(conn_, error_)) {
-      virConnectClose(conn_);
-      conn_ = nullptr;
-    }
-  }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (conn_ == nullptr) {
-      sink_->Shutdown();
-      deferred_.Reject(MakeLibvirtError(env, error_));
-      return;
-    }
-    Opened opened{conn_, sink_};
-    AddonData& data = GetAddonData(env);
-    data.constructing = &opened;
-    struct Reset {
-      AddonData& data;
-      ~Reset() { data.constructing = nullptr; }
-    } reset{data};
-    deferred_.Resolve(data.connectionClass.New({}));
-  }
-
-  void OnError(const Napi::Error& error) override {
-    // Only a C++ exception in Execute gets here.
-    if (conn_ != nullptr) {
-      CallError ignored;
-      CloseOpened(conn_, *sink_, ignored);
-    } else {
-      sink_->Shutdown();
-    }
-    deferred_.Reject(error.Value());
-  }
-
-  Napi::Promise::Deferred deferred_;
-  std::string uri_;
-  bool readOnly_;
-  std::shared_ptr<EventSink> sink_;
-  virConnectPtr conn_ = nullptr;
-  CallError error_;
-};
-
-class CloseWorker final : public Napi::AsyncWorker {
- public:
-  CloseWorker(Napi::Env env, virConnectPtr conn, std::shared_ptr<EventSink> sink)
-      : Napi::AsyncWorker(env, "vmdevd:libvirt-close"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        conn_(conn),
-        sink_(std::move(sink)) {}
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- private:
-  void Execute() override { remaining_ = CloseOpened(conn_, *sink_, error_); }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (remaining_ < 0) {
-      deferred_.Reject(MakeLibvirtError(env, error_));
-    } else {
-      deferred_.Resolve(Napi::Number::New(env, remaining_));
-    }
-  }
-
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
-
-  Napi::Promise::Deferred deferred_;
-  virConnectPtr conn_;
-  std::shared_ptr<EventSink> sink_;
-  int remaining_ = -1;
-  CallError error_;
-};
+// Closes on one of the connection's own threads (a remote close waits for
+// the daemon: never on the JavaScript thread, which runs libvirt's event
+// loop), then lets those threads end. `deferred`, if any, settles with
+// virConnectClose's count. Holds the JsQueue until it has.
+void CloseOnCallThread(virConnectPtr conn, const CallContext& calls,
+                       std::shared_ptr<EventSink> sink,
+                       std::optional<Napi::Promise::Deferred> deferred) {
+  calls.js->Hold();
+  std::shared_ptr<JsQueue> js = calls.js;
+  std::shared_ptr<CallThreads> threads = calls.threads;
+  threads->Submit([conn, js, threads, sink, deferred] {
+    auto error = std::make_shared<CallError>();
+    int remaining = CloseOpened(conn, *sink, *error);
+    threads->Retire();
+    js->Post([js, remaining, error, deferred](Napi::Env env) {
+      if (deferred) {
+        if (remaining < 0) {
+          deferred->Reject(MakeLibvirtError(env, *error));
+        } else {
+          deferred->Resolve(Napi::Number::New(env, remaining));
+        }
+      }
+      js->Release();
+    });
+  });
+}
 
 Napi::Value Boolean(Napi::Env env, bool& value) { return Napi::Boolean::New(env, value); }
 Napi::Value InfoList(Napi::Env env, std::vector<DomainInfo>& list) {
@@ -160,14 +97,57 @@ Napi::Value Connection::Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string uri = StringArg(info, 0, "uri");
   bool readOnly = BoolArg(info, 1);
-  // The loop must run before the connection exists: the remote driver
-  // watches its socket and keepalive through it.
-  event_loop::Start();
-  auto sink = EventSink::Create(env, info[2], info[3]);
-  auto* worker = new OpenWorker(env, std::move(uri), readOnly, std::move(sink));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  // The queue is created with the hold of this open() call.
+  CallContext calls{CallThreads::Create(), JsQueue::Create(env, "vmdevd:libvirt-connection")};
+  auto sink = EventSink::Create(env, info[2], info[3], calls.js);
+  auto deferred = Napi::Promise::Deferred::New(env);
+  struct Result {
+    virConnectPtr conn = nullptr;
+    CallError error;
+  };
+  calls.threads->Submit([uri, readOnly, calls, sink, deferred] {
+    auto result = std::make_shared<Result>();
+    virResetLastError();
+    result->conn = readOnly ? virConnectOpenReadOnly(uri.c_str()) : virConnectOpen(uri.c_str());
+    if (result->conn == nullptr) {
+      result->error.Capture();
+    } else if (!sink->Register(result->conn, result->error)) {
+      virConnectClose(result->conn);
+      result->conn = nullptr;
+    }
+    if (result->conn == nullptr) calls.threads->Retire();
+    std::shared_ptr<JsQueue> js = calls.js;
+    bool posted = js->Post([calls, sink, deferred, result](Napi::Env env) {
+      if (result->conn == nullptr) {
+        sink->Shutdown();
+        sink->ReleaseJs();
+        deferred.Reject(MakeLibvirtError(env, result->error));
+        calls.js->Release();
+        return;
+      }
+      Opened opened{result->conn, calls, sink};
+      AddonData& data = GetAddonData(env);
+      data.constructing = &opened;
+      struct Reset {
+        AddonData& data;
+        ~Reset() { data.constructing = nullptr; }
+      } reset{data};
+      try {
+        deferred.Resolve(data.connectionClass.New({}));
+      } catch (const Napi::Error& error) {
+        deferred.Reject(error.Value());
+      }
+      // The connection, if made, holds the queue from now on.
+      calls.js->Release();
+    });
+    // The environment is gone: nobody will take the connection.
+    if (!posted && result->conn != nullptr) {
+      CallError ignored;
+      CloseOpened(result->conn, *sink, ignored);
+      calls.threads->Retire();
+    }
+  });
+  return deferred.Promise();
 }
 
 Connection::Connection(const Napi::CallbackInfo& info)
@@ -177,49 +157,60 @@ Connection::Connection(const Napi::CallbackInfo& info)
     throw Napi::TypeError::New(info.Env(), "use open() to create a connection");
   GetAddonData(info.Env()).constructing = nullptr;
   conn_ = opened->conn;
+  calls_ = opened->calls;
   sink_ = std::move(opened->sink);
+  opened->conn = nullptr;
+  calls_.js->Hold();  // released by Detach()
   napi_add_env_cleanup_hook(env_, OnEnvironmentCleanup, this);
 }
 
 Connection::~Connection() {
   if (conn_ == nullptr) return;
-  virConnectPtr conn = conn_;
+  CallContext calls = calls_;
   std::shared_ptr<EventSink> sink = sink_;
-  Detach();
-  // Closing may wait for the daemon: not on the JavaScript thread.
-  event_loop::Post([conn, sink] {
-    CallError ignored;
-    CloseOpened(conn, *sink, ignored);
-  });
+  // The close holds the queue before Detach() lets go of it.
+  calls.js->Hold();
+  virConnectPtr conn = Detach();
+  CloseOnCallThread(conn, calls, sink, std::nullopt);
+  calls.js->Release();
 }
 
-void Connection::Detach() {
+virConnectPtr Connection::Detach() {
   napi_remove_env_cleanup_hook(env_, OnEnvironmentCleanup, this);
+  virConnectPtr conn = conn_;
   conn_ = nullptr;
+  // No event reaches JavaScript from now on.
+  sink_->Shutdown();
+  sink_->ReleaseJs();
   sink_.reset();
+  calls_.js->Release();
+  return conn;
 }
 
 void Connection::OnEnvironmentCleanup(void* self) {
   auto* connection = static_cast<Connection*>(self);
-  virConnectPtr conn = connection->conn_;
   std::shared_ptr<EventSink> sink = connection->sink_;
-  connection->Detach();
+  std::shared_ptr<CallThreads> threads = connection->calls_.threads;
+  virConnectPtr conn = connection->Detach();
   CallError ignored;
   CloseOpened(conn, *sink, ignored);
+  threads->Retire();
 }
 
 Napi::Value Connection::Close(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  auto deferred = Napi::Promise::Deferred::New(env);
   if (conn_ == nullptr) {
-    auto deferred = Napi::Promise::Deferred::New(env);
     deferred.Reject(MakeClosedError(env));
     return deferred.Promise();
   }
-  auto* worker = new CloseWorker(env, conn_, sink_);
-  Detach();
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  CallContext calls = calls_;
+  std::shared_ptr<EventSink> sink = sink_;
+  calls.js->Hold();
+  virConnectPtr conn = Detach();
+  CloseOnCallThread(conn, calls, sink, deferred);
+  calls.js->Release();
+  return deferred.Promise();
 }
 
 Napi::Value Connection::SetKeepAlive(const Napi::CallbackInfo& info) {
@@ -252,26 +243,12 @@ Napi::Value Connection::IsAlive(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Connection::ListDomains(const Napi::CallbackInfo& info) {
+  std::optional<std::string> metadataNamespace;
+  if (!info[0].IsUndefined()) metadataNamespace = StringArg(info, 0, "metadataNamespace");
   return Call<std::vector<DomainInfo>>(
       info.Env(),
-      [](virConnectPtr conn, std::vector<DomainInfo>& list, CallError& error) {
-        virDomainPtr* domains = nullptr;
-        int count = virConnectListAllDomains(conn, &domains, 0);
-        if (count < 0) return error.Capture();
-        std::vector<DomainHandle> handles;
-        handles.reserve(count);
-        for (int i = 0; i < count; i++) handles.emplace_back(domains[i]);
-        free(domains);
-        for (auto& dom : handles) {
-          DomainInfo info;
-          if (!ReadDomainInfo(dom.get(), info, error)) {
-            // A transient domain that went away since the list was taken.
-            if (error.code == VIR_ERR_NO_DOMAIN) continue;
-            return false;
-          }
-          list.push_back(std::move(info));
-        }
-        return true;
+      [metadataNamespace](virConnectPtr conn, std::vector<DomainInfo>& list, CallError& error) {
+        return ListDomainInfo(conn, metadataNamespace, list, error);
       },
       InfoList);
 }

@@ -21,7 +21,7 @@ class Connection : public Napi::ObjectWrap<Connection> {
 
   // Only open() constructs it; `new` from JavaScript throws.
   explicit Connection(const Napi::CallbackInfo& info);
-  // Garbage collected while still open: closed on the event loop thread.
+  // Garbage collected while still open: closed on one of its call threads.
   ~Connection() override;
 
  private:
@@ -45,7 +45,8 @@ class Connection : public Napi::ObjectWrap<Connection> {
   Napi::Value Destroy(const Napi::CallbackInfo& info);
   Napi::Value Undefine(const Napi::CallbackInfo& info);
 
-  // Starts `work` on a worker thread, or rejects when already closed.
+  // Starts `work` on one of the connection's threads, or rejects when
+  // already closed.
   template <typename Result>
   Napi::Value Call(Napi::Env env, typename LibvirtCall<Result>::Work work,
                    typename LibvirtCall<Result>::ToJs toJs) {
@@ -54,7 +55,7 @@ class Connection : public Napi::ObjectWrap<Connection> {
       deferred.Reject(MakeClosedError(env));
       return deferred.Promise();
     }
-    return LibvirtCall<Result>::Start(env, conn_, std::move(work), toJs);
+    return LibvirtCall<Result>::Start(env, calls_, conn_, std::move(work), toJs);
   }
   Napi::Value DomainAction(const Napi::CallbackInfo& info, int (*action)(virDomainPtr));
   // (uuid, text, flags): a device given by its XML or alias.
@@ -64,11 +65,13 @@ class Connection : public Napi::ObjectWrap<Connection> {
   // Environment teardown with the connection still open: closes it
   // synchronously (nothing else can run any more).
   static void OnEnvironmentCleanup(void* self);
-  // Takes the open state out of this object (it then counts as closed).
-  void Detach();
+  // Takes the open state out of this object (it then counts as closed) and
+  // stops its events. Returns the connection.
+  virConnectPtr Detach();
 
   napi_env env_;
   virConnectPtr conn_ = nullptr;
+  CallContext calls_;
   std::shared_ptr<EventSink> sink_;
 };
 

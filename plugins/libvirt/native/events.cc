@@ -1,6 +1,7 @@
 #include "events.h"
 
 #include <chrono>
+#include <utility>
 
 #include "event-loop.h"
 
@@ -29,26 +30,18 @@ EventSink& SinkOf(void* opaque) { return **static_cast<std::shared_ptr<EventSink
 }  // namespace
 
 std::shared_ptr<EventSink> EventSink::Create(Napi::Env env, Napi::Value onEvent,
-                                             Napi::Value onClose) {
+                                             Napi::Value onClose, std::shared_ptr<JsQueue> queue) {
   auto sink = std::make_shared<EventSink>(Private{});
+  sink->env_ = env;
+  sink->queue_ = std::move(queue);
+  sink->direct_ = event_loop::IsLoopEnv(env);
   if (onEvent.IsFunction()) sink->onEvent_ = Napi::Persistent(onEvent.As<Napi::Function>());
   if (onClose.IsFunction()) sink->onClose_ = Napi::Persistent(onClose.As<Napi::Function>());
-  // The finalizer's data keeps the sink alive until the thread-safe
-  // function is gone, so the function references die on this thread.
-  sink->tsfn_ = EventTsfn::New(env, "vmdevd:libvirt-events", 0, 1, sink.get(), OnFinalize,
-                               new std::shared_ptr<EventSink>(sink));
+  if (sink->direct_) {
+    sink->asyncContext_ = std::make_unique<Napi::AsyncContext>(env, "vmdevd:libvirt-event");
+  }
   sink->usable_ = true;
   return sink;
-}
-
-void EventSink::OnFinalize(Napi::Env, std::shared_ptr<EventSink>* hold, EventSink* sink) {
-  {
-    std::lock_guard<std::mutex> lock(sink->mutex_);
-    sink->usable_ = false;
-  }
-  sink->onEvent_.Reset();
-  sink->onClose_.Reset();
-  delete hold;
 }
 
 bool EventSink::Register(virConnectPtr conn, CallError& error) {
@@ -106,16 +99,36 @@ void EventSink::FreeHold(void* opaque) { delete static_cast<std::shared_ptr<Even
 
 void EventSink::Shutdown() {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!usable_) return;
   usable_ = false;
-  tsfn_.Release();
+}
+
+void EventSink::ReleaseJs() {
+  // Called by a listener, from inside a dispatch: once that returns.
+  if (dispatching_ > 0) {
+    releasePending_ = true;
+    return;
+  }
+  releasePending_ = false;
+  onEvent_.Reset();
+  onClose_.Reset();
+  asyncContext_.reset();
 }
 
 void EventSink::Deliver(std::unique_ptr<EventData> data) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
   if (!usable_) return;
-  // The queue is unbounded: this never blocks libvirt's loop.
-  if (tsfn_.NonBlockingCall(data.get()) == napi_ok) data.release();
+  if (direct_ && event_loop::OnLoopThread()) {
+    // A listener may close the connection (and so take the lock).
+    lock.unlock();
+    Napi::Env env(env_);
+    Napi::HandleScope scope(env);
+    Dispatch(env, *data);
+    return;
+  }
+  // Posted under the lock: once Shutdown() has run, nothing more is.
+  std::shared_ptr<EventData> shared(std::move(data));
+  queue_->Post(
+      [self = shared_from_this(), shared](Napi::Env env) { self->DispatchQueued(env, *shared); });
 }
 
 void EventSink::OnLifecycle(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque) {
@@ -151,53 +164,61 @@ void EventSink::OnClose(virConnectPtr, int reason, void* opaque) {
   static_cast<EventSink*>(opaque)->Deliver(std::move(data));
 }
 
-void CallEventJs(Napi::Env env, Napi::Function, EventSink* sink, EventData* raw) {
-  std::unique_ptr<EventData> data(raw);
-  // A null env: the function is being torn down with events still queued.
-  if (env == nullptr || data == nullptr) return;
+void EventSink::DispatchQueued(Napi::Env env, const EventData& data) {
   {
-    std::lock_guard<std::mutex> lock(sink->mutex_);
-    if (!sink->usable_) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!usable_) return;
   }
+  Dispatch(env, data);
+}
+
+void EventSink::Dispatch(Napi::Env env, const EventData& data) {
+  Napi::FunctionReference& listener = data.kind == EventData::Kind::Close ? onClose_ : onEvent_;
+  if (listener.IsEmpty()) return;
+  dispatching_++;
   try {
-    sink->Dispatch(env, *data);
+    Napi::Value argument;
+    if (data.kind == EventData::Kind::Close) {
+      argument = Napi::Number::New(env, data.reason);
+    } else {
+      Napi::Object event = Napi::Object::New(env);
+      switch (data.kind) {
+        case EventData::Kind::Lifecycle:
+          event.Set("kind", "lifecycle");
+          break;
+        case EventData::Kind::DeviceAdded:
+          event.Set("kind", "device-added");
+          break;
+        case EventData::Kind::DeviceRemoved:
+          event.Set("kind", "device-removed");
+          break;
+        default:
+          event.Set("kind", "device-removal-failed");
+          break;
+      }
+      event.Set("name", data.name);
+      event.Set("uuid", data.uuid);
+      if (data.kind == EventData::Kind::Lifecycle) {
+        event.Set("event", data.event);
+        event.Set("detail", data.detail);
+      } else {
+        event.Set("alias", data.alias);
+      }
+      argument = event;
+    }
+    if (asyncContext_) {
+      // Straight from libuv, outside any JavaScript: MakeCallback runs the
+      // microtasks and process.nextTick callbacks the listener queues.
+      listener.MakeCallback(env.Global(), {argument}, *asyncContext_);
+    } else {
+      listener.Call({argument});
+    }
   } catch (const Napi::Error& error) {
     // A throwing listener is an uncaught exception, as in any event
     // emitter; Node would otherwise only warn about it for this API level.
     napi_fatal_exception(env, error.Value());
   }
-}
-
-void EventSink::Dispatch(Napi::Env env, const EventData& data) {
-  if (data.kind == EventData::Kind::Close) {
-    if (!onClose_.IsEmpty()) onClose_.Call({Napi::Number::New(env, data.reason)});
-    return;
-  }
-  if (onEvent_.IsEmpty()) return;
-  Napi::Object event = Napi::Object::New(env);
-  switch (data.kind) {
-    case EventData::Kind::Lifecycle:
-      event.Set("kind", "lifecycle");
-      break;
-    case EventData::Kind::DeviceAdded:
-      event.Set("kind", "device-added");
-      break;
-    case EventData::Kind::DeviceRemoved:
-      event.Set("kind", "device-removed");
-      break;
-    default:
-      event.Set("kind", "device-removal-failed");
-      break;
-  }
-  event.Set("name", data.name);
-  event.Set("uuid", data.uuid);
-  if (data.kind == EventData::Kind::Lifecycle) {
-    event.Set("event", data.event);
-    event.Set("detail", data.detail);
-  } else {
-    event.Set("alias", data.alias);
-  }
-  onEvent_.Call({event});
+  if (--dispatching_ == 0 && releasePending_) ReleaseJs();
 }
 
 }  // namespace vmdevd

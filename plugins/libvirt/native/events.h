@@ -1,5 +1,9 @@
-// Domain events and the connection-close callback, from libvirt's event
-// loop thread to JavaScript through a thread-safe function.
+// Domain events and the connection-close callback, from libvirt to
+// JavaScript. libvirt's event loop runs on the main thread's libuv loop
+// (event-loop.h), so an event of a connection opened there is handed to
+// JavaScript directly, on the thread that received it. Anything else (a
+// connection of a worker thread, a close detected by a call thread) goes
+// through the connection's JsQueue.
 #pragma once
 
 #include <libvirt/libvirt.h>
@@ -10,6 +14,7 @@
 #include <string>
 
 #include "errors.h"
+#include "js-queue.h"
 
 namespace vmdevd {
 
@@ -24,21 +29,18 @@ struct EventData {
   int reason = 0;
 };
 
-class EventSink;
-void CallEventJs(Napi::Env env, Napi::Function, EventSink* sink, EventData* data);
-using EventTsfn = Napi::TypedThreadSafeFunction<EventSink, EventData, CallEventJs>;
-
 // One per connection. Shared by the Connection, libvirt's registrations
 // (each holds a reference until libvirt calls its free callback) and the
-// thread-safe function (until it is finalized on the JavaScript thread).
+// tasks queued for JavaScript.
 class EventSink : public std::enable_shared_from_this<EventSink> {
  public:
   // JavaScript thread. Either callback may be undefined.
-  static std::shared_ptr<EventSink> Create(Napi::Env env, Napi::Value onEvent, Napi::Value onClose);
+  static std::shared_ptr<EventSink> Create(Napi::Env env, Napi::Value onEvent, Napi::Value onClose,
+                                           std::shared_ptr<JsQueue> queue);
 
-  // Registers LIFECYCLE, DEVICE_ADDED, DEVICE_REMOVED, DEVICE_REMOVAL_FAILED for all
-  // domains, and the close callback. Any thread but JavaScript's (it may
-  // talk to the daemon). On failure nothing stays registered.
+  // Registers LIFECYCLE, DEVICE_ADDED, DEVICE_REMOVED, DEVICE_REMOVAL_FAILED
+  // for all domains, and the close callback. A call thread (it may talk to
+  // the daemon). On failure nothing stays registered.
   bool Register(virConnectPtr conn, CallError& error);
 
   // Undoes Register and waits (briefly, bounded) until libvirt has dropped
@@ -48,8 +50,11 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
   void Deregister(virConnectPtr conn);
 
   // Stops delivery: no callback reaches JavaScript after this, queued
-  // events included; releases the thread-safe function. Any thread.
+  // events included. Any thread.
   void Shutdown();
+
+  // Drops the JavaScript callbacks (after Shutdown). JavaScript thread.
+  void ReleaseJs();
 
  private:
   struct Private {};
@@ -58,8 +63,6 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
   explicit EventSink(Private) {}
 
  private:
-  friend void CallEventJs(Napi::Env env, Napi::Function, EventSink* sink, EventData* data);
-  static void OnFinalize(Napi::Env env, std::shared_ptr<EventSink>* hold, EventSink* sink);
   static void FreeHold(void* opaque);
   static void OnLifecycle(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque);
   static void OnDeviceAdded(virConnectPtr conn, virDomainPtr dom, const char* alias, void* opaque);
@@ -69,16 +72,27 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
   static void OnClose(virConnectPtr, int reason, void* opaque);
 
   void Deliver(std::unique_ptr<EventData> data);
+  // JavaScript thread.
+  void DispatchQueued(Napi::Env env, const EventData& data);
   void Dispatch(Napi::Env env, const EventData& data);
 
+  napi_env env_ = nullptr;
+  // Events are dispatched straight from libvirt's callbacks when they run
+  // on this connection's JavaScript thread.
+  bool direct_ = false;
+  std::shared_ptr<JsQueue> queue_;
+
   std::mutex mutex_;
-  bool usable_ = false;  // the thread-safe function may be called
+  bool usable_ = false;  // guarded: events may reach JavaScript
   int callbackIds_[4] = {-1, -1, -1, -1};
   bool closeRegistered_ = false;
-  EventTsfn tsfn_;
-  // JavaScript thread only; emptied when the thread-safe function is finalized.
+
+  // JavaScript thread only.
   Napi::FunctionReference onEvent_;
   Napi::FunctionReference onClose_;
+  std::unique_ptr<Napi::AsyncContext> asyncContext_;
+  int dispatching_ = 0;
+  bool releasePending_ = false;
 };
 
 }  // namespace vmdevd

@@ -1,6 +1,8 @@
 // The addon's entry point: what `require('vmdevd_libvirt.node')` returns.
 #include <napi.h>
 
+#include <string>
+
 #include "addon-data.h"
 #include "connection.h"
 #include "constants.h"
@@ -18,16 +20,16 @@ Napi::Value SetErrorClassFn(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   SilenceLibvirtErrors();
-  if (!event_loop::Init()) {
-    throw Napi::Error::New(env, "libvirt refused to register its default event loop");
-  }
+  std::string error;
+  if (!event_loop::Init(env, error)) throw Napi::Error::New(env, error);
   auto* data = new AddonData();
   env.SetInstanceData(data);
   data->connectionClass = Napi::Persistent(Connection::DefineClass(env));
-  event_loop::AddEnvironment();
-  // Registered first, so it runs after every connection's own cleanup hook.
-  napi_add_env_cleanup_hook(
-      env, [](void*) { event_loop::RemoveEnvironment(); }, nullptr);
+  if (event_loop::IsLoopEnv(env)) {
+    // Registered first, so it runs after every connection's own cleanup hook.
+    napi_add_env_cleanup_hook(
+        env, [](void*) { event_loop::Stop(); }, nullptr);
+  }
 
   exports.Set("open", Napi::Function::New<Connection::Open>(env, "open"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClassFn>(env, "setErrorClass"));

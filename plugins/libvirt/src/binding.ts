@@ -2,16 +2,19 @@
  * The typed face of the native libvirt binding (`native/`, built by node-gyp
  * into `build/Release/vmdevd_libvirt.node`).
  *
- * Every method returns a Promise and runs its libvirt call on a worker
- * thread; the JavaScript thread never waits for libvirt. Domains are
+ * Every method returns a Promise and runs its libvirt call on one of the
+ * connection's own threads; the JavaScript thread never waits for libvirt,
+ * and no call waits behind another (a slow detach holds only its thread). Domains are
  * addressed by UUID string: the binding looks the domain up, calls, and
  * frees it on every path, so no libvirt object outlives a call.
  *
  * Events (lifecycle, device added, device removed, device removal failed) and the close
  * callback are registered by {@link Connection.open} before it resolves,
  * so a detach can never be issued before its DEVICE_REMOVED event could be
- * received. libvirt's event loop runs on a native thread of its own; the
+ * received. libvirt's event loop runs on the main thread's libuv loop, so
+ * an event reaches its listener on the thread that received it; the
  * callbacks run on the JavaScript thread, in the order libvirt emitted them.
+ * Load this module on the main thread first (a worker may load it later).
  */
 import { createRequire } from 'node:module';
 
@@ -28,6 +31,11 @@ export interface DomainInfo {
   readonly reason: number;
   readonly persistent: boolean;
   readonly active: boolean;
+  /**
+   * From {@link Connection.listDomains} with `metadataNamespace`: the domain's
+   * metadata element of that namespace, as XML; absent when it has none.
+   */
+  readonly metadata?: string;
 }
 
 /** A domain event, delivered on the JavaScript thread. */
@@ -213,7 +221,7 @@ interface NativeConnection {
   close(): Promise<number>;
   setKeepAlive(interval: number, count: number): Promise<boolean>;
   isAlive(): Promise<boolean>;
-  listDomains(): Promise<DomainInfo[]>;
+  listDomains(metadataNamespace: string | undefined): Promise<DomainInfo[]>;
   defineXml(xml: string): Promise<DomainInfo>;
   getDomain(uuid: string): Promise<DomainInfo>;
   getXml(uuid: string, inactive: boolean): Promise<string>;
@@ -305,9 +313,14 @@ export class Connection {
     return this.#native.isAlive();
   }
 
-  /** Every domain, active and inactive. */
-  listDomains(): Promise<DomainInfo[]> {
-    return this.#native.listDomains();
+  /**
+   * Every domain, active and inactive, in a few calls to libvirt whatever
+   * their number (their states all at once, which are active and which
+   * persistent as filtered lists). With `metadataNamespace`, each domain's
+   * metadata element of that namespace as well (one call per domain).
+   */
+  listDomains(options: { readonly metadataNamespace?: string } = {}): Promise<DomainInfo[]> {
+    return this.#native.listDomains(options.metadataNamespace);
   }
 
   getDomain(uuid: string): Promise<DomainInfo> {

@@ -365,7 +365,8 @@ export class DomainQueue {
       live && found.alias !== undefined ? this.backend.watchRemoval(this.uuid, found.alias, onRemoval) : () => {};
     request.issued();
     try {
-      const conn = this.backend.connection();
+      // A detach that waits on the guest gets the second connection: nothing else waits behind it.
+      const conn = found.needsGuest ? await this.backend.guestConnection() : this.backend.connection();
       if (spec.type === 'alias') await conn.detachDeviceAlias(this.uuid, spec.params['name']!, item.flags!);
       else await conn.detachDevice(this.uuid, spec.xml!, item.flags!);
     } catch (err) {

@@ -10,7 +10,13 @@
  *
  * Detaches and attaches: see DomainQueue for ordering and the clock. The
  * devices of a VM are listed from its XML: see listDevices in
- * domain-devices.ts for the labels.
+ * domain-devices.ts for the labels. A detach that waits on a guest (a
+ * device on PCI: libvirt holds the call about 5 s for the guest to release
+ * it) is issued on a second connection to the same URI, opened when first
+ * needed: libvirtd serves a client's requests five at a time by default
+ * (`max_client_requests`), and a few such detaches on the one connection
+ * would hold every other call of the backend behind them. Events stay on
+ * the main connection.
  */
 import type {
   BackendContext,
@@ -95,6 +101,10 @@ export class LibvirtBackend implements VmBackend {
   private readonly strayEvents = new Set<string>();
   /** Domain XML by UUID, dropped on every event of the domain (see domainXml). */
   private readonly xmlCache = new Map<string, { live?: Promise<DomainXml>; config?: Promise<DomainXml> }>();
+  /** The last XML fetched of each domain and kind, parsed: a fetch that returns the same text reuses it. */
+  private readonly lastXml = new Map<string, DomainXml>();
+  /** The second connection, for detaches that wait on a guest; of one generation of the main one. */
+  private guestLane: { readonly generation: number; readonly conn: Promise<Connection | undefined> } | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private backoffMs: number;
   private stopped = false;
@@ -116,6 +126,50 @@ export class LibvirtBackend implements VmBackend {
 
   isConnected(): boolean {
     return this.conn !== undefined;
+  }
+
+  /**
+   * The connection for a call that may wait seconds for a guest (see the
+   * top of this file): the second connection, or the main one when the
+   * second cannot be opened. Throws BackendUnavailable when not connected.
+   */
+  async guestConnection(): Promise<Connection> {
+    const main = this.connection();
+    const generation = this.generation;
+    if (this.guestLane?.generation !== generation) {
+      this.closeGuestLane();
+      this.guestLane = { generation, conn: this.openGuestLane(generation) };
+    }
+    return (await this.guestLane.conn) ?? main;
+  }
+
+  private async openGuestLane(generation: number): Promise<Connection | undefined> {
+    try {
+      const conn = await Connection.open(this.uri);
+      try {
+        await conn.setKeepAlive(this.options.keepaliveIntervalSeconds, this.options.keepaliveCount);
+      } catch (err) {
+        if (!(err instanceof LibvirtError && err.code === C.VIR_ERR_NO_SUPPORT)) throw err;
+      }
+      if (this.stopped || generation !== this.generation) {
+        await conn.close().catch(() => undefined);
+        return undefined;
+      }
+      return conn;
+    } catch (err) {
+      this.ctx.log.warn('no second connection for detaches that wait on a guest; they share the main one', {
+        uri: this.uri,
+        error: (err as Error).message,
+      });
+      return undefined;
+    }
+  }
+
+  private closeGuestLane(): void {
+    const lane = this.guestLane;
+    this.guestLane = undefined;
+    if (lane === undefined) return;
+    void lane.conn.then((conn) => conn?.close()).catch(() => undefined);
   }
 
   /** Resolves the next time the connection is (re)established; at once if it is up. */
@@ -155,7 +209,16 @@ export class LibvirtBackend implements VmBackend {
     const cached = entry[key];
     if (cached !== undefined && !fresh) return cached;
     const conn = this.connection();
-    const fetched = conn.getXml(uuid, { inactive }).then((text) => new DomainXml(text));
+    const last = `${uuid}\u0000${key}`;
+    const fetched = conn.getXml(uuid, { inactive }).then((text) => {
+      // Asked again for a device it lacks, a domain mostly has not changed:
+      // its XML is not parsed again.
+      const previous = this.lastXml.get(last);
+      if (previous?.text === text) return previous;
+      const parsed = new DomainXml(text);
+      this.lastXml.set(last, parsed);
+      return parsed;
+    });
     entry[key] = fetched;
     fetched.catch(() => {
       if (this.xmlCache.get(uuid)?.[key] === fetched) delete this.xmlCache.get(uuid)![key];
@@ -203,6 +266,7 @@ export class LibvirtBackend implements VmBackend {
     const conn = this.conn;
     this.conn = undefined;
     this.generation++;
+    this.closeGuestLane();
     if (conn !== undefined) {
       const refs = await conn.close().catch(() => -1);
       if (refs > 0) this.ctx.log.warn('libvirt connection still referenced after close', { references: refs });
@@ -390,10 +454,12 @@ export class LibvirtBackend implements VmBackend {
   private async reload(conn: Connection): Promise<void> {
     this.reloading = new Set();
     this.xmlCache.clear();
+    this.lastXml.clear();
     try {
-      const infos = await conn.listDomains();
+      // Each domain's type comes with the listing: no call per domain from here.
+      const infos = await conn.listDomains({ metadataNamespace: METADATA_NAMESPACE });
       const domains = new Map<string, Domain>();
-      await Promise.all(infos.map(async (info) => domains.set(info.uuid, await this.domainOf(conn, info))));
+      for (const info of infos) domains.set(info.uuid, toDomain(info, metadataType(info.metadata)));
       this.domains = domains;
       const touched = [...this.reloading];
       this.reloading = undefined;
@@ -412,14 +478,7 @@ export class LibvirtBackend implements VmBackend {
       if (isConnectionError(err)) throw err;
       // The domain went away meanwhile, or has broken metadata: no type.
     }
-    return {
-      uuid: info.uuid,
-      name: info.name,
-      type,
-      state: domainState(info.state),
-      persistent: info.persistent,
-      active: info.active,
-    };
+    return toDomain(info, type);
   }
 
   /** Looks a domain up again and publishes what changed; removes it if it is gone. */
@@ -436,6 +495,8 @@ export class LibvirtBackend implements VmBackend {
     if (conn !== this.conn && this.conn !== undefined) return;
     const old = this.domains.get(uuid);
     if (next === undefined) {
+      this.lastXml.delete(`${uuid}\u0000live`);
+      this.lastXml.delete(`${uuid}\u0000config`);
       if (old === undefined) return;
       this.domains.delete(uuid);
       if (publish) this.ctx.remove(old.name);
@@ -507,6 +568,8 @@ export class LibvirtBackend implements VmBackend {
     this.ctx.log.warn('lost the connection to libvirt', { uri: this.uri, reason: why });
     this.ctx.setHealth({ connected: false, reason: `lost the connection to ${this.uri} (${why}); reconnecting` });
     this.xmlCache.clear();
+    this.lastXml.clear();
+    this.closeGuestLane();
     if (conn !== undefined) void conn.close().catch(() => undefined);
     this.scheduleReconnect();
   }
@@ -529,6 +592,17 @@ export class LibvirtBackend implements VmBackend {
       this.connect().catch((err: unknown) => this.connectFailed(err));
     }, delay);
   }
+}
+
+function toDomain(info: DomainInfo, type: string | undefined): Domain {
+  return {
+    uuid: info.uuid,
+    name: info.name,
+    type,
+    state: domainState(info.state),
+    persistent: info.persistent,
+    active: info.active,
+  };
 }
 
 export function toVmInfo(d: Domain): VmInfo {

@@ -195,6 +195,42 @@ test('defines a domain with vmdevd metadata, starts, destroys and undefines it',
   });
 });
 
+test('one listing gives every domain as getDomain and getMetadata give them one by one', async () => {
+  const name = `vmdevd-test-${randomBytes(4).toString('hex')}`;
+  const domain = create().ele('domain', { type: 'test' });
+  domain.ele('name').txt(name);
+  domain.ele('metadata').ele(METADATA_NAMESPACE, 'vmdevd:vm', { type: 'listed' });
+  domain.ele('memory', { unit: 'MiB' }).txt('64');
+  domain.ele('os').ele('type').txt('hvm');
+  await withConnection(async (connection) => {
+    const defined = await connection.defineXml(domain.end({ headless: true }));
+    try {
+      await connection.suspend(TEST_DOMAIN_UUID);
+      const listed = await connection.listDomains({ metadataNamespace: METADATA_NAMESPACE });
+      const plain = await connection.listDomains();
+      assert.ok(listed.length >= 2);
+      assert.deepEqual(
+        plain.map((d) => d.uuid),
+        listed.map((d) => d.uuid),
+      );
+      for (const info of listed) {
+        const { metadata, ...rest } = info;
+        assert.deepEqual(rest, await connection.getDomain(info.uuid), info.name);
+        assert.equal(metadata, await connection.getMetadata(info.uuid, METADATA_NAMESPACE), info.name);
+      }
+      assert.equal(listed.find((d) => d.uuid === TEST_DOMAIN_UUID)!.state, C.VIR_DOMAIN_PAUSED);
+      assert.match(listed.find((d) => d.uuid === defined.uuid)!.metadata ?? '', /type="listed"/);
+      assert.ok(
+        plain.every((d) => d.metadata === undefined),
+        'no metadata unless asked for',
+      );
+    } finally {
+      await connection.resume(TEST_DOMAIN_UUID);
+      await connection.undefine(defined.uuid);
+    }
+  });
+});
+
 test('close() resolves 0, and the connection refuses calls afterwards', async () => {
   const recorder = new EventRecorder();
   const connection = await Connection.open(URI, { onEvent: recorder.onEvent });

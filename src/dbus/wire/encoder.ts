@@ -51,8 +51,10 @@ export interface OutgoingMessage {
   readonly unixFd?: number;
   /**
    * The body already encoded (by {@link encodeBody}) for `signature`; it is
-   * copied instead of encoding `body`. A connection without this codec
-   * ignores it and sends `body`, so both must say the same.
+   * copied instead of encoding `body`, or (see {@link encodeHeaderInto})
+   * written from this buffer as it is, so it must not change once sent. A
+   * connection without this codec ignores it and sends `body`, so both must
+   * say the same.
    */
   readonly rawBody?: Buffer;
 }
@@ -104,7 +106,22 @@ export class WireWriter {
 export function encodeMessageInto(w: WireWriter, msg: OutgoingMessage): void {
   const start = w.pos;
   try {
-    writeMessage(w, msg);
+    writeMessage(w, msg, true);
+  } catch (err) {
+    w.pos = start;
+    throw err;
+  }
+}
+
+/**
+ * Appends the header of a message with a `rawBody`, for a sender that
+ * writes the body from its own buffer right after it (a large body is not
+ * copied). On an error nothing is appended.
+ */
+export function encodeHeaderInto(w: WireWriter, msg: OutgoingMessage & { readonly rawBody: Buffer }): void {
+  const start = w.pos;
+  try {
+    writeMessage(w, msg, false);
   } catch (err) {
     w.pos = start;
     throw err;
@@ -148,7 +165,7 @@ const CH_S = 0x73;
 const CH_U = 0x75;
 const CH_G = 0x67;
 
-function writeMessage(w: WireWriter, msg: OutgoingMessage): void {
+function writeMessage(w: WireWriter, msg: OutgoingMessage, withBody: boolean): void {
   if (!msg.serial) throw new EncodeError('Missing or invalid serial');
   const signature = msg.signature === undefined ? '' : msg.signature;
   const types = parseSignature(signature);
@@ -166,13 +183,61 @@ function writeMessage(w: WireWriter, msg: OutgoingMessage): void {
 
   const start = w.pos;
   w.base = start;
+  // A signal's header is the same bytes but for its serial every time it
+  // is sent (vmdevd sends four kinds): copied, not encoded again.
+  const key =
+    type === SIGNAL && !msg.destination && !msg.sender && !msg.replySerial && !msg.errorName && !msg.unixFd
+      ? `${flags}\0${String(msg.path)}\0${String(msg.interface)}\0${String(msg.member)}\0${signature}`
+      : undefined;
+  const cached = key !== undefined ? signalHeaders.get(key) : undefined;
+  if (cached !== undefined) {
+    w.reserve(cached.length);
+    cached.copy(w.buf, start);
+    putU32(w.buf, start + 8, msg.serial);
+    w.pos = start + cached.length;
+  } else {
+    writeHeader(w, msg, type, flags, signature);
+    if (key !== undefined) {
+      if (signalHeaders.size >= SIGNAL_HEADER_CACHE_SIZE) signalHeaders.clear();
+      signalHeaders.set(key, Buffer.from(w.buf.subarray(start, w.pos)));
+    }
+  }
+
+  const bodyStart = w.pos;
+  let bodyLength: number;
+  if (msg.rawBody !== undefined && !withBody) {
+    // The sender writes the body right after this header.
+    bodyLength = msg.rawBody.length;
+  } else if (msg.rawBody !== undefined) {
+    // The body starts 8-aligned, as it did when it was encoded: alignment holds.
+    w.reserve(msg.rawBody.length);
+    msg.rawBody.copy(w.buf, w.pos);
+    w.pos += msg.rawBody.length;
+    bodyLength = msg.rawBody.length;
+  } else {
+    for (let i = 0; i < types.length; i++) writeValue(w, types[i]!, body[i], 0);
+    bodyLength = w.pos - bodyStart;
+  }
+  if (bodyStart - start + bodyLength > MAX_MESSAGE_LENGTH)
+    throw new EncodeError(`the message is longer than ${MAX_MESSAGE_LENGTH} bytes`);
+  putU32(w.buf, start + 4, bodyLength);
+}
+
+/** Signal headers by their fields; a handful in practice. */
+const signalHeaders = new Map<string, Buffer>();
+const SIGNAL_HEADER_CACHE_SIZE = 64;
+const SIGNAL = 4;
+
+/** The fixed part and the header fields, padded to 8: where the body starts. */
+function writeHeader(w: WireWriter, msg: OutgoingMessage, type: number, flags: number, signature: string): void {
+  const start = w.pos;
   w.reserve(16);
   const b = w.buf;
   b[start] = 0x6c; // 'l': little-endian
   b[start + 1] = type;
   b[start + 2] = flags;
   b[start + 3] = 1; // protocol version
-  putU32(b, start + 8, msg.serial);
+  putU32(b, start + 8, msg.serial as number);
   w.pos = start + 16;
 
   // Header fields in dbus-next's order, each only when truthy, as dbus-next does.
@@ -194,20 +259,6 @@ function writeMessage(w: WireWriter, msg: OutgoingMessage): void {
   if (msg.unixFd) u32Field(w, FIELD_UNIX_FDS, msg.unixFd);
   putU32(w.buf, start + 12, w.pos - start - 16);
   pad(w, 8);
-
-  const bodyStart = w.pos;
-  if (msg.rawBody !== undefined) {
-    // The body starts 8-aligned, as it did when it was encoded: alignment holds.
-    w.reserve(msg.rawBody.length);
-    msg.rawBody.copy(w.buf, w.pos);
-    w.pos += msg.rawBody.length;
-  } else {
-    for (let i = 0; i < types.length; i++) writeValue(w, types[i]!, body[i], 0);
-  }
-  const bodyLength = w.pos - bodyStart;
-  if (w.pos - start > MAX_MESSAGE_LENGTH)
-    throw new EncodeError(`the message is longer than ${MAX_MESSAGE_LENGTH} bytes`);
-  putU32(w.buf, start + 4, bodyLength);
 }
 
 function fieldStart(w: WireWriter, code: number, sigChar: number): void {

@@ -25,7 +25,7 @@ export interface MemcheckOptions {
   readonly testCycles?: number;
   /** Detach/re-attach cycles on a QEMU VM (needs libvirtd and QEMU); 0 skips them. Default 100. */
   readonly qemuCycles?: number;
-  /** Default 20. */
+  /** Connections left to the garbage collector, on test:///default and (with QEMU cycles) on the daemon. Default 20. */
   readonly gcConnections?: number;
   /** Default 3. */
   readonly workerConnections?: number;
@@ -192,6 +192,7 @@ export async function runMemcheck(options: MemcheckOptions = {}): Promise<Memche
         deviceXml: vm.devices.usbDisk.xml,
         alias: vm.devices.usbDisk.alias,
         cycles: qemuCycles,
+        gcConnections: options.gcConnections ?? 20,
       };
     }
     const config: WorkloadConfig = {
@@ -202,7 +203,8 @@ export async function runMemcheck(options: MemcheckOptions = {}): Promise<Memche
     };
     log(
       `valgrind: ${config.testCycles} test:///default cycles, ${qemuCycles} QEMU detach/attach cycles, ` +
-        `${config.gcConnections} connections left to GC, ${config.workerConnections} in a terminated worker`,
+        `${config.gcConnections} connections left to GC (as many again on the daemon with QEMU cycles), ` +
+        `${config.workerConnections} in a terminated worker`,
     );
     const report = await runValgrind(config, dir);
     const passed =

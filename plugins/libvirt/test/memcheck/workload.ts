@@ -1,8 +1,12 @@
 // What runs under valgrind: `node --expose-gc workload.js CONFIG.json`.
 // Many open/call/close cycles through every path of the binding (success,
-// libvirt errors, events, the close callback registration), each close()
-// checked to resolve 0; then connections left to the garbage collector and
-// to a worker's teardown. Prints one line `memcheck-workload: {json}`.
+// libvirt errors, events, the close callback registration, many calls in
+// flight on one connection's threads), each close() checked to resolve 0;
+// on a QEMU VM, libvirt's event loop on Node's (the remote socket's
+// handles, keepalive timers, events read by a call thread and handed to
+// the loop, a close while events are dispatched); then connections left
+// to the garbage collector and to a worker's teardown. Prints one line
+// `memcheck-workload: {json}`.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -22,6 +26,8 @@ export interface WorkloadConfig {
     readonly deviceXml: string;
     readonly alias: string;
     readonly cycles: number;
+    /** Connections to `uri` left to the garbage collector (closed on their call threads). */
+    readonly gcConnections: number;
   };
   /** Connections opened and never closed, left to the garbage collector. */
   readonly gcConnections: number;
@@ -92,8 +98,13 @@ async function testCycle(result: WorkloadResult, cycle: number): Promise<void> {
   await expectLibvirtError(connection.detachDeviceAlias(TEST_DOMAIN_UUID, 'ua-disk', 0), C.VIR_ERR_NO_SUPPORT);
   await connection.suspend(TEST_DOMAIN_UUID);
   await connection.resume(TEST_DOMAIN_UUID);
+  // More calls in flight than libuv's pool has threads: each on a thread of the connection.
+  const xmls = await Promise.all(Array.from({ length: 12 }, () => connection.getXml(TEST_DOMAIN_UUID)));
+  assert.equal(new Set(xmls).size, 1);
   const defined = await connection.defineXml(testDomainXml());
   assert.match((await connection.getMetadata(defined.uuid, METADATA_NAMESPACE)) ?? '', /memcheck/);
+  const listed = await connection.listDomains({ metadataNamespace: METADATA_NAMESPACE });
+  assert.match(listed.find((domain) => domain.uuid === defined.uuid)?.metadata ?? '', /memcheck/);
   await connection.create(defined.uuid);
   await connection.destroy(defined.uuid);
   await connection.undefine(defined.uuid);
@@ -130,6 +141,8 @@ async function qemuCycle(
     },
     onClose: () => {},
   });
+  // Periodic timers on the loop, and the keepalive messages they send.
+  assert.equal(await connection.setKeepAlive(1, 5), true);
   const removed = nextEvent(
     events,
     listeners,
@@ -143,23 +156,38 @@ async function qemuCycle(
   );
   await connection.attachDevice(config.uuid, config.deviceXml, C.VIR_DOMAIN_AFFECT_LIVE);
   assert.match(await connection.getXml(config.uuid), new RegExp(`<alias name='${config.alias}'/>`));
-  await connection.listDomains();
+  // The listing with every state at once and each domain's metadata, over the daemon's RPC.
+  assert.ok(
+    (await connection.listDomains({ metadataNamespace: METADATA_NAMESPACE })).some((d) => d.uuid === config.uuid),
+  );
+  // Lifecycle events, which the thread making the call often reads and
+  // hands to the loop; every other cycle closes without waiting for them,
+  // so the close meets events being dispatched.
+  const resumed = nextEvent(
+    events,
+    listeners,
+    (event) => event.kind === 'lifecycle' && event.uuid === config.uuid && event.event === C.VIR_DOMAIN_EVENT_RESUMED,
+  );
+  await connection.suspend(config.uuid);
+  await connection.resume(config.uuid);
+  if (cycle % 2 === 0) await resumed;
+  else resumed.catch(() => undefined);
   result.eventsReceived += events.length;
   const remaining = await connection.close();
   if (remaining !== 0) result.nonZeroCloses.push(`qemu ${cycle}:${remaining}`);
 }
 
-async function openAndDrop(count: number): Promise<void> {
+async function openAndDrop(uri: string, count: number): Promise<void> {
   for (let i = 0; i < count; i++) {
-    const connection = await Connection.open(TEST_URI, { onEvent: () => {}, onClose: () => {} });
+    const connection = await Connection.open(uri, { onEvent: () => {}, onClose: () => {} });
     await connection.listDomains();
   }
 }
 
-async function leaveToGarbageCollector(count: number): Promise<void> {
+async function leaveToGarbageCollector(uri: string, count: number): Promise<void> {
   // Opened in a function of its own: a suspended async frame would keep
   // the last connection reachable through the collections below.
-  await openAndDrop(count);
+  await openAndDrop(uri, count);
   const gc = (globalThis as { gc?: () => void }).gc;
   assert.ok(gc, 'run with --expose-gc');
   for (let i = 0; i < 5; i++) {
@@ -191,7 +219,8 @@ async function main(config: WorkloadConfig): Promise<WorkloadResult> {
       result.qemuCycles++;
     }
   }
-  await leaveToGarbageCollector(config.gcConnections);
+  await leaveToGarbageCollector(TEST_URI, config.gcConnections);
+  if (config.qemu !== undefined) await leaveToGarbageCollector(config.qemu.uri, config.qemu.gcConnections);
   await leaveInWorker(config.workerConnections);
   result.durationMs = Date.now() - started;
   return result;
