@@ -128,11 +128,12 @@ async function main() {
   });
   await new Promise((r) => setTimeout(r, 500));
 
-  step(6, 'a detach that completes: the SCSI and the USB disk of the VM of type "ivi"');
+  // By name, not by type: the host may have VMs of its own of type "ivi".
+  step(6, `a detach that completes: the SCSI and the USB disk of ${vms.ivi.name}`);
   const done = await vmdevctl(
     bus.address,
     'detach',
-    'ivi',
+    vms.ivi.name,
     'scsi:type=disk,target=sda',
     'usb:type=disk,target=sdb',
     '--wait',

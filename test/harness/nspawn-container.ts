@@ -111,6 +111,9 @@ export class NspawnContainer {
       const early = { kill: () => killPid(pid) };
       process.once('exit', early.kill);
       const state = await waitFor('systemctl is-system-running --wait', deadline, nspawn, async () => {
+        // systemctl answers "offline" until systemd has created /run/systemd/system
+        // (sd_booted()), which it does a moment after it starts: ask only after that.
+        if (!existsSync(`/proc/${pid}/root/run/systemd/system`)) return undefined;
         const r = await nsenter(pid, ['systemctl', 'is-system-running', '--wait'], {});
         const answer = r.stdout.trim();
         if (answer === 'running' || answer === 'degraded') return answer;

@@ -17,6 +17,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -29,6 +30,13 @@ type XMLBuilder = ReturnType<typeof create>;
 
 /** The namespace of vmdevd's domain metadata (`<vmdevd:vm type="…"/>`). */
 export const VM_METADATA_NAMESPACE = 'urn:vmdevd:vm:1';
+/**
+ * The namespace of the metadata that names the process that made a test VM
+ * (`<vmdevd-test:owner pid="…" start="…" boot="…"/>`): a VM whose process
+ * is gone was left behind by a run that was killed, and the next run
+ * removes it.
+ */
+const OWNER_NAMESPACE = 'urn:vmdevd:test-owner:1';
 /** The user QEMU runs as under Debian's libvirt. */
 const QEMU_USER = 'libvirt-qemu';
 const DISK_IMAGE_BYTES = 1024 * 1024;
@@ -156,7 +164,9 @@ export function testVmXml(options: {
 }): string {
   const domain = create().ele('domain', { type: options.virtType });
   domain.ele('name').txt(options.name);
-  domain.ele('metadata').ele(VM_METADATA_NAMESPACE, 'vmdevd:vm', { type: options.type });
+  const metadata = domain.ele('metadata');
+  metadata.ele(VM_METADATA_NAMESPACE, 'vmdevd:vm', { type: options.type });
+  metadata.ele(OWNER_NAMESPACE, 'vmdevd-test:owner', thisProcess());
   domain.ele('memory', { unit: 'MiB' }).txt('64');
   domain.ele('vcpu').txt('1');
   domain
@@ -188,6 +198,10 @@ export async function createDiskImage(path: string): Promise<void> {
  * `after()` hook or a `finally`, even when the test fails.
  */
 export async function createTestVm(connection: TestVmConnection, options: TestVmOptions = {}): Promise<TestVm> {
+  if (isListing(connection)) {
+    sweeping ??= removeOrphanedVms(connection);
+    await sweeping;
+  }
   const name = options.name ?? `vmdevd-test-${randomBytes(4).toString('hex')}`;
   const type = options.type ?? 'test';
   const mac = options.mac ?? '52:54:00:76:6d:01';
@@ -245,26 +259,98 @@ export async function createTestVm(connection: TestVmConnection, options: TestVm
  * harness made for them. Returns their names.
  */
 export async function removeLeftoverVms(
-  connection: TestVmConnection & {
-    listDomains(): Promise<ReadonlyArray<{ readonly uuid: string; readonly name: string }>>;
-    getXml(uuid: string): Promise<string>;
-  },
+  connection: ListingConnection,
   prefix: string,
 ): Promise<string[]> {
   const removed: string[] = [];
   for (const domain of await connection.listDomains()) {
     if (!domain.name.startsWith(prefix)) continue;
     const xml = await connection.getXml(domain.uuid);
-    const dirs = new Set(
-      [...xml.matchAll(/<source file='([^']+)'/g)]
-        .map((m) => dirname(m[1]!))
-        .filter((d) => d.startsWith(join(tmpdir(), `${domain.name}-`))),
-    );
+    const dirs = imageDirs(domain.name, xml);
     await removeVm(connection, domain.uuid, undefined);
     for (const dir of dirs) await rm(dir, { recursive: true, force: true });
     removed.push(domain.name);
   }
   return removed;
+}
+
+/** A process, as the owner metadata names it: a PID, when it started (in clock ticks since boot), and the boot. */
+interface ProcessId {
+  readonly pid: string;
+  readonly start: string;
+  readonly boot: string;
+}
+
+function thisProcess(): ProcessId {
+  return { pid: String(process.pid), start: startTime(process.pid) ?? '', boot: bootId() };
+}
+
+function bootId(): string {
+  return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+}
+
+/** Field 22 of /proc/PID/stat (after the command name, which may hold spaces and parentheses). */
+function startTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+type ListingConnection = TestVmConnection & {
+  listDomains(): Promise<ReadonlyArray<{ readonly uuid: string; readonly name: string }>>;
+  getXml(uuid: string): Promise<string>;
+};
+
+function isListing(connection: TestVmConnection): connection is ListingConnection {
+  const c = connection as Partial<ListingConnection>;
+  return typeof c.listDomains === 'function' && typeof c.getXml === 'function';
+}
+
+let sweeping: Promise<string[]> | undefined;
+
+/**
+ * Removes the test VMs whose owner process is gone (a run killed before it
+ * could clean up), with their disk image directories; once per process,
+ * before its first VM. A VM of another run still going is left alone: its
+ * owner's PID, start time and boot all match a live process. Returns their
+ * names.
+ */
+export async function removeOrphanedVms(connection: ListingConnection): Promise<string[]> {
+  const removed: string[] = [];
+  const boot = bootId();
+  for (const domain of await connection.listDomains()) {
+    let xml;
+    try {
+      xml = await connection.getXml(domain.uuid);
+    } catch {
+      continue; // gone meanwhile
+    }
+    const tag = /<[^>]*urn:vmdevd:test-owner:1[^>]*>/.exec(xml)?.[0];
+    if (tag === undefined) continue;
+    const attribute = (name: string): string | undefined => new RegExp(`\\b${name}=["']([^"']*)["']`).exec(tag)?.[1];
+    const pid = Number(attribute('pid'));
+    const alive = attribute('boot') === boot && Number.isInteger(pid) && startTime(pid) === attribute('start');
+    if (alive) continue;
+    try {
+      await removeVm(connection, domain.uuid, undefined);
+    } catch {
+      continue; // removed by someone else meanwhile
+    }
+    for (const dir of imageDirs(domain.name, xml)) await rm(dir, { recursive: true, force: true });
+    removed.push(domain.name);
+  }
+  return removed;
+}
+
+function imageDirs(name: string, xml: string): Set<string> {
+  return new Set(
+    [...xml.matchAll(/<source file='([^']+)'/g)]
+      .map((m) => dirname(m[1]!))
+      .filter((d) => d.startsWith(join(tmpdir(), `${name}-`))),
+  );
 }
 
 async function removeVm(

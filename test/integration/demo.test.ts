@@ -25,7 +25,7 @@ const STEPS: Array<[string, RegExp]> = [
   ],
   [
     'detach that completes',
-    /\$ vmdevctl detach ivi scsi:type=disk,target=sda usb:type=disk,target=sdb --wait\n[\s\S]*?detached\s+vmdevd-demo-ivi\s+scsi[\s\S]*?detached\s+vmdevd-demo-ivi\s+usb[\s\S]*?\(exit code 0\)\n\s+both detached, confirmed by libvirt/,
+    /\$ vmdevctl detach vmdevd-demo-ivi scsi:type=disk,target=sda usb:type=disk,target=sdb --wait\n[\s\S]*?detached\s+vmdevd-demo-ivi\s+scsi[\s\S]*?detached\s+vmdevd-demo-ivi\s+usb[\s\S]*?\(exit code 0\)\n\s+both detached, confirmed by libvirt/,
   ],
   [
     'detach that times out',
