@@ -11,9 +11,9 @@
  * once; further changes within the coalescing window are announced together
  * when it ends, so the last state is never lost.
  */
-import { performance } from 'node:perf_hooks';
 import { inject, injectable } from 'inversify';
 import type { VmInfo } from '../plugin-api.js';
+import { Clock, type Timer } from './clock.js';
 import type { Disposable } from './disposable.js';
 import { Emitter, type Event } from './event.js';
 
@@ -34,8 +34,8 @@ export class StateHub implements Disposable {
   private mapCache: StateMap | undefined;
   private lastAnnounced: StateMap | undefined;
   private forceNext = false;
-  private windowTimer: NodeJS.Timeout | undefined;
-  /** performance.now() of the last announcement. */
+  private windowTimer: Timer | undefined;
+  /** clock.now() of the last announcement. */
   private lastAnnouncedAt = -Infinity;
   private pending = false;
   private readonly onDidChangeMapEmitter = new Emitter<StateMap>();
@@ -43,7 +43,10 @@ export class StateHub implements Disposable {
   /** Fires with the whole map when it changed (coalesced, see above). */
   readonly onDidChangeMap: Event<StateMap> = this.onDidChangeMapEmitter.event;
 
-  constructor(@inject(CoalesceWindowMs) private readonly windowMs: number) {}
+  constructor(
+    @inject(CoalesceWindowMs) private readonly windowMs: number,
+    @inject(Clock) private readonly clock: Clock,
+  ) {}
 
   /** Replaces a backend's VMs. Always announced, even when equal: it is a republish. */
   publish(backendId: string, vms: readonly VmInfo[]): void {
@@ -113,7 +116,7 @@ export class StateHub implements Disposable {
   }
 
   dispose(): void {
-    clearTimeout(this.windowTimer);
+    this.windowTimer?.cancel();
     this.windowTimer = undefined;
     this.onDidChangeMapEmitter.dispose();
   }
@@ -128,10 +131,10 @@ export class StateHub implements Disposable {
     // A timer only inside a burst: the first change after a quiet period
     // goes out without arming one (on its path, that costs as much as the
     // rest of the hub's work).
-    const since = performance.now() - this.lastAnnouncedAt;
+    const since = this.clock.now() - this.lastAnnouncedAt;
     if (since < this.windowMs) {
       this.pending = true;
-      this.windowTimer = setTimeout(() => this.windowEnded(), this.windowMs - since);
+      this.windowTimer = this.clock.setTimeout(() => this.windowEnded(), this.windowMs - since);
       return;
     }
     this.announce();
@@ -142,7 +145,7 @@ export class StateHub implements Disposable {
     if (!this.forceNext && this.lastAnnounced !== undefined && sameMap(map, this.lastAnnounced)) return;
     this.forceNext = false;
     this.lastAnnounced = map;
-    this.lastAnnouncedAt = performance.now();
+    this.lastAnnouncedAt = this.clock.now();
     this.onDidChangeMapEmitter.fire(map);
   }
 

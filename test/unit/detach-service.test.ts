@@ -24,7 +24,7 @@ function setup(timeoutSeconds: number, graceMs: number, detach: Detach) {
   const lines: string[] = [];
   const logger = new RootLogger('debug', { write: (l) => lines.push(l) });
   const clock = new ManualClock();
-  const hub = new StateHub(1);
+  const hub = new StateHub(1, clock);
   hub.publish('b', [{ name: 'vm', state: 'running' }]);
   const requests: DetachRequest[] = [];
   const registry = {
