@@ -116,7 +116,7 @@ async function compare(
       clientCpu: median(list.map((x) => x.client.cpu_us_per_call)),
     };
     say(
-      `  ${label} ${name} x${inflight}: p50 ${fmt(out[name]!.p50)} µs, p99 ${fmt(out[name]!.p99)} µs, ${fmt(out[name]!.rate, 0)} calls/s`,
+      `  ${label} ${name} x${inflight}: p50 ${fmt(out[name].p50)} µs, p99 ${fmt(out[name].p99)} µs, ${fmt(out[name].rate, 0)} calls/s`,
     );
   }
   return out;
@@ -492,7 +492,7 @@ async function scaleBenchmarks(bus: PrivateBus): Promise<void> {
   results['rss_1000_mib'] = rssMiB(svc.pid);
   results['rss_bare_1000_mib'] = rssMiB(bare.pid);
   say(
-    `  scale: first TestSignal after ${fmt(results['scale_first_signal_ms']!)} ms; RSS ${fmt(results['rss_1000_mib']!)} MiB vs bare ${fmt(results['rss_bare_1000_mib']!)} MiB`,
+    `  scale: first TestSignal after ${fmt(results['scale_first_signal_ms'])} ms; RSS ${fmt(results['rss_1000_mib'])} MiB vs bare ${fmt(results['rss_bare_1000_mib'])} MiB`,
   );
 }
 
@@ -532,7 +532,7 @@ async function startupBenchmark(bus: PrivateBus): Promise<void> {
   }
   results['start_to_name_ms'] = median(times);
   say(
-    `  start to bus name: median ${fmt(results['start_to_name_ms']!)} ms of ${times.map((t) => fmt(t, 0)).join(', ')}`,
+    `  start to bus name: median ${fmt(results['start_to_name_ms'])} ms of ${times.map((t) => fmt(t, 0)).join(', ')}`,
   );
 }
 

@@ -12,10 +12,10 @@
         "native/domain-calls.cc",
         "native/domain-info.cc"
       ],
-      "dependencies": [
-        "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"
-      ],
-      "defines": ["NAPI_VERSION=8"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
       "cflags_cc": ["-Wall", "-Wextra", "<!@(pkg-config --cflags libvirt)"],
       "libraries": ["<!@(pkg-config --libs libvirt)"]
     }

@@ -4,6 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { INVALID_ARGS, VmdevClient, VmdevClientError, type DeviceOutcome } from '../client/index.js';
+import { DEFAULT_BUS_NAME, vmdevErrorName } from '../protocol.js';
 
 /** Exit codes; `detach --wait` tells its outcomes apart by them. */
 export const EXIT = {
@@ -50,7 +51,7 @@ Options:
   --system          the system bus
   --session         the session bus (the default)
   --address ADDR    the bus at this D-Bus address
-  --bus-name NAME   vmdevd's bus name (default org.example.dbustest)
+  --bus-name NAME   vmdevd's bus name (default ${DEFAULT_BUS_NAME})
   --json            machine-readable output
   --help            help; 'vmdevctl COMMAND --help' for a command
 `;
@@ -292,7 +293,7 @@ function prepare(command: Command, args: string[], values: Values): Runner {
         else
           for (const label of result.pending) io.out(`pending   ${label}  (no outcome within ${values.timeout} s)\n`);
         const failed = result.outcomes.filter((o) => !o.ok);
-        if (failed.some((o) => !o.ok && o.error !== 'org.example.dbustest.Error.Timeout')) return EXIT.deviceFailed;
+        if (failed.some((o) => !o.ok && o.error !== vmdevErrorName('Timeout'))) return EXIT.deviceFailed;
         if (failed.length > 0 || result.pending.length > 0) return EXIT.timeout;
         return EXIT.ok;
       };

@@ -12,16 +12,16 @@
  * so no outcome can be missed, and resolves once every device has one.
  */
 import dbus from 'dbus-next';
+import { DBUS_ERRORS, DEFAULT_BUS_NAME, INTERFACE_NAME, OBJECT_PATH } from '../protocol.js';
 import { openBus, type MessageBus } from '../dbus/bus-connection.js';
 
 type Message = dbus.Message;
 const { Message: MessageClass, MessageType, Variant } = dbus;
 
-export const DEFAULT_BUS_NAME = 'org.example.dbustest';
-export const OBJECT_PATH = '/org/example/dbustest';
-export const INTERFACE = 'org.example.dbustest.Module';
-export const ERROR_PREFIX = 'org.example.dbustest.Error.';
-export const INVALID_ARGS = 'org.freedesktop.DBus.Error.InvalidArgs';
+export { DEFAULT_BUS_NAME, ERROR_PREFIX, OBJECT_PATH, vmdevErrorName } from '../protocol.js';
+/** The interface name (`org.example.dbustest.Module`). */
+export const INTERFACE = INTERFACE_NAME;
+export const INVALID_ARGS = DBUS_ERRORS.InvalidArgs;
 
 export interface ClientOptions {
   /** `session` (default), `system`, or a D-Bus address. */
@@ -253,10 +253,10 @@ export class VmdevClient {
       member: m.member,
       signature: m.signature,
       body: m.body,
-    } as never);
+    });
     try {
-      const reply = (await this.bus.call(msg)) as Message | null;
-      return reply?.body ?? [];
+      const reply = await this.bus.call(msg);
+      return (reply?.body ?? []) as unknown[];
     } catch (err) {
       const e = err as { type?: string; text?: string; message?: string };
       if (typeof e.type === 'string') throw new VmdevClientError(e.type, e.text ?? '');

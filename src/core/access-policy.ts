@@ -75,7 +75,7 @@ export class AccessPolicy {
   }
 
   /** A description of who is allowed, for error messages. */
-  describe(): string {
+  allowedText(): string {
     const groups = [...this.gids].map((g) => `gid ${g}`);
     return [...[...this.uids].map((u) => `uid ${u}`), ...groups].join(', ');
   }

@@ -5,7 +5,7 @@
  * throws shows up in `Backends` and in the log, never as a daemon crash.
  */
 import { Ajv } from 'ajv';
-import { Container, inject, injectable } from 'inversify';
+import { type Container, inject, injectable } from 'inversify';
 import {
   BackendError,
   FAILURE_KINDS,
@@ -59,7 +59,7 @@ export class BackendHost {
   }
 
   /** `connected` or `disconnected: <reason>`, as the `Backends` property shows it. */
-  describe(): string {
+  healthText(): string {
     return this.health.connected ? 'connected' : `disconnected: ${this.health.reason}`;
   }
 }
@@ -118,7 +118,7 @@ export class BackendRegistry implements Disposable {
   /** Backend id → `connected` or `disconnected: <reason>`. */
   healthMap(): Record<string, string> {
     const map: Record<string, string> = {};
-    for (const host of this.hostList) map[host.id] = host.describe();
+    for (const host of this.hostList) map[host.id] = host.healthText();
     return map;
   }
 
@@ -149,7 +149,7 @@ export class BackendRegistry implements Disposable {
         let validate;
         try {
           validate = ajv.compile(schema);
-          valid = validate(host.config.options) as boolean;
+          valid = validate(host.config.options);
         } catch (err) {
           this.fail(host, `plugin "${plugin.name}" has an invalid options schema: ${errorMessage(err)}`);
           continue;
@@ -221,7 +221,7 @@ export class BackendRegistry implements Disposable {
   /** Runs a detach in the backend; never rejects. */
   async detach(host: BackendHost, request: DetachRequest): Promise<DetachOutcome> {
     if (host.backend === undefined || host.stopped) {
-      return { ok: false, error: 'BackendUnavailable', message: `backend "${host.id}" is ${host.describe()}` };
+      return { ok: false, error: 'BackendUnavailable', message: `backend "${host.id}" is ${host.healthText()}` };
     }
     try {
       const outcome = await this.guard(host, 'detach', () => host.backend!.detach(request));
@@ -244,7 +244,7 @@ export class BackendRegistry implements Disposable {
   /** Applies a desired state; rejects with a `VmdevError`. */
   async setState(host: BackendHost, vm: VmInfo, state: DesiredState): Promise<void> {
     if (host.backend === undefined || host.stopped) {
-      throw new VmdevError('BackendUnavailable', `backend "${host.id}" is ${host.describe()}`);
+      throw new VmdevError('BackendUnavailable', `backend "${host.id}" is ${host.healthText()}`);
     }
     try {
       await this.guard(host, 'setState', () => host.backend!.setState(vm, state));
@@ -289,6 +289,8 @@ export class BackendRegistry implements Disposable {
       return Promise.resolve(result);
     } catch (err) {
       host.log.debug(`${what}() threw synchronously`, { error: errorMessage(err) });
+      // A plugin may throw anything; the caller classifies it as it is.
+      // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors
       return Promise.reject(err);
     }
   }
@@ -307,12 +309,12 @@ export class BackendRegistry implements Disposable {
   }
 
   private setHealth(host: BackendHost, health: BackendHealth): void {
-    const before = host.describe();
+    const before = host.healthText();
     host.health = health.connected
       ? { connected: true }
       : { connected: false, reason: cleanText(health.reason || 'unknown reason') };
-    if (host.describe() !== before) {
-      host.log.info('health changed', { health: host.describe() });
+    if (host.healthText() !== before) {
+      host.log.info('health changed', { health: host.healthText() });
       this.onDidChangeHealthEmitter.fire();
     }
   }

@@ -7,8 +7,9 @@
 export const MAX_MESSAGE_LENGTH = 4096;
 
 // C0 controls but tab and newline, DEL, C1 controls, and lone surrogates
-// (which would not survive UTF-8).
+// (which would not survive UTF-8). Control characters are what it is for.
 const UNSAFE =
+  // eslint-disable-next-line no-control-regex
   /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 
 /** `text` with every control character (but tab and newline) and lone surrogate replaced by U+FFFD, and bounded. */

@@ -3,6 +3,7 @@
  * An invalid file stops the daemon at start with the path of the bad field
  * (`backends[0].uri: must be string`).
  */
+import { DEFAULT_BUS_NAME } from '../protocol.js';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
@@ -37,7 +38,7 @@ export interface Config {
   readonly baseDir: string;
 }
 
-export const DEFAULT_BUS_NAME = 'org.example.dbustest';
+export { DEFAULT_BUS_NAME } from '../protocol.js';
 export const DEFAULT_ADMIN_GROUP = 'vmdevd-admin';
 
 const BUS_NAME = '^[A-Za-z_-][A-Za-z0-9_-]*(\\.[A-Za-z_-][A-Za-z0-9_-]*)+$';

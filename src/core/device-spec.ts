@@ -254,7 +254,7 @@ export function parseDeviceMap(devices: unknown): DeviceSpec[] {
   // Where Object.prototype has its __proto__ accessor (the daemon removes it at
   // start), a label "__proto__" cannot survive the decoding into a plain
   // object; say so instead of dropping it.
-  const proto = Object.getPrototypeOf(devices);
+  const proto: unknown = Object.getPrototypeOf(devices);
   if (proto !== Object.prototype && proto !== null) {
     throw invalidArgs('device "__proto__": this label is reserved');
   }

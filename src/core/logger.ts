@@ -61,7 +61,7 @@ function formatValue(value: unknown): string {
   if (typeof value === 'string') text = value;
   else if (value instanceof Error) text = value.message;
   else if (value === undefined) text = '';
-  else text = JSON.stringify(value) ?? String(value);
+  else text = JSON.stringify(value) ?? typeof value;
   return /^[^\s"=]+$/.test(text) ? text : JSON.stringify(text);
 }
 

@@ -127,7 +127,7 @@ export async function loadPlugin(
   const container = new Container({ parent });
   let factory: BackendFactory;
   try {
-    await container.load(plugin.module);
+    await container.loadAsync(plugin.module);
     factory = container.get<BackendFactory>(BackendFactory);
   } catch (err) {
     throw new PluginLoadError(`plugin "${spec}" failed to set up its container: ${errorMessage(err)}`);

@@ -71,7 +71,7 @@ export class VmdevService {
       );
       return { accepted: true, start };
     } catch (err) {
-      this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, describe(err));
+      this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, errorSummary(err));
       throw err;
     }
   }
@@ -108,7 +108,7 @@ export class VmdevService {
       }
       this.logRequest('Set TestProperty', caller, { states: summary }, 'applied');
     } catch (err) {
-      this.logRequest('Set TestProperty', caller, { states: summary }, describe(err));
+      this.logRequest('Set TestProperty', caller, { states: summary }, errorSummary(err));
       throw err;
     }
   }
@@ -140,7 +140,7 @@ export class VmdevService {
       if (!host.health.connected) {
         throw new VmdevError(
           'BackendUnavailable',
-          `VM ${JSON.stringify(key)} belongs to backend "${host.id}", which is ${host.describe()}`,
+          `VM ${JSON.stringify(key)} belongs to backend "${host.id}", which is ${host.healthText()}`,
         );
       }
       changes.push({ entry, host, state: state as DesiredState });
@@ -181,7 +181,7 @@ export class VmdevService {
     if (match === undefined) {
       const down = this.registry.hosts().filter((h) => !h.health.connected);
       if (down.length > 0) {
-        const which = down.map((h) => `"${h.id}" (${h.describe()})`).join(', ');
+        const which = down.map((h) => `"${h.id}" (${h.healthText()})`).join(', ');
         throw new VmdevError(
           'BackendUnavailable',
           `no VM matches ${JSON.stringify(selector)}, but backend ${which} may have it`,
@@ -193,7 +193,7 @@ export class VmdevService {
     if (!host.health.connected) {
       throw new VmdevError(
         'BackendUnavailable',
-        `VM ${JSON.stringify(match.key)} belongs to backend "${host.id}", which is ${host.describe()}`,
+        `VM ${JSON.stringify(match.key)} belongs to backend "${host.id}", which is ${host.healthText()}`,
       );
     }
     return { entry: match, host };
@@ -208,6 +208,6 @@ function text(value: unknown): string | undefined {
   return typeof value === 'string' ? value.slice(0, 200) : undefined;
 }
 
-function describe(err: unknown): string {
+function errorSummary(err: unknown): string {
   return err instanceof VmdevError ? `${err.kind}: ${err.message}` : `error: ${errorMessage(err)}`;
 }

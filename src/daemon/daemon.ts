@@ -11,7 +11,7 @@ import { BackendRegistry } from '../core/backend-registry.js';
 import type { Config } from '../core/config.js';
 import { DetachService } from '../core/detach-service.js';
 import { errorMessage } from '../core/errors.js';
-import { RootLogger } from '../core/logger.js';
+import { type RootLogger } from '../core/logger.js';
 import { StateHub } from '../core/state-hub.js';
 import { VmdevService } from '../core/vmdev-service.js';
 import { DbusFrontend } from '../dbus/dbus-frontend.js';

@@ -6,7 +6,8 @@
  * Everything here that reaches below dbus-next's public API is listed in
  * `./README.md` and pinned by `test/unit/dbus-next-internals.test.ts`.
  */
-import dbus from 'dbus-next';
+import type dbus from 'dbus-next';
+import { DBUS_ERRORS } from '../protocol.js';
 import MessageBusClass from 'dbus-next/lib/bus.js';
 import {
   BusAddressError,
@@ -23,7 +24,7 @@ export type MessageBus = dbus.MessageBus;
 export type BusSpec = string;
 
 const SYSTEM_BUS_DEFAULT = 'unix:path=/var/run/dbus/system_bus_socket';
-const INVALID_ARGS = 'org.freedesktop.DBus.Error.InvalidArgs';
+const INVALID_ARGS = DBUS_ERRORS.InvalidArgs;
 const METHOD_CALL = 1;
 const ERROR = 3;
 const NO_REPLY_EXPECTED = 0x1;

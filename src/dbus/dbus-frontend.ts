@@ -28,6 +28,7 @@ import { RootLogger } from '../core/logger.js';
 import { StateHub, type StateMap } from '../core/state-hub.js';
 import { VmdevService } from '../core/vmdev-service.js';
 import { cleanText } from '../core/clean-text.js';
+import { DBUS_ERRORS } from '../protocol.js';
 import { onConnectionEnd, onOversized, openBus, sendTrusted, type MessageBus } from './bus-connection.js';
 import type { UndecodableMessage } from './wire/fast-connection.js';
 import { encodeBody } from './wire/encoder.js';
@@ -61,7 +62,7 @@ const NO_REPLY_EXPECTED = 0x1;
  * call gets LimitsExceeded.
  */
 export const MAX_CALL_BYTES = 4 * 1024 * 1024;
-const LIMITS_EXCEEDED = 'org.freedesktop.DBus.Error.LimitsExceeded';
+const LIMITS_EXCEEDED = DBUS_ERRORS.LimitsExceeded;
 
 /** Unique names are never reused on a bus, so credentials can be kept; this bounds the memory. */
 const CREDENTIAL_CACHE_SIZE = 1024;
@@ -137,7 +138,7 @@ function createInterface(def: InterfaceDefinition, source: PropertySource): Modu
     ),
     signals: Object.fromEntries([...def.signals.values()].map((s) => [s.name, { signature: s.signature }])),
   });
-  return new Module(def.name) as ModuleInterface;
+  return new Module(def.name);
 }
 
 @injectable()
@@ -444,7 +445,7 @@ export class DbusFrontend implements Disposable {
       const acceptance = this.service.detach({ name: msg.sender }, msg.body[0], msg.body[1]);
       this.reply(msg, method.outSignature, [acceptance.accepted]);
       // The reply's write is queued first: the detaches start right behind it.
-      process.nextTick(acceptance.start);
+      process.nextTick(() => acceptance.start());
     });
   }
 
@@ -458,7 +459,7 @@ export class DbusFrontend implements Disposable {
         this.log.warn('access denied', { caller: msg.sender, uid: creds.uid, call: what });
         throw new VmdevError(
           'AccessDenied',
-          `uid ${creds.uid} may not call ${what} (allowed: ${this.access.describe()})`,
+          `uid ${creds.uid} may not call ${what} (allowed: ${this.access.allowedText()})`,
         );
       }
       fn();
@@ -484,7 +485,7 @@ export class DbusFrontend implements Disposable {
           member,
           signature: 's',
           body: [sender],
-        } as never),
+        }),
       );
     let creds: Credentials;
     try {

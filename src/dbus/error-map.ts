@@ -3,18 +3,18 @@
  * daemon picks an error name, and no stack trace ever reaches a caller.
  */
 import type { Logger } from '../plugin-api.js';
+import { DBUS_ERRORS, vmdevErrorName } from '../protocol.js';
 import { VmdevError, errorMessage, type ErrorKind } from '../core/errors.js';
 
-export const ERROR_NAMESPACE = 'org.example.dbustest.Error';
-export const INVALID_ARGS = 'org.freedesktop.DBus.Error.InvalidArgs';
-export const UNKNOWN_METHOD = 'org.freedesktop.DBus.Error.UnknownMethod';
-export const UNKNOWN_INTERFACE = 'org.freedesktop.DBus.Error.UnknownInterface';
-export const UNKNOWN_OBJECT = 'org.freedesktop.DBus.Error.UnknownObject';
-export const PROPERTY_READ_ONLY = 'org.freedesktop.DBus.Error.PropertyReadOnly';
+export const INVALID_ARGS = DBUS_ERRORS.InvalidArgs;
+export const UNKNOWN_METHOD = DBUS_ERRORS.UnknownMethod;
+export const UNKNOWN_INTERFACE = DBUS_ERRORS.UnknownInterface;
+export const UNKNOWN_OBJECT = DBUS_ERRORS.UnknownObject;
+export const PROPERTY_READ_ONLY = DBUS_ERRORS.PropertyReadOnly;
 
 /** The D-Bus error name of an error kind. */
 export function errorName(kind: ErrorKind): string {
-  return kind === 'InvalidArgs' ? INVALID_ARGS : `${ERROR_NAMESPACE}.${kind}`;
+  return kind === 'InvalidArgs' ? INVALID_ARGS : vmdevErrorName(kind);
 }
 
 export interface DBusErrorReply {

@@ -10,8 +10,9 @@ import { PACKAGE_ROOT } from '../paths.js';
 import { create } from 'xmlbuilder2';
 import { ConfigError, errorMessage } from '../core/errors.js';
 
-export const INTERFACE_NAME = 'org.example.dbustest.Module';
-export const OBJECT_PATH = '/org/example/dbustest';
+import { INTERFACE_NAME } from '../protocol.js';
+
+export { INTERFACE_NAME, OBJECT_PATH } from '../protocol.js';
 /** The interface file shipped with the package. */
 export const INTERFACE_FILE = join(PACKAGE_ROOT, 'dbus', 'org.example.dbustest.xml');
 
@@ -77,7 +78,7 @@ function args(el: XmlElement, where: string, defaultDirection: 'in' | 'out'): Ar
     if (!name) throw new Error(`${where}: argument ${i} has no name (every argument must be named)`);
     const direction = (arg.getAttribute('direction') ?? defaultDirection) as 'in' | 'out';
     if (direction !== 'in' && direction !== 'out')
-      throw new Error(`${where}: argument ${name} has direction ${direction}`);
+      throw new Error(`${where}: argument ${name} has direction ${String(direction)}`);
     return { name, type: required(arg, 'type', `${where} argument ${name}`), direction };
   });
 }

@@ -115,7 +115,7 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
           serial,
         );
         const at = data.indexOf(marker);
-        Buffer.from([...bad, ...Array(marker.length - bad.length).fill(0x41)]).copy(data, at);
+        Buffer.from([...bad, ...Array<number>(marker.length - bad.length).fill(0x41)]).copy(data, at);
         const reply = await raw.await(serial, 5000, () => raw.writeRaw(data));
         assert.equal(
           reply.kind,

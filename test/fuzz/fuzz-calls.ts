@@ -9,7 +9,7 @@ import { DEFAULT_VMS } from '../harness/stack.js';
 import { NO_REPLY_EXPECTED, type RawCall } from './raw-client.js';
 import {
   MAX_ARRAY_DEPTH,
-  Random,
+  type Random,
   chars,
   hugeString,
   interfaceName,
@@ -224,7 +224,7 @@ export function generate(r: Random, id: number): FuzzCall {
         ...base,
         ...ourCall('TestMethod', 'sa{sas}', [selector, lowLevelMap(devices)]),
         expect: typeof SELECTOR_RESULT[selector] === 'string' ? 'error' : 'return',
-        errors: typeof SELECTOR_RESULT[selector] === 'string' ? [SELECTOR_RESULT[selector] as string] : undefined,
+        errors: typeof SELECTOR_RESULT[selector] === 'string' ? [SELECTOR_RESULT[selector]] : undefined,
         accepted: SELECTOR_RESULT[selector],
         labels: devices.map(([l]) => l),
       };

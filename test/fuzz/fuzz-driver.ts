@@ -134,6 +134,7 @@ export class FuzzDriver {
           stop = true;
           throw new Error(
             `call ${call.id} (${call.category}, ${call.member}(${call.signature})) could not be sent (seed ${this.seed}): ${(err as Error).message}`,
+            { cause: err },
           );
         }
         if (reply.kind === 'closed') {

@@ -13,7 +13,7 @@ import dbus from 'dbus-next';
 const require = createRequire(import.meta.url);
 // dbus-next's marshaller of whole messages (header and body, low-level form).
 const { marshall } = require('dbus-next/lib/message.js') as {
-  marshall(message: Record<string, unknown>): [Buffer, unknown[]];
+  marshall: (message: Record<string, unknown>) => [Buffer, unknown[]];
 };
 
 export const NO_REPLY_EXPECTED = 0x1;

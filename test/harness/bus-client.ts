@@ -110,9 +110,9 @@ export class TestClient {
       member: options.member,
       signature: options.signature ?? '',
       body: options.body ?? [],
-    } as never);
+    });
     const reply = (await this.bus.call(msg)) as Message;
-    return reply.body;
+    return reply.body as unknown[];
   }
 
   async testMethod(selector: string, devices: Record<string, string[]>): Promise<boolean> {

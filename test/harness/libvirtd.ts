@@ -189,7 +189,7 @@ async function startLibvirtdProcess(logFile: string, timeoutMs: number): Promise
     await waitFor('libvirtd', libvirtdReady, timeoutMs, libvirtd);
   } catch (error) {
     await terminate(libvirtd, 5_000);
-    throw new Error(`${(error as Error).message} (its output is in ${logFile})`);
+    throw new Error(`${(error as Error).message} (its output is in ${logFile})`, { cause: error });
   }
   return libvirtd;
 }
@@ -223,7 +223,7 @@ export async function startLibvirtd(options: LibvirtdOptions = {}): Promise<Libv
       await waitFor('virtlogd', () => socketAnswers(VIRTLOGD_SOCKET), startTimeoutMs, virtlogd);
     } catch (error) {
       await terminate(virtlogd, stopTimeoutMs);
-      throw new Error(`${(error as Error).message} (its output is in ${logFile})`);
+      throw new Error(`${(error as Error).message} (its output is in ${logFile})`, { cause: error });
     }
   }
   try {

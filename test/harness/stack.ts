@@ -88,7 +88,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     bus = await startPrivateBus(options.bus);
     daemon = await startVmdevd({ address: bus.address, config, ...options.daemon });
     const client = await TestClient.connect(bus.address);
-    const sockets = new Map(backends.map((b) => [b.id, b.controlSocket as string]));
+    const sockets = new Map(backends.map((b) => [b.id, b.controlSocket]));
     const journal = () =>
       existsSync(journalFile)
         ? readFileSync(journalFile, 'utf8')

@@ -134,7 +134,8 @@ describe('fast connection on a private dbus-daemon', () => {
         n: new dbus.Variant('x', -5n),
         b: new dbus.Variant('ay', Buffer.from([1, 2])),
       });
-      assert.deepStrictEqual(await proxy.getInterface('org.example.Echo')['Echo']!(value), value);
+      const echo = proxy.getInterface('org.example.Echo')['Echo'] as (v: unknown) => Promise<unknown>;
+      assert.deepStrictEqual(await echo(value), value);
       assert.equal((await ping(client, 'org.example.Echo'))!.type, MessageType.METHOD_RETURN);
     } finally {
       client.disconnect();
@@ -165,7 +166,7 @@ describe('fast connection on a private dbus-daemon', () => {
         ),
       );
       assert.deepEqual(
-        (await Promise.all(calls)).map((r) => r!.body[0]),
+        (await Promise.all(calls)).map((r) => r!.body[0] as number),
         Array.from({ length: 100 }, (_, i) => i),
       );
 

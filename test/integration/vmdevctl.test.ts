@@ -30,7 +30,7 @@ describe('vmdevctl', () => {
       /^VM\s+STATE\s+BACKEND\s+TYPE\nvm1\s+running\s+test\s+ivi\nvm2\s+paused\s+test\s+cluster\nvm3\s+shutoff\s+test\s+cluster\n$/,
     );
     const j = await ctl('--json', 'status');
-    assert.deepEqual(JSON.parse(j.stdout)[0], {
+    assert.deepEqual((JSON.parse(j.stdout) as unknown[])[0], {
       key: 'vm1',
       name: 'vm1',
       state: 'running',
@@ -183,7 +183,7 @@ describe('vmdevctl', () => {
       help.stdout,
       /Usage: vmdevctl \[BUS OPTIONS\] detach SELECTOR LABEL:type=TYPE,NAME=VALUE… \[--wait\] \[--timeout S\]/,
     );
-    assert.match((await ctl('--help')).stdout, /Commands:\n  status\n  watch\n  detach/);
+    assert.match((await ctl('--help')).stdout, /Commands:\n {2}status\n {2}watch\n {2}detach/);
     for (const command of ['status', 'watch', 'set', 'backends'])
       assert.equal((await ctl(command, '--help')).code, EXIT.ok);
   });

@@ -30,7 +30,7 @@ class FakeConnection extends EventEmitter {
 
 /** A message as our decoder makes it from the bytes of `fields`. */
 function decoded(fields: Record<string, unknown>): dbus.Message {
-  const bytes = encodeMessage(fields as never);
+  const bytes = encodeMessage(fields);
   return decodeMessage(bytes, 0, messageLength(bytes, 0))!;
 }
 

@@ -197,7 +197,7 @@ describe('DetachService', () => {
 
   it('counts the timeout from issued()', async () => {
     let confirm!: () => void;
-    const t = setup(0.1, 10, (r) => new Promise((resolve) => (confirm = () => resolve({ ok: true }))));
+    const t = setup(0.1, 10, () => new Promise((resolve) => (confirm = () => resolve({ ok: true }))));
     t.start('a');
     await t.clock.advance(80);
     t.requests[0]!.issued();
@@ -228,7 +228,7 @@ describe('DetachService', () => {
 
   it('a request that joins during the grace period gets the outcome of the detach it joined', async () => {
     let verify!: () => void;
-    const t = setup(0.1, 1000, (r) => new Promise((resolve) => (verify = () => resolve({ ok: true }))));
+    const t = setup(0.1, 1000, () => new Promise((resolve) => (verify = () => resolve({ ok: true }))));
     t.start('first');
     await t.clock.advance(100);
     assert.equal(t.service.phaseOf(t.host, t.hub.entries()[0]!, t.device('first')), 'grace');

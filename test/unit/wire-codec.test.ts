@@ -11,47 +11,40 @@ import { PassThrough } from 'node:stream';
 import { describe, it } from 'node:test';
 import dbus from 'dbus-next';
 import { decodeMessage, DecodeError, MessageFramer, messageLength } from '../../src/dbus/wire/decoder.js';
-import {
-  encodeBody,
-  encodeMessage,
-  encodeMessageInto,
-  EncodeError,
-  WireWriter,
-  type OutgoingMessage,
-} from '../../src/dbus/wire/encoder.js';
+import { encodeBody, encodeMessage, encodeMessageInto, EncodeError, WireWriter } from '../../src/dbus/wire/encoder.js';
 import { parseSignature, SignatureError, type TypeNode } from '../../src/dbus/wire/signature.js';
 
 const { Message, Variant } = dbus;
 type Message = dbus.Message;
 const require = createRequire(import.meta.url);
 const { marshallMessage, messageToJsFmt } = require('dbus-next/lib/marshall-compat.js') as {
-  marshallMessage(msg: unknown): [Buffer, unknown[]];
-  messageToJsFmt(msg: unknown): Record<string, unknown>;
+  marshallMessage: (msg: unknown) => [Buffer, unknown[]];
+  messageToJsFmt: (msg: unknown) => Record<string, unknown>;
 };
 const { unmarshalMessages } = require('dbus-next/lib/message.js') as {
-  unmarshalMessages(stream: NodeJS.ReadableStream, onMessage: (m: unknown) => void, opts: object): void;
+  unmarshalMessages: (stream: NodeJS.ReadableStream, onMessage: (m: unknown) => void, opts: object) => void;
 };
 
 type Fields = Record<string, unknown>;
 
 /** dbus-next's bytes; its marshaller rewrites the message's body, so it gets a fresh Message. */
 function theirBytes(fields: Fields): Buffer {
-  const msg = new Message(fields as never);
+  const msg = new Message(fields);
   if (fields['serial'] !== undefined) msg.serial = fields['serial'] as number;
   return marshallMessage(msg)[0];
 }
 
 function ourBytes(fields: Fields): Buffer {
-  const msg = new Message(fields as never);
+  const msg = new Message(fields);
   if (fields['serial'] !== undefined) msg.serial = fields['serial'] as number;
-  return encodeMessage(msg as unknown as OutgoingMessage);
+  return encodeMessage(msg);
 }
 
 /** dbus-next's connection path: unmarshalMessages, messageToJsFmt, new Message. */
 async function theirDecode(bytes: Buffer): Promise<Message[]> {
   const stream = new PassThrough();
   const out: Message[] = [];
-  unmarshalMessages(stream, (m) => out.push(new Message(messageToJsFmt(m) as never)), {});
+  unmarshalMessages(stream, (m) => out.push(new Message(messageToJsFmt(m))), {});
   stream.write(bytes);
   await new Promise((r) => setImmediate(r));
   return out;

@@ -137,7 +137,7 @@ export class DomainQueue {
         item.resolve({
           ok: false,
           error: 'DeviceNotFound',
-          message: `VM "${domain.name}" has no ${describe(spec)}${live === undefined ? ' in its definition' : ''}`,
+          message: `VM "${domain.name}" has no ${deviceText(spec)}${live === undefined ? ' in its definition' : ''}`,
         });
         continue;
       }
@@ -207,7 +207,7 @@ export class DomainQueue {
       if (!(await this.backend.isLost(err))) {
         unwatch();
         item.resolve(
-          failure(toBackendError(err, `detaching the ${describe(spec)} from VM "${this.name}"`, 'RemovalFailed')),
+          failure(toBackendError(err, `detaching the ${deviceText(spec)} from VM "${this.name}"`, 'RemovalFailed')),
         );
         return;
       }
@@ -232,7 +232,7 @@ export class DomainQueue {
       item.resolve({
         ok: false,
         error: 'RemovalFailed',
-        message: `libvirt reported that the removal of the ${describe(item.request.device)} of VM "${this.name}" failed`,
+        message: `libvirt reported that the removal of the ${deviceText(item.request.device)} of VM "${this.name}" failed`,
       });
   }
 
@@ -243,7 +243,7 @@ export class DomainQueue {
   ): Promise<void> {
     const { request } = item;
     const alias = item.found!.alias;
-    const what = `the ${describe(request.device)} of VM "${this.name}"`;
+    const what = `the ${deviceText(request.device)} of VM "${this.name}"`;
     for (;;) {
       if (item.done) return;
       const r = result();
@@ -300,7 +300,7 @@ export class DomainQueue {
   }
 }
 
-function describe(spec: DetachRequest['device']): string {
+function deviceText(spec: DetachRequest['device']): string {
   const p = spec.params;
   switch (spec.type) {
     case 'pci':

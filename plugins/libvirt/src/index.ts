@@ -10,7 +10,7 @@ import { BackendFactory, ContainerModule, PLUGIN_API_VERSION, type VmdevdPlugin 
 import { LibvirtBackend, OPTIONS_SCHEMA } from './libvirt-backend.js';
 
 const factory: BackendFactory = {
-  optionsSchema: OPTIONS_SCHEMA as unknown as Record<string, unknown>,
+  optionsSchema: OPTIONS_SCHEMA,
   create: (context) => new LibvirtBackend(context),
 };
 

@@ -326,7 +326,7 @@ export class LibvirtBackend implements VmBackend {
     try {
       const infos = await conn.listDomains();
       const domains = new Map<string, Domain>();
-      await Promise.all(infos.map(async (info) => domains.set(info.uuid, await this.describe(conn, info))));
+      await Promise.all(infos.map(async (info) => domains.set(info.uuid, await this.domainOf(conn, info))));
       this.domains = domains;
       const touched = [...this.reloading];
       this.reloading = undefined;
@@ -336,7 +336,8 @@ export class LibvirtBackend implements VmBackend {
     }
   }
 
-  private async describe(conn: Connection, info: DomainInfo): Promise<Domain> {
+  /** What the backend keeps of a domain: its listing plus the type from its metadata. */
+  private async domainOf(conn: Connection, info: DomainInfo): Promise<Domain> {
     let type: string | undefined;
     try {
       type = metadataType(await conn.getMetadata(info.uuid, METADATA_NAMESPACE));
@@ -358,7 +359,7 @@ export class LibvirtBackend implements VmBackend {
   private async lookup(conn: Connection, uuid: string, publish = true): Promise<void> {
     let next: Domain | undefined;
     try {
-      next = await this.describe(conn, await conn.getDomain(uuid));
+      next = await this.domainOf(conn, await conn.getDomain(uuid));
     } catch (err) {
       if (!(err instanceof LibvirtError && err.code === C.VIR_ERR_NO_DOMAIN)) {
         if (!isConnectionError(err)) this.ctx.log.warn('domain lookup failed', { uuid, error: (err as Error).message });

@@ -312,9 +312,9 @@ function writeValue(w: WireWriter, t: TypeNode, v: unknown, depth: number): void
     case 'h':
       throw new EncodeError("vmdevd sends no unix fds ('h')");
     case 'v': {
-      if (v === null || v === undefined || (v as object).constructor !== Variant) throw typeError(t, v, 'a Variant');
+      if (v === null || v === undefined || v.constructor !== Variant) throw typeError(t, v, 'a Variant');
       if (depth >= MAX_TOTAL_DEPTH) throw tooDeep();
-      const { signature, value } = v as dbus.Variant;
+      const { signature, value } = v as { signature: string; value: unknown };
       let inner: TypeNode;
       try {
         inner = parseSingleType(signature);
@@ -348,7 +348,7 @@ function writeArray(w: WireWriter, t: TypeNode, v: unknown, depth: number): void
   // Check the shape before writing anything, as dbus-next does.
   const isDict = el.type === '{';
   if (isDict) {
-    if (v === null || v === undefined || (v as object).constructor !== Object) throw typeError(t, v, 'a plain object');
+    if (v === null || v === undefined || v.constructor !== Object) throw typeError(t, v, 'a plain object');
   } else if (el.type === 'y') {
     if (!Array.isArray(v) && !ArrayBuffer.isView(v)) throw typeError(t, v, 'a Buffer or an array of bytes');
   } else if (!Array.isArray(v)) {
@@ -458,12 +458,12 @@ function putU32(b: Buffer, at: number, v: number): void {
 function stringValue(v: unknown, type: string): string {
   if (typeof v === 'string') return v;
   if (Buffer.isBuffer(v)) return v.toString();
-  throw new EncodeError(`Expected string or buffer argument, got ${describe(v)} of type '${type}'`);
+  throw new EncodeError(`Expected string or buffer argument, got ${valueText(v)} of type '${type}'`);
 }
 
 function checkInteger(v: unknown, min: number, max: number, what: string): void {
   if (typeof v !== 'number' || !Number.isInteger(v))
-    throw new EncodeError(`expected an integer for ${what}, got ${describe(v)}`);
+    throw new EncodeError(`expected an integer for ${what}, got ${valueText(v)}`);
   if (v < min || v > max) throw new EncodeError(`${v} is out of range for ${what} (${min} to ${max})`);
 }
 
@@ -479,6 +479,8 @@ function bigIntValue(v: unknown, t: TypeNode): bigint {
   } else {
     if (v === null || v === undefined) throw typeError(t, v, 'a BigInt or an integer');
     try {
+      // As dbus-next: anything whose string is an integer (a Long, say).
+      // eslint-disable-next-line @typescript-eslint/no-base-to-string
       n = BigInt((Buffer.isBuffer(v) ? v.toString() : v).toString());
     } catch {
       throw typeError(t, v, 'a BigInt or an integer');
@@ -491,18 +493,19 @@ function bigIntValue(v: unknown, t: TypeNode): bigint {
 }
 
 function typeError(t: TypeNode, v: unknown, expected: string): EncodeError {
-  return new EncodeError(`expected ${expected} for type '${t.signature}', got ${describe(v)}`);
+  return new EncodeError(`expected ${expected} for type '${t.signature}', got ${valueText(v)}`);
 }
 
 function tooDeep(): EncodeError {
   return new EncodeError(`containers nested deeper than ${MAX_TOTAL_DEPTH}`);
 }
 
-function describe(v: unknown): string {
+function valueText(v: unknown): string {
   if (v === null || v === undefined) return String(v);
   if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
   if (typeof v === 'bigint') return `${v}n`;
-  if (typeof v !== 'object') return `${typeof v} ${String(v)}`;
-  const name = (v as object).constructor?.name;
+  if (typeof v === 'number' || typeof v === 'boolean') return `${typeof v} ${v}`;
+  if (typeof v !== 'object') return typeof v;
+  const name = v.constructor?.name;
   return Array.isArray(v) ? `an array of ${v.length}` : `${name ?? 'an object'}`;
 }

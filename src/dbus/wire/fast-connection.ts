@@ -32,16 +32,17 @@
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
+import { DBUS_ERRORS } from '../../protocol.js';
 import { authenticate, type AuthMechanism } from './sasl-client.js';
 import { encodeMessageInto, WireWriter, type OutgoingMessage } from './encoder.js';
-import { DecodeError, MessageFramer, type MessageHeader } from './decoder.js';
+import { type DecodeError, MessageFramer, type MessageHeader } from './decoder.js';
 import { MAX_MESSAGE_LENGTH } from './encoder.js';
 import dbus from 'dbus-next';
 
 const METHOD_RETURN = 2;
 const ERROR = 3;
 /** The error a reply that cannot be read is handed on as (libdbus's name for a malformed message). */
-export const INCONSISTENT_MESSAGE = 'org.freedesktop.DBus.Error.InconsistentMessage';
+const INCONSISTENT_MESSAGE = DBUS_ERRORS.InconsistentMessage;
 
 export interface FastConnectionOptions {
   /** One or more `;`-separated unix addresses, tried in order. */
@@ -180,11 +181,11 @@ export class FastConnection extends EventEmitter {
       (header, error) => this.undecodable(header, error),
     );
     this.schedule = options.flush === 'immediate' ? (fn) => setImmediate(fn) : (fn) => process.nextTick(fn);
-    const self = this;
+    const writable = () => !this.ended && this.socket !== undefined && this.socket.writable;
     this.stream = {
       end: () => this.end(),
       get writable() {
-        return !self.ended && self.socket !== undefined && self.socket.writable;
+        return writable();
       },
     };
     this.connectTo(busTargets(options.busAddress), 0, []);
