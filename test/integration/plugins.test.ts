@@ -180,7 +180,7 @@ describe('several backends', () => {
     assert.match(e.text, /1 of 1 state changes failed \(0 applied\): refuse-me: the test backend refuses/);
   });
 
-  it('announces the first change at once and coalesces a burst, keeping the last state', async () => {
+  it('announces the first change of a burst at once, and never loses its last state', async () => {
     // The first change after a quiet period goes out at once: let the hub's
     // window (10 ms since its last announcement) pass. A timer never fires
     // early, and a busy machine only makes the wait longer.
@@ -197,6 +197,18 @@ describe('several backends', () => {
       .slice(from)
       .filter((s) => s.member === 'TestSignal')
       .map((s) => (s.body[0] as Record<string, string>)['east-only']);
-    assert.deepEqual(emitted, ['running', 'shutoff'], 'the first state at once, the last at the end of the window');
+    assert.equal(emitted[0], 'running', `the first state at once: ${emitted.join(', ')}`);
+    assert.equal(emitted.at(-1), 'shutoff', `the last state: ${emitted.join(', ')}`);
+    // How many announcements lie between depends on the daemon's clock: a
+    // burst the scheduler interrupts for longer than the window is two
+    // bursts to the hub. The window itself is pinned in
+    // test/unit/state-hub.test.ts, on a clock the test moves. Here: each
+    // announced state is one the VM went through, in order.
+    let at = 0;
+    for (const state of emitted) {
+      at = state === undefined ? -1 : burst.indexOf(state, at);
+      assert.ok(at >= 0, `announced out of order: ${emitted.join(', ')}`);
+      at++;
+    }
   });
 });
