@@ -24,7 +24,14 @@ const PLUGINS = readdirSync(new URL('./plugins', import.meta.url), { withFileTyp
   .filter((d) => d.isDirectory())
   .map((d) => d.name);
 
-const TS = ['src/**/*.ts', 'plugins/*/src/**/*.ts', 'plugins/*/test/**/*.ts', 'test/**/*.ts', 'bench/*.ts'];
+const TS = [
+  'examples/*/src/**/*.ts',
+  'src/**/*.ts',
+  'plugins/*/src/**/*.ts',
+  'plugins/*/test/**/*.ts',
+  'test/**/*.ts',
+  'bench/*.ts',
+];
 const JS = ['scripts/*.mjs', 'bench/*.mjs', 'bin/*', 'eslint.config.mjs'];
 
 /** A plugin may use nothing of vmdevd but its plugin API (and, in its tests, the test harness). */
@@ -117,7 +124,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ['plugins/*/src/**/*.ts'],
+    files: ['plugins/*/src/**/*.ts', 'examples/*/src/**/*.ts'],
     rules: { 'no-restricted-imports': ['error', pluginImports('plugin-api')] },
   },
   {

@@ -34,6 +34,8 @@ await build({
     vmdevctl: join(root, 'dist/src/cli/vmdevctl.js'),
     'plugin-api': join(root, 'dist/src/plugin-api.js'),
     client: join(root, 'dist/src/client/index.js'),
+    // Module hooks run on Node's loader thread, from a file of their own.
+    'plugin-api-hooks': join(root, 'dist/src/daemon/plugin-api-hooks.js'),
   },
   splitting: true,
   outdir: join(root, 'dist/bundle'),

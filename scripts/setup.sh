@@ -13,7 +13,10 @@ PACKAGES=(
   build-essential pkg-config python3 libvirt-dev
   # a private bus for the daemon and the tests, and foreign clients
   dbus systemd libglib2.0-bin python3-dbus-next
-  # a real libvirtd with QEMU, for the libvirt backend and the demo
+  # a second foreign client that writes big-endian messages (GLib's GDBus from Python)
+  python3-gi gir1.2-glib-2.0
+  # a real libvirtd with QEMU, for the libvirt backend and the demo; QEMU run
+  # directly for the qmp backend
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
   # the memory check of the native binding
   valgrind
@@ -23,6 +26,10 @@ PACKAGES=(
   # running clients and the daemon as them (setpriv), the unit checks
   # (systemd-analyze, systemd-sysusers: package systemd, above)
   passwd util-linux
+  # the system test: a Debian 12 tree (debootstrap, which checks the mirror's
+  # signature with Debian's keyring) booted with systemd-nspawn, commands
+  # inside it through nsenter (util-linux, above)
+  debootstrap debian-archive-keyring systemd-container
   # npm run lint: the formatter of the native code, the shell checker
   clang-format shellcheck
 )

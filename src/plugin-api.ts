@@ -4,7 +4,8 @@
  * A plugin is an npm package (or a directory with a `package.json`) whose
  * entry point exports a {@link VmdevdPlugin}, as its default export or as a
  * named export `plugin`. The daemon imports it, checks {@link VmdevdPlugin.apiVersion},
- * loads its `ContainerModule` into a container of its own, asks that container
+ * loads its `ContainerModule` into a container of its own (with nothing of the
+ * daemon's in it), asks that container
  * for the {@link BackendFactory} it binds, and creates one backend per entry
  * of the config's `backends` list that names the plugin.
  *

@@ -150,7 +150,17 @@ export async function main(argv: readonly string[], io: Io = processIo): Promise
     if (command !== 'detach' && (values.wait || values.timeout !== undefined))
       throw new UsageError('--wait and --timeout belong to detach');
     const run = prepare(command, args, values);
-    client = await VmdevClient.connect({ bus: buses[0] ?? 'session', busName: values['bus-name'] });
+    const bus = buses[0] ?? 'session';
+    try {
+      client = await VmdevClient.connect({ bus, busName: values['bus-name'] });
+    } catch (err) {
+      // The usual cause: vmdevd installed as a service, on the system bus.
+      const hint =
+        bus === 'session' && !/--system/.test((err as Error).message)
+          ? '; is vmdevd on the system bus? try --system'
+          : '';
+      throw new Error(`${(err as Error).message}${hint}`, { cause: err });
+    }
     return await run(client, io, values.json === true);
   } catch (err) {
     if (err instanceof UsageError) {

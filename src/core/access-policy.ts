@@ -10,7 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { inject, injectable } from 'inversify';
 import type { Logger } from '../plugin-api.js';
-import { Config } from './config.js';
+import { Config, type AccessConfig } from './config.js';
 import { RootLogger } from './logger.js';
 
 export const AccountFiles = Symbol('AccountFiles');
@@ -51,22 +51,35 @@ export class AccessPolicy {
   constructor(
     @inject(Config) config: Config,
     @inject(RootLogger) logger: RootLogger,
-    @inject(AccountFiles) files: AccountFiles,
+    @inject(AccountFiles) private readonly files: AccountFiles,
   ) {
     this.log = logger.child('access');
-    const passwd = readTable(files.passwd, this.log);
-    const group = readTable(files.group, this.log);
+    this.configure(config.access);
+  }
+
+  /**
+   * Reads the account files and resolves the allowed users and groups: at
+   * start, and again on a config reload (which also picks up a user added
+   * to an allowed group since).
+   */
+  configure(access: AccessConfig): void {
+    this.uids.clear();
+    this.gids.clear();
+    this.members.clear();
+    this.users.clear();
+    const passwd = readTable(this.files.passwd, this.log);
+    const group = readTable(this.files.group, this.log);
     for (const [name, , uid, gid] of passwd) this.users.set(Number(uid), { name: name!, gid: Number(gid) });
     for (const [, , gid, list] of group)
       this.members.set(Number(gid), new Set((list ?? '').split(',').filter(Boolean)));
 
     this.uids.add(process.getuid?.() ?? 0);
-    for (const user of config.access.users) {
+    for (const user of access.users) {
       const uid = /^[0-9]+$/.test(user) ? Number(user) : passwd.find((p) => p[0] === user)?.[2];
       if (uid === undefined) this.log.warn('allowed user does not exist; ignoring it', { user });
       else this.uids.add(Number(uid));
     }
-    for (const name of config.access.groups) {
+    for (const name of access.groups) {
       const gid = /^[0-9]+$/.test(name) ? Number(name) : group.find((g) => g[0] === name)?.[2];
       if (gid === undefined)
         this.log.warn('allowed group does not exist; nobody gets access through it', { group: name });

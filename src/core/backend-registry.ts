@@ -5,7 +5,7 @@
  * throws shows up in `Backends` and in the log, never as a daemon crash.
  */
 import { Ajv } from 'ajv';
-import { type Container, inject, injectable } from 'inversify';
+import { inject, injectable } from 'inversify';
 import {
   BackendError,
   FAILURE_KINDS,
@@ -29,8 +29,6 @@ import { RootLogger } from './logger.js';
 import { loadPlugin, packageVersion, type LoadedPlugin } from './plugin-loader.js';
 import { StateHub } from './state-hub.js';
 
-/** The container plugins' containers are children of. */
-export const CoreContainer = Symbol('CoreContainer');
 /** Where in-repo plugins are looked up (`plugins/` of the package). */
 export const BuiltinPluginDir = Symbol('BuiltinPluginDir');
 
@@ -88,7 +86,9 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
 
 @injectable()
 export class BackendRegistry implements Disposable {
-  private readonly hostList: BackendHost[];
+  private hostList: BackendHost[];
+  private readonly plugins = new Map<string, Promise<LoadedPlugin>>();
+  private readonly ajv = new Ajv({ allErrors: false, strict: false });
   private readonly onDidChangeHealthEmitter = new Emitter<void>();
   private readonly onDidBecomeReadyEmitter = new Emitter<void>();
   private readonly log: Logger;
@@ -99,12 +99,11 @@ export class BackendRegistry implements Disposable {
   constructor(
     @inject(Config) private readonly config: Config,
     @inject(StateHub) private readonly hub: StateHub,
-    @inject(RootLogger) rootLogger: RootLogger,
-    @inject(CoreContainer) private readonly container: Container,
+    @inject(RootLogger) private readonly rootLogger: RootLogger,
     @inject(BuiltinPluginDir) private readonly builtinDir: string,
   ) {
     this.log = rootLogger.child('backends');
-    this.hostList = config.backends.map((c) => new BackendHost(c, rootLogger.child(`backend ${c.id}`)));
+    this.hostList = config.backends.map((c) => this.newHost(c));
   }
 
   hosts(): readonly BackendHost[] {
@@ -128,56 +127,32 @@ export class BackendRegistry implements Disposable {
    * a plugin's schema are a config error and throw `ConfigError`.
    */
   async load(): Promise<void> {
-    const plugins = new Map<string, Promise<LoadedPlugin>>();
-    for (const host of this.hostList) {
-      const spec = host.config.plugin;
-      if (!plugins.has(spec)) plugins.set(spec, loadPlugin(spec, this.config.baseDir, this.container, this.builtinDir));
-    }
-    const ajv = new Ajv({ allErrors: false, strict: false });
+    const prepared: Array<LoadedPlugin | undefined> = [];
+    for (const [index, host] of this.hostList.entries()) prepared.push(await this.prepare(host, index));
     for (const [index, host] of this.hostList.entries()) {
-      let plugin: LoadedPlugin;
-      try {
-        plugin = await plugins.get(host.config.plugin)!;
-      } catch (err) {
-        this.fail(host, errorMessage(err));
-        continue;
-      }
-      host.plugin = plugin;
-      const schema = plugin.factory.optionsSchema;
-      if (schema !== undefined) {
-        let valid: boolean;
-        let validate;
-        try {
-          validate = ajv.compile(schema);
-          valid = validate(host.config.options);
-        } catch (err) {
-          this.fail(host, `plugin "${plugin.name}" has an invalid options schema: ${errorMessage(err)}`);
-          continue;
-        }
-        if (!valid) {
-          throw new ConfigError(describeSchemaError(validate.errors![0]!, `backends[${index}]`));
-        }
-      }
-      try {
-        host.backend = plugin.factory.create(this.contextFor(host));
-        this.log.info('backend created', {
-          id: host.id,
-          plugin: plugin.name,
-          version: packageVersion(plugin.root),
-          from: plugin.root,
-        });
-      } catch (err) {
-        this.fail(host, `plugin "${plugin.name}" could not create the backend: ${errorMessage(err)}`);
-      }
+      const plugin = prepared[index];
+      if (plugin !== undefined) this.create(host, plugin);
     }
   }
 
+  /** Loads every plugin and checks every backend's options; returns the backends whose plugin cannot load. */
+  async check(): Promise<string[]> {
+    const problems: string[] = [];
+    for (const [index, host] of this.hostList.entries()) {
+      if ((await this.prepare(host, index)) === undefined) {
+        problems.push(`backends[${index}] (${host.id}): ${host.failure ?? 'cannot be loaded'}`);
+      }
+    }
+    return problems;
+  }
+
   /**
-   * Starts every backend. Resolves once each one has published its first
-   * list, finished starting, failed, or taken longer than the start timeout.
+   * Starts every backend (or those given). Resolves once each one has
+   * published its first list, finished starting, failed, or taken longer
+   * than the start timeout.
    */
-  async start(timeoutMs = START_TIMEOUT_MS): Promise<void> {
-    const waits = this.hostList.map(async (host) => {
+  async start(timeoutMs = START_TIMEOUT_MS, hosts: readonly BackendHost[] = this.hostList): Promise<void> {
+    const waits = hosts.map(async (host) => {
       if (host.backend === undefined) return;
       const ready = new Promise<void>((resolve) => {
         if (host.ready) return resolve();
@@ -199,6 +174,57 @@ export class BackendRegistry implements Disposable {
     await Promise.all(waits);
   }
 
+  /**
+   * Applies a reloaded config's backends: an entry that is unchanged keeps
+   * its backend as it is; a removed one is stopped and its VMs leave the map;
+   * a new or changed one is created and started. Every new entry's plugin is
+   * loaded and its options checked first: a `ConfigError` then leaves
+   * everything as it was. Pending detaches of a stopped backend end as its
+   * stop() settles them, or at their deadline.
+   */
+  async reconfigure(
+    entries: readonly BackendConfig[],
+  ): Promise<{ added: string[]; removed: string[]; changed: string[] }> {
+    const current = new Map(this.hostList.map((h) => [h.id, h]));
+    const next = entries.map((entry) => {
+      const kept = current.get(entry.id);
+      // A backend that could never run (its plugin did not load, its start
+      // was refused) is tried again, even with its entry unchanged.
+      return kept !== undefined && kept.failure === undefined && sameBackendConfig(kept.config, entry)
+        ? kept
+        : this.newHost(entry);
+    });
+    const fresh = next.filter((h) => !this.hostList.includes(h));
+    const gone = this.hostList.filter((h) => !next.includes(h));
+    const prepared = new Map<BackendHost, LoadedPlugin | undefined>();
+    for (const host of fresh)
+      prepared.set(
+        host,
+        await this.prepare(
+          host,
+          entries.findIndex((e) => e.id === host.id),
+        ),
+      );
+
+    for (const host of gone) {
+      await this.stopHost(host);
+      this.hub.dropBackend(host.id);
+    }
+    this.hostList = next;
+    for (const host of fresh) {
+      const plugin = prepared.get(host);
+      if (plugin !== undefined) this.create(host, plugin);
+    }
+    this.onDidChangeHealthEmitter.fire();
+    await this.start(START_TIMEOUT_MS, fresh);
+    const ids = (hosts: BackendHost[]) => hosts.map((h) => h.id);
+    return {
+      added: ids(fresh.filter((h) => !current.has(h.id))),
+      removed: ids(gone.filter((h) => !next.some((n) => n.id === h.id))),
+      changed: ids(fresh.filter((h) => current.has(h.id))),
+    };
+  }
+
   /** True once every backend has its first list or gave up. */
   allReady(): boolean {
     return this.hostList.every((h) => h.ready);
@@ -206,16 +232,18 @@ export class BackendRegistry implements Disposable {
 
   /** Stops the backends, in the reverse order of the config. */
   async stop(): Promise<void> {
-    for (const host of [...this.hostList].reverse()) {
-      if (host.stopped) continue;
-      host.stopped = true;
-      if (host.backend === undefined) continue;
-      await withTimeout(
-        this.guard(host, 'stop', () => host.backend!.stop()),
-        STOP_TIMEOUT_MS,
-        `stopping backend ${host.id}`,
-      ).catch((err: unknown) => host.log.warn('backend did not stop cleanly', { reason: errorMessage(err) }));
-    }
+    for (const host of [...this.hostList].reverse()) await this.stopHost(host);
+  }
+
+  private async stopHost(host: BackendHost): Promise<void> {
+    if (host.stopped) return;
+    host.stopped = true;
+    if (host.backend === undefined) return;
+    await withTimeout(
+      this.guard(host, 'stop', () => host.backend!.stop()),
+      STOP_TIMEOUT_MS,
+      `stopping backend ${host.id}`,
+    ).catch((err: unknown) => host.log.warn('backend did not stop cleanly', { reason: errorMessage(err) }));
   }
 
   /** Runs a detach in the backend; never rejects. */
@@ -278,6 +306,59 @@ export class BackendRegistry implements Disposable {
   dispose(): void {
     this.onDidChangeHealthEmitter.dispose();
     this.onDidBecomeReadyEmitter.dispose();
+  }
+
+  private newHost(entry: BackendConfig): BackendHost {
+    return new BackendHost(entry, this.rootLogger.child(`backend ${entry.id}`));
+  }
+
+  /** The host's plugin, loaded once per plugin spec, with the host's options checked against its schema. */
+  private async prepare(host: BackendHost, index: number): Promise<LoadedPlugin | undefined> {
+    const spec = host.config.plugin;
+    let loading = this.plugins.get(spec);
+    if (loading === undefined) {
+      loading = loadPlugin(spec, this.config.baseDir, this.builtinDir);
+      this.plugins.set(spec, loading);
+      // A plugin that failed to load is tried again at the next reload.
+      loading.catch(() => this.plugins.delete(spec));
+    }
+    let plugin: LoadedPlugin;
+    try {
+      plugin = await loading;
+    } catch (err) {
+      this.fail(host, errorMessage(err));
+      return undefined;
+    }
+    host.plugin = plugin;
+    const schema = plugin.factory.optionsSchema;
+    if (schema === undefined) return plugin;
+    let validate;
+    try {
+      validate = this.ajv.compile(closedSchema(schema));
+    } catch (err) {
+      this.fail(host, `plugin "${plugin.name}" has an invalid options schema: ${errorMessage(err)}`);
+      return undefined;
+    }
+    if (!validate(host.config.options)) {
+      throw new ConfigError(
+        `${this.config.source}: ${describeSchemaError(validate.errors![0]!, `backends[${index}]`)}`,
+      );
+    }
+    return plugin;
+  }
+
+  private create(host: BackendHost, plugin: LoadedPlugin): void {
+    try {
+      host.backend = plugin.factory.create(this.contextFor(host));
+      this.log.info('backend created', {
+        id: host.id,
+        plugin: plugin.name,
+        version: packageVersion(plugin.root),
+        from: plugin.root,
+      });
+    } catch (err) {
+      this.fail(host, `plugin "${plugin.name}" could not create the backend: ${errorMessage(err)}`);
+    }
   }
 
   private guard<T>(host: BackendHost, what: string, fn: () => Promise<T>): Promise<T> {
@@ -376,4 +457,24 @@ export class BackendRegistry implements Disposable {
       },
     };
   }
+}
+
+function sameBackendConfig(a: BackendConfig, b: BackendConfig): boolean {
+  return a.plugin === b.plugin && JSON.stringify(a.options) === JSON.stringify(b.options);
+}
+
+/**
+ * A plugin's options schema as vmdevd applies it: an object schema that
+ * names its properties but forgets `additionalProperties: false` still
+ * refuses options it does not name, so a typo in a config is an error, not
+ * an option silently ignored.
+ */
+function closedSchema(schema: Record<string, unknown>): Record<string, unknown> {
+  const open =
+    schema['type'] === 'object' &&
+    typeof schema['properties'] === 'object' &&
+    schema['additionalProperties'] === undefined &&
+    schema['unevaluatedProperties'] === undefined &&
+    schema['patternProperties'] === undefined;
+  return open ? { ...schema, additionalProperties: false } : schema;
 }

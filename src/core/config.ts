@@ -36,6 +36,8 @@ export interface Config {
   readonly access: AccessConfig;
   /** Directory that relative plugin paths are resolved against (the config file's). */
   readonly baseDir: string;
+  /** Where it came from, for messages: the file, or `default config`. */
+  readonly source: string;
 }
 
 export { DEFAULT_BUS_NAME } from '../protocol.js';
@@ -143,6 +145,7 @@ export function parseConfig(data: unknown, source: string, baseDir: string, over
     backends: parsedBackends.length > 0 ? parsedBackends : parseConfig(defaultConfigData(), source, baseDir).backends,
     access: { users: access.users ?? ['root'], groups: access.groups ?? [DEFAULT_ADMIN_GROUP] },
     baseDir,
+    source,
   };
 }
 

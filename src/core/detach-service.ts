@@ -66,7 +66,8 @@ interface Subscriber {
 /** What a job needs of its service: the clock, the limits, and where its outcome goes. */
 interface JobOwner {
   readonly clock: Clock;
-  readonly timeoutMs: number;
+  /** Read when a job starts a phase: a reloaded timeout applies to what starts after it. */
+  timeoutMs: number;
   readonly graceMs: number;
   /** Makes sure the sweeper runs while some job has a deadline. */
   watch(): void;
@@ -201,6 +202,11 @@ export class DetachService implements Disposable {
       watch: () => this.watchClocks(),
       finished: (job, outcome) => this.finished(job, outcome),
     };
+  }
+
+  /** A new `detachTimeoutSeconds` (config reload): for phases that start from now on. */
+  setTimeoutSeconds(seconds: number): void {
+    this.owner.timeoutMs = Math.round(seconds * 1000);
   }
 
   /** Number of detaches in progress (joined requests count once). */

@@ -94,7 +94,12 @@ const RULE_TABLE: Readonly<Record<DeviceType, TypeRule>> = {
   disk: {
     required: [['target']],
     params: {
-      target: { pattern: /^(hd|sd|vd|xvd|ubd|fd)[a-z]{1,4}$/, expected: 'a disk target such as vdb or sda' },
+      // A guest device name (libvirt: vdb, sda) or a QEMU device or drive id (qmp: scsi0, drive-virtio-disk1).
+      target: {
+        pattern: /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/,
+        expected:
+          'a disk target such as vdb, or a QEMU device or drive id (a letter, then letters, digits, _ . -, at most 64)',
+      },
     },
   },
   interface: {

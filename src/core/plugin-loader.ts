@@ -81,19 +81,39 @@ export function resolvePlugin(spec: string, baseDir: string, builtinDir = BUILTI
   );
 }
 
-function checkPlugin(exported: unknown, spec: string): VmdevdPlugin {
+/**
+ * The plugin-API version a plugin was built for: its own `apiVersion` (a
+ * number it writes down, not the daemon's constant it could import), else
+ * `vmdevd.apiVersion` in its package.json.
+ */
+function declaredApiVersion(plugin: Partial<VmdevdPlugin>, entry: string): unknown {
+  if (plugin.apiVersion !== undefined) return plugin.apiVersion;
+  const root = packageRoot(entry);
+  if (root === VMDEVD_ROOT) return undefined;
+  try {
+    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { vmdevd?: { apiVersion?: unknown } };
+    return pkg.vmdevd?.apiVersion;
+  } catch {
+    return undefined;
+  }
+}
+
+function checkPlugin(exported: unknown, spec: string, entry: string): VmdevdPlugin {
   if (typeof exported !== 'object' || exported === null) {
     throw new PluginLoadError(
       `plugin "${spec}" exports no plugin (expected a default export or an export named "plugin")`,
     );
   }
   const plugin = exported as Partial<VmdevdPlugin>;
-  if (typeof plugin.apiVersion !== 'number') {
-    throw new PluginLoadError(`plugin "${spec}" does not declare the plugin-API version it targets (apiVersion)`);
-  }
-  if (plugin.apiVersion !== PLUGIN_API_VERSION) {
+  const apiVersion = declaredApiVersion(plugin, entry);
+  if (typeof apiVersion !== 'number') {
     throw new PluginLoadError(
-      `plugin "${spec}" targets plugin API ${plugin.apiVersion}; this vmdevd implements plugin API ${PLUGIN_API_VERSION}`,
+      `plugin "${spec}" does not declare the plugin-API version it targets (apiVersion in the plugin, or "vmdevd": { "apiVersion": N } in its package.json)`,
+    );
+  }
+  if (apiVersion !== PLUGIN_API_VERSION) {
+    throw new PluginLoadError(
+      `plugin "${spec}" targets plugin API ${apiVersion}; this vmdevd implements plugin API ${PLUGIN_API_VERSION}`,
     );
   }
   if (
@@ -107,13 +127,14 @@ function checkPlugin(exported: unknown, spec: string): VmdevdPlugin {
 }
 
 /**
- * Imports a plugin, checks its API version, loads its module into a child
- * container of `parent` and returns the backend factory it binds.
+ * Imports a plugin, checks its API version, loads its module into a
+ * container of its own and returns the backend factory it binds. The
+ * container holds nothing of the core: what a plugin gets from vmdevd is
+ * the plugin API, and the BackendContext each backend is created with.
  */
 export async function loadPlugin(
   spec: string,
   baseDir: string,
-  parent: Container,
   builtinDir = BUILTIN_PLUGIN_DIR,
 ): Promise<LoadedPlugin> {
   const entry = resolvePlugin(spec, baseDir, builtinDir);
@@ -123,8 +144,8 @@ export async function loadPlugin(
   } catch (err) {
     throw new PluginLoadError(`plugin "${spec}" failed to load from ${entry}: ${errorMessage(err)}`);
   }
-  const plugin = checkPlugin(mod['default'] ?? mod['plugin'], spec);
-  const container = new Container({ parent });
+  const plugin = checkPlugin(mod['default'] ?? mod['plugin'], spec, entry);
+  const container = new Container();
   let factory: BackendFactory;
   try {
     await container.loadAsync(plugin.module);

@@ -69,6 +69,11 @@ export class StateHub implements Disposable {
     this.changed();
   }
 
+  /** Forgets a backend and its VMs (it was removed from the config). */
+  dropBackend(backendId: string): void {
+    if (this.backends.delete(backendId)) this.changed();
+  }
+
   remove(backendId: string, name: string): void {
     if (this.backends.get(backendId)?.delete(name)) this.changed();
   }

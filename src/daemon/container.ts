@@ -1,19 +1,23 @@
 /**
  * The composition root: the only place that decides which class serves
- * which token. Plugins get containers of their own, children of this one.
+ * which token, and the order in which the daemon's services start (and, in
+ * reverse, stop). Plugins get containers of their own, with nothing of the
+ * core in them (see plugin-loader.ts).
  */
 import { Container } from 'inversify';
 import { AccessPolicy, AccountFiles } from '../core/access-policy.js';
-import { BackendRegistry, BuiltinPluginDir, CoreContainer } from '../core/backend-registry.js';
+import { BackendRegistry, BuiltinPluginDir } from '../core/backend-registry.js';
 import { Clock, systemClock } from '../core/clock.js';
 import { Config } from '../core/config.js';
 import { DetachGraceMs, DetachService } from '../core/detach-service.js';
+import { Lifecycle, type LifecycleStage } from '../core/lifecycle.js';
 import { RootLogger } from '../core/logger.js';
 import { BUILTIN_PLUGIN_DIR } from '../core/plugin-loader.js';
 import { CoalesceWindowMs, StateHub } from '../core/state-hub.js';
 import { VmdevService } from '../core/vmdev-service.js';
 import { DbusFrontend, InterfaceDefinitionToken } from '../dbus/dbus-frontend.js';
 import { loadInterface } from '../dbus/interface-definition.js';
+import { MemoryReclaimer } from './memory-reclaimer.js';
 
 export interface ContainerOptions {
   /** Where in-repo plugins are looked up; the package's `plugins/` by default. */
@@ -32,7 +36,6 @@ export function createContainer(config: Config, logger: RootLogger, options: Con
   const container = new Container({ defaultScope: 'Singleton' });
   container.bind(Config).toConstantValue(config);
   container.bind(RootLogger).toConstantValue(logger);
-  container.bind(CoreContainer).toConstantValue(container);
   container.bind(BuiltinPluginDir).toConstantValue(options.builtinPluginDir ?? BUILTIN_PLUGIN_DIR);
   container.bind(CoalesceWindowMs).toConstantValue(options.coalesceWindowMs ?? 10);
   container.bind(DetachGraceMs).toConstantValue(options.detachGraceMs ?? 2000);
@@ -45,5 +48,38 @@ export function createContainer(config: Config, logger: RootLogger, options: Con
   container.bind(DetachService).toSelf();
   container.bind(VmdevService).toSelf();
   container.bind(DbusFrontend).toSelf();
+  container.bind(MemoryReclaimer).toConstantValue(new MemoryReclaimer(logger.child('memory')));
+  container.bind(Lifecycle).toDynamicValue((ctx) => {
+    const registry = ctx.get(BackendRegistry);
+    const frontend = ctx.get(DbusFrontend);
+    const service = ctx.get(VmdevService);
+    const hub = ctx.get(StateHub);
+    const stages: LifecycleStage[] = [
+      // Plugins load first: options a plugin's schema refuses stop the start.
+      [{ name: 'plugins', start: () => registry.load(), stop: () => (registry.dispose(), hub.dispose()) }],
+      // The bus and the backends come up side by side.
+      [
+        { name: 'bus connection', start: () => frontend.connect(), stop: () => frontend.dispose() },
+        { name: 'backends', start: () => registry.start(), stop: () => registry.stop() },
+      ],
+      // Calls are answered from here; on the way down nothing more is
+      // accepted, every pending detach gets its outcome while the bus still
+      // carries it, then the name is released and the connection closed.
+      [
+        {
+          name: 'requests',
+          start: () => frontend.publish(),
+          stop: async () => {
+            frontend.stopAccepting();
+            service.close();
+            await frontend.close();
+          },
+        },
+      ],
+      [{ name: 'first state map', start: () => frontend.announce() }],
+      [ctx.get(MemoryReclaimer)],
+    ];
+    return new Lifecycle(stages, logger.child('lifecycle'));
+  });
   return container;
 }

@@ -1,11 +1,12 @@
 /** `vmdevd`: the daemon's command line entry. */
 import 'reflect-metadata';
-import { loadConfig } from '../core/config.js';
+import { loadConfig, type Config, type ConfigOverrides } from '../core/config.js';
 import { ConfigError, errorMessage } from '../core/errors.js';
 import { RootLogger } from '../core/logger.js';
 import { VERSION } from '../paths.js';
 import { parseDaemonArgs, USAGE } from './args.js';
 import { Daemon } from './daemon.js';
+import { providePluginApi } from './plugin-api-resolver.js';
 
 /** sysexits.h: a config error, and a service that cannot be reached. */
 const EX_CONFIG = 78;
@@ -26,9 +27,26 @@ function disableProtoAccessor(): void {
   delete (Object.prototype as { __proto__?: unknown }).__proto__;
 }
 
+/** `--check-config`: the whole config, plugin options included; 0 or 78. */
+async function checkConfig(config: Config): Promise<number> {
+  providePluginApi();
+  // Quiet: the answer is the one line below.
+  const daemon = new Daemon(config, new RootLogger('error', { write: () => {} }));
+  const problems = await daemon.checkBackends();
+  if (problems.length > 0) {
+    for (const p of problems) process.stderr.write(`vmdevd: ${config.source}: ${p}\n`);
+    return EX_CONFIG;
+  }
+  const backends = config.backends.map((b) => `${b.id} (${b.plugin})`).join(', ');
+  process.stdout.write(`vmdevd: ${config.source}: valid; backends: ${backends}\n`);
+  return 0;
+}
+
 export async function main(argv: readonly string[]): Promise<number> {
   disableProtoAccessor();
   let config;
+  let configFile: string | undefined;
+  let overrides: ConfigOverrides;
   try {
     const args = parseDaemonArgs(argv);
     if (args.help) {
@@ -39,7 +57,10 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stdout.write(`vmdevd ${VERSION}\n`);
       return 0;
     }
-    config = loadConfig(args.config, { bus: args.bus });
+    configFile = args.config;
+    overrides = { bus: args.bus };
+    config = loadConfig(configFile, overrides);
+    if (args.checkConfig) return await checkConfig(config);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`vmdevd: ${err.message}\n`);
@@ -48,9 +69,11 @@ export async function main(argv: readonly string[]): Promise<number> {
     throw err;
   }
 
+  // Before any plugin is imported: plugins resolve vmdevd/plugin-api to ours.
+  providePluginApi();
   const logger = new RootLogger(config.logLevel);
   const log = logger.child('vmdevd');
-  const daemon = new Daemon(config, logger);
+  const daemon = new Daemon(config, logger, {}, { file: configFile, overrides });
 
   // A plugin's stray exception must not take the daemon down: log it and
   // mark the backend it came from.
@@ -75,6 +98,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
+    // SIGHUP (systemctl reload): read the config again; a bad file is refused and logged.
+    process.on('SIGHUP', () => void daemon.reload());
     daemon.onBusLost((err) => {
       void daemon.stop(`bus connection lost: ${err.message}`).then(() => resolve(EX_UNAVAILABLE));
     });
@@ -84,14 +109,15 @@ export async function main(argv: readonly string[]): Promise<number> {
     version: VERSION,
     pid: process.pid,
     bus: config.bus,
-    config: argv.includes('--config') ? undefined : 'built-in default',
+    config: configFile ?? 'built-in default',
   });
   try {
     await daemon.start();
   } catch (err) {
     const code = err instanceof ConfigError ? EX_CONFIG : EX_UNAVAILABLE;
+    // A config error is one line on stderr (the journal under systemd), naming the file.
     if (err instanceof ConfigError) process.stderr.write(`vmdevd: ${err.message}\n`);
-    log.error('start failed', { error: errorMessage(err) });
+    else log.error('start failed', { error: errorMessage(err) });
     await daemon.stop('start failed');
     return code;
   }

@@ -29,7 +29,8 @@ function footprint(): number {
 const mib = (bytes: number) => (bytes / 1048576).toFixed(1);
 
 export class MemoryReclaimer implements Disposable {
-  private readonly timer: NodeJS.Timeout | undefined;
+  readonly name = 'memory reclaimer';
+  private timer: NodeJS.Timeout | undefined;
   /** The lowest resident size seen while idle. */
   private low = footprint();
   /** Busy since the last collection: start-up counts as busy. */
@@ -41,9 +42,17 @@ export class MemoryReclaimer implements Disposable {
   constructor(
     private readonly log: Logger,
     private readonly gc: (() => void) | undefined = (globalThis as { gc?: () => void }).gc,
-  ) {
-    if (this.gc === undefined) return;
+  ) {}
+
+  /** Starts watching (nothing without --expose-gc). */
+  start(): void {
+    if (this.gc === undefined || this.timer !== undefined) return;
+    this.low = footprint();
     this.timer = setInterval(() => this.check(), CHECK_EVERY_MS).unref();
+  }
+
+  stop(): void {
+    this.dispose();
   }
 
   private check(): void {
@@ -71,5 +80,6 @@ export class MemoryReclaimer implements Disposable {
 
   dispose(): void {
     clearInterval(this.timer);
+    this.timer = undefined;
   }
 }

@@ -23,6 +23,7 @@ import { BackendRegistry } from '../core/backend-registry.js';
 import { Config } from '../core/config.js';
 import { DetachService, type DetachFinished } from '../core/detach-service.js';
 import { DisposableStore, type Disposable } from '../core/disposable.js';
+import { Emitter, type Event } from '../core/event.js';
 import { VmdevError, errorMessage, invalidArgs } from '../core/errors.js';
 import { RootLogger } from '../core/logger.js';
 import { StateHub, type StateMap } from '../core/state-hub.js';
@@ -151,7 +152,9 @@ export class DbusFrontend implements Disposable {
   private accepting = true;
   private announced = false;
   private closed = false;
-  private onBusLost: ((err: Error) => void) | undefined;
+  private readonly onDidLoseConnectionEmitter = new Emitter<Error>();
+  /** Fires once if the bus connection breaks after `connect()` (not when `close()` ends it). */
+  readonly onDidLoseConnection: Event<Error> = this.onDidLoseConnectionEmitter.event;
   private readonly credentialCache = new Map<string, Credentials>();
   private encodedStateCache = new WeakMap<StateMap, Buffer>();
   private methodHandler: Disposable | undefined;
@@ -170,9 +173,8 @@ export class DbusFrontend implements Disposable {
     this.log = logger.child('dbus');
   }
 
-  /** Connects to the bus. `onLost` is called if the connection breaks later. */
-  async connect(onLost: (err: Error) => void): Promise<void> {
-    this.onBusLost = onLost;
+  /** Connects to the bus; `onDidLoseConnection` tells if the connection breaks later. */
+  async connect(): Promise<void> {
     this.bus = await openBus(this.config.bus, {
       maxIncomingLength: MAX_CALL_BYTES,
       onUndecodable: (m) => this.undecodable(m),
@@ -285,7 +287,7 @@ export class DbusFrontend implements Disposable {
     this.closed = true;
     const error = err instanceof Error ? err : new Error(String(err));
     this.log.error('lost the bus connection', { error: error.message });
-    this.onBusLost?.(error);
+    this.onDidLoseConnectionEmitter.fire(error);
   }
 
   private emitStates(map: StateMap): void {
@@ -320,7 +322,7 @@ export class DbusFrontend implements Disposable {
 
   private emitOutcome(e: DetachFinished): void {
     if (this.closed) {
-      this.log.warn('outcome not sent: the bus is closed', {
+      this.log.warn('outcome not sent: the bus connection is gone, no client will see it', {
         vm: e.vm,
         device: e.device,
         outcome: e.outcome.ok ? 'detached' : e.outcome.error,

@@ -1,14 +1,15 @@
 #!/usr/bin/python3
 """Tries every kind of call to vmdevd's bus name, as whoever runs it.
 
-Usage: policy_probe.py BUS_ADDRESS LABEL [SIGNAL_TIMEOUT_S]
+Usage: policy_probe.py BUS_ADDRESS LABEL [SIGNAL_TIMEOUT_S [SELECTOR VM=STATE]]
 
 With python3-dbus-next: subscribes to TestSignal, makes each call below and
 records "ok" or the error name of the reply, then prints "READY" and waits
 for one TestSignal (the test changes a VM's state when it sees READY).
 Finally prints one JSON object: {"uid", "calls": {name: result}, "signals": n}.
 LABEL names the device in the TestMethod call, so the test can find it in
-the backend's journal.
+the backend's journal. TestMethod asks for SELECTOR (default vm1), Set
+writes {VM: STATE} (default vm2=paused).
 """
 import asyncio
 import json
@@ -30,7 +31,7 @@ def bus_call(member, signature="", body=None):
                    signature=signature, body=body or [])
 
 
-async def main(address, label, timeout):
+async def main(address, label, timeout, selector, vm, state):
     bus = await MessageBus(bus_address=address).connect()
     signals = []
     got = asyncio.Event()
@@ -54,13 +55,13 @@ async def main(address, label, timeout):
         "Ping": dict(interface="org.freedesktop.DBus.Peer", member="Ping"),
         "GetMachineId": dict(interface="org.freedesktop.DBus.Peer", member="GetMachineId"),
         "TestMethod": dict(interface=IFACE, member="TestMethod", signature="sa{sas}",
-                           body=["vm1", {label: ["type=disk", "target=vdb"]}]),
+                           body=[selector, {label: ["type=disk", "target=vdb"]}]),
         "Set": dict(interface=PROPS, member="Set", signature="ssv",
-                    body=[IFACE, "TestProperty", Variant("a{ss}", {"vm2": "paused"})]),
+                    body=[IFACE, "TestProperty", Variant("a{ss}", {vm: state})]),
         "unknown member": dict(interface=IFACE, member="Bogus"),
         "unknown interface": dict(interface="org.example.dbustest.Other", member="TestMethod"),
         "TestMethod without interface": dict(member="TestMethod", signature="sa{sas}",
-                                             body=["vm1", {label + "-noiface": ["type=disk", "target=vdc"]}]),
+                                             body=[selector, {label + "-noiface": ["type=disk", "target=vdc"]}]),
     }
     results = {}
     for key, spec in calls.items():
@@ -85,4 +86,6 @@ async def main(address, label, timeout):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 10.0))
+    vm, _, state = (sys.argv[5] if len(sys.argv) > 5 else "vm2=paused").partition("=")
+    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 10.0,
+                     sys.argv[4] if len(sys.argv) > 4 else "vm1", vm, state))

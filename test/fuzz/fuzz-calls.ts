@@ -125,7 +125,8 @@ const DEFECTS: Array<(r: Random, devices: Array<[string, string[]]>) => void> = 
   (r, d) => d[0]![1].push(r.pick(['novalue', '=x', ''])),
   (r, d) => d[0]![1].push(`persistent=${r.pick(['maybe', 'YES', '1', ''])}`),
   (_r, d) => (d[0]![1] = []),
-  (r, d) => (d[0]![1] = ['type=disk', `target=${'vd' + 'b'.repeat(r.int(5, 300))}`]),
+  // Targets are QEMU ids too (a letter, then letters, digits, _ . -): at most 64 characters.
+  (r, d) => (d[0]![1] = ['type=disk', `target=${'vd' + 'b'.repeat(r.int(63, 300))}`]),
   (_r, d) => (d[0]![1] = ['type=disk', 'target=vdb', 'persistent=no', `x${'='.repeat(300)}`]),
   (r, d) =>
     (d[0]![1] = ['type=pci', `address=${r.pick(['zz:00.0', '00:20.0', '0000:00:00.8', '00:00.0 ', '10000:00:00.0'])}`]),
@@ -423,15 +424,13 @@ export function generate(r: Random, id: number): FuzzCall {
         body: randomBody(r, sig),
         flags: r.chance(0.05) ? NO_REPLY_EXPECTED : 0,
       };
-      // Without an interface, a member of one of the object's interfaces is
-      // that member (the receiver may pick): Introspect() is answered.
-      const known = where === 'noInterface' && ['Get', 'Set', 'Introspect'].includes(member);
-      return {
-        ...base,
-        ...call,
-        expect: known ? 'any' : 'error',
-        errors: where === 'ourInterface' ? [UNKNOWN_METHOD] : undefined,
-      };
+      // Without an interface, a member of the standard interfaces is answered
+      // (the spec lets a call leave its interface out), on our path and, for
+      // Introspect and Peer, on its ancestors.
+      const answerable =
+        where !== 'ourInterface' && where !== 'otherInterface' && ['Get', 'Set', 'Introspect'].includes(call.member);
+      if (answerable) return { ...base, ...call, expect: 'any' };
+      return { ...base, ...call, expect: 'error', errors: where === 'ourInterface' ? [UNKNOWN_METHOD] : undefined };
     }
     case 'deep nesting': {
       const kind = r.pick(['variants', 'arrays', 'mixed']);

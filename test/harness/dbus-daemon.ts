@@ -17,20 +17,7 @@ export interface PrivateBus {
 
 /** A session-style bus configuration that lets everyone do everything. */
 export function openBusConfig(socket: string): string {
-  const doc = create({ version: '1.0' })
-    .dtd({
-      pubID: '-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN',
-      sysID: 'http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd',
-    })
-    .ele('busconfig');
-  doc.ele('type').txt('session');
-  doc.ele('listen').txt(`unix:path=${socket}`);
-  doc.ele('auth').txt('EXTERNAL');
-  const policy = doc.ele('policy', { context: 'default' });
-  policy.ele('allow', { send_destination: '*', eavesdrop: 'true' });
-  policy.ele('allow', { eavesdrop: 'true' });
-  policy.ele('allow', { own: '*' });
-  return doc.end({ prettyPrint: true });
+  return sessionConfig(`unix:path=${socket}`, 'EXTERNAL');
 }
 
 /**
@@ -38,6 +25,10 @@ export function openBusConfig(socket: string): string {
  * anonymous authentication, as a bus reached over the network would be.
  */
 export function tcpBusConfig(): string {
+  return sessionConfig('tcp:host=127.0.0.1,bind=127.0.0.1,port=0,family=ipv4', 'ANONYMOUS');
+}
+
+function sessionConfig(listen: string, auth: 'EXTERNAL' | 'ANONYMOUS'): string {
   const doc = create({ version: '1.0' })
     .dtd({
       pubID: '-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN',
@@ -45,9 +36,9 @@ export function tcpBusConfig(): string {
     })
     .ele('busconfig');
   doc.ele('type').txt('session');
-  doc.ele('listen').txt('tcp:host=127.0.0.1,bind=127.0.0.1,port=0,family=ipv4');
-  doc.ele('auth').txt('ANONYMOUS');
-  doc.ele('allow_anonymous');
+  doc.ele('listen').txt(listen);
+  doc.ele('auth').txt(auth);
+  if (auth === 'ANONYMOUS') doc.ele('allow_anonymous');
   const policy = doc.ele('policy', { context: 'default' });
   policy.ele('allow', { send_destination: '*', eavesdrop: 'true' });
   policy.ele('allow', { eavesdrop: 'true' });

@@ -32,6 +32,7 @@ describe('broken plugins', () => {
         { id: 'import-error', plugin: fixture('throws-on-import') },
         { id: 'not-a-plugin', plugin: fixture('no-export') },
         { id: 'create-error', plugin: fixture('create-throws') },
+        { id: 'reaches-core', plugin: fixture('reaches-core') },
         { id: 'start-error', plugin: fixture('start-rejects') },
         { id: 'missing-path', plugin: './no/such/plugin' },
         { id: 'missing-package', plugin: 'vmdevd-plugin-that-does-not-exist' },
@@ -55,6 +56,8 @@ describe('broken plugins', () => {
     );
     assert.match(backends['not-a-plugin']!, /exports no plugin/);
     assert.match(backends['create-error']!, /could not create the backend: no hypervisor here/);
+    // A plugin's container holds nothing of the core's.
+    assert.match(backends['reaches-core']!, /failed to set up its container: .*DetachService/);
     assert.match(backends['start-error']!, /start failed: the hypervisor refused the connection/);
     assert.match(backends['missing-path']!, /plugin path .*no\/such\/plugin does not exist/);
     assert.match(backends['missing-package']!, /plugin "vmdevd-plugin-that-does-not-exist" is not installed/);

@@ -20,6 +20,7 @@ import { parseConfig } from '../../src/core/config.js';
 import { TestClient } from '../harness/bus-client.js';
 import { openBusConfig, startPrivateBus } from '../harness/dbus-daemon.js';
 import { run } from '../harness/process.js';
+import { startQemu } from '../harness/qemu-process.js';
 import { installToTempDir, runInstallScript, type Installed } from '../harness/system-install.js';
 import { makeTempDir } from '../harness/temp-dir.js';
 import { DAEMON_ENV, DAEMON_NODE_ARGS, REPO_ROOT, startVmdevd } from '../harness/vmdevd-process.js';
@@ -219,6 +220,43 @@ describe('system install into a DESTDIR', () => {
       }
     } finally {
       await bus.stop();
+    }
+  });
+
+  it('runs the installed qmp plugin on a QEMU', async (t) => {
+    if (!plugins.includes('qmp')) {
+      t.skip('this checkout has no plugins/qmp');
+      return;
+    }
+    const qemu = await startQemu();
+    try {
+      const bus = await startPrivateBus();
+      try {
+        const daemon = await startVmdevd({
+          bin: inst.bin,
+          address: bus.address,
+          config: { backends: [{ id: 'q', plugin: 'qmp', vms: [{ name: 'vm', socket: qemu.socket('vmdevd') }] }] },
+        });
+        try {
+          const client = await TestClient.connect(bus.address);
+          try {
+            assert.deepEqual(await client.getProperty('Backends'), { q: 'connected' });
+            assert.deepEqual(await client.getProperty('TestProperty'), { vm: 'running' });
+            assert.match(
+              daemon.output(),
+              /backend created id=q plugin=qmp version=\S+ from=\S*\/usr\/local\/lib\/vmdevd\/plugins\/qmp/,
+            );
+          } finally {
+            client.close();
+          }
+        } finally {
+          await daemon.stop();
+        }
+      } finally {
+        await bus.stop();
+      }
+    } finally {
+      await qemu.stop();
     }
   });
 

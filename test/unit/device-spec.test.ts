@@ -83,6 +83,19 @@ describe('device types and their XML', () => {
     });
   });
 
+  it('disk: the target may be a QEMU device or drive id, as it is written', () => {
+    for (const target of ['scsi0', 'drive-scsi0-0-0-0', 'usbstor0', 'Disk_1.data', 'a', `d${'x'.repeat(63)}`]) {
+      const d = parseDevice('data', ['type=disk', `target=${target}`]);
+      assert.deepEqual(d.params, { target });
+      assert.deepEqual(xmlObject(d.xml), { disk: { '@type': 'file', '@device': 'disk', target: { '@dev': target } } });
+    }
+    assert.notEqual(
+      parseDevice('a', ['type=disk', 'target=Scsi0']).identity,
+      parseDevice('b', ['type=disk', 'target=scsi0']).identity,
+      'QEMU ids are case-sensitive',
+    );
+  });
+
   it('interface: by MAC, lower-cased', () => {
     assert.deepEqual(xmlObject(parseDevice('nic', ['type=interface', 'mac=52:54:00:AB:cd:EF']).xml), {
       interface: { '@type': 'ethernet', mac: { '@address': '52:54:00:ab:cd:ef' } },
@@ -200,6 +213,15 @@ describe('rejections', () => {
       /malformed adapter/,
     ],
     ['a disk target of another form', { d: ['type=disk', 'target=/dev/sdb'] }, /malformed target/],
+    ['a disk target that starts with a digit', { d: ['type=disk', 'target=0scsi'] }, /malformed target "0scsi"/],
+    ['a disk target that starts with a dash', { d: ['type=disk', 'target=-sda'] }, /malformed target/],
+    ['a disk target with a space', { d: ['type=disk', 'target=scsi 0'] }, /malformed target/],
+    ['a disk target with a slash (a QOM path)', { d: ['type=disk', 'target=a/b'] }, /malformed target/],
+    [
+      'a disk target of 65 characters',
+      { d: ['type=disk', `target=d${'x'.repeat(64)}`] },
+      /malformed target .*a QEMU device or drive id \(a letter, then letters, digits, _ \. -, at most 64\)/,
+    ],
     [
       'a persistent value other than yes/no',
       { d: ['type=disk', 'target=vdb', 'persistent=true'] },

@@ -132,6 +132,7 @@ Napi::Object MakeConstants(Napi::Env env) {
   C(VIR_FROM_TEST);
   C(VIR_FROM_REMOTE);
   C(VIR_FROM_RPC);
+  C(VIR_FROM_URI);
   C(VIR_FROM_DOMAIN);
   // Error levels (LibvirtError.level).
   C(VIR_ERR_NONE);

@@ -23,7 +23,7 @@ import { BackendError } from 'vmdevd/plugin-api';
 import { Connection, constants as C, LibvirtError, type DomainEvent, type DomainInfo } from './binding.js';
 import { DomainXml, METADATA_NAMESPACE, metadataType } from './domain-devices.js';
 import { DomainQueue } from './domain-queue.js';
-import { isAmbiguousError, isConnectionError, toBackendError } from './libvirt-errors.js';
+import { isAmbiguousError, isConnectionError, isRefusedUri, toBackendError, uriProblem } from './libvirt-errors.js';
 import { domainState, stateAfterEvent } from './states.js';
 
 export interface LibvirtOptions {
@@ -169,9 +169,23 @@ export class LibvirtBackend implements VmBackend {
   }
 
   async start(): Promise<void> {
+    const problem = uriProblem(this.uri);
+    if (problem !== undefined) {
+      throw new BackendError(
+        'Failed',
+        `configuration error: uri ${JSON.stringify(this.uri)}: ${problem}; fix "uri" and reload`,
+      );
+    }
     try {
       await this.connect();
     } catch (err) {
+      // A URI libvirt refuses outright is the config's fault: no retry.
+      if (isRefusedUri(err)) {
+        throw new BackendError(
+          'Failed',
+          `configuration error: uri ${JSON.stringify(this.uri)} is refused by libvirt (${(err as Error).message}); fix "uri" and reload`,
+        );
+      }
       this.connectFailed(err);
     }
   }

@@ -22,6 +22,41 @@ export function isConnectionError(err: unknown): boolean {
   return (err as { code?: unknown } | undefined)?.code === 'ERR_LIBVIRT_CONNECTION_CLOSED';
 }
 
+/**
+ * True when libvirt refuses the URI itself, before reaching any host: no
+ * driver takes its scheme (`tset:///default`), it does not parse, or its
+ * driver refuses its path (`qemu:///sytem`). Retrying cannot help: it is a
+ * configuration error.
+ */
+export function isRefusedUri(err: unknown): boolean {
+  if (!(err instanceof LibvirtError)) return false;
+  if (err.code === C.VIR_ERR_NO_CONNECT && /no connection driver available/.test(err.message)) return true;
+  if (err.domain === C.VIR_FROM_URI) return true;
+  return err.code === C.VIR_ERR_INTERNAL_ERROR && /\bURI\b/.test(err.message) && !isConnectionError(err);
+}
+
+/** The drivers libvirt has (its URI schemes), and the transports of its remote driver. */
+const DRIVERS =
+  'qemu|test|lxc|xen|libxl|vbox|vmwareplayer|vmwarews|vmwarefusion|esx|gsx|vpx|bhyve|ch|openvz|hyperv|vz|parallels|remote|network|interface|nodedev|nwfilter|secret|storage';
+const SCHEME = new RegExp(`^(${DRIVERS})(\\+(unix|ssh|libssh|libssh2|tcp|tls|ext))?$`);
+
+/**
+ * Why libvirt cannot take this URI at all, or undefined. Checked before the
+ * first connection: without a running libvirtd, libvirt hands a URI of an
+ * unknown scheme to its remote driver, and the failure then looks like a
+ * daemon that is down.
+ */
+export function uriProblem(uri: string): string | undefined {
+  let scheme: string;
+  try {
+    scheme = new URL(uri).protocol.replace(/:$/, '');
+  } catch {
+    return 'it is not a URI (driver[+transport]://[host]/path, e.g. qemu:///system)';
+  }
+  if (!SCHEME.test(scheme)) return `libvirt has no driver "${scheme}" (e.g. qemu:///system, test:///default)`;
+  return undefined;
+}
+
 /** An error that may mean a lost connection or not, depending on whether the connection is alive. */
 export function isAmbiguousError(err: unknown): boolean {
   return err instanceof LibvirtError && err.code === C.VIR_ERR_SYSTEM_ERROR && !isConnectionError(err);

@@ -69,4 +69,19 @@ describe('libvirt backend on test:///default', () => {
     const ghost = await signals.waitFor((s) => s.member === 'DeviceDetachFailed' && s.body[1] === 'ghost');
     assert.equal(ghost.body[2], 'org.example.dbustest.Error.DeviceNotFound');
   });
+
+  it('answers DeviceNotFound for a disk target in the form of a QEMU id, which no libvirt disk has', async () => {
+    assert.equal(
+      await stack.client.testMethod('test', {
+        qemuId: ['type=disk', 'target=drive-scsi0-0-0-0'],
+        qemuDev: ['type=disk', 'target=usbstor0'],
+      }),
+      true,
+    );
+    for (const label of ['qemuId', 'qemuDev']) {
+      const s = await signals.waitFor((x) => x.member === 'DeviceDetachFailed' && x.body[1] === label);
+      assert.equal(s.body[2], 'org.example.dbustest.Error.DeviceNotFound');
+      assert.match(s.body[3] as string, /VM "test" has no disk (drive-scsi0-0-0-0|usbstor0)/);
+    }
+  });
 });

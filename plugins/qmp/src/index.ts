@@ -1,0 +1,27 @@
+/**
+ * The qmp plugin: backends on QEMU processes reached directly through
+ * their QMP sockets, for hosts without libvirt.
+ *
+ * Options: `vms` (a list of `{ name, type?, socket }`) and/or `socketDir`
+ * (every `NAME.qmp` socket there is a VM `NAME`); `commandTimeoutMs`
+ * (10000), `connectTimeoutMs` (5000), `reconnectInitialMs` (500) and
+ * `reconnectMaxMs` (30000).
+ */
+import { BackendFactory, ContainerModule, PLUGIN_API_VERSION, type VmdevdPlugin } from 'vmdevd/plugin-api';
+import { QmpBackend } from './qmp-backend.js';
+import { OPTIONS_SCHEMA } from './qmp-options.js';
+
+const factory: BackendFactory = {
+  optionsSchema: OPTIONS_SCHEMA,
+  create: (context) => new QmpBackend(context),
+};
+
+export const plugin: VmdevdPlugin = {
+  apiVersion: PLUGIN_API_VERSION,
+  name: 'qmp',
+  module: new ContainerModule(({ bind }) => {
+    bind<BackendFactory>(BackendFactory).toConstantValue(factory);
+  }),
+};
+
+export default plugin;
