@@ -9,6 +9,26 @@
  * for the {@link BackendFactory} it binds, and creates one backend per entry
  * of the config's `backends` list that names the plugin.
  *
+ * Versions. A plugin declares the plugin-API version it was built for, as
+ * a number it writes down (`apiVersion`, or `vmdevd.apiVersion` in its
+ * package.json), not this module's constant, which at run time is the
+ * daemon's own. A daemon loads a plugin whose version lies from
+ * {@link OLDEST_PLUGIN_API_VERSION} to its own {@link PLUGIN_API_VERSION}:
+ * a version only ever adds optional members, so a plugin built for an
+ * older one still fits. It refuses a plugin built for a newer version than
+ * its own, with a message naming both (the plugin may rely on what this
+ * daemon lacks); the refusal shows in `Backends`. A version that removed or
+ * changed a member would raise the oldest. As fastify-plugin and homebridge
+ * check a plugin's declared host range, so the daemon checks this one.
+ *
+ * - 1: `start`, `stop`, `detach`, `setState`.
+ * - 2: the optional `listDevices` and `attach` (a backend without them
+ *   answers `NotSupported`), and the device tokens that describe a disk or
+ *   an interface (`source`, `bus`, `format`, `readonly`; `network`,
+ *   `bridge`, `user`, `model`). A plugin of version 1 is never given a
+ *   detach that carries those tokens: the core answers it `NotSupported`,
+ *   since such a plugin cannot check them.
+ *
  * Import everything from `vmdevd/plugin-api`, including `ContainerModule`, so
  * that the plugin and the daemon share one inversify.
  *
@@ -17,8 +37,9 @@
  * - it reports failure by rejecting (or by a failed {@link DetachOutcome}),
  *   preferably with a {@link BackendError} whose kind says what went wrong;
  *   anything else it throws is logged and reported as `Failed`;
- * - the core calls it from one thread and never calls `detach` or `setState`
- *   before `start` has resolved or after `stop` was called.
+ * - the core calls it from one thread and never calls `detach`, `attach`,
+ *   `listDevices` or `setState` before `start` has resolved or after `stop`
+ *   was called.
  */
 import { ContainerModule } from 'inversify';
 
@@ -26,9 +47,13 @@ export { ContainerModule };
 
 /**
  * The plugin-API version this daemon implements. A plugin declares the
- * version it was built for; the daemon loads it only when they are equal.
+ * version it was built for; the daemon loads it when that version is from
+ * {@link OLDEST_PLUGIN_API_VERSION} to this one (see the module comment).
  */
-export const PLUGIN_API_VERSION = 1;
+export const PLUGIN_API_VERSION = 2;
+
+/** The oldest plugin-API version this daemon still loads. */
+export const OLDEST_PLUGIN_API_VERSION = 1;
 
 /** The VM states vmdevd publishes. A backend translates its hypervisor's states to these. */
 export const VM_STATES = [
@@ -58,11 +83,11 @@ export interface VmInfo {
   readonly state: VmState;
 }
 
-/** The device types a client can name in `TestMethod`. */
+/** The device types a client can name in `TestMethod` and `AttachDevices`. */
 export const DEVICE_TYPES = ['pci', 'usb', 'scsi', 'mdev', 'disk', 'interface', 'alias'] as const;
 export type DeviceType = (typeof DEVICE_TYPES)[number];
 
-/** One device of a `TestMethod` request, validated by the core. */
+/** One device of a `TestMethod` or `AttachDevices` request, validated by the core. */
 export interface DeviceSpec {
   /** The client's label for the device, echoed in the outcome signals. */
   readonly label: string;
@@ -71,18 +96,46 @@ export interface DeviceSpec {
    * The tokens other than `type` and `persistent`, normalised: PCI
    * addresses get their domain (`0000:`), ids and MACs are lower-case,
    * numbers have no leading zeros.
+   *
+   * Some name the device (a disk's `target`, an interface's `mac`, a host
+   * device's address or ids); the others describe it: a disk's `source`
+   * (an absolute path), `bus`, `format`, `readonly`, an interface's
+   * `network`, `bridge` or `user`, and `model` (plugin API 2, see
+   * {@link DESCRIPTIVE_PARAMS}). An attach has every descriptive token it
+   * needs. A detach may carry them too (a client passes on what
+   * `GetDevices` listed): the backend then checks that the device it finds
+   * has those values, and a device that differs is `DeviceNotFound`.
    */
   readonly params: Readonly<Record<string, string>>;
-  /** `persistent=yes`: also remove the device from the persistent definition. */
+  /**
+   * `persistent=yes`: a detach also removes the device from the persistent
+   * definition, an attach also adds it there.
+   */
   readonly persistent: boolean;
   /**
    * The libvirt device XML the core built for it with xmlbuilder2 (on first
-   * read), or `undefined` for type `alias`, which is detached by `params.name`.
+   * read), from every token (an attach needs the source, bus and so on;
+   * libvirt's detach reads only what names the device), or `undefined` for
+   * type `alias`, which is detached by `params.name`.
    */
   readonly xml: string | undefined;
   /** A canonical string that is equal for two specs naming the same device the same way. */
   readonly identity: string;
 }
+
+/**
+ * The tokens that describe a device rather than name it, per type (plugin
+ * API 2): what an attach needs, and what a detach checks when given.
+ */
+export const DESCRIPTIVE_PARAMS: Readonly<Record<DeviceType, readonly string[]>> = {
+  pci: [],
+  usb: [],
+  scsi: [],
+  mdev: [],
+  disk: ['source', 'bus', 'format', 'readonly'],
+  interface: ['network', 'bridge', 'user', 'model'],
+  alias: [],
+};
 
 /** The error kinds a backend reports; each maps to one D-Bus error name. */
 export const FAILURE_KINDS = [
@@ -106,17 +159,21 @@ export class BackendError extends Error {
   }
 }
 
-/** The confirmed outcome of one detach. */
-export type DetachOutcome =
+/** The confirmed outcome of one detach or attach. */
+export type DeviceOutcome =
   { readonly ok: true } | { readonly ok: false; readonly error: FailureKind; readonly message: string };
+/** The confirmed outcome of one detach: `{ ok: true }` once the device is gone. */
+export type DetachOutcome = DeviceOutcome;
+/** The confirmed outcome of one attach: `{ ok: true }` once the device is there (plugin API 2). */
+export type AttachOutcome = DeviceOutcome;
 
-/** One device to detach from one VM. */
-export interface DetachRequest {
+/** One device to detach from, or attach to, one VM. */
+export interface DeviceRequest {
   readonly vm: VmInfo;
   readonly device: DeviceSpec;
   /**
    * How long the device may take, counted from when the backend issues its
-   * detach (see {@link issued}); `detachTimeoutSeconds` from the config.
+   * call (see {@link issued}); `detachTimeoutSeconds` from the config.
    */
   readonly timeoutMs: number;
   /**
@@ -124,17 +181,38 @@ export interface DetachRequest {
    * `'timeout'`) or when the daemon shuts down (reason `'shutdown'`).
    * After a `'timeout'` abort the backend has a short grace period to
    * resolve with what it verified (for example `{ ok: true }` when the
-   * device turns out to be gone); after that the core reports `Timeout`.
+   * device turns out to be gone, or there); after that the core reports
+   * `Timeout`.
    */
   readonly signal: AbortSignal;
   /**
    * Pauses the core's clock for this device while it waits for another
-   * operation of the same VM. Optional: a backend that issues every detach
+   * operation of the same VM. Optional: a backend that issues every call
    * at once never calls it.
    */
   hold(): void;
   /** Starts this device's clock now, with the full `timeoutMs`. */
   issued(): void;
+}
+/** One device to detach from one VM. */
+export type DetachRequest = DeviceRequest;
+/** One device to attach to one VM (plugin API 2). */
+export type AttachRequest = DeviceRequest;
+
+/** One device of a VM, as `listDevices` reports it (plugin API 2). */
+export interface ListedDevice {
+  /**
+   * Its label: the device's alias where it has one, else one the backend
+   * derives from the device, stably (1-64 characters of A-Za-z0-9_.:-,
+   * unique within the VM).
+   */
+  readonly label: string;
+  /**
+   * Its tokens, in the format of the device map (`type=…` first): enough
+   * to detach it, and, where the tokens can describe the device in full
+   * (see {@link DESCRIPTIVE_PARAMS}), to attach it again as it was.
+   */
+  readonly tokens: readonly string[];
 }
 
 /** Whether a backend can reach its hypervisor; shown in the `Backends` property. */
@@ -189,6 +267,25 @@ export interface VmBackend {
    */
   detach(request: DetachRequest): Promise<DetachOutcome>;
   /**
+   * Plugin API 2, optional (without it, `GetDevices` answers `NotSupported`).
+   * The VM's disks, network interfaces and host devices, and nothing else
+   * (no controllers, input, sound, video, balloon or consoles), as the
+   * hypervisor has them now: the running VM's, or a shut-off VM's
+   * definition. Rejects with a `BackendError` (`BackendUnavailable`,
+   * `Failed`, …); the core stops waiting after `detachTimeoutSeconds`.
+   */
+  listDevices?(vm: VmInfo): Promise<readonly ListedDevice[]>;
+  /**
+   * Plugin API 2, optional (without it, `AttachDevices` answers
+   * `NotSupported` and starts nothing). Attaches one device, to the running
+   * VM (and with `persistent` to its definition too) or to a shut-off VM's
+   * definition, and resolves with the confirmed outcome: `{ ok: true }` only
+   * once the hypervisor confirms the device is there. A refusal carries the
+   * hypervisor's own message. Must settle, at the latest shortly after
+   * `request.signal` is aborted.
+   */
+  attach?(request: AttachRequest): Promise<AttachOutcome>;
+  /**
    * Asks the hypervisor for a state change and resolves once it accepted
    * the request; the new state itself arrives through `update`/`publish`.
    */
@@ -212,7 +309,12 @@ export const BackendFactory = Symbol.for('vmdevd.plugin-api.BackendFactory');
 
 /** What a plugin package exports. */
 export interface VmdevdPlugin {
-  /** The plugin-API version it was built for: {@link PLUGIN_API_VERSION}. */
+  /**
+   * The plugin-API version it was built for, as a number (not
+   * {@link PLUGIN_API_VERSION}, which at run time is the daemon's own). A
+   * daemon loads it when this is from its {@link OLDEST_PLUGIN_API_VERSION}
+   * to its own version.
+   */
   readonly apiVersion: number;
   /** A short name for logs. */
   readonly name: string;

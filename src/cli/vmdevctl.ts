@@ -3,10 +3,17 @@
  * Tables for people, `--json` for scripts, one readable line per error.
  */
 import { parseArgs } from 'node:util';
-import { INVALID_ARGS, VmdevClient, VmdevClientError, type DeviceOutcome } from '../client/index.js';
+import {
+  INVALID_ARGS,
+  VmdevClient,
+  VmdevClientError,
+  type DeviceOutcome,
+  type MovedDevice,
+  type RequestResult,
+} from '../client/index.js';
 import { DEFAULT_BUS_NAME, vmdevErrorName } from '../protocol.js';
 
-/** Exit codes; `detach --wait` tells its outcomes apart by them. */
+/** Exit codes; `detach --wait`, `attach --wait` and `move` tell their outcomes apart by them. */
 export const EXIT = {
   ok: 0,
   /** A D-Bus error other than those below (access denied, ambiguous selector, backend unavailable, no bus). */
@@ -17,7 +24,7 @@ export const EXIT = {
   noSuchVm: 3,
   /** The daemon rejected the arguments (InvalidArgs). */
   invalidArgs: 4,
-  /** At least one device failed (other than by timeout). */
+  /** At least one device failed (other than by timeout), or `move` was given a label the VM does not have. */
   deviceFailed: 5,
   /** A device timed out, or --timeout ran out before every outcome arrived. */
   timeout: 6,
@@ -34,6 +41,30 @@ Each device is LABEL:TOKENS, TOKENS separated by commas, e.g. d1:type=disk,targe
   --timeout S  with --wait, stop waiting after S seconds
 Exit codes: 0 all detached (or started, without --wait), 3 no such VM,
 4 invalid arguments, 5 a device failed, 6 timeout, 1 any other error.`,
+  },
+  devices: {
+    usage: 'devices SELECTOR',
+    help: `The disks, network interfaces and host devices of the VM that SELECTOR names: each device's
+label and tokens, which detach and attach take as LABEL:TOKENS (--json: label to tokens).
+Exit codes: 0, 3 no such VM, 1 any other error.`,
+  },
+  attach: {
+    usage: 'attach SELECTOR LABEL:type=TYPE,NAME=VALUE… [--wait] [--timeout S]',
+    help: `Attach devices to the VM that SELECTOR names, e.g. d1:type=disk,target=sdc,source=/var/lib/vm/d1.img,bus=usb.
+A disk needs source and bus, an interface one of network, bridge or user=yes.
+  --wait       wait for every device's outcome and print each as it arrives
+  --timeout S  with --wait, stop waiting after S seconds
+Exit codes: 0 all attached (or started, without --wait), 3 no such VM,
+4 invalid arguments, 5 a device failed, 6 timeout, 1 any other error.`,
+  },
+  move: {
+    usage: 'move FROM TO LABEL… [--wait] [--timeout S]',
+    help: `Move devices, by their labels in 'devices FROM', from one VM to another: detach them from FROM,
+attach them to TO, and put back on FROM any device TO refuses (and say so). It waits for every
+outcome, with or without --wait: each step needs the one before.
+  --timeout S  stop waiting for each step after S seconds
+Exit codes: 0 all moved, 3 no such VM, 5 a device not moved (put back or not) or a label FROM
+does not have, 6 timeout, 4 invalid arguments, 1 any other error.`,
   },
   set: { usage: 'set VM=STATE…', help: 'Ask for states: running, paused, shutdown (graceful) or shutoff (power off).' },
   backends: { usage: 'backends', help: 'Each backend and whether it is connected.' },
@@ -85,13 +116,38 @@ function table(rows: string[][]): string {
 }
 
 function describeOutcome(o: DeviceOutcome): string {
-  return o.ok ? `detached  ${o.vm}  ${o.device}` : `failed    ${o.vm}  ${o.device}  ${o.error}: ${o.message}`;
+  // "detached" and "attached" are as wide as "failed  ": the columns line up.
+  return o.ok ? `${o.action}ed  ${o.vm}  ${o.device}` : `failed    ${o.vm}  ${o.device}  ${o.error}: ${o.message}`;
 }
 
 function outcomeJson(o: DeviceOutcome): Record<string, string> {
   return o.ok
-    ? { vm: o.vm, device: o.device, result: 'detached' }
+    ? { vm: o.vm, device: o.device, result: `${o.action}ed` }
     : { vm: o.vm, device: o.device, result: 'failed', error: o.error, message: o.message };
+}
+
+/** The exit code of outcomes: a failure other than a timeout first, then a timeout or a missing outcome. */
+function outcomeCode(outcomes: readonly (DeviceOutcome | undefined)[], pending: boolean): number {
+  const failed = outcomes.filter((o): o is DeviceOutcome & { ok: false } => o !== undefined && !o.ok);
+  if (failed.some((o) => o.error !== vmdevErrorName('Timeout'))) return EXIT.deviceFailed;
+  if (failed.length > 0 || pending) return EXIT.timeout;
+  return EXIT.ok;
+}
+
+/** `move`'s last word on one device. */
+function describeMoved(d: MovedDevice, from: string, to: string): string {
+  switch (d.status) {
+    case 'moved':
+      return `moved     ${d.label}  ${from} -> ${to}`;
+    case 'not-detached':
+      return `not moved ${d.label}  the detach from ${from} failed`;
+    case 'put-back':
+      return `put back  ${d.label}  on ${from}: ${to} refused it`;
+    case 'stranded':
+      return `stranded  ${d.label}  ${to} refused it and ${from} did not take it back: it is on neither`;
+    case 'pending':
+      return `pending   ${d.label}  no outcome in time`;
+  }
 }
 
 export async function main(argv: readonly string[], io: Io = processIo): Promise<number> {
@@ -147,8 +203,8 @@ export async function main(argv: readonly string[], io: Io = processIo): Promise
   let client: VmdevClient | undefined;
   try {
     if (buses.length > 1) throw new UsageError('give only one of --system, --session and --address');
-    if (command !== 'detach' && (values.wait || values.timeout !== undefined))
-      throw new UsageError('--wait and --timeout belong to detach');
+    if (!['detach', 'attach', 'move'].includes(command) && (values.wait || values.timeout !== undefined))
+      throw new UsageError('--wait and --timeout belong to detach, attach and move');
     const run = prepare(command, args, values);
     const bus = buses[0] ?? 'session';
     try {
@@ -169,7 +225,10 @@ export async function main(argv: readonly string[], io: Io = processIo): Promise
     }
     if (err instanceof VmdevClientError) {
       io.err(`vmdevctl: ${err.errorName}: ${err.message}\n`);
-      return err.errorName === INVALID_ARGS ? EXIT.invalidArgs : EXIT.error;
+      if (err.errorName === INVALID_ARGS) return EXIT.invalidArgs;
+      if (err.errorName === vmdevErrorName('VmNotFound')) return EXIT.noSuchVm;
+      if (err.errorName === vmdevErrorName('DeviceNotFound')) return EXIT.deviceFailed;
+      return EXIT.error;
     }
     io.err(`vmdevctl: ${(err as Error).message}\n`);
     return EXIT.error;
@@ -248,7 +307,7 @@ function prepare(command: Command, args: string[], values: Values): Runner {
               json
                 ? JSON.stringify({
                     time: stamp(),
-                    signal: o.ok ? 'DeviceDetached' : 'DeviceDetachFailed',
+                    signal: `Device${o.action === 'detach' ? 'Detach' : 'Attach'}${o.ok ? 'ed' : 'Failed'}`,
                     ...outcomeJson(o),
                   }) + '\n'
                 : `${stamp()}  ${describeOutcome(o)}\n`,
@@ -260,7 +319,29 @@ function prepare(command: Command, args: string[], values: Values): Runner {
         await Promise.all(subs.map((s) => s.dispose()));
         return EXIT.ok;
       };
-    case 'detach': {
+    case 'devices': {
+      const [selector, ...rest] = args;
+      if (selector === undefined || rest.length > 0) throw new UsageError('give one selector');
+      return async (client, io, json) => {
+        const devices = await client.devices(selector);
+        if (json) io.out(JSON.stringify(devices) + '\n');
+        else if (Object.keys(devices).length === 0) io.out('no devices\n');
+        else
+          io.out(
+            table([
+              ['LABEL', 'TYPE', 'TOKENS'],
+              ...Object.entries(devices).map(([label, tokens]) => [
+                label,
+                tokens.find((t) => t.startsWith('type='))?.slice(5) ?? '-',
+                tokens.filter((t) => !t.startsWith('type=')).join(','),
+              ]),
+            ]),
+          );
+        return EXIT.ok;
+      };
+    }
+    case 'detach':
+    case 'attach': {
       const [selector, ...deviceArgs] = args;
       if (selector === undefined || deviceArgs.length === 0)
         throw new UsageError('give a selector and at least one device');
@@ -270,23 +351,18 @@ function prepare(command: Command, args: string[], values: Values): Runner {
         if (label in devices) throw new UsageError(`label "${label}" is given twice`);
         devices[label] = tokens;
       }
-      let timeoutMs: number | undefined;
-      if (values.timeout !== undefined) {
-        const s = Number(values.timeout);
-        if (!values.wait) throw new UsageError('--timeout needs --wait');
-        if (!Number.isFinite(s) || s <= 0)
-          throw new UsageError(`--timeout "${values.timeout}" is not a positive number of seconds`);
-        timeoutMs = s * 1000;
-      }
+      const timeoutMs = parseTimeout(values);
+      const call = (client: VmdevClient, options: Parameters<VmdevClient['detach']>[2]): Promise<RequestResult> =>
+        command === 'detach' ? client.detach(selector, devices, options) : client.attach(selector, devices, options);
       return async (client, io, json) => {
         if (!values.wait) {
-          const result = await client.detach(selector, devices, { timeoutMs: 0 });
+          const result = await call(client, { timeoutMs: 0 });
           if (json) io.out(JSON.stringify({ accepted: result.accepted }) + '\n');
           else io.out(result.accepted ? `started: ${Object.keys(devices).join(', ')}\n` : '');
           if (!result.accepted) io.err(`vmdevctl: no VM matches "${selector}"\n`);
           return result.accepted ? EXIT.ok : EXIT.noSuchVm;
         }
-        const result = await client.detach(selector, devices, {
+        const result = await call(client, {
           timeoutMs,
           onOutcome: (o) => !json && io.out(describeOutcome(o) + '\n'),
         });
@@ -302,11 +378,54 @@ function prepare(command: Command, args: string[], values: Values): Runner {
           );
         else
           for (const label of result.pending) io.out(`pending   ${label}  (no outcome within ${values.timeout} s)\n`);
-        const failed = result.outcomes.filter((o) => !o.ok);
-        if (failed.some((o) => !o.ok && o.error !== vmdevErrorName('Timeout'))) return EXIT.deviceFailed;
-        if (failed.length > 0 || result.pending.length > 0) return EXIT.timeout;
-        return EXIT.ok;
+        return outcomeCode(result.outcomes, result.pending.length > 0);
+      };
+    }
+    case 'move': {
+      const [from, to, ...labels] = args;
+      if (from === undefined || to === undefined || labels.length === 0)
+        throw new UsageError('give the VM to move from, the VM to move to, and at least one label');
+      if (new Set(labels).size !== labels.length) throw new UsageError('a label is given twice');
+      const timeoutMs = parseTimeout(values, true);
+      return async (client, io, json) => {
+        const result = await client.move(from, to, labels, {
+          timeoutMs,
+          onOutcome: (o) => !json && io.out(describeOutcome(o) + '\n'),
+        });
+        if (json)
+          io.out(
+            JSON.stringify({
+              from,
+              to,
+              devices: result.devices.map((d) => ({
+                label: d.label,
+                status: d.status,
+                ...(d.detach && { detach: outcomeJson(d.detach) }),
+                ...(d.attach && { attach: outcomeJson(d.attach) }),
+                ...(d.putBack && { putBack: outcomeJson(d.putBack) }),
+              })),
+            }) + '\n',
+          );
+        else for (const d of result.devices) io.out(describeMoved(d, from, to) + '\n');
+        const all = result.devices.flatMap((d) => [d.detach, d.attach, d.putBack]);
+        const code = outcomeCode(
+          all,
+          result.devices.some((d) => d.status === 'pending'),
+        );
+        // A device that is not where it was asked to go failed, even when its put back worked.
+        if (code === EXIT.ok && result.devices.some((d) => d.status !== 'moved')) return EXIT.deviceFailed;
+        return code;
       };
     }
   }
+}
+
+/** `--timeout S` in ms; only with --wait, unless the command always waits. */
+function parseTimeout(values: Values, alwaysWaits = false): number | undefined {
+  if (values.timeout === undefined) return undefined;
+  const s = Number(values.timeout);
+  if (!values.wait && !alwaysWaits) throw new UsageError('--timeout needs --wait');
+  if (!Number.isFinite(s) || s <= 0)
+    throw new UsageError(`--timeout "${values.timeout}" is not a positive number of seconds`);
+  return s * 1000;
 }

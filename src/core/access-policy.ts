@@ -1,5 +1,5 @@
 /**
- * Who may change things (call TestMethod, write properties): the users and
+ * Who may change things (call TestMethod or AttachDevices, write properties): the users and
  * groups of the config's `access`, plus the user the daemon runs as. The
  * bus policy should already keep everyone else out; this check holds even
  * when the policy file is missing or too permissive.

@@ -4,17 +4,20 @@
  * isolated, so a plugin that fails to load, targets another API version or
  * throws shows up in `Backends` and in the log, never as a daemon crash.
  */
+import { sep } from 'node:path';
 import { Ajv } from 'ajv';
 import { inject, injectable } from 'inversify';
 import {
   BackendError,
+  DESCRIPTIVE_PARAMS,
   FAILURE_KINDS,
   VM_STATES,
+  type DeviceType,
   type BackendContext,
   type BackendHealth,
   type DesiredState,
-  type DetachOutcome,
-  type DetachRequest,
+  type DeviceOutcome,
+  type DeviceRequest,
   type FailureKind,
   type Logger,
   type VmBackend,
@@ -22,6 +25,7 @@ import {
 } from '../plugin-api.js';
 import { cleanText, isCleanName } from './clean-text.js';
 import { Config, describeSchemaError, type BackendConfig } from './config.js';
+import { LABEL_PATTERN, descriptiveParams, parseDevice } from './device-spec.js';
 import type { Disposable } from './disposable.js';
 import { ConfigError, VmdevError, errorMessage } from './errors.js';
 import { Emitter, type Event } from './event.js';
@@ -74,12 +78,24 @@ function isBackendError(err: unknown): err is { kind: FailureKind; message: stri
   );
 }
 
+class TimeoutError extends Error {}
+
+/** A listing's tokens without those that describe a disk or an interface (given that the type is known). */
+function namingTokens(tokens: unknown): unknown {
+  if (!Array.isArray(tokens)) return tokens;
+  const type = (tokens as unknown[]).find((t) => typeof t === 'string' && t.startsWith('type='));
+  const descriptive = DESCRIPTIVE_PARAMS[(type as string | undefined)?.slice(5) as DeviceType] ?? [];
+  return (tokens as unknown[]).filter(
+    (t) => typeof t !== 'string' || !descriptive.includes(t.slice(0, Math.max(0, t.indexOf('=')))),
+  );
+}
+
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout;
   return Promise.race([
     promise,
     new Promise<T>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms / 1000} s`)), ms);
+      timer = setTimeout(() => reject(new TimeoutError(`${what} did not finish within ${ms / 1000} s`)), ms);
     }),
   ]).finally(() => clearTimeout(timer));
 }
@@ -247,21 +263,130 @@ export class BackendRegistry implements Disposable {
   }
 
   /** Runs a detach in the backend; never rejects. */
-  async detach(host: BackendHost, request: DetachRequest): Promise<DetachOutcome> {
+  async detach(host: BackendHost, request: DeviceRequest): Promise<DeviceOutcome> {
+    const given = descriptiveParams(request.device);
+    if (given.length > 0 && host.plugin !== undefined && host.plugin.apiVersion < 2) {
+      // Such a plugin cannot check them: the detach could take a device
+      // other than the one the client described.
+      return {
+        ok: false,
+        error: 'NotSupported',
+        message: `backend "${host.id}" (plugin API ${host.plugin.apiVersion}) cannot check ${given.join(', ')}; detach without them`,
+      };
+    }
+    return this.runDevice(host, 'detach', () => host.backend!.detach(request));
+  }
+
+  /** Runs an attach in the backend; never rejects. `NotSupported` when the backend cannot attach. */
+  async attach(host: BackendHost, request: DeviceRequest): Promise<DeviceOutcome> {
+    if (host.backend !== undefined && typeof host.backend.attach !== 'function') {
+      return { ok: false, error: 'NotSupported', message: this.cannot(host, 'attach devices') };
+    }
+    return this.runDevice(host, 'attach', () => host.backend!.attach!(request));
+  }
+
+  /** Whether the backend can attach devices (it implements `attach`). */
+  canAttach(host: BackendHost): boolean {
+    return typeof host.backend?.attach === 'function';
+  }
+
+  /**
+   * The VM's devices, label → tokens, as the backend lists them; rejects with
+   * a `VmdevError` (`NotSupported` for a backend without `listDevices`,
+   * `Timeout` after `timeoutMs`). Only what the device grammar accepts is
+   * passed on: a device the backend describes wrongly is left out and logged.
+   */
+  async listDevices(host: BackendHost, vm: VmInfo, timeoutMs: number): Promise<Record<string, string[]>> {
+    const backend = host.backend;
+    if (backend === undefined || host.stopped) {
+      throw new VmdevError('BackendUnavailable', `backend "${host.id}" is ${host.healthText()}`);
+    }
+    if (typeof backend.listDevices !== 'function') {
+      throw new VmdevError('NotSupported', this.cannot(host, 'list devices'));
+    }
+    let listed: unknown;
+    try {
+      listed = await withTimeout(
+        this.guard(host, 'listDevices', () => backend.listDevices!(vm)),
+        timeoutMs,
+        `listing the devices of VM "${vm.name}"`,
+      );
+    } catch (err) {
+      if (isBackendError(err)) throw new VmdevError(err.kind, err.message);
+      if (err instanceof TimeoutError) throw new VmdevError('Timeout', `backend "${host.id}": ${err.message}`);
+      host.log.warn('listDevices failed with an unexpected error', {
+        error: errorMessage(err),
+        stack: (err as Error)?.stack,
+      });
+      throw new VmdevError('Failed', `backend "${host.id}" failed: ${errorMessage(err)}`);
+    }
+    const devices: Record<string, string[]> = {};
+    for (const item of Array.isArray(listed) ? (listed as unknown[]) : []) {
+      const { label, tokens } = (item ?? {}) as { label?: unknown; tokens?: unknown };
+      try {
+        if (typeof label !== 'string' || !LABEL_PATTERN.test(label)) throw new Error('an invalid label');
+        if (Object.hasOwn(devices, label)) throw new Error('a label listed twice');
+        devices[label] = this.checkListed(host, vm, label, tokens);
+      } catch (err) {
+        host.log.warn('leaving out a device the backend listed wrongly', {
+          vm: vm.name,
+          label: cleanText(String(label), 80),
+          reason: errorMessage(err),
+        });
+      }
+    }
+    return devices;
+  }
+
+  /**
+   * What GetDevices lists must be taken back by TestMethod as it is. A
+   * device whose descriptive tokens the grammar refuses (a path with a
+   * `..`, a network name with a space) is listed by the tokens that name
+   * it only: it can still be detached, and an attach of it is refused
+   * rather than made of half a description. Throws for anything else.
+   */
+  private checkListed(host: BackendHost, vm: VmInfo, label: string, tokens: unknown): string[] {
+    try {
+      parseDevice(label, tokens, 'detach');
+      return [...(tokens as string[])];
+    } catch (err) {
+      const naming = namingTokens(tokens);
+      parseDevice(label, naming, 'detach');
+      host.log.debug('listing a device by the tokens that name it only', {
+        vm: vm.name,
+        label,
+        reason: errorMessage(err),
+      });
+      return [...(naming as string[])];
+    }
+  }
+
+  private cannot(host: BackendHost, what: string): string {
+    const plugin = host.plugin;
+    const by = plugin !== undefined ? ` (plugin "${plugin.name}", plugin API ${plugin.apiVersion})` : '';
+    return `backend "${host.id}"${by} cannot ${what}`;
+  }
+
+  /** Runs one device call of the backend and checks what it answers; never rejects. */
+  private async runDevice(
+    host: BackendHost,
+    what: 'detach' | 'attach',
+    call: () => Promise<DeviceOutcome>,
+  ): Promise<DeviceOutcome> {
     if (host.backend === undefined || host.stopped) {
       return { ok: false, error: 'BackendUnavailable', message: `backend "${host.id}" is ${host.healthText()}` };
     }
     try {
-      const outcome = await this.guard(host, 'detach', () => host.backend!.detach(request));
+      const outcome = await this.guard(host, what, call);
       if (outcome?.ok === true) return { ok: true };
       if (outcome?.ok === false && (FAILURE_KINDS as readonly unknown[]).includes(outcome.error)) {
         return { ok: false, error: outcome.error, message: String(outcome.message) };
       }
-      host.log.warn('backend returned a malformed detach outcome', { outcome: JSON.stringify(outcome) });
+      host.log.warn(`backend returned a malformed ${what} outcome`, { outcome: JSON.stringify(outcome) });
       return { ok: false, error: 'Failed', message: `backend "${host.id}" returned no valid outcome` };
     } catch (err) {
       if (isBackendError(err)) return { ok: false, error: err.kind, message: err.message };
-      host.log.warn('detach failed with an unexpected error', {
+      host.log.warn(`${what} failed with an unexpected error`, {
         error: errorMessage(err),
         stack: (err as Error)?.stack,
       });
@@ -295,7 +420,8 @@ export class BackendRegistry implements Disposable {
     let blamed = false;
     for (const host of this.hostList) {
       const root = host.plugin?.root;
-      if (root !== undefined && stack.includes(root)) {
+      // The directory itself, not a longer name that begins with it (vmdevd-plugin-kvm, vmdevd-plugin-kvm-arm).
+      if (root !== undefined && stack.includes(root + sep)) {
         this.setHealth(host, { connected: false, reason: `plugin crashed: ${errorMessage(err)}` });
         blamed = true;
       }

@@ -1,9 +1,16 @@
 /**
- * Parsing and validation of the `a{sas}` device map of `TestMethod`.
- * A request is validated as a whole: the first problem found rejects it with
- * `InvalidArgs` naming the label and the problem, and nothing is started.
+ * Parsing and validation of the `a{sas}` device map of `TestMethod` and
+ * `AttachDevices`. A request is validated as a whole: the first problem
+ * found rejects it with `InvalidArgs` naming the label and the problem, and
+ * nothing is started.
+ *
+ * Every token is valid in both directions, so that what `GetDevices` lists
+ * can be given unchanged to `TestMethod` and then to `AttachDevices`. An
+ * attach needs more of them: a disk's `source` and `bus`, an interface's
+ * `network`, `bridge` or `user`; and an `alias` names a device that exists,
+ * so it cannot be attached.
  */
-import { DEVICE_TYPES, type DeviceSpec, type DeviceType } from '../plugin-api.js';
+import { DESCRIPTIVE_PARAMS, DEVICE_TYPES, type DeviceSpec, type DeviceType } from '../plugin-api.js';
 import { buildDeviceXml } from './device-xml.js';
 import { invalidArgs } from './errors.js';
 
@@ -19,16 +26,49 @@ interface ParamRule {
   readonly normalize?: (value: string) => string;
 }
 
+/** Which way a device goes: `TestMethod` detaches, `AttachDevices` attaches. */
+export type Direction = 'detach' | 'attach';
+
 interface TypeRule {
   /** Alternatives: at least one group must be complete; any group that is started must be complete. */
   readonly required: readonly (readonly string[])[];
   readonly params: Readonly<Record<string, ParamRule>>;
+  /** At most one of these may be given. */
+  readonly exclusive?: readonly string[];
+  /** What an attach needs besides `required`: every token of `all`, and one of `oneOf`. */
+  readonly attach?: { readonly all?: readonly string[]; readonly oneOf?: readonly string[] };
+  /** Why this type cannot be attached, if it cannot. */
+  readonly notAttachable?: string;
 }
 
 interface CompiledRule extends TypeRule {
   /** The parameter names, in a fixed order (for the identity). */
   readonly names: readonly string[];
+  /** The parameters that name the device (all but the descriptive ones), in the same order. */
+  readonly naming: readonly string[];
 }
+
+/** The longest path a `source` may name (the token, `source=` and all, is at most MAX_TOKEN_LENGTH). */
+export const MAX_PATH_LENGTH = 240;
+
+/**
+ * An absolute path, written the one way libvirt will show it again: no
+ * empty, `.` or `..` component, no trailing slash, no control character.
+ */
+const absolutePath: ParamRule = {
+  // Anything but C0 and C1 control characters and DEL; the structure is checked below.
+  // eslint-disable-next-line no-control-regex -- the control characters are what it refuses
+  pattern: /^\/[^\u0000-\u001f\u007f-\u009f]*$/,
+  expected: `an absolute path without control characters, empty, . or .. components, at most ${MAX_PATH_LENGTH} characters`,
+  normalize: (v) => {
+    if (v.length > MAX_PATH_LENGTH) throw new RangeError();
+    const parts = v.slice(1).split('/');
+    if (parts.some((p) => p === '' || p === '.' || p === '..')) throw new RangeError();
+    return v;
+  },
+};
+
+const yesNo: ParamRule = { pattern: /^(yes|no)$/, expected: 'yes or no' };
 
 const decimal = (max: number): ParamRule => ({
   pattern: /^[0-9]{1,10}$/,
@@ -100,7 +140,13 @@ const RULE_TABLE: Readonly<Record<DeviceType, TypeRule>> = {
         expected:
           'a disk target such as vdb, or a QEMU device or drive id (a letter, then letters, digits, _ . -, at most 64)',
       },
+      // A path under /dev is a block device; any other, a file.
+      source: absolutePath,
+      bus: { pattern: /^(scsi|usb|virtio|sata)$/, expected: 'scsi, usb, virtio or sata' },
+      format: { pattern: /^(raw|qcow2)$/, expected: 'raw or qcow2' },
+      readonly: yesNo,
     },
+    attach: { all: ['source', 'bus'] },
   },
   interface: {
     required: [['mac']],
@@ -110,7 +156,20 @@ const RULE_TABLE: Readonly<Record<DeviceType, TypeRule>> = {
         expected: 'a MAC address such as 52:54:00:12:34:56',
         normalize: (v) => v.toLowerCase(),
       },
+      network: {
+        pattern: /^[A-Za-z0-9_][A-Za-z0-9_.+:-]{0,63}$/,
+        expected: 'a libvirt network name (letters, digits, _ . + : -, at most 64, not starting with . + : -)',
+      },
+      // Linux interface names: at most 15 characters.
+      bridge: {
+        pattern: /^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}$/,
+        expected: 'a bridge name (letters, digits, _ . : -, at most 15, not starting with . : -)',
+      },
+      user: { pattern: /^yes$/, expected: 'yes (user-mode networking)' },
+      model: { pattern: /^(virtio|e1000e|e1000|rtl8139)$/, expected: 'virtio, e1000e, e1000 or rtl8139' },
     },
+    exclusive: ['network', 'bridge', 'user'],
+    attach: { oneOf: ['network', 'bridge', 'user'] },
   },
   alias: {
     required: [['name']],
@@ -120,21 +179,26 @@ const RULE_TABLE: Readonly<Record<DeviceType, TypeRule>> = {
         expected: 'a device alias such as ua-disk1 (letters, digits, _ . -, at most 64)',
       },
     },
+    notAttachable: 'an alias names a device the VM already has, so it cannot be attached; give its type and tokens',
   },
 };
 
 const RULES = Object.fromEntries(
-  Object.entries(RULE_TABLE).map(([type, rule]) => [type, { ...rule, names: Object.keys(rule.params) }]),
+  Object.entries(RULE_TABLE).map(([type, rule]) => {
+    const names = Object.keys(rule.params);
+    const descriptive = DESCRIPTIVE_PARAMS[type as DeviceType];
+    return [type, { ...rule, names, naming: names.filter((n) => !descriptive.includes(n)) }];
+  }),
 ) as unknown as Readonly<Record<DeviceType, CompiledRule>>;
 
-const PERSISTENT: ParamRule = { pattern: /^(yes|no)$/, expected: 'yes or no' };
+const PERSISTENT: ParamRule = yesNo;
 
 function describeLabel(label: string): string {
   return JSON.stringify(label.length > 80 ? `${label.slice(0, 77)}...` : label);
 }
 
-/** Validates and normalises one device; throws `InvalidArgs`. */
-export function parseDevice(label: string, tokens: unknown): DeviceSpec {
+/** Validates and normalises one device for `direction`; throws `InvalidArgs`. */
+export function parseDevice(label: string, tokens: unknown, direction: Direction = 'detach'): DeviceSpec {
   // Only needed for an error: built then.
   const at = () => `device ${describeLabel(label)}`;
   if (!LABEL_PATTERN.test(label)) {
@@ -222,12 +286,41 @@ export function parseDevice(label: string, tokens: unknown): DeviceSpec {
     const alternatives = groups.map((g) => g.join(' and ')).join(', or ');
     throw invalidArgs(`${at()}: type ${type} requires ${alternatives}; missing ${missing.join(', ')}`);
   }
+  if (rule.exclusive !== undefined) {
+    const given = rule.exclusive.filter((n) => n in params);
+    if (given.length > 1) {
+      throw invalidArgs(`${at()}: give only one of ${orList(rule.exclusive)}; ${given.join(' and ')} were given`);
+    }
+  }
+  if (direction === 'attach') {
+    if (rule.notAttachable !== undefined)
+      throw invalidArgs(`${at()}: type ${type} cannot be attached: ${rule.notAttachable}`);
+    const missing = (rule.attach?.all ?? []).filter((n) => !(n in params));
+    if (missing.length > 0) {
+      throw invalidArgs(
+        `${at()}: an attach of type ${type} requires ${rule.attach!.all!.join(' and ')}; missing ${missing.join(', ')}`,
+      );
+    }
+    const oneOf = rule.attach?.oneOf;
+    if (oneOf !== undefined && !oneOf.some((n) => n in params)) {
+      throw invalidArgs(`${at()}: an attach of type ${type} requires one of ${orList(oneOf)}`);
+    }
+  }
 
   // Canonical: the type's parameters in their fixed order, whatever the token order.
   let identity = `${type}:`;
-  for (const n of rule.names) if (n in params) identity += `${n}=${params[n]},`;
-  identity += persistent ? ';persistent=yes' : ';persistent=no';
-  return new ParsedDevice(label, type as DeviceType, params, persistent, identity);
+  let device = identity;
+  for (const n of rule.names) {
+    if (!(n in params)) continue;
+    identity += `${n}=${params[n]},`;
+    if (rule.naming.includes(n)) device += `${n}=${params[n]},`;
+  }
+  const persistence = persistent ? ';persistent=yes' : ';persistent=no';
+  return new ParsedDevice(label, type as DeviceType, params, persistent, identity + persistence, device + persistence);
+}
+
+function orList(names: readonly string[]): string {
+  return names.length < 2 ? names.join('') : `${names.slice(0, -1).join(', ')} or ${names.at(-1)!}`;
 }
 
 /** A validated device; its XML is built when a backend first reads it (libvirt does; others may never), as it costs more than the rest of the validation together. */
@@ -240,6 +333,8 @@ class ParsedDevice implements DeviceSpec {
     readonly params: Readonly<Record<string, string>>,
     readonly persistent: boolean,
     readonly identity: string,
+    /** Equal for two specs naming the same device, whatever they say of it: a request may name a device once. */
+    readonly device: string,
   ) {}
 
   get xml(): string | undefined {
@@ -252,7 +347,7 @@ class ParsedDevice implements DeviceSpec {
  * Validates a whole device map. Throws `InvalidArgs` on the first problem, so
  * that a request is either accepted entirely or not at all.
  */
-export function parseDeviceMap(devices: unknown): DeviceSpec[] {
+export function parseDeviceMap(devices: unknown, direction: Direction = 'detach'): DeviceSpec[] {
   if (typeof devices !== 'object' || devices === null || Array.isArray(devices)) {
     throw invalidArgs('the devices argument must be a map of label to tokens (a{sas})');
   }
@@ -270,14 +365,20 @@ export function parseDeviceMap(devices: unknown): DeviceSpec[] {
   if (entries.length > MAX_DEVICES) {
     throw invalidArgs(`${entries.length} devices given, at most ${MAX_DEVICES} are allowed in one request`);
   }
-  const specs = entries.map(([label, tokens]) => parseDevice(label, tokens));
+  const specs = entries.map(([label, tokens]) => parseDevice(label, tokens, direction));
   const seen = new Map<string, string>();
   for (const spec of specs) {
-    const other = seen.get(spec.identity);
+    const key = (spec as ParsedDevice).device;
+    const other = seen.get(key);
     if (other !== undefined) {
       throw invalidArgs(`device ${describeLabel(spec.label)}: names the same device as ${describeLabel(other)}`);
     }
-    seen.set(spec.identity, spec.label);
+    seen.set(key, spec.label);
   }
   return specs;
+}
+
+/** The descriptive tokens a spec carries (plugin API 2): a plugin of version 1 cannot check them. */
+export function descriptiveParams(spec: DeviceSpec): string[] {
+  return DESCRIPTIVE_PARAMS[spec.type].filter((n) => n in spec.params);
 }

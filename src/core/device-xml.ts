@@ -1,8 +1,12 @@
 /**
  * Device XML for libvirt-style backends, built with xmlbuilder2 from validated
- * parameters (never by string concatenation). The XML carries just what
- * libvirt needs to find the device in the domain: the source address of a
- * host device, a disk's target, an interface's MAC.
+ * parameters (never by string concatenation). The XML carries what libvirt
+ * needs to find the device in the domain (the source address of a host
+ * device, a disk's target, an interface's MAC) and, when the tokens give
+ * it, what it needs to attach one (a disk's source, bus, format and
+ * read-only flag; an interface's network, bridge or user-mode networking,
+ * and model). A detach with the descriptive tokens sends them too; libvirt
+ * reads only what names the device.
  */
 import { create } from 'xmlbuilder2';
 import type { XMLBuilder } from 'xmlbuilder2/lib/interfaces.js';
@@ -50,14 +54,25 @@ const BUILDERS: Readonly<Record<Exclude<DeviceType, 'alias'>, (p: Params) => XML
     return root;
   },
   disk: (p) => {
-    const root = create().ele('disk', { type: 'file', device: 'disk' });
-    root.ele('target', { dev: p['target']! });
+    const source = p['source'];
+    // A path under /dev is a block device (libvirt: <source dev>), anything else a file.
+    const block = source?.startsWith('/dev/') === true;
+    const root = create().ele('disk', { type: block ? 'block' : 'file', device: 'disk' });
+    if (p['format'] !== undefined) root.ele('driver', { name: 'qemu', type: p['format'] });
+    if (source !== undefined) root.ele('source', block ? { dev: source } : { file: source });
+    root.ele('target', p['bus'] !== undefined ? { dev: p['target']!, bus: p['bus'] } : { dev: p['target']! });
+    if (p['readonly'] === 'yes') root.ele('readonly');
     return root;
   },
   interface: (p) => {
     // libvirt finds the interface to detach by its MAC address, whatever its type.
-    const root = create().ele('interface', { type: 'ethernet' });
+    const type =
+      p['network'] !== undefined ? 'network' : p['bridge'] !== undefined ? 'bridge' : p['user'] ? 'user' : 'ethernet';
+    const root = create().ele('interface', { type });
     root.ele('mac', { address: p['mac']! });
+    if (p['network'] !== undefined) root.ele('source', { network: p['network'] });
+    if (p['bridge'] !== undefined) root.ele('source', { bridge: p['bridge'] });
+    if (p['model'] !== undefined) root.ele('model', { type: p['model'] });
     return root;
   },
 };

@@ -4,7 +4,7 @@
  */
 import type { FailureKind } from '../plugin-api.js';
 
-export type ErrorKind = FailureKind | 'InvalidArgs' | 'AmbiguousSelector' | 'AccessDenied';
+export type ErrorKind = FailureKind | 'InvalidArgs' | 'AmbiguousSelector' | 'AccessDenied' | 'VmNotFound';
 
 export class VmdevError extends Error {
   override readonly name = 'VmdevError';

@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Container } from 'inversify';
-import { BackendFactory, PLUGIN_API_VERSION, type VmdevdPlugin } from '../plugin-api.js';
+import { BackendFactory, OLDEST_PLUGIN_API_VERSION, PLUGIN_API_VERSION, type VmdevdPlugin } from '../plugin-api.js';
 import { PACKAGE_ROOT } from '../paths.js';
 import { errorMessage } from './errors.js';
 
@@ -26,6 +26,8 @@ export interface LoadedPlugin {
   /** The plugin's package directory (real path), used to tell which plugin an uncaught error came from. */
   readonly root: string;
   readonly factory: BackendFactory;
+  /** The plugin-API version the plugin was built for (from the oldest supported to this daemon's). */
+  readonly apiVersion: number;
 }
 
 function packageRoot(file: string): string {
@@ -98,7 +100,7 @@ function declaredApiVersion(plugin: Partial<VmdevdPlugin>, entry: string): unkno
   }
 }
 
-function checkPlugin(exported: unknown, spec: string, entry: string): VmdevdPlugin {
+function checkPlugin(exported: unknown, spec: string, entry: string): { plugin: VmdevdPlugin; apiVersion: number } {
   if (typeof exported !== 'object' || exported === null) {
     throw new PluginLoadError(
       `plugin "${spec}" exports no plugin (expected a default export or an export named "plugin")`,
@@ -106,14 +108,21 @@ function checkPlugin(exported: unknown, spec: string, entry: string): VmdevdPlug
   }
   const plugin = exported as Partial<VmdevdPlugin>;
   const apiVersion = declaredApiVersion(plugin, entry);
-  if (typeof apiVersion !== 'number') {
+  if (typeof apiVersion !== 'number' || !Number.isInteger(apiVersion)) {
     throw new PluginLoadError(
       `plugin "${spec}" does not declare the plugin-API version it targets (apiVersion in the plugin, or "vmdevd": { "apiVersion": N } in its package.json)`,
     );
   }
-  if (apiVersion !== PLUGIN_API_VERSION) {
+  // The host-version range: every version adds only optional members, so an
+  // older plugin fits; a newer one may rely on what this daemon lacks.
+  if (apiVersion > PLUGIN_API_VERSION) {
     throw new PluginLoadError(
       `plugin "${spec}" targets plugin API ${apiVersion}; this vmdevd implements plugin API ${PLUGIN_API_VERSION}`,
+    );
+  }
+  if (apiVersion < OLDEST_PLUGIN_API_VERSION) {
+    throw new PluginLoadError(
+      `plugin "${spec}" targets plugin API ${apiVersion}; this vmdevd loads plugin API ${OLDEST_PLUGIN_API_VERSION} to ${PLUGIN_API_VERSION}`,
     );
   }
   if (
@@ -123,7 +132,7 @@ function checkPlugin(exported: unknown, spec: string, entry: string): VmdevdPlug
   ) {
     throw new PluginLoadError(`plugin "${spec}" has no ContainerModule ("module")`);
   }
-  return plugin as VmdevdPlugin;
+  return { plugin: plugin as VmdevdPlugin, apiVersion };
 }
 
 /**
@@ -144,7 +153,7 @@ export async function loadPlugin(
   } catch (err) {
     throw new PluginLoadError(`plugin "${spec}" failed to load from ${entry}: ${errorMessage(err)}`);
   }
-  const plugin = checkPlugin(mod['default'] ?? mod['plugin'], spec, entry);
+  const { plugin, apiVersion } = checkPlugin(mod['default'] ?? mod['plugin'], spec, entry);
   const container = new Container();
   let factory: BackendFactory;
   try {
@@ -164,7 +173,13 @@ export async function loadPlugin(
   } catch {
     // keep the unresolved path
   }
-  return { spec, name: typeof plugin.name === 'string' ? plugin.name : spec, root, factory };
+  return {
+    spec,
+    name: typeof plugin.name === 'string' ? plugin.name : spec,
+    root,
+    factory,
+    apiVersion,
+  };
 }
 
 /** Reads a package's version, for logs. */

@@ -1,12 +1,12 @@
 /**
- * The semantics of the D-Bus contract, without the bus: `TestMethod`
- * (validate, resolve, start detaches), writes of `TestProperty`, and the
- * one log line per request.
+ * The semantics of the D-Bus contract, without the bus: `TestMethod` and
+ * `AttachDevices` (validate, resolve, start one job per device),
+ * `GetDevices`, writes of `TestProperty`, and the one log line per request.
  */
 import { inject, injectable } from 'inversify';
 import { DESIRED_STATES, type DesiredState, type Logger } from '../plugin-api.js';
 import { BackendRegistry, type BackendHost } from './backend-registry.js';
-import { DetachService } from './detach-service.js';
+import { DeviceJobService, type JobKind } from './device-job-service.js';
 import { parseDeviceMap } from './device-spec.js';
 import { VmdevError, errorMessage, invalidArgs } from './errors.js';
 import { RootLogger } from './logger.js';
@@ -14,7 +14,7 @@ import { StateHub, type VmEntry } from './state-hub.js';
 
 export const MAX_SELECTOR_LENGTH = 1024;
 
-/** The answer to `TestMethod`, and what starts the detaches it accepted. */
+/** The answer to `TestMethod` or `AttachDevices`, and what starts the jobs it accepted. */
 export interface Acceptance {
   readonly accepted: boolean;
   start(): void;
@@ -36,7 +36,7 @@ export class VmdevService {
   constructor(
     @inject(StateHub) private readonly hub: StateHub,
     @inject(BackendRegistry) private readonly registry: BackendRegistry,
-    @inject(DetachService) private readonly detaches: DetachService,
+    @inject(DeviceJobService) private readonly jobs: DeviceJobService,
     @inject(RootLogger) logger: RootLogger,
   ) {
     this.log = logger.child('request');
@@ -51,27 +51,67 @@ export class VmdevService {
    * every accepted device its outcome. Throws `Failed` once shutdown began.
    */
   detach(caller: Caller, selector: unknown, devices: unknown): Acceptance {
+    return this.request('detach', 'TestMethod', caller, selector, devices);
+  }
+
+  /**
+   * `AttachDevices`, the mirror of `TestMethod`: every device validated for
+   * an attach, the selector resolved, then one attach accepted per device.
+   * A backend that cannot attach is `NotSupported`, and nothing starts.
+   */
+  attach(caller: Caller, selector: unknown, devices: unknown): Acceptance {
+    return this.request('attach', 'AttachDevices', caller, selector, devices);
+  }
+
+  /**
+   * `GetDevices`: the disks, interfaces and host devices of the one VM the
+   * selector names, label → tokens. `VmNotFound` when none matches;
+   * `NotSupported` when its backend cannot list devices; `Timeout` when it
+   * does not answer within `detachTimeoutSeconds`.
+   */
+  async devices(caller: Caller, selector: unknown): Promise<Record<string, string[]>> {
+    try {
+      const target = this.resolve(selector);
+      if (target === undefined) throw new VmdevError('VmNotFound', `no VM matches ${JSON.stringify(selector)}`);
+      if (this.closed) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
+      const devices = await this.registry.listDevices(target.host, target.entry.vm, this.jobs.timeoutMs);
+      this.logRequest(
+        'GetDevices',
+        caller,
+        { selector: text(selector) },
+        `${Object.keys(devices).length} devices of ${target.entry.key}`,
+      );
+      return devices;
+    } catch (err) {
+      this.logRequest('GetDevices', caller, { selector: text(selector) }, errorSummary(err));
+      throw err;
+    }
+  }
+
+  private request(kind: JobKind, member: string, caller: Caller, selector: unknown, devices: unknown): Acceptance {
     const labels =
       devices !== null && typeof devices === 'object' ? Object.keys(devices).slice(0, 16).join(',') : undefined;
+    const fields = { selector: text(selector), devices: labels };
     try {
-      const specs = parseDeviceMap(devices);
+      const specs = parseDeviceMap(devices, kind);
       const target = this.resolve(selector);
       if (target === undefined) {
-        this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, 'no such VM (false)');
+        this.logRequest(member, caller, fields, 'no such VM (false)');
         return NOT_ACCEPTED;
+      }
+      if (kind === 'attach' && !this.registry.canAttach(target.host)) {
+        throw new VmdevError(
+          'NotSupported',
+          `VM ${JSON.stringify(target.entry.key)} belongs to backend "${target.host.id}", which cannot attach devices`,
+        );
       }
       // From here each device is owed an outcome: accept() makes the jobs now
       // (shutdown ends them), start() hands them to the backend.
-      const start = this.detaches.accept(target.host, target.entry, specs);
-      this.logRequest(
-        'TestMethod',
-        caller,
-        { selector: text(selector), devices: labels },
-        `accepted for ${target.entry.key}`,
-      );
+      const start = this.jobs.accept(kind, target.host, target.entry, specs);
+      this.logRequest(member, caller, fields, `accepted for ${target.entry.key}`);
       return { accepted: true, start };
     } catch (err) {
-      this.logRequest('TestMethod', caller, { selector: text(selector), devices: labels }, errorSummary(err));
+      this.logRequest(member, caller, fields, errorSummary(err));
       throw err;
     }
   }
@@ -120,7 +160,7 @@ export class VmdevService {
    */
   close(): void {
     this.closed = true;
-    this.detaches.shutdown();
+    this.jobs.shutdown();
   }
 
   private validateStates(desired: unknown): Array<{ entry: VmEntry; host: BackendHost; state: DesiredState }> {

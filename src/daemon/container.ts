@@ -9,7 +9,7 @@ import { AccessPolicy, AccountFiles } from '../core/access-policy.js';
 import { BackendRegistry, BuiltinPluginDir } from '../core/backend-registry.js';
 import { Clock, systemClock } from '../core/clock.js';
 import { Config } from '../core/config.js';
-import { DetachGraceMs, DetachService } from '../core/detach-service.js';
+import { DeviceJobService, JobGraceMs } from '../core/device-job-service.js';
 import { Lifecycle, type LifecycleStage } from '../core/lifecycle.js';
 import { RootLogger } from '../core/logger.js';
 import { BUILTIN_PLUGIN_DIR } from '../core/plugin-loader.js';
@@ -25,7 +25,7 @@ export interface ContainerOptions {
   /** Window within which state changes are announced together. */
   readonly coalesceWindowMs?: number;
   /** How long a backend may take to verify a device after its timeout. */
-  readonly detachGraceMs?: number;
+  readonly jobGraceMs?: number;
   /** The core's time (tests run it by hand). */
   readonly clock?: Clock;
   /** Where user and group names are looked up. */
@@ -38,14 +38,14 @@ export function createContainer(config: Config, logger: RootLogger, options: Con
   container.bind(RootLogger).toConstantValue(logger);
   container.bind(BuiltinPluginDir).toConstantValue(options.builtinPluginDir ?? BUILTIN_PLUGIN_DIR);
   container.bind(CoalesceWindowMs).toConstantValue(options.coalesceWindowMs ?? 10);
-  container.bind(DetachGraceMs).toConstantValue(options.detachGraceMs ?? 2000);
+  container.bind(JobGraceMs).toConstantValue(options.jobGraceMs ?? 2000);
   container.bind(Clock).toConstantValue(options.clock ?? systemClock);
   container.bind(InterfaceDefinitionToken).toConstantValue(loadInterface());
   container.bind(AccountFiles).toConstantValue(options.accountFiles ?? { passwd: '/etc/passwd', group: '/etc/group' });
   container.bind(AccessPolicy).toSelf();
   container.bind(StateHub).toSelf();
   container.bind(BackendRegistry).toSelf();
-  container.bind(DetachService).toSelf();
+  container.bind(DeviceJobService).toSelf();
   container.bind(VmdevService).toSelf();
   container.bind(DbusFrontend).toSelf();
   container.bind(MemoryReclaimer).toConstantValue(new MemoryReclaimer(logger.child('memory')));
@@ -63,8 +63,9 @@ export function createContainer(config: Config, logger: RootLogger, options: Con
         { name: 'backends', start: () => registry.start(), stop: () => registry.stop() },
       ],
       // Calls are answered from here; on the way down nothing more is
-      // accepted, every pending detach gets its outcome while the bus still
-      // carries it, then the name is released and the connection closed.
+      // accepted, every pending detach and attach gets its outcome while the
+      // bus still carries it, then the name is released and the connection
+      // closed.
       [
         {
           name: 'requests',

@@ -9,7 +9,7 @@ import type { Logger } from '../plugin-api.js';
 import { AccessPolicy } from '../core/access-policy.js';
 import { BackendRegistry } from '../core/backend-registry.js';
 import { loadConfig, type Config, type ConfigOverrides } from '../core/config.js';
-import { DetachService } from '../core/detach-service.js';
+import { DeviceJobService } from '../core/device-job-service.js';
 import type { Disposable } from '../core/disposable.js';
 import { ConfigError, errorMessage } from '../core/errors.js';
 import { Lifecycle } from '../core/lifecycle.js';
@@ -134,7 +134,7 @@ export class Daemon {
       changes.push(`logLevel ${next.logLevel}`);
     }
     if (next.detachTimeoutSeconds !== current.detachTimeoutSeconds) {
-      this.container.get(DetachService).setTimeoutSeconds(next.detachTimeoutSeconds);
+      this.container.get(DeviceJobService).setTimeoutSeconds(next.detachTimeoutSeconds);
       changes.push(`detachTimeoutSeconds ${next.detachTimeoutSeconds}`);
     }
     this.container.get(AccessPolicy).configure(next.access);
@@ -153,8 +153,8 @@ export class Daemon {
 
   private async doStop(reason: string): Promise<void> {
     this.log.info('shutting down', { reason });
-    const pending = this.container.get(DetachService).pendingCount();
-    if (pending > 0) this.log.warn('pending detaches end as failed', { count: pending });
+    const pending = this.container.get(DeviceJobService).pendingCount();
+    if (pending > 0) this.log.warn('pending detaches and attaches end as failed', { count: pending });
     await this.lifecycle.stop(reason);
     this.log.info('stopped');
   }

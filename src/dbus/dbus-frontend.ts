@@ -21,7 +21,7 @@ import type { Logger } from '../plugin-api.js';
 import { AccessPolicy, type Credentials } from '../core/access-policy.js';
 import { BackendRegistry } from '../core/backend-registry.js';
 import { Config } from '../core/config.js';
-import { DetachService, type DetachFinished } from '../core/detach-service.js';
+import { DeviceJobService, type JobFinished } from '../core/device-job-service.js';
 import { DisposableStore, type Disposable } from '../core/disposable.js';
 import { Emitter, type Event } from '../core/event.js';
 import { VmdevError, errorMessage, invalidArgs } from '../core/errors.js';
@@ -81,7 +81,20 @@ type ModuleInterface = dbus.interface.Interface & {
   TestSignal(states: StateMap): void;
   DeviceDetached(vm: string, device: string): void;
   DeviceDetachFailed(vm: string, device: string, error: string, message: string): void;
+  DeviceAttached(vm: string, device: string): void;
+  DeviceAttachFailed(vm: string, device: string, error: string, message: string): void;
 };
+
+/** The outcome signals of each direction. */
+const OUTCOME_SIGNALS = {
+  detach: { ok: 'DeviceDetached', failed: 'DeviceDetachFailed' },
+  attach: { ok: 'DeviceAttached', failed: 'DeviceAttachFailed' },
+} as const;
+
+/** A method call dbus-next's dispatch should never see; if one gets there, it must not send a stack trace. */
+function notDispatchedHere(member: string): never {
+  throw new dbus.DBusError(errorName('Failed'), `${member} could not be handled; the details are in the log of vmdevd`);
+}
 
 /**
  * Builds a dbus-next interface class whose members are exactly those of the
@@ -99,14 +112,17 @@ function createInterface(def: InterfaceDefinition, source: PropertySource): Modu
     get Vms(): Record<string, Record<string, string>> {
       return source.vms();
     }
+    // Calls never reach dbus-next's dispatch: the frontend's handler answers
+    // them first. Should one get here, dbus-next must not answer it with the
+    // stack trace it sends for any error that is not a DBusError.
     TestMethod(): never {
-      // Calls never reach dbus-next's dispatch: the frontend's handler answers
-      // them first. Should one get here, dbus-next must not answer it with
-      // the stack trace it sends for any error that is not a DBusError.
-      throw new dbus.DBusError(
-        errorName('Failed'),
-        'TestMethod could not be handled; the details are in the log of vmdevd',
-      );
+      notDispatchedHere('TestMethod');
+    }
+    GetDevices(): never {
+      notDispatchedHere('GetDevices');
+    }
+    AttachDevices(): never {
+      notDispatchedHere('AttachDevices');
     }
     // The signals are sent by the frontend itself (sendTrusted); these give
     // dbus-next the members configureMembers declares.
@@ -117,6 +133,12 @@ function createInterface(def: InterfaceDefinition, source: PropertySource): Modu
       return [vm, device];
     }
     DeviceDetachFailed(vm: string, device: string, error: string, message: string): string[] {
+      return [vm, device, error, message];
+    }
+    DeviceAttached(vm: string, device: string): string[] {
+      return [vm, device];
+    }
+    DeviceAttachFailed(vm: string, device: string, error: string, message: string): string[] {
       return [vm, device, error, message];
     }
   }
@@ -166,7 +188,7 @@ export class DbusFrontend implements Disposable {
     @inject(VmdevService) private readonly service: VmdevService,
     @inject(StateHub) private readonly hub: StateHub,
     @inject(BackendRegistry) private readonly registry: BackendRegistry,
-    @inject(DetachService) private readonly detaches: DetachService,
+    @inject(DeviceJobService) private readonly jobs: DeviceJobService,
     @inject(AccessPolicy) private readonly access: AccessPolicy,
     @inject(RootLogger) logger: RootLogger,
   ) {
@@ -227,7 +249,7 @@ export class DbusFrontend implements Disposable {
     const handler = (msg: Message) => this.dispatch(msg);
     bus.addMethodHandler(handler);
     this.methodHandler = { dispose: () => bus.removeMethodHandler(handler) };
-    this.disposables.add(this.detaches.onDidFinish((e) => this.emitOutcome(e)));
+    this.disposables.add(this.jobs.onDidFinish((e) => this.emitOutcome(e)));
     this.disposables.add(this.hub.onDidChangeMap((map) => this.announced && this.emitStates(map)));
     this.disposables.add(
       this.registry.onDidChangeHealth(() => {
@@ -320,19 +342,20 @@ export class DbusFrontend implements Disposable {
     return details;
   }
 
-  private emitOutcome(e: DetachFinished): void {
+  private emitOutcome(e: JobFinished): void {
     if (this.closed) {
       this.log.warn('outcome not sent: the bus connection is gone, no client will see it', {
         vm: e.vm,
         device: e.device,
-        outcome: e.outcome.ok ? 'detached' : e.outcome.error,
+        outcome: e.outcome.ok ? `${e.kind}ed` : e.outcome.error,
       });
       return;
     }
+    const names = OUTCOME_SIGNALS[e.kind];
     try {
-      if (e.outcome.ok) this.signal(INTERFACE_NAME, 'DeviceDetached', 'ss', [e.vm, e.device]);
+      if (e.outcome.ok) this.signal(INTERFACE_NAME, names.ok, 'ss', [e.vm, e.device]);
       else
-        this.signal(INTERFACE_NAME, 'DeviceDetachFailed', 'ssss', [
+        this.signal(INTERFACE_NAME, names.failed, 'ssss', [
           e.vm,
           e.device,
           errorName(e.outcome.error),
@@ -342,7 +365,7 @@ export class DbusFrontend implements Disposable {
       // The core cleans what it passes on; should a string still not encode,
       // the client gets the outcome with every string cleaned, not nothing.
       this.log.error('an outcome signal did not encode; sending it cleaned', { error: errorMessage(err) });
-      const name = e.outcome.ok ? 'DeviceDetached' : 'DeviceDetachFailed';
+      const name = e.outcome.ok ? names.ok : names.failed;
       const body = e.outcome.ok
         ? [cleanText(e.vm), cleanText(e.device)]
         : [cleanText(e.vm), cleanText(e.device), errorName(e.outcome.error), cleanText(e.outcome.message)];
@@ -442,13 +465,34 @@ export class DbusFrontend implements Disposable {
       throw invalidArgs(`${method.name} takes (${method.inSignature}), not (${signature})`);
     }
     if (!this.accepting) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
-    this.withAccess(msg, method.name, () => {
-      // TestMethod is the only method of the interface.
-      const acceptance = this.service.detach({ name: msg.sender }, msg.body[0], msg.body[1]);
-      this.reply(msg, method.outSignature, [acceptance.accepted]);
-      // The reply's write is queued first: the detaches start right behind it.
-      process.nextTick(() => acceptance.start());
-    });
+    const caller = { name: msg.sender };
+    switch (method.name) {
+      case 'GetDevices':
+        // A read, open to everyone as the properties are.
+        this.service
+          .devices(caller, msg.body[0])
+          .then(
+            (devices) => this.reply(msg, method.outSignature, [devices]),
+            (err: unknown) => this.replyError(msg, err, method.name),
+          )
+          // The backend may answer after the connection closed (shutdown): nobody is left to tell.
+          .catch((err: unknown) => this.log.warn('GetDevices could not be answered', { error: errorMessage(err) }));
+        return;
+      case 'TestMethod':
+      case 'AttachDevices':
+        this.withAccess(msg, method.name, () => {
+          const acceptance =
+            method.name === 'TestMethod'
+              ? this.service.detach(caller, msg.body[0], msg.body[1])
+              : this.service.attach(caller, msg.body[0], msg.body[1]);
+          this.reply(msg, method.outSignature, [acceptance.accepted]);
+          // The reply's write is queued first: the jobs start right behind it.
+          process.nextTick(() => acceptance.start());
+        });
+        return;
+      default:
+        throw new VmdevError('Failed', `${method.name} is declared in the interface file but has no handler`);
+    }
   }
 
   /**

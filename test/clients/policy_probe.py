@@ -7,9 +7,10 @@ With python3-dbus-next: subscribes to TestSignal, makes each call below and
 records "ok" or the error name of the reply, then prints "READY" and waits
 for one TestSignal (the test changes a VM's state when it sees READY).
 Finally prints one JSON object: {"uid", "calls": {name: result}, "signals": n}.
-LABEL names the device in the TestMethod call, so the test can find it in
-the backend's journal. TestMethod asks for SELECTOR (default vm1), Set
-writes {VM: STATE} (default vm2=paused).
+LABEL names the device in the TestMethod call (LABEL-attach in the
+AttachDevices call), so the test can find it in the backend's journal.
+TestMethod, GetDevices and AttachDevices ask for SELECTOR (default vm1),
+Set writes {VM: STATE} (default vm2=paused).
 """
 import asyncio
 import json
@@ -50,6 +51,11 @@ async def main(address, label, timeout, selector, vm, state):
     calls = {
         "Get": dict(interface=PROPS, member="Get", signature="ss", body=[IFACE, "TestProperty"]),
         "GetAll": dict(interface=PROPS, member="GetAll", signature="s", body=[IFACE]),
+        "GetDevices": dict(interface=IFACE, member="GetDevices", signature="s", body=[selector]),
+        "AttachDevices": dict(interface=IFACE, member="AttachDevices", signature="sa{sas}",
+                              # A disk whose file does not exist: a real hypervisor refuses it, harmlessly.
+                              body=[selector, {label + "-attach": ["type=disk", "target=sdz", "bus=usb",
+                                                                  "source=/nonexistent/vmdevd-probe.img"]}]),
         "Introspect": dict(interface="org.freedesktop.DBus.Introspectable", member="Introspect"),
         "Introspect /": dict(path="/", interface="org.freedesktop.DBus.Introspectable", member="Introspect"),
         "Ping": dict(interface="org.freedesktop.DBus.Peer", member="Ping"),

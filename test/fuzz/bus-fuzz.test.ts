@@ -2,7 +2,8 @@
  * Bad input over the bus. A seeded fuzzer sends at least 10,000 calls to the
  * daemon (run as in the unit, with the node options of bin/vmdevd) and checks that it answers
  * every one with a valid reply or a D-Bus error, never crashes, never puts a
- * stack trace in an error, and never starts a detach for a request it refused.
+ * stack trace in an error, and never starts a detach or an attach for a
+ * request it refused.
  *
  *   VMDEVD_FUZZ_SEED=N      repeat a run (the seed is printed)
  *   VMDEVD_FUZZ_CALLS=N     calls in the main phase (default 12000, at least 10000 in CI)
@@ -10,6 +11,9 @@
  * What is sent: TestMethod with valid requests, with requests that have one
  * known defect (bad labels, types, tokens, values, too many devices, too
  * long tokens), with random maps and selectors, and with wrong signatures;
+ * AttachDevices with valid requests and with requests that have one defect
+ * of the grammar or of what an attach needs; GetDevices with known and
+ * random selectors;
  * Properties Get, GetAll and Set with right and wrong signatures, names and
  * values; Introspect and Peer with and without arguments and on other
  * paths; unknown members and interfaces, calls without an interface, calls
@@ -61,7 +65,7 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
     await stack?.stop();
   });
 
-  it(`answers ${CALLS} random calls and starts no detach for a refused request`, async () => {
+  it(`answers ${CALLS} random calls and starts no detach or attach for a refused request`, async () => {
     assert.ok(CALLS >= MIN_CALLS || process.env['VMDEVD_FUZZ_CALLS'] !== undefined, `at least ${MIN_CALLS} calls`);
     const driver = new FuzzDriver(client, r, SEED, () => stack.bus.process.output().slice(-2000));
     await driver.sendLargest(tally);
@@ -80,12 +84,14 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
     );
     assert.equal(ping.kind, 'return');
 
-    // Detaches the backend started, each of which must come from a request that was accepted.
-    const journal = stack.journal().filter((e) => e['op'] === 'detach');
+    // Detaches and attaches the backend started, each of which must come from a request that was accepted.
+    const journal = stack.journal().filter((e) => e['op'] === 'detach' || e['op'] === 'attach');
     const wrong = journal.filter(
       (e) => !(tally.labelOutcomes.get(String(e['label'])) ?? []).some((o) => o === 'return true'),
     );
-    console.log(`# detaches started: ${journal.length}, from requests that were not accepted: ${wrong.length}`);
+    console.log(
+      `# detaches and attaches started: ${journal.length} (${journal.filter((e) => e['op'] === 'attach').length} attaches), from requests that were not accepted: ${wrong.length}`,
+    );
 
     assert.deepEqual(tally.failures.slice(0, 20), [], `${tally.failures.length} calls went wrong (seed ${SEED})`);
     assert.deepEqual(
@@ -93,9 +99,13 @@ describe(`bus fuzzer (seed ${SEED})`, () => {
         .slice(0, 10)
         .map((e) => `${String(e['label'])}: ${(tally.labelOutcomes.get(String(e['label'])) ?? []).join(', ')}`),
       [],
-      `detaches were started for requests that were not accepted (seed ${SEED})`,
+      `detaches or attaches were started for requests that were not accepted (seed ${SEED})`,
     );
     assert.ok(journal.length > 0, 'valid requests started detaches (else the check above proves nothing)');
+    assert.ok(
+      journal.some((e) => e['op'] === 'attach'),
+      'valid requests started attaches (else the check above proves nothing for them)',
+    );
     assert.doesNotMatch(
       stack.daemon.output(),
       /uncaught exception|unhandled promise rejection|unexpected error|lost the bus connection/,

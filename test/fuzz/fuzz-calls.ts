@@ -1,8 +1,8 @@
 /**
  * The calls the fuzzer makes: generated from a seeded `Random`, each with
  * what the daemon must answer (a reply, an error of given names, or
- * anything) and, for TestMethod, the labels of the request and whether it
- * is known to be invalid.
+ * anything) and, for TestMethod and AttachDevices, the labels of the
+ * request and whether it is known to be invalid.
  */
 import { BUS_NAME, INTERFACE, OBJECT_PATH } from '../harness/bus-client.js';
 import { DEFAULT_VMS } from '../harness/stack.js';
@@ -27,6 +27,7 @@ import {
 const PROPS = 'org.freedesktop.DBus.Properties';
 export const INVALID_ARGS = 'org.freedesktop.DBus.Error.InvalidArgs';
 export const UNKNOWN_METHOD = 'org.freedesktop.DBus.Error.UnknownMethod';
+const VM_NOT_FOUND = 'org.example.dbustest.Error.VmNotFound';
 const VM_NAMES = DEFAULT_VMS.map((v) => v.name);
 const STATES = ['running', 'paused', 'shutdown', 'shutoff'];
 /** Strings that trip up code that keeps data in plain objects, or parsers. */
@@ -74,12 +75,64 @@ export interface FuzzCall extends RawCall {
   /** What must come back: anything, an error (of one of `errors` if given), or a method return. */
   readonly expect: 'any' | 'error' | 'return';
   readonly errors?: readonly string[];
-  /** TestMethod: the labels of the request, and whether it is known to be invalid. */
+  /** TestMethod and AttachDevices: the labels of the request, and whether it is known to be invalid. */
   readonly labels?: readonly string[];
   readonly invalid?: boolean;
-  /** TestMethod: the reply a valid request must get. */
+  /** TestMethod and AttachDevices: the reply a valid request must get. */
   readonly accepted?: boolean | string;
 }
+
+/** Devices an attach takes: every token it needs (and a detach takes them too). */
+const VALID_ATTACHES: Array<(r: Random, i: number) => string[]> = [
+  (r, i) => [
+    'type=disk',
+    `target=sd${String.fromCharCode(97 + (i % 26))}`,
+    `source=/var/lib/vmdevd-fuzz/${chars(r, 'abcdefgh', 6)}.img`,
+    `bus=${r.pick(['scsi', 'usb', 'virtio', 'sata'])}`,
+    ...(r.chance(0.5) ? [`format=${r.pick(['raw', 'qcow2'])}`] : []),
+    ...(r.chance(0.3) ? [`readonly=${r.pick(['yes', 'no'])}`] : []),
+  ],
+  (r) => [
+    'type=interface',
+    `mac=52:54:00:${chars(r, '0123456789abcdef', 2)}:${chars(r, '0123456789abcdef', 2)}:${chars(r, '0123456789abcdef', 2)}`,
+    r.pick(['user=yes', 'network=default', 'bridge=br0']),
+    ...(r.chance(0.5) ? [`model=${r.pick(['virtio', 'e1000e', 'e1000', 'rtl8139'])}`] : []),
+  ],
+  (r, i) => VALID_DEVICES[r.int(1, 5)]!(r, i),
+];
+
+/** A disk or interface an attach cannot take (a detach may take some of them). */
+const ATTACH_DEFECTS: Array<(r: Random, i: number) => string[]> = [
+  (r, i) => {
+    const missing = r.pick(['source=', 'bus=']);
+    return VALID_ATTACHES[0]!(r, i).filter((t) => !t.startsWith(missing));
+  },
+  (r, i) =>
+    VALID_ATTACHES[0]!(r, i).map((t) =>
+      t.startsWith('source=')
+        ? `source=${r.pick(['relative.img', '/a/../b', '/a//b', '/a/', '/', '/a\u001bb', '/a\u0085b', `/${'p'.repeat(241)}`])}`
+        : t,
+    ),
+  (r, i) =>
+    VALID_ATTACHES[0]!(r, i).map((t) => (t.startsWith('bus=') ? `bus=${r.pick(['ide', 'fdc', 'SCSI', ''])}` : t)),
+  (r, i) => [...VALID_ATTACHES[0]!(r, i), `format=${r.pick(['vmdk', 'QCOW2', ''])}`],
+  (r, i) => [...VALID_ATTACHES[0]!(r, i), r.pick(['network=default', 'model=virtio', 'user=yes'])],
+  (r, i) => VALID_ATTACHES[1]!(r, i).filter((t) => !/^(network|bridge|user)=/.test(t)),
+  (r, i) => [
+    ...VALID_ATTACHES[1]!(r, i).filter((t) => !/^(network|bridge|user)=/.test(t)),
+    'network=default',
+    r.pick(['bridge=br0', 'user=yes']),
+  ],
+  (r, i) => [
+    ...VALID_ATTACHES[1]!(r, i).filter((t) => !t.startsWith('model=')),
+    `model=${r.pick(['ne2k_pci', 'VIRTIO', ''])}`,
+  ],
+  (r, i) => [
+    ...VALID_ATTACHES[1]!(r, i),
+    r.pick(['user=no', 'source=/x.img', `bridge=${'b'.repeat(16)}`, 'network=a/b']),
+  ],
+  (r) => ['type=alias', `name=ua-${chars(r, 'abcdefgh', 4)}`],
+];
 
 const VALID_DEVICES: Array<(r: Random, i: number) => string[]> = [
   (_r, i) => [
@@ -201,6 +254,9 @@ export function generate(r: Random, id: number): FuzzCall {
     'TestMethod one defect': 16,
     'TestMethod random': 14,
     'TestMethod wrong signature': 8,
+    'AttachDevices valid': 4,
+    'AttachDevices one defect': 6,
+    GetDevices: 3,
     'Properties.Get': 7,
     'Properties.GetAll': 3,
     'Properties.Set': 12,
@@ -298,6 +354,49 @@ export function generate(r: Random, id: number): FuzzCall {
         ...ourCall('TestMethod', sig, randomBody(r, sig), { interface: r.chance(0.2) ? undefined : INTERFACE }),
         expect: 'error',
         errors: [INVALID_ARGS],
+      };
+    }
+    case 'AttachDevices valid': {
+      const selector = r.pick(Object.keys(SELECTOR_RESULT));
+      const devices = Array.from({ length: r.int(1, 4) }, (_, i): [string, string[]] => [
+        `a${id}-${i}`,
+        r.pick(VALID_ATTACHES)(r, i),
+      ]);
+      return {
+        ...base,
+        ...ourCall('AttachDevices', 'sa{sas}', [selector, lowLevelMap(devices)]),
+        expect: typeof SELECTOR_RESULT[selector] === 'string' ? 'error' : 'return',
+        errors: typeof SELECTOR_RESULT[selector] === 'string' ? [SELECTOR_RESULT[selector]] : undefined,
+        accepted: SELECTOR_RESULT[selector],
+        labels: devices.map(([l]) => l),
+      };
+    }
+    case 'AttachDevices one defect': {
+      const devices = Array.from({ length: r.int(1, 3) }, (_, i): [string, string[]] => [
+        `ai${id}-${i}`,
+        r.pick(VALID_ATTACHES.slice(0, 2))(r, i),
+      ]);
+      // A defect of the grammar, or of what only an attach needs.
+      if (r.chance(0.5)) r.pick(DEFECTS)(r, devices);
+      else devices[0]![1] = r.pick(ATTACH_DEFECTS)(r, 0);
+      return {
+        ...base,
+        ...ourCall('AttachDevices', 'sa{sas}', [r.pick(['vm1', 'vm2']), lowLevelMap(devices)]),
+        expect: 'error',
+        errors: [INVALID_ARGS],
+        labels: devices.map(([l]) => l),
+        invalid: true,
+      };
+    }
+    case 'GetDevices': {
+      const known = r.chance(0.7);
+      const selector = known ? r.pick(Object.keys(SELECTOR_RESULT)) : r.pick([...DICTIONARY, randomString(r, 40)]);
+      const result = SELECTOR_RESULT[selector];
+      return {
+        ...base,
+        ...ourCall('GetDevices', 's', [selector]),
+        expect: !known ? 'any' : result === true ? 'return' : 'error',
+        errors: !known || result === true ? undefined : [result === false ? VM_NOT_FOUND : (result as string)],
       };
     }
     case 'Properties.Get': {

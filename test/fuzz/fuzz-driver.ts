@@ -42,7 +42,8 @@ export class Tally {
     let outcome: string;
     if (reply.kind === 'return') {
       this.returns++;
-      outcome = call.member === 'TestMethod' ? `return ${String(reply.body[0])}` : 'return';
+      outcome =
+        call.member === 'TestMethod' || call.member === 'AttachDevices' ? `return ${String(reply.body[0])}` : 'return';
       if (call.expect === 'error')
         this.failures.push(
           `${what}: expected an error${call.errors ? ` (${call.errors.join(' or ')})` : ''}, got a reply`,

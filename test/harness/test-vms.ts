@@ -2,9 +2,11 @@
  * Small throw-away QEMU VMs on `qemu:///system` for detach tests.
  *
  * Each VM is named `vmdevd-test-<random>` so it cannot collide with a
- * host's own VMs: 64 MiB, one vCPU, no guest OS, machine `pc` with ACPI
- * (without ACPI, QEMU refuses a PCI unplug outright instead of waiting for
- * the guest), KVM when the QEMU user can use /dev/kvm and TCG otherwise.
+ * host's own VMs: 64 MiB, one vCPU, no guest OS, machine `pc` (or `q35`)
+ * with ACPI (without ACPI, QEMU refuses a PCI unplug outright instead of
+ * waiting for the guest), KVM when the QEMU user can use /dev/kvm and TCG
+ * otherwise. A `q35` VM also has the SATA controller that machine always
+ * has, whose bus QEMU cannot hot-plug.
  * Its devices: a virtio-scsi and a qemu-xhci controller, a SCSI disk
  * (`sda`) and a USB disk (`sdb`), both of which QEMU releases without a
  * guest, and an e1000 NIC on PCI, which it never releases without one.
@@ -41,6 +43,8 @@ export interface TestVmConnection {
 }
 
 export type VirtType = 'kvm' | 'qemu';
+/** QEMU's machine types the harness makes VMs of: i440FX (`pc`) or Q35 (`q35`, PCI Express). */
+export type MachineType = 'pc' | 'q35';
 
 export interface TestVmOptions {
   /** The VM's type in its vmdevd metadata. Default `test`. */
@@ -53,6 +57,8 @@ export interface TestVmOptions {
   readonly mac?: string;
   /** The VM's name. Default `vmdevd-test-<random>`. */
   readonly name?: string;
+  /** The machine type. Default `pc`. */
+  readonly machine?: MachineType;
 }
 
 /** One device of a test VM. */
@@ -61,6 +67,8 @@ export interface TestDevice {
   readonly xml: string;
   /** The alias libvirt gives it in a running VM. */
   readonly alias: string;
+  /** A disk's image file. */
+  readonly source?: string;
 }
 
 export interface TestVm {
@@ -68,8 +76,11 @@ export interface TestVm {
   readonly uuid: string;
   readonly type: string;
   readonly virtType: VirtType;
+  readonly machine: MachineType;
   /** The XML the VM was defined with. */
   readonly xml: string;
+  /** The directory of its disk images (readable by QEMU); removed with the VM. */
+  readonly dir: string;
   readonly devices: {
     /** `sda` on the virtio-scsi controller. */
     readonly scsiDisk: TestDevice;
@@ -141,13 +152,17 @@ export function testVmXml(options: {
   readonly scsiImage: string;
   readonly usbImage: string;
   readonly mac: string;
+  readonly machine?: MachineType;
 }): string {
   const domain = create().ele('domain', { type: options.virtType });
   domain.ele('name').txt(options.name);
   domain.ele('metadata').ele(VM_METADATA_NAMESPACE, 'vmdevd:vm', { type: options.type });
   domain.ele('memory', { unit: 'MiB' }).txt('64');
   domain.ele('vcpu').txt('1');
-  domain.ele('os').ele('type', { arch: 'x86_64', machine: 'pc' }).txt('hvm');
+  domain
+    .ele('os')
+    .ele('type', { arch: 'x86_64', machine: options.machine ?? 'pc' })
+    .txt('hvm');
   domain.ele('features').ele('acpi');
   domain.ele('on_poweroff').txt('destroy');
   domain.ele('on_reboot').txt('restart');
@@ -162,6 +177,12 @@ export function testVmXml(options: {
   return domain.end({ prettyPrint: true, headless: true });
 }
 
+/** An empty raw disk image of 1 MiB, for a test VM or a device to attach to one. */
+export async function createDiskImage(path: string): Promise<void> {
+  await writeFile(path, '');
+  await truncate(path, DISK_IMAGE_BYTES);
+}
+
 /**
  * Defines (and by default starts) a test VM. Remove it with `remove()` in an
  * `after()` hook or a `finally`, even when the test fails.
@@ -171,6 +192,7 @@ export async function createTestVm(connection: TestVmConnection, options: TestVm
   const type = options.type ?? 'test';
   const mac = options.mac ?? '52:54:00:76:6d:01';
   const virtType = options.virtType ?? (await defaultVirtType());
+  const machine = options.machine ?? 'pc';
   // mkdtemp makes the directory 0700: QEMU's user could not reach the images.
   const dir = await mkdtemp(join(tmpdir(), `${name}-`));
   let uuid: string | undefined;
@@ -178,11 +200,8 @@ export async function createTestVm(connection: TestVmConnection, options: TestVm
     await chmod(dir, 0o755);
     const scsiImage = join(dir, 'scsi.img');
     const usbImage = join(dir, 'usb.img');
-    for (const image of [scsiImage, usbImage]) {
-      await writeFile(image, '');
-      await truncate(image, DISK_IMAGE_BYTES);
-    }
-    const xml = testVmXml({ name, type, virtType, scsiImage, usbImage, mac });
+    for (const image of [scsiImage, usbImage]) await createDiskImage(image);
+    const xml = testVmXml({ name, type, virtType, scsiImage, usbImage, mac, machine });
     uuid = (await connection.defineXml(xml)).uuid;
     if (options.start !== false) await connection.create(uuid);
     const definedUuid = uuid;
@@ -192,10 +211,20 @@ export async function createTestVm(connection: TestVmConnection, options: TestVm
       uuid: definedUuid,
       type,
       virtType,
+      machine,
       xml,
+      dir,
       devices: {
-        scsiDisk: { xml: deviceXml((parent) => fileDisk(parent, scsiImage, 'sda', 'scsi')), alias: 'scsi0-0-0-0' },
-        usbDisk: { xml: deviceXml((parent) => fileDisk(parent, usbImage, 'sdb', 'usb')), alias: 'usb-disk1' },
+        scsiDisk: {
+          xml: deviceXml((parent) => fileDisk(parent, scsiImage, 'sda', 'scsi')),
+          alias: 'scsi0-0-0-0',
+          source: scsiImage,
+        },
+        usbDisk: {
+          xml: deviceXml((parent) => fileDisk(parent, usbImage, 'sdb', 'usb')),
+          alias: 'usb-disk1',
+          source: usbImage,
+        },
         nic: { xml: deviceXml((parent) => nic(parent, mac)), alias: 'net0', mac },
       },
       async remove() {

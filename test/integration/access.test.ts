@@ -58,7 +58,9 @@ for (const [what, access, allowed] of [
     });
 
     it(
-      allowed ? 'lets the unprivileged caller detach and write' : 'denies TestMethod and Set to an unprivileged caller',
+      allowed
+        ? 'lets the unprivileged caller detach, attach and write'
+        : 'denies TestMethod, AttachDevices and Set to an unprivileged caller',
       async () => {
         const before = stack.journal().length;
         const call = await asNobody(
@@ -67,6 +69,13 @@ for (const [what, access, allowed] of [
           `${IFACE}.TestMethod`,
           'vm1',
           "{'d1': ['type=disk', 'target=vdb']}",
+        );
+        const attach = await asNobody(
+          stack,
+          '--method',
+          `${IFACE}.AttachDevices`,
+          'vm1',
+          "{'a1': ['type=pci', 'address=01:00.0']}",
         );
         const set = await asNobody(
           stack,
@@ -78,11 +87,16 @@ for (const [what, access, allowed] of [
         );
         if (allowed) {
           assert.equal(call.stdout.trim(), '(true,)', call.stderr);
+          assert.equal(attach.stdout.trim(), '(true,)', attach.stderr);
           assert.equal(set.code, 0, set.stderr);
         } else {
           assert.match(
             call.stderr,
             /GDBus\.Error:org\.example\.dbustest\.Error\.AccessDenied: uid 65534 may not call TestMethod/,
+          );
+          assert.match(
+            attach.stderr,
+            /GDBus\.Error:org\.example\.dbustest\.Error\.AccessDenied: uid 65534 may not call AttachDevices/,
           );
           assert.match(
             set.stderr,
@@ -94,9 +108,11 @@ for (const [what, access, allowed] of [
       },
     );
 
-    it('lets the unprivileged caller read and introspect', async () => {
+    it('lets the unprivileged caller read, list devices and introspect', async () => {
       const get = await asNobody(stack, '--method', 'org.freedesktop.DBus.Properties.Get', IFACE, 'TestProperty');
       assert.match(get.stdout, /'vm1': '(running|paused)'/, get.stderr);
+      const devices = await asNobody(stack, '--method', `${IFACE}.GetDevices`, 'vm1');
+      assert.match(devices.stdout, /'net0': \['type=interface', 'mac=52:54:00:00:00:01'/, devices.stderr);
       const intro = await asNobody(stack, '--method', 'org.freedesktop.DBus.Introspectable.Introspect');
       assert.match(intro.stdout, /TestMethod/);
     });

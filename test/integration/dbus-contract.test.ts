@@ -382,7 +382,11 @@ describe('D-Bus contract', () => {
       ['an empty map', {}, /no devices given/],
       ['an unknown type', { d: ['type=floppy'] }, /unknown type "floppy"/],
       ['a missing type', { d: ['target=vdb'] }, /"type=…" is required/],
-      ['an unknown token', { d: ['type=disk', 'target=vdb', 'bus=virtio'] }, /unknown token "bus" for type disk/],
+      [
+        'an unknown token',
+        { d: ['type=disk', 'target=vdb', 'cache=none'] },
+        /unknown token "cache" for type disk \(known: target, source, bus, format, readonly, persistent\)/,
+      ],
       ['a repeated token', { d: ['type=disk', 'target=vdb', 'target=vdc'] }, /"target" is given more than once/],
       ['a token without =', { d: ['type=disk', 'vdb'] }, /not of the form name=value/],
       ['a missing required token', { d: ['type=scsi', 'adapter=scsi_host0', 'bus=0', 'target=0'] }, /missing unit/],

@@ -122,7 +122,7 @@ describe('running', () => {
   });
 
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    it(`shuts down cleanly on ${signal}: pending detaches fail, then the name is released`, async () => {
+    it(`shuts down cleanly on ${signal}: pending detaches and attaches fail, then the name is released`, async () => {
       const daemon = await startVmdevd({
         address: bus.address,
         config: { detachTimeoutSeconds: 60, backends: [{ id: 't', plugin: TEST_BACKEND, vms: DEFAULT_VMS }] },
@@ -134,6 +134,12 @@ describe('running', () => {
           await client.testMethod('vm1', { hang1: ['type=disk', 'target=vdb'], hang2: ['type=disk', 'target=vdc'] }),
           true,
         );
+        const [attached] = await client.call({
+          member: 'AttachDevices',
+          signature: 'sa{sas}',
+          body: ['vm1', { hang3: ['type=pci', 'address=01:00.0'] }],
+        });
+        assert.equal(attached, true);
         daemon.child.kill(signal);
         assert.equal(await daemon.exited(), 0);
         const released = await log.waitFor(
@@ -145,8 +151,13 @@ describe('running', () => {
           ['vm1', 'hang2', 'org.example.dbustest.Error.Failed'],
         ]);
         assert.match(failed[0]!.body[3] as string, /shut down before the detach was confirmed/);
+        const attachFailed = log.named('DeviceAttachFailed');
+        assert.deepEqual(
+          attachFailed.map((s) => s.body),
+          [['vm1', 'hang3', 'org.example.dbustest.Error.Failed', 'vmdevd shut down before the attach was confirmed']],
+        );
         assert.ok(
-          failed.every((f) => log.signals.indexOf(f) < log.signals.indexOf(released)),
+          [...failed, ...attachFailed].every((f) => log.signals.indexOf(f) < log.signals.indexOf(released)),
           'outcomes before the name went away',
         );
         assert.match(

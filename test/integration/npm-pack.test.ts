@@ -120,7 +120,7 @@ try {
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), {
       states: { packed: 'running' },
-      outcomes: [{ vm: 'packed', device: 'd1', ok: true }],
+      outcomes: [{ action: 'detach', vm: 'packed', device: 'd1', ok: true }],
     });
   });
 });

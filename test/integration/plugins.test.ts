@@ -29,6 +29,7 @@ describe('broken plugins', () => {
       backends: [{ id: 'good' }],
       extraBackends: [
         { id: 'wrong-api', plugin: fixture('wrong-api') },
+        { id: 'api-v1', plugin: fixture('api-v1') },
         { id: 'import-error', plugin: fixture('throws-on-import') },
         { id: 'not-a-plugin', plugin: fixture('no-export') },
         { id: 'create-error', plugin: fixture('create-throws') },
@@ -48,7 +49,7 @@ describe('broken plugins', () => {
     assert.equal(backends['good'], 'connected');
     assert.match(
       backends['wrong-api']!,
-      /^disconnected: plugin ".*wrong-api.js" targets plugin API 2; this vmdevd implements plugin API 1$/,
+      /^disconnected: plugin ".*wrong-api.js" targets plugin API 3; this vmdevd implements plugin API 2$/,
     );
     assert.match(
       backends['import-error']!,
@@ -57,7 +58,7 @@ describe('broken plugins', () => {
     assert.match(backends['not-a-plugin']!, /exports no plugin/);
     assert.match(backends['create-error']!, /could not create the backend: no hypervisor here/);
     // A plugin's container holds nothing of the core's.
-    assert.match(backends['reaches-core']!, /failed to set up its container: .*DetachService/);
+    assert.match(backends['reaches-core']!, /failed to set up its container: .*DeviceJobService/);
     assert.match(backends['start-error']!, /start failed: the hypervisor refused the connection/);
     assert.match(backends['missing-path']!, /plugin path .*no\/such\/plugin does not exist/);
     assert.match(backends['missing-package']!, /plugin "vmdevd-plugin-that-does-not-exist" is not installed/);
@@ -65,10 +66,38 @@ describe('broken plugins', () => {
 
   it('keeps serving with the good backend', async () => {
     assert.deepEqual(Object.keys(await stack.client.getProperty<Record<string, string>>('TestProperty')).sort(), [
+      'old-vm',
       'vm1',
       'vm2',
       'vm3',
     ]);
+  });
+
+  it('loads a plugin built for the previous plugin API, and answers what it lacks with NotSupported', async () => {
+    assert.equal((await stack.client.getProperty<Record<string, string>>('Backends'))['api-v1'], 'connected');
+    const signals = await stack.client.subscribeAll();
+    assert.equal(await stack.client.testMethod('old-vm', { old: ['type=disk', 'target=vdb'] }), true);
+    await signals.waitFor((s) => s.member === 'DeviceDetached' && s.body[1] === 'old');
+    const list = await callError(stack.client.call({ member: 'GetDevices', signature: 's', body: ['old-vm'] }));
+    assert.equal(list.type, `${E}NotSupported`);
+    assert.match(list.text, /backend "api-v1" \(plugin "api-v1", plugin API 1\) cannot list devices/);
+    const attach = await callError(
+      stack.client.call({
+        member: 'AttachDevices',
+        signature: 'sa{sas}',
+        body: ['old-vm', { d: ['type=disk', 'target=vdb', 'source=/images/d.img', 'bus=virtio'] }],
+      }),
+    );
+    assert.equal(attach.type, `${E}NotSupported`);
+    assert.match(attach.text, /VM "old-vm" belongs to backend "api-v1", which cannot attach devices/);
+    // A plugin of version 1 cannot check what describes a device: no detach that would not be checked.
+    assert.equal(
+      await stack.client.testMethod('old-vm', { described: ['type=disk', 'target=vdc', 'source=/images/c.img'] }),
+      true,
+    );
+    const described = await signals.waitFor((s) => s.member === 'DeviceDetachFailed' && s.body[1] === 'described');
+    assert.equal(described.body[2], `${E}NotSupported`);
+    assert.match(described.body[3] as string, /\(plugin API 1\) cannot check source; detach without them/);
   });
 
   it('says a VM may be in a failed backend rather than that it does not exist', async () => {

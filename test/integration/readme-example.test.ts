@@ -97,6 +97,19 @@ describe('the README plugin example', () => {
     );
   });
 
+  it('answers GetDevices and AttachDevices with NotSupported: the example has neither', async () => {
+    for (const [member, signature, body] of [
+      ['GetDevices', 's', ['demo']],
+      ['AttachDevices', 'sa{sas}', ['demo', { d: ['type=pci', 'address=01:00.0'] }]],
+    ] as const) {
+      await assert.rejects(stack.client.call({ member, signature, body: [...body] }), (err: CallError) => {
+        assert.equal(err.type, 'org.example.dbustest.Error.NotSupported');
+        assert.match(err.text, /cannot (list|attach) devices/);
+        return true;
+      });
+    }
+  });
+
   it('rejects an option the example schema does not allow, at start', async () => {
     const bad = await startStack({
       extraBackends: [{ id: 'x', plugin: './node_modules/vmdevd-plugin-memory', vmName: 42 }],

@@ -83,6 +83,27 @@ describe('a call in flight when shutdown begins', () => {
     );
   });
 
+  it('AttachDevices: refused as shutting down, and no attach is started', async () => {
+    const log = await client.subscribeAll();
+    const err = await raceShutdown(() =>
+      client.call({
+        member: 'AttachDevices',
+        signature: 'sa{sas}',
+        body: ['vm1', { a1: ['type=disk', 'target=vdb', 'source=/images/a1.img', 'bus=virtio'] }],
+      }),
+    );
+    assert.equal(err.type, 'org.example.dbustest.Error.Failed');
+    assert.match(err.text, /shutting down and accepts no new requests/);
+    assert.deepEqual(
+      journal().filter((e) => e['op'] === 'attach'),
+      [],
+    );
+    assert.deepEqual(
+      log.signals.filter((s) => s.member.startsWith('DeviceAttach')),
+      [],
+    );
+  });
+
   it('a write of TestProperty: refused as shutting down, and nothing is applied', async () => {
     const err = await raceShutdown(() => client.setProperty('TestProperty', 'a{ss}', { vm2: 'running' }));
     assert.equal(err.type, 'org.example.dbustest.Error.Failed');

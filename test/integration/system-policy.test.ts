@@ -37,7 +37,7 @@ interface ProbeResult {
   signals: number;
 }
 
-const READS = ['Get', 'GetAll', 'Introspect', 'Introspect /', 'Ping', 'GetMachineId'];
+const READS = ['Get', 'GetAll', 'GetDevices', 'Introspect', 'Introspect /', 'Ping', 'GetMachineId'];
 
 /** A permissive policy: anyone may call anything; owning stays with the service user. */
 const PERMISSIVE = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -75,6 +75,10 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
   const detachedLabels = () =>
     journal()
       .filter((e) => e['op'] === 'detach')
+      .map((e) => e['label']);
+  const attachedLabels = () =>
+    journal()
+      .filter((e) => e['op'] === 'attach')
       .map((e) => e['label']);
 
   before(async () => {
@@ -189,12 +193,14 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
       assert.equal(uid, service.id);
     });
 
-    it('lets root call TestMethod and Set, and nothing else but reading', async () => {
+    it('lets root call TestMethod, AttachDevices and Set, and nothing else but reading', async () => {
       const r = await probe(sys, undefined, 'root-d1');
       assert.equal(r.uid, 0);
       for (const read of READS) assert.equal(r.calls[read], 'ok', read);
       assert.equal(r.calls['TestMethod'], 'ok');
+      assert.equal(r.calls['AttachDevices'], 'ok');
       assert.equal(r.calls['Set'], 'ok');
+      assert.ok(attachedLabels().includes('root-d1-attach'), 'the attach was started');
       assert.equal(r.calls['unknown member'], BUS_DENIED);
       assert.equal(r.calls['unknown interface'], BUS_DENIED);
       assert.equal(r.calls['TestMethod without interface'], BUS_DENIED);
@@ -202,15 +208,23 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
       assert.ok(detachedLabels().includes('root-d1'), 'the detach was started');
     });
 
-    it('gives an unprivileged user AccessDenied from the bus for TestMethod and Set, and lets it read and receive TestSignal', async () => {
+    it('gives an unprivileged user AccessDenied from the bus for TestMethod, AttachDevices and Set, and lets it read (GetDevices too) and receive TestSignal', async () => {
       const r = await probe(sys, user, 'user-d1');
       assert.equal(r.uid, user.id);
       for (const read of READS) assert.equal(r.calls[read], 'ok', read);
-      for (const call of ['TestMethod', 'Set', 'unknown member', 'unknown interface', 'TestMethod without interface']) {
+      for (const call of [
+        'TestMethod',
+        'AttachDevices',
+        'Set',
+        'unknown member',
+        'unknown interface',
+        'TestMethod without interface',
+      ]) {
         assert.equal(r.calls[call], BUS_DENIED, call);
       }
       assert.ok(r.signals >= 1, 'the unprivileged user receives TestSignal');
       assert.ok(!detachedLabels().some((l) => String(l).startsWith('user-d1')), 'nothing was started');
+      assert.ok(!attachedLabels().some((l) => String(l).startsWith('user-d1')), 'nothing was attached');
       assert.doesNotMatch(
         sys.daemon.output(),
         new RegExp(`access denied .*uid=${user.id}`),
@@ -277,11 +291,12 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
       assert.match(set.stderr, /Access denied/i);
     });
 
-    it('lets a member of vmdevd-admin call TestMethod and Set', async () => {
+    it('lets a member of vmdevd-admin call TestMethod, AttachDevices and Set', async () => {
       const r = await probe(sys, admin, 'admin-d1');
       assert.equal(r.uid, admin.id);
       for (const read of READS) assert.equal(r.calls[read], 'ok', read);
       assert.equal(r.calls['TestMethod'], 'ok');
+      assert.equal(r.calls['AttachDevices'], 'ok');
       assert.equal(r.calls['Set'], 'ok');
       assert.equal(r.calls['unknown member'], BUS_DENIED);
       assert.ok(detachedLabels().includes('admin-d1'));
@@ -332,10 +347,12 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
       await sys?.stop();
     });
 
-    it('still denies TestMethod and Set to the unprivileged user, in the daemon', async () => {
+    it('still denies TestMethod, AttachDevices and Set to the unprivileged user, in the daemon', async () => {
       const r = await probe(sys, user, 'perm-user-d1');
       for (const read of READS) assert.equal(r.calls[read], 'ok', read);
       assert.equal(r.calls['TestMethod'], DAEMON_DENIED);
+      assert.equal(r.calls['AttachDevices'], DAEMON_DENIED);
+      assert.ok(!attachedLabels().some((l) => String(l).startsWith('perm-user-d1')), 'nothing was attached');
       assert.equal(r.calls['Set'], DAEMON_DENIED);
       assert.equal(r.calls['TestMethod without interface'], DAEMON_DENIED);
       assert.equal(

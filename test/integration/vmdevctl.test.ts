@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { EXIT } from '../../src/cli/vmdevctl.js';
 import { run, startProcess } from '../harness/process.js';
-import { startStack, type Stack } from '../harness/stack.js';
+import { DEFAULT_VMS, startStack, type Stack } from '../harness/stack.js';
 import { REPO_ROOT } from '../harness/vmdevd-process.js';
 
 const VMDEVCTL = `${REPO_ROOT}bin/vmdevctl`;
@@ -133,13 +133,20 @@ describe('vmdevctl', () => {
   it('watch: one line per signal until interrupted', async () => {
     const watch = startProcess(process.execPath, [VMDEVCTL, '--address', stack.bus.address, '--json', 'watch']);
     try {
-      await stack.waitUntilFollowed(() => watch.output());
-      await stack.control('test', { cmd: 'state', vm: 'vm2', state: 'running' });
+      // Until watch has subscribed, a change goes unseen: change the state
+      // back and forth until it shows one (no guess at how long node takes to start).
+      for (let tries = 0, seen = false; !seen; tries++) {
+        if (tries === 100) assert.fail(`watch showed no state change in 100 tries: ${watch.output()}`);
+        await stack.control('test', { cmd: 'state', vm: 'vm2', state: 'paused' });
+        await stack.control('test', { cmd: 'state', vm: 'vm2', state: 'running' });
+        seen = await watch.waitForOutput(/"vm2":"running"/, 300).then(
+          () => true,
+          () => false,
+        );
+      }
       await ctl('detach', 'vm1', 'w1:type=disk,target=vdb', 'fail-DeviceNotFound:type=disk,target=vdc');
-      // Each line that the assertions below look for (the probes have outcome lines too).
-      await watch.waitForOutput(/^(?=.*"signal":"TestSignal")(?=.*"vm2":"running").*$/m);
-      await watch.waitForOutput(/^(?=.*"signal":"DeviceDetachFailed")(?=.*"device":"fail-DeviceNotFound").*$/m);
-      await watch.waitForOutput(/^(?=.*"signal":"DeviceDetached")(?=.*"device":"w1").*$/m);
+      await watch.waitForOutput(/"signal":"DeviceDetachFailed"/);
+      await watch.waitForOutput(/"signal":"DeviceDetached"/);
       const lines = watch
         .output()
         .trim()
@@ -172,6 +179,14 @@ describe('vmdevctl', () => {
       ['--system', '--session', 'status'],
       ['status', '--wait'],
       ['detach', 'vm1', 'd:type=disk,target=vdb', '--timeout', '1'],
+      ['devices'],
+      ['devices', 'vm1', 'vm2'],
+      ['devices', 'vm1', '--wait'],
+      ['attach', 'vm1'],
+      ['attach', 'vm1', 'd:type=disk,target=vdb', '--timeout', '1'],
+      ['move', 'vm1', 'vm2'],
+      ['move', 'vm1', 'vm2', 'd', 'd'],
+      ['move', 'vm1', 'vm2', 'd', '--timeout', 'soon'],
     ]) {
       const r = await ctl(...args);
       assert.equal(r.code, EXIT.usage, `${args.join(' ')}: ${r.stderr}`);
@@ -184,8 +199,161 @@ describe('vmdevctl', () => {
       /Usage: vmdevctl \[BUS OPTIONS\] detach SELECTOR LABEL:type=TYPE,NAME=VALUE… \[--wait\] \[--timeout S\]/,
     );
     assert.match((await ctl('--help')).stdout, /Commands:\n {2}status\n {2}watch\n {2}detach/);
-    for (const command of ['status', 'watch', 'set', 'backends'])
+    for (const command of ['status', 'watch', 'set', 'backends', 'devices', 'attach', 'move'])
       assert.equal((await ctl(command, '--help')).code, EXIT.ok);
+  });
+});
+
+describe('vmdevctl devices, attach and move', () => {
+  let stack: Stack;
+  const ctl = (...args: string[]) => run(process.execPath, [VMDEVCTL, '--address', stack.bus.address, ...args]);
+  const usbDisk = ['type=disk', 'target=sdb', 'source=/var/lib/images/usb.img', 'bus=usb', 'format=raw'];
+
+  before(async () => {
+    stack = await startStack({
+      backends: [
+        {
+          vms: [...DEFAULT_VMS, { name: 'full', state: 'running' }],
+          refuseAttachTo: ['full'],
+          devices: {
+            vm1: [
+              { label: 'usb-disk1', tokens: usbDisk },
+              { label: 'net0', tokens: ['type=interface', 'mac=52:54:00:00:00:01', 'user=yes', 'model=e1000'] },
+              { label: 'hang-disk', tokens: ['type=disk', 'target=sdc'] },
+            ],
+            vm2: [],
+          },
+        },
+      ],
+    });
+  });
+  after(async () => {
+    await stack?.stop();
+  });
+
+  it('devices: a table of labels, types and tokens, and JSON that detach and attach take', async () => {
+    const r = await ctl('devices', 'vm1');
+    assert.equal(r.code, EXIT.ok, r.stderr);
+    assert.equal(
+      r.stdout,
+      [
+        'LABEL      TYPE       TOKENS',
+        'usb-disk1  disk       target=sdb,source=/var/lib/images/usb.img,bus=usb,format=raw',
+        'net0       interface  mac=52:54:00:00:00:01,user=yes,model=e1000',
+        'hang-disk  disk       target=sdc',
+        '',
+      ].join('\n'),
+    );
+    assert.deepEqual(JSON.parse((await ctl('--json', 'devices', 'vm1')).stdout), {
+      'usb-disk1': usbDisk,
+      net0: ['type=interface', 'mac=52:54:00:00:00:01', 'user=yes', 'model=e1000'],
+      'hang-disk': ['type=disk', 'target=sdc'],
+    });
+    assert.equal((await ctl('devices', 'vm2')).stdout, 'no devices\n');
+    const none = await ctl('devices', 'ghost');
+    assert.equal(none.code, EXIT.noSuchVm);
+    assert.equal(none.stderr, 'vmdevctl: org.example.dbustest.Error.VmNotFound: no VM matches "ghost"\n');
+  });
+
+  it('attach --wait: prints each outcome; the exit codes are those of detach', async () => {
+    const ok = await ctl('attach', 'vm2', `d1:${usbDisk.join(',')}`, '--wait');
+    assert.equal(ok.code, EXIT.ok, ok.stderr);
+    assert.equal(ok.stdout, 'attached  vm2  d1\n');
+    const j = await ctl('--json', 'attach', 'vm2', 'fail-Failed:type=pci,address=01:00.0', '--wait');
+    assert.equal(j.code, EXIT.deviceFailed);
+    assert.deepEqual(JSON.parse(j.stdout), {
+      accepted: true,
+      outcomes: [
+        {
+          vm: 'vm2',
+          device: 'fail-Failed',
+          result: 'failed',
+          error: 'org.example.dbustest.Error.Failed',
+          message: 'the test backend failed fail-Failed with Failed',
+        },
+      ],
+      pending: [],
+    });
+    assert.equal((await ctl('attach', 'vm2', 'hang1:type=pci,address=02:00.0', '--wait')).code, EXIT.timeout);
+    assert.equal((await ctl('attach', 'ghost', 'd:type=pci,address=01:00.0', '--wait')).code, EXIT.noSuchVm);
+    const bad = await ctl('attach', 'vm2', 'd:type=disk,target=sdc', '--wait');
+    assert.equal(bad.code, EXIT.invalidArgs);
+    assert.match(
+      bad.stderr,
+      /InvalidArgs: device "d": an attach of type disk requires source and bus; missing source, bus/,
+    );
+    const started = await ctl('attach', 'vm2', 'd2:type=pci,address=03:00.0');
+    assert.equal(started.code, EXIT.ok);
+    assert.equal(started.stdout, 'started: d2\n');
+  });
+
+  it('move: each outcome, then where each device ended; exit 0 when all moved', async () => {
+    const r = await ctl('move', 'vm1', 'vm2', 'usb-disk1', 'net0', '--wait');
+    assert.equal(r.code, EXIT.ok, r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    assert.deepEqual(lines.slice(0, 4).sort(), [
+      'attached  vm2  net0',
+      'attached  vm2  usb-disk1',
+      'detached  vm1  net0',
+      'detached  vm1  usb-disk1',
+    ]);
+    assert.deepEqual(lines.slice(4), ['moved     usb-disk1  vm1 -> vm2', 'moved     net0  vm1 -> vm2']);
+  });
+
+  it('move: puts back what the target refuses, says so, and exits 5', async () => {
+    const r = await ctl('move', 'vm1', 'full', 'usb-disk1');
+    assert.equal(r.code, EXIT.deviceFailed);
+    assert.equal(
+      r.stdout,
+      [
+        'detached  vm1  usb-disk1',
+        'failed    full  usb-disk1  org.example.dbustest.Error.Failed: VM "full" has no free slot for usb-disk1',
+        'attached  vm1  usb-disk1',
+        'put back  usb-disk1  on vm1: full refused it',
+        '',
+      ].join('\n'),
+    );
+    const j = await ctl('--json', 'move', 'vm1', 'full', 'usb-disk1');
+    assert.deepEqual(JSON.parse(j.stdout), {
+      from: 'vm1',
+      to: 'full',
+      devices: [
+        {
+          label: 'usb-disk1',
+          status: 'put-back',
+          detach: { vm: 'vm1', device: 'usb-disk1', result: 'detached' },
+          attach: {
+            vm: 'full',
+            device: 'usb-disk1',
+            result: 'failed',
+            error: 'org.example.dbustest.Error.Failed',
+            message: 'VM "full" has no free slot for usb-disk1',
+          },
+          putBack: { vm: 'vm1', device: 'usb-disk1', result: 'attached' },
+        },
+      ],
+    });
+  });
+
+  it('move: a detach that times out exits 6; a label or VM that does not exist starts nothing', async () => {
+    const hang = await ctl('move', 'vm1', 'vm2', 'hang-disk');
+    assert.equal(hang.code, EXIT.timeout);
+    assert.match(hang.stdout, /not moved hang-disk {2}the detach from vm1 failed\n$/);
+    const since = stack.journal().length;
+    const label = await ctl('move', 'vm1', 'vm2', 'nope');
+    assert.equal(label.code, EXIT.deviceFailed);
+    assert.equal(
+      label.stderr,
+      'vmdevctl: org.example.dbustest.Error.DeviceNotFound: VM "vm1" has no device labelled "nope" (it has usb-disk1, net0, hang-disk)\n',
+    );
+    assert.equal((await ctl('move', 'vm1', 'ghost', 'usb-disk1')).code, EXIT.noSuchVm);
+    assert.deepEqual(
+      stack
+        .journal()
+        .slice(since)
+        .filter((j) => j['op'] === 'detach' || j['op'] === 'attach'),
+      [],
+    );
   });
 });
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { create } from 'xmlbuilder2';
-import { parseDevice, parseDeviceMap } from '../../src/core/device-spec.js';
+import { descriptiveParams, parseDevice, parseDeviceMap } from '../../src/core/device-spec.js';
 import { VmdevError } from '../../src/core/errors.js';
 
 function xmlObject(xml: string | undefined): unknown {
@@ -137,6 +137,206 @@ describe('device types and their XML', () => {
     rejects(() => parseDevice('d', ['type=disk', 'target=vdb"/><evil']), /malformed target/);
     rejects(() => parseDevice('d', ['type=alias', 'name=ua-<x>']), /malformed name/);
   });
+});
+
+describe('the tokens that describe a device, in both directions', () => {
+  const disk = ['type=disk', 'target=sdc', 'source=/var/lib/vm/data.img', 'bus=usb', 'format=qcow2', 'readonly=yes'];
+  const nic = ['type=interface', 'mac=52:54:00:12:34:56', 'network=default', 'model=virtio'];
+
+  it('disk: a file with its format, bus and read-only flag becomes the XML libvirt attaches', () => {
+    for (const direction of ['detach', 'attach'] as const) {
+      const d = parseDevice('data', disk, direction);
+      assert.deepEqual(d.params, {
+        target: 'sdc',
+        source: '/var/lib/vm/data.img',
+        bus: 'usb',
+        format: 'qcow2',
+        readonly: 'yes',
+      });
+      assert.deepEqual(xmlObject(d.xml), {
+        disk: {
+          '@type': 'file',
+          '@device': 'disk',
+          driver: { '@name': 'qemu', '@type': 'qcow2' },
+          source: { '@file': '/var/lib/vm/data.img' },
+          target: { '@dev': 'sdc', '@bus': 'usb' },
+          readonly: {},
+        },
+      });
+    }
+  });
+
+  it('disk: a path under /dev is a block device; readonly=no adds nothing', () => {
+    const d = parseDevice(
+      'blk',
+      ['type=disk', 'target=vdb', 'source=/dev/vg0/data', 'bus=virtio', 'readonly=no'],
+      'attach',
+    );
+    assert.deepEqual(xmlObject(d.xml), {
+      disk: {
+        '@type': 'block',
+        '@device': 'disk',
+        source: { '@dev': '/dev/vg0/data' },
+        target: { '@dev': 'vdb', '@bus': 'virtio' },
+      },
+    });
+  });
+
+  it('interface: a network, a bridge or user-mode networking, with a model', () => {
+    assert.deepEqual(xmlObject(parseDevice('n', nic, 'attach').xml), {
+      interface: {
+        '@type': 'network',
+        mac: { '@address': '52:54:00:12:34:56' },
+        source: { '@network': 'default' },
+        model: { '@type': 'virtio' },
+      },
+    });
+    assert.deepEqual(
+      xmlObject(parseDevice('n', ['type=interface', 'mac=52:54:00:12:34:56', 'bridge=br0'], 'attach').xml),
+      {
+        interface: { '@type': 'bridge', mac: { '@address': '52:54:00:12:34:56' }, source: { '@bridge': 'br0' } },
+      },
+    );
+    assert.deepEqual(
+      xmlObject(
+        parseDevice('n', ['type=interface', 'mac=52:54:00:12:34:56', 'user=yes', 'model=e1000e'], 'attach').xml,
+      ),
+      { interface: { '@type': 'user', mac: { '@address': '52:54:00:12:34:56' }, model: { '@type': 'e1000e' } } },
+    );
+  });
+
+  it('host devices need no more tokens to be attached than to be detached', () => {
+    for (const tokens of [
+      ['type=pci', 'address=01:00.0'],
+      ['type=usb', 'vendor=0x046d', 'product=0xc52b'],
+      ['type=usb', 'bus=1', 'device=7'],
+      ['type=scsi', 'adapter=scsi_host0', 'bus=0', 'target=0', 'unit=0'],
+      ['type=mdev', 'uuid=4b20d080-1b54-4048-85b3-a6a62d165c01'],
+    ]) {
+      assert.equal(parseDevice('h', tokens, 'attach').xml, parseDevice('h', tokens, 'detach').xml);
+    }
+  });
+
+  it('a detach may leave out what an attach needs', () => {
+    assert.deepEqual(parseDevice('d', ['type=disk', 'target=sdc', 'bus=usb']).params, { target: 'sdc', bus: 'usb' });
+    assert.deepEqual(parseDevice('n', ['type=interface', 'mac=52:54:00:12:34:56', 'model=virtio']).params, {
+      mac: '52:54:00:12:34:56',
+      model: 'virtio',
+    });
+  });
+
+  it('says which descriptive tokens a spec carries', () => {
+    assert.deepEqual(descriptiveParams(parseDevice('d', disk)), ['source', 'bus', 'format', 'readonly']);
+    assert.deepEqual(descriptiveParams(parseDevice('n', nic)), ['network', 'model']);
+    assert.deepEqual(descriptiveParams(parseDevice('d', ['type=disk', 'target=sdc'])), []);
+    assert.deepEqual(descriptiveParams(parseDevice('p', ['type=pci', 'address=01:00.0'])), []);
+  });
+
+  it('the identity says everything; two labels may not name one device, whatever they say of it', () => {
+    assert.notEqual(parseDevice('a', disk).identity, parseDevice('a', ['type=disk', 'target=sdc']).identity);
+    rejects(
+      () => parseDeviceMap({ a: disk, b: ['type=disk', 'target=sdc', 'bus=scsi'] }),
+      /device "b": names the same device as "a"/,
+    );
+    rejects(
+      () => parseDeviceMap({ a: nic, b: ['type=interface', 'mac=52:54:00:12:34:56'] }, 'attach'),
+      /device "b": an attach of type interface requires one of network, bridge or user/,
+    );
+  });
+
+  it('accepts a path of 240 characters', () => {
+    const path = `/${'p'.repeat(239)}`;
+    assert.equal(parseDevice('d', ['type=disk', 'target=sdc', `source=${path}`]).params['source'], path);
+  });
+
+  const bad: Array<[string, string[], RegExp]> = [
+    ['a relative source', ['source=data.img'], /malformed source "data\.img" \(expected an absolute path/],
+    ['a source with a .. component', ['source=/var/../etc/shadow'], /malformed source/],
+    ['a source with a . component', ['source=/var/./x.img'], /malformed source/],
+    ['a source with an empty component', ['source=/var//x.img'], /malformed source/],
+    ['a source with a trailing slash', ['source=/var/x/'], /malformed source/],
+    ['the root as a source', ['source=/'], /malformed source/],
+    ['a source with a newline', ['source=/var/x\n.img'], /malformed source/],
+    ['a source with a NUL', ['source=/var/x\u0000.img'], /malformed source/],
+    ['a source with DEL', ['source=/var/x\u007f.img'], /malformed source/],
+    ['a source with a C1 control character', ['source=/var/x\u0085.img'], /malformed source/],
+    ['a source of 241 characters', [`source=/${'p'.repeat(240)}`], /malformed source .*at most 240 characters/],
+    ['an unknown bus', ['bus=ide'], /malformed bus "ide" \(expected scsi, usb, virtio or sata\)/],
+    ['an unknown format', ['format=vmdk'], /malformed format "vmdk" \(expected raw or qcow2\)/],
+    ['a readonly other than yes/no', ['readonly=true'], /malformed readonly "true" \(expected yes or no\)/],
+  ];
+  for (const [what, extra, message] of bad) {
+    it(`rejects ${what}, in both directions`, () => {
+      for (const direction of ['detach', 'attach'] as const) {
+        const base = ['type=disk', 'target=sdc', 'source=/var/x.img', 'bus=usb'].filter(
+          (t) => !extra.some((e) => e.startsWith(t.slice(0, t.indexOf('=') + 1))),
+        );
+        rejects(() => parseDeviceMap({ d: [...base, ...extra] }, direction), message);
+      }
+    });
+  }
+
+  const badNic: Array<[string, string[], RegExp]> = [
+    ['a network name with a slash', ['network=a/b'], /malformed network "a\/b"/],
+    ['a network name with a space', ['network=my net'], /malformed network/],
+    ['a network name starting with a dot', ['network=.hidden'], /malformed network/],
+    ['a network name of 65 characters', [`network=${'n'.repeat(65)}`], /malformed network/],
+    ['a bridge name of 16 characters', [`bridge=${'b'.repeat(16)}`], /malformed bridge .*at most 15/],
+    ['a bridge name with a slash', ['bridge=br/0'], /malformed bridge/],
+    ['user=no', ['user=no'], /malformed user "no" \(expected yes \(user-mode networking\)\)/],
+    [
+      'an unknown model',
+      ['model=ne2k_pci'],
+      /malformed model "ne2k_pci" \(expected virtio, e1000e, e1000 or rtl8139\)/,
+    ],
+    [
+      'a network and a bridge',
+      ['network=default', 'bridge=br0'],
+      /give only one of network, bridge or user; network and bridge were given/,
+    ],
+    ['a bridge and user=yes', ['bridge=br0', 'user=yes'], /give only one of network, bridge or user/],
+  ];
+  for (const [what, extra, message] of badNic) {
+    it(`rejects ${what}, in both directions`, () => {
+      for (const direction of ['detach', 'attach'] as const) {
+        const base = extra.some((e) => /^(network|bridge|user)=/.test(e)) ? [] : ['user=yes'];
+        rejects(
+          () => parseDeviceMap({ n: ['type=interface', 'mac=52:54:00:12:34:56', ...base, ...extra] }, direction),
+          message,
+        );
+      }
+    });
+  }
+
+  const attachOnly: Array<[string, string[], RegExp]> = [
+    [
+      'a disk without a source',
+      ['type=disk', 'target=sdc', 'bus=usb'],
+      /an attach of type disk requires source and bus; missing source/,
+    ],
+    [
+      'a disk without a bus',
+      ['type=disk', 'target=sdc', 'source=/var/x.img'],
+      /an attach of type disk requires source and bus; missing bus/,
+    ],
+    ['a disk by target alone', ['type=disk', 'target=sdc'], /missing source, bus/],
+    [
+      'an interface without a network, bridge or user',
+      ['type=interface', 'mac=52:54:00:12:34:56', 'model=virtio'],
+      /an attach of type interface requires one of network, bridge or user/,
+    ],
+    [
+      'an alias',
+      ['type=alias', 'name=ua-disk1'],
+      /type alias cannot be attached: an alias names a device the VM already has/,
+    ],
+  ];
+  for (const [what, tokens, message] of attachOnly) {
+    it(`refuses to attach ${what}, which a detach takes`, () => {
+      assert.doesNotThrow(() => parseDeviceMap({ d: tokens }, 'detach'));
+      rejects(() => parseDeviceMap({ d: tokens }, 'attach'), message);
+    });
+  }
 });
 
 describe('rejections', () => {

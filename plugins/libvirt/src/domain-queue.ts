@@ -1,13 +1,20 @@
 /**
- * The detaches of one domain.
+ * The detaches and attaches of one domain.
  *
  * libvirt runs one device operation per domain at a time and holds it about
  * 5 s for a device that waits on the guest (a PCI device: QEMU asks the
  * guest to release it through ACPI hotplug). So the detaches of a request
  * are looked up together in the domain XML and ordered: devices QEMU
- * removes on its own (USB, SCSI) go before those that need the guest, and
- * one call is in flight per domain. A device's clock is held while it waits
- * in line and starts when its own call is issued.
+ * removes on its own (USB, SCSI), and attaches (QEMU adds a device at
+ * once), go before those that need the guest, and one call is in flight
+ * per domain. A device's clock is held while it waits in line and starts
+ * when its own call is issued.
+ *
+ * Before a detach, the device the spec names is looked up, and what the
+ * spec says of it (a disk's source, bus, format, read-only flag; an
+ * interface's network and model) is compared with the XML: libvirt itself
+ * would detach whatever disk has the target, or whatever interface has the
+ * MAC, so a device that differs is DeviceNotFound.
  *
  * A detach is confirmed by DEVICE_REMOVED for the device's alias (watched
  * before the call is issued, since libvirt can deliver it before the call
@@ -17,24 +24,42 @@
  * is not a confirmation: the device stays pending until the event, a
  * DEVICE_REMOVAL_FAILED (RemovalFailed), or the timeout, when the live XML
  * is checked once more so a removed device is never reported as timed out.
+ *
+ * An attach (virDomainAttachDeviceFlags: the running domain, and with
+ * persistent=yes its definition too; a shut-off domain's definition) is
+ * confirmed by DEVICE_ADDED, watched before the call is issued, once the
+ * live XML shows that the alias it names is the device asked for; or by
+ * the device being in the live XML when the call returns; or, for a
+ * shut-off domain, by the definition having it. A refusal ends with
+ * libvirt's own message, which names the path or the reason.
  */
-import type { DetachOutcome, DetachRequest } from 'vmdevd/plugin-api';
+import type { DeviceOutcome, DeviceRequest } from 'vmdevd/plugin-api';
 import { BackendError } from 'vmdevd/plugin-api';
 import { constants as C, LibvirtError } from './binding.js';
-import { findDevice, type DomainXml, type FoundDevice } from './domain-devices.js';
+import { aliasIs, findDevice, mismatch, type DomainXml, type FoundDevice } from './domain-devices.js';
 import { toBackendError } from './libvirt-errors.js';
 import type { LibvirtBackend, RemovalResult } from './libvirt-backend.js';
 
+export type Operation = 'detach' | 'attach';
+
 interface Item {
-  readonly request: DetachRequest;
-  readonly resolve: (outcome: DetachOutcome) => void;
+  readonly op: Operation;
+  readonly request: DeviceRequest;
+  readonly resolve: (outcome: DeviceOutcome) => void;
+  /** The device found for a detach. */
   found?: FoundDevice;
   flags?: number;
+  /** Whether its call waits on the guest, so that others go first. */
+  needsGuest?: boolean;
   done: boolean;
+  /** The connection went away while the call was in flight: libvirt may never have issued it. */
+  callLost?: boolean;
+  /** Issued once more after such a loss (only once). */
+  reissued?: boolean;
 }
 
-function failure(err: unknown): DetachOutcome {
-  const e = err instanceof BackendError ? err : toBackendError(err, 'detach');
+function failure(err: unknown, op: Operation = 'detach'): DeviceOutcome {
+  const e = err instanceof BackendError ? err : toBackendError(err, op);
   return { ok: false, error: e.kind, message: e.message };
 }
 
@@ -49,10 +74,10 @@ export class DomainQueue {
     private readonly uuid: string,
   ) {}
 
-  submit(request: DetachRequest): Promise<DetachOutcome> {
-    return new Promise<DetachOutcome>((resolve) => {
-      const item: Item = { request, done: false, resolve: () => {} };
-      (item as { resolve: (o: DetachOutcome) => void }).resolve = (outcome) => {
+  submit(op: Operation, request: DeviceRequest): Promise<DeviceOutcome> {
+    return new Promise<DeviceOutcome>((resolve) => {
+      const item: Item = { op, request, done: false, resolve: () => {} };
+      (item as { resolve: (o: DeviceOutcome) => void }).resolve = (outcome) => {
         if (item.done) return;
         item.done = true;
         resolve(outcome);
@@ -86,17 +111,17 @@ export class DomainQueue {
     item.resolve(this.notIssued(item));
   }
 
-  /** The outcome of a detach aborted before it was issued. */
-  private notIssued(item: Item): DetachOutcome {
+  /** The outcome of a detach or attach aborted before it was issued. */
+  private notIssued(item: Item): DeviceOutcome {
     if (item.request.signal.reason !== 'timeout') return { ok: false, error: 'Failed', message: 'vmdevd is stopping' };
     if (!this.backend.isConnected()) {
       return {
         ok: false,
         error: 'BackendUnavailable',
-        message: `the connection to ${this.backend.uri} was lost before the detach could be issued`,
+        message: `the connection to ${this.backend.uri} was lost before the ${item.op} could be issued`,
       };
     }
-    return { ok: false, error: 'Timeout', message: 'the detach was still waiting for another operation of the VM' };
+    return { ok: false, error: 'Timeout', message: `the ${item.op} was still waiting for another operation of the VM` };
   }
 
   private async classify(): Promise<void> {
@@ -108,21 +133,30 @@ export class DomainQueue {
         item.resolve({ ok: false, error: 'Failed', message: `VM ${this.uuid} no longer exists` });
       return;
     }
+    // Detaches are looked up in the XML first; attaches need nothing of it yet.
+    const detaches = batch.filter((i) => i.op === 'detach');
     let live: DomainXml | undefined;
     let config: DomainXml | undefined;
-    const wantConfig = domain.persistent && (!domain.active || batch.some((i) => i.request.device.persistent));
+    const wantConfig = domain.persistent && (!domain.active || detaches.some((i) => i.request.device.persistent));
     const read = async (fresh: boolean) => {
       live = domain.active ? await this.backend.domainXml(this.uuid, false, fresh) : undefined;
       config = wantConfig ? await this.backend.domainXml(this.uuid, true, fresh) : undefined;
     };
-    try {
-      await read(false);
-      // The XML kept from before lacks a device added since only if libvirt
-      // sent no event for it; ask once more before calling a device missing.
-      if (batch.some((i) => findDevice(live ?? config!, i.request.device) === undefined)) await read(true);
-    } catch (err) {
-      for (const item of batch) item.resolve(failure(toBackendError(err, `reading the XML of VM "${domain.name}"`)));
-      return;
+    const described = (spec: DeviceRequest['device']) => {
+      const found = findDevice(live ?? config!, spec);
+      return found !== undefined && mismatch(found, spec) === undefined;
+    };
+    if (detaches.length > 0) {
+      try {
+        await read(false);
+        // The XML kept from before lacks a device added (or changed) since
+        // only if libvirt sent no event for it; ask once more before calling
+        // a device missing.
+        if (detaches.some((i) => !described(i.request.device))) await read(true);
+      } catch (err) {
+        for (const item of detaches)
+          item.resolve(failure(toBackendError(err, `reading the XML of VM "${domain.name}"`)));
+      }
     }
     for (const item of batch) {
       if (item.done) continue;
@@ -131,28 +165,44 @@ export class DomainQueue {
         continue;
       }
       const spec = item.request.device;
-      const where = live ?? config!;
-      const found = findDevice(where, spec);
-      if (found === undefined) {
-        item.resolve({
-          ok: false,
-          error: 'DeviceNotFound',
-          message: `VM "${domain.name}" has no ${deviceText(spec)}${live === undefined ? ' in its definition' : ''}`,
-        });
-        continue;
+      if (item.op === 'attach') {
+        // A running VM gets it now (and in its definition with persistent=yes); a shut-off one in its definition.
+        item.flags = domain.active
+          ? C.VIR_DOMAIN_AFFECT_LIVE | (spec.persistent ? C.VIR_DOMAIN_AFFECT_CONFIG : 0)
+          : C.VIR_DOMAIN_AFFECT_CONFIG;
+        item.needsGuest = false;
+      } else {
+        const where = live ?? config!;
+        const found = findDevice(where, spec);
+        const differs = found !== undefined ? mismatch(found, spec) : undefined;
+        if (found === undefined || differs !== undefined) {
+          const has = found === undefined ? 'has no' : 'has a';
+          const but = differs !== undefined ? `, but ${differs}` : '';
+          item.resolve({
+            ok: false,
+            error: 'DeviceNotFound',
+            message: `VM "${domain.name}" ${has} ${deviceText(spec)}${live === undefined ? ' in its definition' : ''}${but}`,
+          });
+          continue;
+        }
+        let flags = live !== undefined ? C.VIR_DOMAIN_AFFECT_LIVE : C.VIR_DOMAIN_AFFECT_CONFIG;
+        // persistent=yes also edits the definition, when the device is in it.
+        if (live !== undefined && spec.persistent && config !== undefined && findDevice(config, spec) !== undefined)
+          flags |= C.VIR_DOMAIN_AFFECT_CONFIG;
+        item.found = found;
+        item.flags = flags;
+        item.needsGuest = found.needsGuest;
       }
-      let flags = live !== undefined ? C.VIR_DOMAIN_AFFECT_LIVE : C.VIR_DOMAIN_AFFECT_CONFIG;
-      // persistent=yes also edits the definition, when the device is in it.
-      if (live !== undefined && spec.persistent && config !== undefined && findDevice(config, spec) !== undefined)
-        flags |= C.VIR_DOMAIN_AFFECT_CONFIG;
-      item.found = found;
-      item.flags = flags;
       item.request.hold();
-      // Devices that need no guest overtake those that do, but never one already in flight.
-      const at = found.needsGuest ? this.waiting.length : this.waiting.findIndex((w) => w.found!.needsGuest);
-      this.waiting.splice(at < 0 ? this.waiting.length : at, 0, item);
+      this.enqueue(item);
     }
     this.pump();
+  }
+
+  /** Calls that need no guest (attaches among them) overtake those that do, but never one already in flight. */
+  private enqueue(item: Item): void {
+    const at = item.needsGuest === true ? this.waiting.length : this.waiting.findIndex((w) => w.needsGuest === true);
+    this.waiting.splice(at < 0 ? this.waiting.length : at, 0, item);
   }
 
   private pump(): void {
@@ -169,14 +219,129 @@ export class DomainQueue {
       return;
     }
     this.busy = true;
-    void this.run(item).finally(() => {
+    void (item.op === 'attach' ? this.runAttach(item) : this.runDetach(item)).finally(() => {
       this.busy = false;
       this.pump();
     });
   }
 
+  /** Issues one attach; resolves when libvirt's call returns (the domain is free again). */
+  private async runAttach(item: Item): Promise<void> {
+    const { request } = item;
+    const spec = request.device;
+    const live = (item.flags! & C.VIR_DOMAIN_AFFECT_LIVE) !== 0;
+    // With the definition to edit as well, the call's end is awaited, as for a detach.
+    const configToo = (item.flags! & C.VIR_DOMAIN_AFFECT_CONFIG) !== 0;
+    let added = false;
+    let returned = false;
+    let wake: () => void = () => {};
+    // DEVICE_ADDED names the new device's alias: it confirms this attach once
+    // the XML shows that alias is the device asked for (another client may
+    // add a device to the VM meanwhile).
+    const onAdded = (alias: string) => {
+      void this.backend
+        .domainXml(this.uuid, false, true)
+        .then((xml) => aliasIs(xml, alias, spec))
+        .catch(() => false)
+        .then((ours) => {
+          if (!ours) return;
+          added = true;
+          if (!configToo || returned) this.confirmed(item, `DEVICE_ADDED of ${alias}`);
+          wake();
+        });
+    };
+    const unwatch = live ? this.backend.watchAdded(this.uuid, onAdded) : () => {};
+    request.issued();
+    let lost = false;
+    try {
+      await this.backend.connection().attachDevice(this.uuid, spec.xml!, item.flags!);
+    } catch (err) {
+      if (!(await this.backend.isLost(err))) {
+        unwatch();
+        item.resolve(failure(toBackendError(err, `attaching the ${deviceText(spec)} to VM "${this.name}"`), 'attach'));
+        return;
+      }
+      // The connection went away mid-call: whether it happened is checked after the reconnect.
+      lost = true;
+    }
+    returned = true;
+    void this.confirmAttached(
+      item,
+      live,
+      lost,
+      () => added,
+      (fn) => (wake = fn),
+    ).finally(unwatch);
+  }
+
+  private async confirmAttached(
+    item: Item,
+    live: boolean,
+    lost: boolean,
+    added: () => boolean,
+    onWake: (fn: () => void) => void,
+  ): Promise<void> {
+    const { request } = item;
+    const what = `the ${deviceText(request.device)} of VM "${this.name}"`;
+    for (;;) {
+      if (item.done) return;
+      if (added()) return this.confirmed(item, 'DEVICE_ADDED');
+      if (request.signal.aborted && request.signal.reason !== 'timeout')
+        return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
+      const here = await this.devicePresent(request.device, live);
+      if (here === true) return this.confirmed(item, live ? 'the live XML' : 'the definition');
+      if (here === false && lost && item.reissued !== true && !request.signal.aborted) {
+        // The call died with the connection and the device is not there:
+        // libvirtd never carried it out. Issue it once more, in line, as a
+        // detach is.
+        item.reissued = true;
+        this.enqueue(item);
+        this.pump();
+        return;
+      }
+      if (here === false && (lost || !live)) {
+        // The call returned (or the connection came back) and the device is not there: it never will be.
+        return item.resolve({
+          ok: false,
+          error: lost ? 'BackendUnavailable' : 'Failed',
+          message: lost
+            ? `the connection to ${this.backend.uri} was lost during the attach, and VM "${this.name}" does not have the ${deviceText(request.device)}`
+            : `libvirt accepted the attach, but the definition of VM "${this.name}" has no ${deviceText(request.device)}`,
+        });
+      }
+      if (request.signal.aborted) {
+        return item.resolve(
+          here === undefined
+            ? {
+                ok: false,
+                error: 'BackendUnavailable',
+                message: `the connection to ${this.backend.uri} was lost; whether ${what} was attached is unknown`,
+              }
+            : {
+                ok: false,
+                error: 'Timeout',
+                message: `${what} is not there after ${request.timeoutMs / 1000} s`,
+              },
+        );
+      }
+      // Wait for the event, the abort, or a reconnect (after which the XML is checked again).
+      await new Promise<void>((resolve) => {
+        onWake(resolve);
+        request.signal.addEventListener('abort', () => resolve(), { once: true });
+        if (!this.backend.isConnected()) void this.backend.whenConnected(request.signal).then(() => resolve());
+        if (added()) resolve();
+      });
+    }
+  }
+
+  private confirmed(item: Item, by: string): void {
+    if (item.done) return;
+    this.backend.ctx.log.debug('attach confirmed', { vm: this.name, device: item.request.device.label, by });
+    item.resolve({ ok: true });
+  }
+
   /** Issues one detach; resolves when libvirt's call returns (the domain is free again). */
-  private async run(item: Item): Promise<void> {
+  private async runDetach(item: Item): Promise<void> {
     const { request } = item;
     const spec = request.device;
     const found = item.found!;
@@ -212,6 +377,7 @@ export class DomainQueue {
         return;
       }
       // The connection went away mid-call: whether it happened is checked after the reconnect.
+      item.callLost = true;
     }
     if (!live) {
       unwatch();
@@ -219,7 +385,7 @@ export class DomainQueue {
       return;
     }
     // The domain is free for the next detach; this one waits for its confirmation.
-    void this.confirm(
+    void this.confirmDetached(
       item,
       () => result,
       (fn) => (wake = fn),
@@ -236,7 +402,7 @@ export class DomainQueue {
       });
   }
 
-  private async confirm(
+  private async confirmDetached(
     item: Item,
     result: () => 'removed' | 'failed' | undefined,
     onWake: (fn: () => void) => void,
@@ -257,6 +423,16 @@ export class DomainQueue {
         // come, it must not confirm a later device that reuses the alias.
         if (alias !== undefined && result() === undefined) this.backend.expectStrayEvent(this.uuid, alias);
         return item.resolve({ ok: true });
+      }
+      if (gone === false && item.callLost === true && item.reissued !== true && !request.signal.aborted) {
+        // The call died with the connection and the device is still there:
+        // libvirtd (killed, restarted) never carried it out, and no event
+        // will come. Issue it once more, in line.
+        item.reissued = true;
+        item.callLost = false;
+        this.enqueue(item);
+        this.pump();
+        return;
       }
       if (request.signal.aborted) {
         if (alias !== undefined) this.backend.expectStrayEvent(this.uuid, alias);
@@ -284,8 +460,24 @@ export class DomainQueue {
     }
   }
 
+  /**
+   * True when the device, as the spec describes it, is in the live XML (or
+   * with `live` false, the definition); undefined when that cannot be known now.
+   */
+  private async devicePresent(spec: DeviceRequest['device'], live: boolean): Promise<boolean | undefined> {
+    if (!this.backend.isConnected()) return undefined;
+    try {
+      const found = findDevice(await this.backend.domainXml(this.uuid, !live, true), spec);
+      return found !== undefined && mismatch(found, spec) === undefined;
+    } catch (err) {
+      if (await this.backend.isLost(err)) return undefined;
+      // The domain is gone, or no longer running, or its XML cannot be read: not there.
+      return false;
+    }
+  }
+
   /** True when the device is gone from the live XML; undefined when that cannot be known now. */
-  private async deviceGone(spec: DetachRequest['device']): Promise<boolean | undefined> {
+  private async deviceGone(spec: DeviceRequest['device']): Promise<boolean | undefined> {
     if (!this.backend.isConnected()) return undefined;
     try {
       return findDevice(await this.backend.domainXml(this.uuid, false, true), spec) === undefined;
@@ -300,7 +492,7 @@ export class DomainQueue {
   }
 }
 
-function deviceText(spec: DetachRequest['device']): string {
+function deviceText(spec: DeviceRequest['device']): string {
   const p = spec.params;
   switch (spec.type) {
     case 'pci':

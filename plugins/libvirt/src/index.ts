@@ -6,7 +6,7 @@
  * (5) and `keepaliveCount` (3), `reconnectInitialMs` (500) and
  * `reconnectMaxMs` (30000) for the backoff after the connection is lost.
  */
-import { BackendFactory, ContainerModule, PLUGIN_API_VERSION, type VmdevdPlugin } from 'vmdevd/plugin-api';
+import { BackendFactory, ContainerModule, type VmdevdPlugin } from 'vmdevd/plugin-api';
 import { LibvirtBackend, OPTIONS_SCHEMA } from './libvirt-backend.js';
 
 const factory: BackendFactory = {
@@ -15,7 +15,8 @@ const factory: BackendFactory = {
 };
 
 export const plugin: VmdevdPlugin = {
-  apiVersion: PLUGIN_API_VERSION,
+  // The plugin API this was written for (2: it lists and attaches devices), a number as the README asks.
+  apiVersion: 2,
   name: 'libvirt',
   module: new ContainerModule(({ bind }) => {
     bind<BackendFactory>(BackendFactory).toConstantValue(factory);

@@ -8,21 +8,24 @@
  * the backend reports it, reconnects with backoff, registers its events
  * again and republishes every domain.
  *
- * Detaches: see DomainQueue for ordering and the clock.
+ * Detaches and attaches: see DomainQueue for ordering and the clock. The
+ * devices of a VM are listed from its XML: see listDevices in
+ * domain-devices.ts for the labels.
  */
 import type {
   BackendContext,
   DesiredState,
-  DetachOutcome,
-  DetachRequest,
+  DeviceOutcome,
+  DeviceRequest,
+  ListedDevice,
   VmBackend,
   VmInfo,
   VmState,
 } from 'vmdevd/plugin-api';
 import { BackendError } from 'vmdevd/plugin-api';
 import { Connection, constants as C, LibvirtError, type DomainEvent, type DomainInfo } from './binding.js';
-import { DomainXml, METADATA_NAMESPACE, metadataType } from './domain-devices.js';
-import { DomainQueue } from './domain-queue.js';
+import { DomainXml, METADATA_NAMESPACE, listDevices, metadataType } from './domain-devices.js';
+import { DomainQueue, type Operation } from './domain-queue.js';
 import { isAmbiguousError, isConnectionError, isRefusedUri, toBackendError, uriProblem } from './libvirt-errors.js';
 import { domainState, stateAfterEvent } from './states.js';
 
@@ -76,6 +79,8 @@ const CLOSE_REASONS: Record<number, string> = {
 
 export type RemovalResult = 'removed' | 'failed';
 export type RemovalListener = (result: RemovalResult, stray: boolean) => void;
+/** Called with the alias of a device libvirt reports added to the domain. */
+export type AddedListener = (alias: string) => void;
 
 export class LibvirtBackend implements VmBackend {
   private readonly options: LibvirtOptions;
@@ -84,6 +89,7 @@ export class LibvirtBackend implements VmBackend {
   private domains = new Map<string, Domain>();
   private reloading: Set<string> | undefined;
   private readonly removalWatchers = new Map<string, Set<RemovalListener>>();
+  private readonly addedWatchers = new Map<string, Set<AddedListener>>();
   private readonly queues = new Map<string, DomainQueue>();
   private readonly connectedWaiters = new Set<() => void>();
   private readonly strayEvents = new Set<string>();
@@ -204,10 +210,31 @@ export class LibvirtBackend implements VmBackend {
     for (const wake of this.connectedWaiters) wake();
   }
 
-  detach(request: DetachRequest): Promise<DetachOutcome> {
-    const domain =
-      (request.vm.uuid !== undefined ? this.domains.get(request.vm.uuid) : undefined) ??
-      [...this.domains.values()].find((d) => d.name === request.vm.name);
+  detach(request: DeviceRequest): Promise<DeviceOutcome> {
+    return this.submit('detach', request);
+  }
+
+  attach(request: DeviceRequest): Promise<DeviceOutcome> {
+    return this.submit('attach', request);
+  }
+
+  /**
+   * The VM's disks, interfaces and host devices, from its live XML or, shut
+   * off, from its definition (asked of libvirt afresh: a listing is what
+   * clients act on next).
+   */
+  async listDevices(vm: VmInfo): Promise<readonly ListedDevice[]> {
+    const domain = this.domainOfVm(vm);
+    if (domain === undefined) throw new BackendError('Failed', `VM "${vm.name}" no longer exists`);
+    try {
+      return listDevices(await this.domainXml(domain.uuid, !domain.active, true));
+    } catch (err) {
+      throw toBackendError(err, `reading the XML of VM "${vm.name}"`);
+    }
+  }
+
+  private submit(op: Operation, request: DeviceRequest): Promise<DeviceOutcome> {
+    const domain = this.domainOfVm(request.vm);
     if (domain === undefined) {
       return Promise.resolve({ ok: false, error: 'Failed', message: `VM "${request.vm.name}" no longer exists` });
     }
@@ -216,7 +243,14 @@ export class LibvirtBackend implements VmBackend {
       queue = new DomainQueue(this, domain.uuid);
       this.queues.set(domain.uuid, queue);
     }
-    return queue.submit(request);
+    return queue.submit(op, request);
+  }
+
+  private domainOfVm(vm: VmInfo): Domain | undefined {
+    return (
+      (vm.uuid !== undefined ? this.domains.get(vm.uuid) : undefined) ??
+      [...this.domains.values()].find((d) => d.name === vm.name)
+    );
   }
 
   async setState(vm: VmInfo, desired: DesiredState): Promise<void> {
@@ -271,6 +305,25 @@ export class LibvirtBackend implements VmBackend {
     return () => {
       set.delete(listener);
       if (set.size === 0) this.removalWatchers.delete(key);
+    };
+  }
+
+  /**
+   * Calls `listener` with the alias of every device libvirt reports added
+   * to the domain (DEVICE_ADDED). Register before issuing the attach: the
+   * event can come before the call returns. The alias is whatever device
+   * was added; the listener checks the XML to tell whether it is its own.
+   */
+  watchAdded(uuid: string, listener: AddedListener): () => void {
+    let set = this.addedWatchers.get(uuid);
+    if (set === undefined) {
+      set = new Set();
+      this.addedWatchers.set(uuid, set);
+    }
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.addedWatchers.delete(uuid);
     };
   }
 
@@ -397,7 +450,12 @@ export class LibvirtBackend implements VmBackend {
   private onEvent(generation: number, e: DomainEvent): void {
     if (generation !== this.generation || this.stopped) return;
     this.xmlChanged(e.uuid);
-    if (e.kind === 'device-added') return;
+    if (e.kind === 'device-added') {
+      const watchers = this.addedWatchers.get(e.uuid);
+      if (watchers !== undefined) for (const w of [...watchers]) w(e.alias);
+      else this.ctx.log.debug(e.kind, { vm: e.name, alias: e.alias });
+      return;
+    }
     if (e.kind === 'device-removed' || e.kind === 'device-removal-failed') {
       const key = `${e.uuid}\u0000${e.alias}`;
       const watchers = this.removalWatchers.get(key);

@@ -186,3 +186,28 @@ export async function resolveDevice(client: QmpClient, vm: string, spec: DeviceS
       );
   }
 }
+
+/**
+ * The QOM types vmdevd lists: disks, network interfaces and host devices
+ * (no controllers, input, sound, video, balloon or consoles).
+ */
+const LISTED_TYPES =
+  /^(scsi-(hd|cd|block|generic)|usb-storage|usb-bot|usb-uas|virtio-blk(-pci)?|ide-(hd|cd)|nvme|virtio-net(-pci)?|e1000e?|rtl8139|usb-net|vmxnet3|usb-host|vfio-pci)$/;
+const ID = /^[A-Za-z0-9_.:-]{1,64}$/;
+
+/**
+ * The devices of a VM that a client can detach, from QEMU's own device tree:
+ * each by its id (which is its label), as an `alias` spec. QEMU has no
+ * description of a device from which vmdevd could attach it again, so the
+ * listing is for detaching.
+ */
+export async function listedDevices(
+  client: QmpClient,
+  timeoutMs?: number,
+): Promise<Array<{ label: string; tokens: string[] }>> {
+  const listed: Array<{ label: string; tokens: string[] }> = [];
+  for (const [id, type] of await peripherals(client, timeoutMs)) {
+    if (LISTED_TYPES.test(type) && ID.test(id)) listed.push({ label: id, tokens: ['type=alias', `name=${id}`] });
+  }
+  return listed.sort((a, b) => a.label.localeCompare(b.label));
+}

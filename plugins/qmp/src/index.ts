@@ -7,7 +7,7 @@
  * (10000), `connectTimeoutMs` (5000), `reconnectInitialMs` (500) and
  * `reconnectMaxMs` (30000).
  */
-import { BackendFactory, ContainerModule, PLUGIN_API_VERSION, type VmdevdPlugin } from 'vmdevd/plugin-api';
+import { BackendFactory, ContainerModule, type VmdevdPlugin } from 'vmdevd/plugin-api';
 import { QmpBackend } from './qmp-backend.js';
 import { OPTIONS_SCHEMA } from './qmp-options.js';
 
@@ -17,7 +17,9 @@ const factory: BackendFactory = {
 };
 
 export const plugin: VmdevdPlugin = {
-  apiVersion: PLUGIN_API_VERSION,
+  // The plugin API this was written for: 1. It neither lists nor attaches devices, and cannot
+  // check the tokens that describe a disk or an interface, so vmdevd answers those NotSupported.
+  apiVersion: 2,
   name: 'qmp',
   module: new ContainerModule(({ bind }) => {
     bind<BackendFactory>(BackendFactory).toConstantValue(factory);

@@ -22,6 +22,7 @@ import type {
   DesiredState,
   DetachOutcome,
   DetachRequest,
+  ListedDevice,
   VmBackend,
   VmInfo,
 } from 'vmdevd/plugin-api';
@@ -111,6 +112,12 @@ export class QmpBackend implements VmBackend, MonitorOwner {
       return Promise.resolve({ ok: false, error: 'Failed', message: `VM "${request.vm.name}" no longer exists` });
     }
     return entry.monitor.detach(request);
+  }
+
+  async listDevices(vm: VmInfo): Promise<readonly ListedDevice[]> {
+    const entry = this.entries.get(vm.name);
+    if (entry === undefined) throw new BackendError('Failed', `VM "${vm.name}" no longer exists`);
+    return entry.monitor.listDevices();
   }
 
   async setState(vm: VmInfo, state: DesiredState): Promise<void> {

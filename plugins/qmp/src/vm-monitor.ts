@@ -17,15 +17,17 @@
  */
 import {
   BackendError,
+  DESCRIPTIVE_PARAMS,
   type DesiredState,
   type DetachOutcome,
   type DetachRequest,
+  type ListedDevice,
   type Logger,
   type VmInfo,
   type VmState,
 } from 'vmdevd/plugin-api';
 import { DeviceDetach, type DetachHost, type DetachWatcher } from './device-detach.js';
-import { peripherals, resolveDevice, SUPPORTED_TYPES } from './device-resolver.js';
+import { listedDevices, peripherals, resolveDevice, SUPPORTED_TYPES } from './device-resolver.js';
 import {
   QmpClient,
   QmpClosedError,
@@ -156,6 +158,16 @@ export class VmMonitor implements DetachHost {
         message: `the qmp backend does not detach ${spec.type} devices; it takes the types ${SUPPORTED_TYPES.join(', ')}`,
       };
     }
+    // QEMU keeps no description vmdevd could check a disk's source or a
+    // NIC's network against: refusing them beats ignoring them.
+    const unchecked = DESCRIPTIVE_PARAMS[spec.type].filter((p) => spec.params[p] !== undefined);
+    if (unchecked.length > 0) {
+      return {
+        ok: false,
+        error: 'NotSupported',
+        message: `the qmp backend cannot check ${unchecked.join(', ')} against QEMU; name the device by its id (type=alias or target=) alone`,
+      };
+    }
     if (this.attemptPromise !== undefined) await this.attemptPromise;
     const client = this.currentClient();
     if (client === undefined) return this.unreachableOutcome();
@@ -178,6 +190,26 @@ export class VmMonitor implements DetachHost {
         : { ok: false, error: 'Failed', message: 'vmdevd is stopping' };
     }
     return new DeviceDetach(this, client, request, device).run();
+  }
+
+  /** The VM's disks, interfaces and host devices, by QEMU device id (see listedDevices). */
+  async listDevices(): Promise<ListedDevice[]> {
+    if (this.attemptPromise !== undefined) await this.attemptPromise;
+    const client = this.currentClient();
+    if (client === undefined) {
+      if (this.problemText !== undefined) throw new BackendError('BackendUnavailable', this.problemText);
+      throw new BackendError(
+        'NotSupported',
+        `VM "${this.name}" is ${this.state}: ${this.whyDown}; QEMU is not there to ask`,
+      );
+    }
+    try {
+      return await listedDevices(client);
+    } catch (err) {
+      if (err instanceof QmpClosedError)
+        throw new BackendError('BackendUnavailable', `VM "${this.name}": ${err.message}`);
+      throw new BackendError('Failed', `listing the devices of VM "${this.name}": ${(err as Error).message}`);
+    }
   }
 
   async setState(desired: DesiredState): Promise<void> {

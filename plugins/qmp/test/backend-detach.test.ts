@@ -63,6 +63,26 @@ describe('qmp backend: detach on QEMU', { timeout: 240_000 }, () => {
     assert.deepEqual(details, { name: 'ivi', state: 'running', backend: 'qemu', type });
   });
 
+  it('lists the disks, NICs and host devices by QEMU id (GetDevices), nothing else', async () => {
+    const [listed] = await stack.client.call({ member: 'GetDevices', signature: 's', body: ['ivi'] });
+    const devices = listed as Record<string, string[]>;
+    const ids = await peripheralIds(monitor);
+    for (const [label, tokens] of Object.entries(devices)) {
+      assert.ok(ids.includes(label), `${label} is a device of QEMU's tree`);
+      assert.deepEqual(tokens, ['type=alias', `name=${label}`]);
+    }
+    for (const disk of ['scsi0', 'usbstor0']) assert.ok(disk in devices, `${disk} is listed`);
+    for (const controller of ['xhci']) assert.ok(!(controller in devices), `${controller} is not listed`);
+  });
+
+  it('refuses descriptive tokens it cannot check against QEMU', async () => {
+    assert.equal(await stack.client.testMethod(type, { described: ['type=disk', 'target=scsi1', 'bus=scsi'] }), true);
+    const failed = await outcome(signals, 'ivi', 'described');
+    assert.equal(failed.member, 'DeviceDetachFailed');
+    assert.deepEqual(failed.body.slice(2, 3), ['org.example.dbustest.Error.NotSupported']);
+    assert.match(failed.body[3] as string, /cannot check bus against QEMU/);
+  });
+
   it('detaches a SCSI disk and a USB disk by device id: one DeviceDetached each, both gone from QEMU', async () => {
     assert.equal(
       await stack.client.testMethod(type, {

@@ -1,39 +1,55 @@
 /**
- * Detach jobs against a scripted stand-in for the backend registry, on a
- * clock the test moves by hand: the phases (queued, held, issued, grace,
- * settled) and their bounds, joining, late outcomes and shutdown.
+ * Device jobs (detaches and attaches) against a scripted stand-in for the
+ * backend registry, on a clock the test moves by hand: the phases (queued,
+ * held, issued, grace, settled) and their bounds, joining, late outcomes
+ * and shutdown. Both directions run the one state machine: the tests of the
+ * clock run for each.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { DetachOutcome, DetachRequest } from '../../src/plugin-api.js';
+import type { DeviceOutcome, DeviceRequest } from '../../src/plugin-api.js';
 import type { BackendHost, BackendRegistry } from '../../src/core/backend-registry.js';
 import type { Config } from '../../src/core/config.js';
-import { DetachService, type DetachFinished } from '../../src/core/detach-service.js';
+import { DeviceJobService, type JobFinished, type JobKind } from '../../src/core/device-job-service.js';
 import { parseDevice } from '../../src/core/device-spec.js';
 import { RootLogger } from '../../src/core/logger.js';
 import { StateHub } from '../../src/core/state-hub.js';
 import { ManualClock, drainMicrotasks } from '../harness/manual-clock.js';
 
-type Detach = (r: DetachRequest) => Promise<DetachOutcome>;
+type Call = (r: DeviceRequest) => Promise<DeviceOutcome>;
 
-const never = (): Promise<DetachOutcome> => new Promise(() => {});
-const onAbort = (r: DetachRequest, outcome: DetachOutcome) =>
-  new Promise<DetachOutcome>((resolve) => r.signal.addEventListener('abort', () => resolve(outcome)));
+const never = (): Promise<DeviceOutcome> => new Promise(() => {});
+const onAbort = (r: DeviceRequest, outcome: DeviceOutcome) =>
+  new Promise<DeviceOutcome>((resolve) => r.signal.addEventListener('abort', () => resolve(outcome)));
 
-function setup(timeoutSeconds: number, graceMs: number, detach: Detach) {
+/** How each direction words the outcomes the core gives itself. */
+const WORDS = {
+  detach: { done: 'removed', job: 'detach' },
+  attach: { done: 'attached', job: 'attach' },
+} as const;
+
+function setup(timeoutSeconds: number, graceMs: number, call: Call, kind: JobKind = 'detach') {
   const lines: string[] = [];
   const logger = new RootLogger('debug', { write: (l) => lines.push(l) });
   const clock = new ManualClock();
   const hub = new StateHub(1, clock);
   hub.publish('b', [{ name: 'vm', state: 'running' }]);
-  const requests: DetachRequest[] = [];
+  const requests: DeviceRequest[] = [];
+  /** Which registry method each request went to. */
+  const calls: JobKind[] = [];
   const registry = {
-    detach: (_host: BackendHost, r: DetachRequest) => {
+    detach: (_host: BackendHost, r: DeviceRequest) => {
       requests.push(r);
-      return detach(r);
+      calls.push('detach');
+      return call(r);
+    },
+    attach: (_host: BackendHost, r: DeviceRequest) => {
+      requests.push(r);
+      calls.push('attach');
+      return call(r);
     },
   } as unknown as BackendRegistry;
-  const service = new DetachService(
+  const service = new DeviceJobService(
     { detachTimeoutSeconds: timeoutSeconds } as Config,
     registry,
     hub,
@@ -41,24 +57,125 @@ function setup(timeoutSeconds: number, graceMs: number, detach: Detach) {
     graceMs,
     clock,
   );
-  const finished: Array<DetachFinished & { at: number }> = [];
+  const finished: Array<JobFinished & { at: number }> = [];
   service.onDidFinish((e) => finished.push({ ...e, at: clock.now() }));
   const host = { id: 'b' } as BackendHost;
-  const device = (label: string, i = 0) => parseDevice(label, ['type=disk', `target=vd${'bcdefgh'[i]}`]);
-  /** Accepts the devices (one per label, different disks) and starts them, as TestMethod does. */
+  const device = (label: string, i = 0) =>
+    parseDevice(label, ['type=disk', `target=vd${'bcdefgh'[i]}`, `source=/images/${i}.img`, 'bus=virtio'], kind);
+  const vm = () => hub.entries()[0]!;
+  /** Accepts the devices (one per label, different disks) and starts them, as TestMethod and AttachDevices do. */
   const start = (...labels: string[]) => {
     const run = service.accept(
+      kind,
       host,
-      hub.entries()[0]!,
+      vm(),
       labels.map((l, i) => device(l, i)),
     );
     run();
   };
+  const phase = (label: string) => service.phaseOf(kind, host, vm(), device(label));
   const outcomes = () => finished.map((f) => [f.device, f.outcome.ok ? 'ok' : f.outcome.error]);
-  return { service, finished, requests, lines, clock, hub, host, device, start, outcomes };
+  return { service, finished, requests, calls, lines, clock, hub, host, device, vm, start, phase, outcomes, kind };
 }
 
-describe('DetachService', () => {
+for (const kind of ['detach', 'attach'] as const) {
+  const words = WORDS[kind];
+  describe(`DeviceJobService: ${kind}`, () => {
+    it('hands each device to the registry method of its direction, and reports the outcome once per device', async () => {
+      const t = setup(1, 50, async () => ({ ok: true }), kind);
+      t.start('a', 'b');
+      await drainMicrotasks();
+      assert.deepEqual(t.calls, [kind, kind]);
+      assert.deepEqual(
+        t.finished.map((f) => [f.kind, f.vm, f.device, f.outcome.ok]),
+        [
+          [kind, 'vm', 'a', true],
+          [kind, 'vm', 'b', true],
+        ],
+      );
+    });
+
+    it('times out from acceptance, aborts the request, and waits the grace period', async () => {
+      const t = setup(0.1, 80, never, kind);
+      t.start('a');
+      await t.clock.advance(99);
+      assert.equal(t.requests[0]!.signal.aborted, false);
+      await t.clock.advance(1);
+      assert.equal(t.requests[0]!.signal.reason, 'timeout');
+      await t.clock.advance(79);
+      assert.equal(t.finished.length, 0, 'the backend still has its grace period');
+      await t.clock.advance(1);
+      assert.deepEqual(t.finished[0]!.outcome, {
+        ok: false,
+        error: 'Timeout',
+        message: `the device was not confirmed ${words.done} within 0.1 s`,
+      });
+      assert.equal(t.finished[0]!.at, 180);
+    });
+
+    it('bounds the wait in line and counts the timeout from issued()', async () => {
+      const held = setup(0.1, 20, (r) => (r.hold(), never()), kind);
+      held.start('a');
+      await held.clock.advance(90);
+      assert.equal(held.phase('a'), 'held');
+      await held.clock.advance(30);
+      assert.deepEqual(held.finished[0]!.outcome, {
+        ok: false,
+        error: 'Timeout',
+        message: `the ${words.job} was still waiting for another operation of the VM after 0.1 s`,
+      });
+      let confirm!: () => void;
+      const issued = setup(0.1, 10, () => new Promise((resolve) => (confirm = () => resolve({ ok: true }))), kind);
+      issued.start('a');
+      await issued.clock.advance(80);
+      issued.requests[0]!.issued();
+      assert.equal(issued.phase('a'), 'issued');
+      await issued.clock.advance(80);
+      confirm();
+      await drainMicrotasks();
+      assert.deepEqual(issued.outcomes(), [['a', 'ok']], 'done 160 ms after acceptance but 80 ms after issue');
+    });
+
+    it('fails every pending job at shutdown, in its own words, and accepts nothing after', async () => {
+      const t = setup(10, 10, never, kind);
+      t.start('a');
+      t.service.shutdown();
+      assert.deepEqual(t.finished[0]!.outcome, {
+        ok: false,
+        error: 'Failed',
+        message: `vmdevd shut down before the ${words.job} was confirmed`,
+      });
+      assert.equal(t.requests[0]!.signal.reason, 'shutdown');
+      assert.throws(() => t.service.accept(kind, t.host, t.vm(), [t.device('c')]), /accepts no new requests/);
+    });
+  });
+}
+
+describe('DeviceJobService: the directions side by side', () => {
+  it('an attach never joins a pending detach of the same device, nor the other way', async () => {
+    const pending: Array<() => void> = [];
+    const t = setup(1, 10, () => new Promise((resolve) => pending.push(() => resolve({ ok: true }))));
+    const spec = (label: string, kind: JobKind) =>
+      parseDevice(label, ['type=disk', 'target=vdb', 'source=/images/0.img', 'bus=virtio'], kind);
+    t.service.accept('detach', t.host, t.vm(), [spec('out', 'detach')])();
+    t.service.accept('attach', t.host, t.vm(), [spec('in', 'attach')])();
+    t.service.accept('attach', t.host, t.vm(), [spec('in-again', 'attach')])();
+    assert.deepEqual(t.calls, ['detach', 'attach'], 'the second attach joined the first');
+    assert.equal(t.service.pendingCount(), 2);
+    for (const release of pending) release();
+    await drainMicrotasks();
+    assert.deepEqual(
+      t.finished.map((f) => [f.kind, f.device]),
+      [
+        ['detach', 'out'],
+        ['attach', 'in'],
+        ['attach', 'in-again'],
+      ],
+    );
+  });
+});
+
+describe('DeviceJobService', () => {
   it('reports the backend outcome once per device', async () => {
     const t = setup(1, 50, async () => ({ ok: true }));
     t.start('a', 'b');
@@ -131,9 +248,9 @@ describe('DetachService', () => {
     });
     t.start('a');
     await t.clock.advance(90);
-    assert.equal(t.service.phaseOf(t.host, t.hub.entries()[0]!, t.device('a')), 'held');
+    assert.equal(t.phase('a'), 'held');
     issue();
-    assert.equal(t.service.phaseOf(t.host, t.hub.entries()[0]!, t.device('a')), 'issued');
+    assert.equal(t.phase('a'), 'issued');
     await t.clock.advance(99);
     assert.equal(t.requests[0]!.signal.aborted, false, '99 ms after issue, of 100');
     confirm();
@@ -211,7 +328,7 @@ describe('DetachService', () => {
     let release!: () => void;
     const t = setup(1, 10, () => new Promise((resolve) => (release = () => resolve({ ok: true }))));
     t.start('first');
-    t.service.accept(t.host, t.hub.entries()[0]!, [parseDevice('second', ['type=disk', 'target=vdb'])])();
+    t.service.accept('detach', t.host, t.vm(), [t.device('second')])();
     assert.equal(t.requests.length, 1);
     assert.equal(t.service.pendingCount(), 1);
     release();
@@ -231,8 +348,8 @@ describe('DetachService', () => {
     const t = setup(0.1, 1000, () => new Promise((resolve) => (verify = () => resolve({ ok: true }))));
     t.start('first');
     await t.clock.advance(100);
-    assert.equal(t.service.phaseOf(t.host, t.hub.entries()[0]!, t.device('first')), 'grace');
-    t.service.accept(t.host, t.hub.entries()[0]!, [parseDevice('second', ['type=disk', 'target=vdb'])])();
+    assert.equal(t.phase('first'), 'grace');
+    t.service.accept('detach', t.host, t.vm(), [t.device('second')])();
     assert.equal(t.requests.length, 1, 'joined, not started again');
     await t.clock.advance(500);
     verify();
@@ -264,14 +381,14 @@ describe('DetachService', () => {
     ]);
     assert.equal(t.requests[0]!.signal.reason, 'shutdown');
     assert.throws(
-      () => t.service.accept(t.host, t.hub.entries()[0]!, [t.device('c')]),
+      () => t.service.accept('detach', t.host, t.vm(), [t.device('c')]),
       /vmdevd is shutting down and accepts no new requests/,
     );
   });
 
   it('a device accepted but not yet handed to the backend gets its outcome at shutdown, and is never issued', async () => {
     const t = setup(10, 10, never);
-    const run = t.service.accept(t.host, t.hub.entries()[0]!, [t.device('a')]);
+    const run = t.service.accept('detach', t.host, t.vm(), [t.device('a')]);
     t.service.shutdown();
     run();
     assert.equal(t.requests.length, 0);

@@ -1,14 +1,17 @@
 /**
- * Detach jobs. Every device of an accepted request ends with exactly one
- * outcome: the backend's confirmed result, `Timeout`, or `Failed` at
- * shutdown; and it ends within a bound, whatever the backend does.
+ * Device jobs: the detaches of `TestMethod` and the attaches of
+ * `AttachDevices`, on one clock. Every device of an accepted request ends
+ * with exactly one outcome: the backend's confirmed result, `Timeout`, or
+ * `Failed` at shutdown; and it ends within a bound, whatever the backend
+ * does.
  *
- * A device already pending on the same VM (same backend, VM and device
- * identity) joins the pending job instead of issuing a second detach; every
- * request that joined gets the job's outcome, under its own label.
+ * A device already pending on the same VM (same direction, backend, VM and
+ * device identity) joins the pending job instead of issuing a second call;
+ * every request that joined gets the job's outcome, under its own label.
  *
- * The clock of one job is this state machine; its transitions are all in
- * `DetachJob` (T = detachTimeoutSeconds, G = the grace period):
+ * The clock of one job is this state machine, the same for both directions;
+ * its transitions are all in `DeviceJob` (T = detachTimeoutSeconds, G = the
+ * grace period):
  *
  * | phase     | entered when                                   | ends at                 |
  * |-----------|------------------------------------------------|-------------------------|
@@ -35,7 +38,7 @@
  * as the effect of the abort, and the outcome is `Timeout`.
  */
 import { inject, injectable } from 'inversify';
-import type { DetachOutcome, DetachRequest, DeviceSpec, Logger } from '../plugin-api.js';
+import type { DeviceOutcome, DeviceRequest, DeviceSpec, Logger } from '../plugin-api.js';
 import { BackendRegistry, type BackendHost } from './backend-registry.js';
 import { cleanText } from './clean-text.js';
 import { Clock, type Timer } from './clock.js';
@@ -46,17 +49,27 @@ import { Emitter, type Event } from './event.js';
 import { RootLogger } from './logger.js';
 import { StateHub, type VmEntry } from './state-hub.js';
 
-export const DetachGraceMs = Symbol('DetachGraceMs');
+export const JobGraceMs = Symbol('JobGraceMs');
 
-export interface DetachFinished {
+/** Which way a job moves its device. */
+export type JobKind = 'detach' | 'attach';
+
+export interface JobFinished {
+  readonly kind: JobKind;
   /** The VM's key in the state map when the outcome was reached. */
   readonly vm: string;
   /** The client's label for the device. */
   readonly device: string;
-  readonly outcome: DetachOutcome;
+  readonly outcome: DeviceOutcome;
 }
 
-export type DetachPhase = 'queued' | 'held' | 'issued' | 'grace' | 'settled';
+export type JobPhase = 'queued' | 'held' | 'issued' | 'grace' | 'settled';
+
+/** The words that differ between the directions, for the outcomes the core itself gives. */
+const WORDS: Readonly<Record<JobKind, { readonly done: string }>> = {
+  detach: { done: 'removed' },
+  attach: { done: 'attached' },
+};
 
 interface Subscriber {
   readonly label: string;
@@ -71,13 +84,13 @@ interface JobOwner {
   readonly graceMs: number;
   /** Makes sure the sweeper runs while some job has a deadline. */
   watch(): void;
-  finished(job: DetachJob, outcome: DetachOutcome): void;
+  finished(job: DeviceJob, outcome: DeviceOutcome): void;
 }
 
-/** One detach and its clock. Every change of `phase` happens in this class. */
-class DetachJob {
+/** One detach or attach and its clock. Every change of `phase` happens in this class. */
+class DeviceJob {
   readonly subscribers: Subscriber[] = [];
-  phase: DetachPhase = 'queued';
+  phase: JobPhase = 'queued';
   /** When the current phase ends (Clock ms); the sweeper calls `expire()` after it. */
   deadline: number;
   private heldSince: number | undefined;
@@ -89,6 +102,7 @@ class DetachJob {
   private abortReason: 'timeout' | 'shutdown' | undefined;
 
   constructor(
+    readonly kind: JobKind,
     readonly key: string,
     readonly host: BackendHost,
     readonly vm: VmEntry,
@@ -138,7 +152,7 @@ class DetachJob {
   }
 
   /** The backend's answer: → settled (in grace, a generic failure is the abort's doing: Timeout). */
-  answered(outcome: DetachOutcome): void {
+  answered(outcome: DeviceOutcome): void {
     if (this.phase === 'grace' && !outcome.ok && outcome.error === 'Failed') this.settle(this.timeout());
     else this.settle(outcome);
   }
@@ -146,11 +160,11 @@ class DetachJob {
   /** Any phase but settled → settled: the daemon is going away. */
   shutdown(): void {
     if (this.settled) return;
-    this.settle({ ok: false, error: 'Failed', message: 'vmdevd shut down before the detach was confirmed' });
+    this.settle({ ok: false, error: 'Failed', message: `vmdevd shut down before the ${this.kind} was confirmed` });
     this.abort('shutdown');
   }
 
-  private settle(outcome: DetachOutcome): void {
+  private settle(outcome: DeviceOutcome): void {
     if (this.settled) return;
     this.phase = 'settled';
     this.deadline = Infinity;
@@ -158,12 +172,12 @@ class DetachJob {
     this.owner.finished(this, outcome);
   }
 
-  private timeout(): DetachOutcome {
+  private timeout(): DeviceOutcome {
     const seconds = this.owner.timeoutMs / 1000;
     const message =
       this.expiredIn === 'held'
-        ? `the detach was still waiting for another operation of the VM after ${seconds} s`
-        : `the device was not confirmed removed within ${seconds} s`;
+        ? `the ${this.kind} was still waiting for another operation of the VM after ${seconds} s`
+        : `the device was not confirmed ${WORDS[this.kind].done} within ${seconds} s`;
     return { ok: false, error: 'Timeout', message };
   }
 
@@ -175,26 +189,26 @@ class DetachJob {
 }
 
 @injectable()
-export class DetachService implements Disposable {
-  private readonly jobs = new Map<string, DetachJob>();
-  private readonly onDidFinishEmitter = new Emitter<DetachFinished>();
+export class DeviceJobService implements Disposable {
+  private readonly jobs = new Map<string, DeviceJob>();
+  private readonly onDidFinishEmitter = new Emitter<JobFinished>();
   private readonly log: Logger;
   private readonly owner: JobOwner;
   private sweeper: Timer | undefined;
   private closed = false;
 
   /** Fires once per device of every accepted request. */
-  readonly onDidFinish: Event<DetachFinished> = this.onDidFinishEmitter.event;
+  readonly onDidFinish: Event<JobFinished> = this.onDidFinishEmitter.event;
 
   constructor(
     @inject(Config) config: Config,
     @inject(BackendRegistry) private readonly registry: BackendRegistry,
     @inject(StateHub) private readonly hub: StateHub,
     @inject(RootLogger) logger: RootLogger,
-    @inject(DetachGraceMs) graceMs: number,
+    @inject(JobGraceMs) graceMs: number,
     @inject(Clock) private readonly clock: Clock,
   ) {
-    this.log = logger.child('detach');
+    this.log = logger.child('jobs');
     this.owner = {
       clock,
       timeoutMs: Math.round(config.detachTimeoutSeconds * 1000),
@@ -209,32 +223,37 @@ export class DetachService implements Disposable {
     this.owner.timeoutMs = Math.round(seconds * 1000);
   }
 
-  /** Number of detaches in progress (joined requests count once). */
+  /** `detachTimeoutSeconds` as it is now, in ms (what GetDevices also waits for a backend). */
+  get timeoutMs(): number {
+    return this.owner.timeoutMs;
+  }
+
+  /** Number of jobs in progress (joined requests count once). */
   pendingCount(): number {
     return this.jobs.size;
   }
 
-  /** The phase of the pending detach of `device` on `vm` (for tests and logs). */
-  phaseOf(host: BackendHost, vm: VmEntry, device: DeviceSpec): DetachPhase | undefined {
-    return this.jobs.get(jobKey(host, vm, device))?.phase;
+  /** The phase of the pending job of `device` on `vm` (for tests and logs). */
+  phaseOf(kind: JobKind, host: BackendHost, vm: VmEntry, device: DeviceSpec): JobPhase | undefined {
+    return this.jobs.get(jobKey(kind, host, vm, device))?.phase;
   }
 
   /**
-   * Accepts one detach per device, or joins a pending one: from here on each
-   * device is owed an outcome. Returns what hands the new ones to the
-   * backend: the caller replies first, then calls it. Throws
+   * Accepts one job of `kind` per device, or joins a pending one: from here
+   * on each device is owed an outcome. Returns what hands the new ones to
+   * the backend: the caller replies first, then calls it. Throws
    * `VmdevError('Failed')` once shutdown began.
    */
-  accept(host: BackendHost, vm: VmEntry, devices: readonly DeviceSpec[]): () => void {
+  accept(kind: JobKind, host: BackendHost, vm: VmEntry, devices: readonly DeviceSpec[]): () => void {
     if (this.closed) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
-    const fresh: DetachJob[] = [];
+    const fresh: DeviceJob[] = [];
     for (const device of devices) {
-      const key = jobKey(host, vm, device);
+      const key = jobKey(kind, host, vm, device);
       const subscriber = { label: device.label, vmKey: vm.key };
       const pending = this.jobs.get(key);
       if (pending !== undefined) {
         pending.subscribers.push(subscriber);
-        this.log.info('joined a pending detach', {
+        this.log.info(`joined a pending ${kind}`, {
           vm: vm.key,
           device: device.label,
           with: pending.subscribers[0]!.label,
@@ -242,7 +261,7 @@ export class DetachService implements Disposable {
         });
         continue;
       }
-      const job = new DetachJob(key, host, vm, device, this.owner);
+      const job = new DeviceJob(kind, key, host, vm, device, this.owner);
       job.subscribers.push(subscriber);
       this.jobs.set(key, job);
       fresh.push(job);
@@ -252,7 +271,7 @@ export class DetachService implements Disposable {
     };
   }
 
-  /** Ends every pending detach with `Failed` and accepts nothing more: the daemon is going away. */
+  /** Ends every pending job with `Failed` and accepts nothing more: the daemon is going away. */
   shutdown(): void {
     this.closed = true;
     for (const job of [...this.jobs.values()]) job.shutdown();
@@ -265,8 +284,8 @@ export class DetachService implements Disposable {
     this.onDidFinishEmitter.dispose();
   }
 
-  private run(job: DetachJob): void {
-    const request: DetachRequest = {
+  private run(job: DeviceJob): void {
+    const request: DeviceRequest = {
       vm: job.vm.vm,
       device: job.device,
       timeoutMs: this.owner.timeoutMs,
@@ -276,12 +295,15 @@ export class DetachService implements Disposable {
       hold: () => job.hold(),
       issued: () => job.issued(),
     };
-    void this.registry.detach(job.host, request).then((outcome) => {
+    const call =
+      job.kind === 'attach' ? this.registry.attach(job.host, request) : this.registry.detach(job.host, request);
+    void call.then((outcome) => {
       if (job.settled) {
         this.log.info('outcome arrived after the device was already reported', {
           vm: job.vm.key,
           device: job.subscribers[0]!.label,
-          outcome: outcome.ok ? 'detached' : outcome.error,
+          kind: job.kind,
+          outcome: outcome.ok ? `${job.kind}ed` : outcome.error,
         });
         return;
       }
@@ -308,22 +330,23 @@ export class DetachService implements Disposable {
     }, every);
   }
 
-  private finished(job: DetachJob, outcome: DetachOutcome): void {
+  private finished(job: DeviceJob, outcome: DeviceOutcome): void {
     this.jobs.delete(job.key);
     // Backend text goes on the bus: no NUL, valid UTF-8, bounded.
-    const clean: DetachOutcome = outcome.ok ? outcome : { ...outcome, message: cleanText(outcome.message) };
+    const clean: DeviceOutcome = outcome.ok ? outcome : { ...outcome, message: cleanText(outcome.message) };
     const current = this.hub.find(job.host.id, job.vm.vm.name)?.key;
+    const what = `${job.kind} finished`;
     for (const sub of job.subscribers) {
       const vm = current ?? sub.vmKey;
-      // A failure is news at info; a confirmed detach is logged at debug, as
+      // A failure is news at info; a confirmed device is logged at debug, as
       // the request itself already was.
-      if (clean.ok) this.log.debug('detach finished', { vm, device: sub.label, result: 'detached' });
-      else this.log.info('detach finished', { vm, device: sub.label, result: clean.error, message: clean.message });
-      this.onDidFinishEmitter.fire({ vm, device: sub.label, outcome: clean });
+      if (clean.ok) this.log.debug(what, { vm, device: sub.label, result: `${job.kind}ed` });
+      else this.log.info(what, { vm, device: sub.label, result: clean.error, message: clean.message });
+      this.onDidFinishEmitter.fire({ kind: job.kind, vm, device: sub.label, outcome: clean });
     }
   }
 }
 
-function jobKey(host: BackendHost, vm: VmEntry, device: DeviceSpec): string {
-  return `${host.id}\u0000${vm.vm.name}\u0000${device.identity}`;
+function jobKey(kind: JobKind, host: BackendHost, vm: VmEntry, device: DeviceSpec): string {
+  return `${kind}\u0000${host.id}\u0000${vm.vm.name}\u0000${device.identity}`;
 }
