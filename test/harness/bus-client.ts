@@ -39,8 +39,8 @@ export class SignalLog {
     return this.signals.filter((s) => s.member === member);
   }
 
-  /** Resolves with the first signal (already seen or future) that matches. */
-  waitFor(predicate: (s: Signal) => boolean, timeoutMs = 10_000, what = 'signal'): Promise<Signal> {
+  /** Resolves with the first signal (already seen or future) that matches; the timeout only guards against a hang. */
+  waitFor(predicate: (s: Signal) => boolean, timeoutMs = 30_000, what = 'signal'): Promise<Signal> {
     return new Promise((resolve, reject) => {
       const check = () => {
         const found = this.signals.find(predicate);
@@ -67,7 +67,7 @@ export class SignalLog {
   }
 
   /** Resolves once `count` signals match. */
-  async waitForCount(predicate: (s: Signal) => boolean, count: number, timeoutMs = 10_000): Promise<Signal[]> {
+  async waitForCount(predicate: (s: Signal) => boolean, count: number, timeoutMs = 30_000): Promise<Signal[]> {
     await this.waitFor(
       () => this.signals.filter(predicate).length >= count,
       timeoutMs,

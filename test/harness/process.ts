@@ -34,7 +34,7 @@ export interface ManagedProcess {
   readonly pid: number;
   /** Everything written to stdout and stderr so far. */
   output(): string;
-  /** Resolves with the first match of `pattern` in the output, or rejects after `timeoutMs`. */
+  /** Resolves with the first match of `pattern` in the output, or rejects after `timeoutMs` (a guard against a hang). */
   waitForOutput(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
   /** Resolves with the exit code (or 128 + signal number). */
   exited(): Promise<number>;
@@ -69,7 +69,7 @@ export function startProcess(command: string, args: readonly string[], options: 
     child,
     pid: child.pid,
     output: () => text,
-    waitForOutput(pattern, timeoutMs = 15_000) {
+    waitForOutput(pattern, timeoutMs = 30_000) {
       return new Promise((resolve, reject) => {
         const check = () => {
           const m = text.match(pattern);

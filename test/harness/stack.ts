@@ -29,6 +29,23 @@ export interface Stack {
   journal(): Array<Record<string, unknown>>;
   /** Sends a command to a test backend's control socket. */
   control(backendId: string, command: Record<string, unknown>): Promise<void>;
+  /**
+   * The journal entries since entry `from` that come before a barrier: a
+   * detach on `selector` (default `vm1`) asked for now, of a device no test
+   * uses. The backends journal what they start in the order they start it,
+   * so whatever the daemon started for an earlier call is among them: this
+   * checks that nothing was started without waiting for a while.
+   */
+  journalUntilBarrier(from: number, selector?: string): Promise<Array<Record<string, unknown>>>;
+  /**
+   * Waits until a client in another process (gdbus monitor, vmdevctl watch)
+   * follows the daemon's signals. It subscribes at a moment the test cannot
+   * see, so this asks for detaches of devices no test uses on `selector`
+   * (default `vm1`; each confirmed at once), one after another, until the
+   * label of one shows in the client's `output()`. From then on the client
+   * gets every signal: the daemon's signals reach it in the order sent.
+   */
+  waitUntilFollowed(output: () => string, selector?: string): Promise<void>;
   stop(): Promise<number>;
 }
 
@@ -72,18 +89,44 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     daemon = await startVmdevd({ address: bus.address, config, ...options.daemon });
     const client = await TestClient.connect(bus.address);
     const sockets = new Map(backends.map((b) => [b.id, b.controlSocket]));
+    const journal = () =>
+      existsSync(journalFile)
+        ? readFileSync(journalFile, 'utf8')
+            .split('\n')
+            .filter(Boolean)
+            .map((l) => JSON.parse(l) as Record<string, unknown>)
+        : [];
+    let barriers = 0;
+    let probes = 0;
     const stack: Stack = {
       bus,
       daemon,
       client,
       dir,
-      journal: () =>
-        existsSync(journalFile)
-          ? readFileSync(journalFile, 'utf8')
-              .split('\n')
-              .filter(Boolean)
-              .map((l) => JSON.parse(l) as Record<string, unknown>)
-          : [],
+      journal,
+      async journalUntilBarrier(from, selector = 'vm1') {
+        const label = `barrier-${++barriers}`;
+        const accepted = await client.testMethod(selector, { [label]: ['type=alias', `name=ua-${label}`] });
+        if (!accepted) throw new Error(`the barrier's detach on ${selector} was not accepted`);
+        const deadline = Date.now() + 30_000;
+        for (;;) {
+          const entries = journal().slice(from);
+          const at = entries.findIndex((e) => e['op'] === 'detach' && e['label'] === label);
+          if (at >= 0) return entries.slice(0, at);
+          if (Date.now() > deadline) throw new Error(`the barrier's detach ${label} was not journaled within 30 s`);
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+      },
+      async waitUntilFollowed(output, selector = 'vm1') {
+        const deadline = Date.now() + 30_000;
+        while (!/probe-\d+/.test(output())) {
+          if (Date.now() > deadline) throw new Error(`no probe's outcome showed within 30 s in:\n${output()}`);
+          const label = `probe-${++probes}`;
+          await client.testMethod(selector, { [label]: ['type=alias', `name=ua-${label}`] });
+          // The pace of the probes, not a limit: a late outcome still counts.
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      },
       control: (backendId, command) =>
         new Promise((resolve, reject) => {
           const socket = connect(sockets.get(backendId)!);

@@ -103,7 +103,7 @@ for (const [what, access, allowed] of [
             /GDBus\.Error:org\.example\.dbustest\.Error\.AccessDenied: uid 65534 may not call Set TestProperty/,
           );
           await stack.daemon.waitForOutput(/access denied caller=:1\.\d+ uid=65534 call=TestMethod/);
-          assert.equal(stack.journal().length, before, 'nothing was started or applied');
+          assert.deepEqual(await stack.journalUntilBarrier(before), [], 'nothing was started or applied');
         }
       },
     );

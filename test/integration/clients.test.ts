@@ -111,7 +111,7 @@ describe('other clients', () => {
         DEST[1]!,
       ]);
       try {
-        await new Promise((r) => setTimeout(r, 300));
+        await stack.waitUntilFollowed(() => monitor.output());
         const r = await gdbus('call', '--method', `${IFACE}.TestMethod`, 'vm1', "{'gd1': ['type=disk', 'target=vdb']}");
         assert.equal(r.stdout.trim(), '(true,)');
         await monitor.waitForOutput(/org\.example\.dbustest\.Module\.DeviceDetached \('vm1', 'gd1'\)/);

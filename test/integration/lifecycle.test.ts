@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import dbus from 'dbus-next';
 import { BUS_NAME, TestClient, type CallError } from '../harness/bus-client.js';
 import { startPrivateBus, type PrivateBus } from '../harness/dbus-daemon.js';
+import { deadline } from '../harness/deadline.js';
 import { run } from '../harness/process.js';
 import { DEFAULT_VMS, startStack, TEST_BACKEND } from '../harness/stack.js';
 import { makeTempDir } from '../harness/temp-dir.js';
@@ -111,7 +112,8 @@ describe('running', () => {
       assert.deepEqual(first.body[0], { late: 'running', vm1: 'running', vm2: 'paused', vm3: 'shutoff' });
       const owner = log.signals.findIndex((s) => s.member === 'NameOwnerChanged' && s.body[2] !== '');
       assert.ok(owner >= 0 && owner < log.signals.indexOf(first), 'the name was owned before the first TestSignal');
-      await new Promise((r) => setTimeout(r, 300));
+      // A later call's reply: every signal the daemon sent before it has arrived.
+      await client.getProperty('TestProperty');
       assert.equal(log.named('TestSignal').length, 1, 'emitted once');
     } finally {
       client.close();
@@ -181,6 +183,9 @@ describe('running', () => {
     const client = await TestClient.connect(bus.address);
     const errors: Array<{ type: string; text: string }> = [];
     let stopped = false;
+    let answered = 0;
+    let callsFlow!: () => void;
+    const flowing = new Promise<void>((resolve) => (callsFlow = resolve));
     const calls = [0, 1, 2, 3, 4, 5, 6, 7].map(async (w) => {
       for (let i = 0; !stopped || i < 5; i++) {
         const member = i % 2 === 0 ? 'TestMethod' : 'Set';
@@ -191,11 +196,14 @@ describe('running', () => {
           const e = err as CallError;
           errors.push({ type: e.type, text: e.text });
           if (e.type === 'org.freedesktop.DBus.Error.ServiceUnknown') break;
+        } finally {
+          if (++answered === 40) callsFlow();
         }
       }
     });
     try {
-      await new Promise((r) => setTimeout(r, 300));
+      // Stop it once calls are flowing, not after some time.
+      await deadline(flowing, 60_000, 'answers to the first 40 calls');
       daemon.child.kill('SIGTERM');
       assert.equal(await daemon.exited(), 0);
       stopped = true;

@@ -239,15 +239,22 @@ test('close() resolves 0, and the connection refuses calls afterwards', async ()
   await assert.rejects(connection.listDomains(), { code: 'ERR_LIBVIRT_CONNECTION_CLOSED' });
   await assert.rejects(connection.close(), { code: 'ERR_LIBVIRT_CONNECTION_CLOSED' });
 
-  // Events on the closed connection do not reach its listener.
-  const other = await Connection.open(URI);
+  // Events on the closed connection do not reach its listener. Another
+  // connection, open all along, gets them: once it has the last one, they
+  // have been dispatched to every listener.
+  const witness = new EventRecorder();
+  const other = await Connection.open(URI, { onEvent: witness.onEvent });
   try {
     await other.suspend(TEST_DOMAIN_UUID);
     await other.resume(TEST_DOMAIN_UUID);
+    await witness.waitFor(
+      'RESUMED',
+      (event) =>
+        event.kind === 'lifecycle' && event.uuid === TEST_DOMAIN_UUID && event.event === C.VIR_DOMAIN_EVENT_RESUMED,
+    );
   } finally {
     assert.equal(await other.close(), 0);
   }
-  await new Promise((resolve) => setTimeout(resolve, 100));
   assert.deepEqual(recorder.events, []);
 });
 

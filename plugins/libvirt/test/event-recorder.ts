@@ -23,8 +23,8 @@ export class EventRecorder {
     for (const resolve of this.#closeWaiters.splice(0)) resolve(reason);
   };
 
-  /** The first event (already received or still to come) that matches, or a rejection after `timeoutMs`. */
-  waitFor(what: string, match: (event: DomainEvent) => boolean, timeoutMs = 10_000): Promise<DomainEvent> {
+  /** The first event (already received or still to come) that matches; `timeoutMs` only guards against a hang. */
+  waitFor(what: string, match: (event: DomainEvent) => boolean, timeoutMs = 30_000): Promise<DomainEvent> {
     const seen = this.events.find(match);
     if (seen !== undefined) return Promise.resolve(seen);
     return withTimeout(
@@ -34,7 +34,7 @@ export class EventRecorder {
     );
   }
 
-  waitForClose(timeoutMs = 10_000): Promise<number> {
+  waitForClose(timeoutMs = 30_000): Promise<number> {
     const seen = this.closeReasons[0];
     if (seen !== undefined) return Promise.resolve(seen);
     return withTimeout(
