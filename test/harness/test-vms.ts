@@ -258,10 +258,7 @@ export async function createTestVm(connection: TestVmConnection, options: TestVm
  * was killed before it could clean up), with the disk image directories the
  * harness made for them. Returns their names.
  */
-export async function removeLeftoverVms(
-  connection: ListingConnection,
-  prefix: string,
-): Promise<string[]> {
+export async function removeLeftoverVms(connection: ListingConnection, prefix: string): Promise<string[]> {
   const removed: string[] = [];
   for (const domain of await connection.listDomains()) {
     if (!domain.name.startsWith(prefix)) continue;
