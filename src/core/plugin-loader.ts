@@ -136,6 +136,14 @@ function checkPlugin(exported: unknown, spec: string, entry: string): { plugin: 
 }
 
 /**
+ * Called with a plugin's entry file before it is imported: the daemon makes
+ * sure that the plugin's `vmdevd/plugin-api` is the daemon's own.
+ */
+export type BeforePluginImport = (entry: string) => void;
+/** The injection token of the daemon's {@link BeforePluginImport} (optional: without it, nothing is done). */
+export const BeforePluginImport = Symbol('BeforePluginImport');
+
+/**
  * Imports a plugin, checks its API version, loads its module into a
  * container of its own and returns the backend factory it binds. The
  * container holds nothing of the core: what a plugin gets from vmdevd is
@@ -145,10 +153,12 @@ export async function loadPlugin(
   spec: string,
   baseDir: string,
   builtinDir = BUILTIN_PLUGIN_DIR,
+  beforeImport: BeforePluginImport = () => {},
 ): Promise<LoadedPlugin> {
   const entry = resolvePlugin(spec, baseDir, builtinDir);
   let mod: Record<string, unknown>;
   try {
+    beforeImport(entry);
     mod = (await import(pathToFileURL(entry).href)) as Record<string, unknown>;
   } catch (err) {
     throw new PluginLoadError(`plugin "${spec}" failed to load from ${entry}: ${errorMessage(err)}`);

@@ -12,12 +12,13 @@ import { Config } from '../core/config.js';
 import { DeviceJobService, JobGraceMs } from '../core/device-job-service.js';
 import { Lifecycle, type LifecycleStage } from '../core/lifecycle.js';
 import { RootLogger } from '../core/logger.js';
-import { BUILTIN_PLUGIN_DIR } from '../core/plugin-loader.js';
+import { BUILTIN_PLUGIN_DIR, BeforePluginImport } from '../core/plugin-loader.js';
 import { StateHub } from '../core/state-hub.js';
 import { VmdevService } from '../core/vmdev-service.js';
 import { DbusFrontend, InterfaceDefinitionToken } from '../dbus/dbus-frontend.js';
 import { loadInterface } from '../dbus/interface-definition.js';
 import { MemoryReclaimer } from './memory-reclaimer.js';
+import { providePluginApi } from './plugin-api-resolver.js';
 
 export interface ContainerOptions {
   /** Where in-repo plugins are looked up; the package's `plugins/` by default. */
@@ -35,6 +36,8 @@ export function createContainer(config: Config, logger: RootLogger, options: Con
   container.bind(Config).toConstantValue(config);
   container.bind(RootLogger).toConstantValue(logger);
   container.bind(BuiltinPluginDir).toConstantValue(options.builtinPluginDir ?? BUILTIN_PLUGIN_DIR);
+  // Before a plugin is imported: its vmdevd/plugin-api must be ours.
+  container.bind(BeforePluginImport).toConstantValue(providePluginApi);
   container.bind(JobGraceMs).toConstantValue(options.jobGraceMs ?? 2000);
   container.bind(Clock).toConstantValue(options.clock ?? systemClock);
   container.bind(InterfaceDefinitionToken).toConstantValue(loadInterface());

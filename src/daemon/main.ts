@@ -6,7 +6,6 @@ import { RootLogger } from '../core/logger.js';
 import { VERSION } from '../paths.js';
 import { parseDaemonArgs, USAGE } from './args.js';
 import { Daemon } from './daemon.js';
-import { providePluginApi } from './plugin-api-resolver.js';
 
 /** sysexits.h: a config error, and a service that cannot be reached. */
 const EX_CONFIG = 78;
@@ -29,7 +28,6 @@ function disableProtoAccessor(): void {
 
 /** `--check-config`: the whole config, plugin options included; 0 or 78. */
 async function checkConfig(config: Config): Promise<number> {
-  providePluginApi();
   // Quiet: the answer is the one line below.
   const daemon = new Daemon(config, new RootLogger('error', { write: () => {} }));
   const problems = await daemon.checkBackends();
@@ -69,8 +67,6 @@ export async function main(argv: readonly string[]): Promise<number> {
     throw err;
   }
 
-  // Before any plugin is imported: plugins resolve vmdevd/plugin-api to ours.
-  providePluginApi();
   const logger = new RootLogger(config.logLevel);
   const log = logger.child('vmdevd');
   const daemon = new Daemon(config, logger, {}, { file: configFile, overrides });

@@ -8,9 +8,11 @@ import assert from 'node:assert/strict';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
+import { Ajv } from 'ajv';
 import { BackendRegistry } from '../../src/core/backend-registry.js';
 import { parseConfig } from '../../src/core/config.js';
 import { RootLogger } from '../../src/core/logger.js';
+import { BUILTIN_PLUGIN_DIR, loadPlugin } from '../../src/core/plugin-loader.js';
 import { StateHub } from '../../src/core/state-hub.js';
 
 const fixture = fileURLToPath(new URL('../fixtures/plugins/rejects/index.js', import.meta.url));
@@ -46,4 +48,17 @@ describe('attributing an uncaught exception to a plugin', () => {
     assert.equal(registry.attributeCrash(errorFrom(sibling)), false);
     assert.equal(registry.healthMap()['rej'], 'disconnected: starting');
   });
+});
+
+describe('the option schemas of the plugins shipped in the package', () => {
+  // The daemon compiles them without checking them against JSON Schema's
+  // meta-schema (a third-party plugin's schema is checked): this is the check.
+  for (const spec of ['libvirt', 'qmp']) {
+    it(`${spec}: JSON Schema's meta-schema accepts it`, async () => {
+      const { factory } = await loadPlugin(spec, BUILTIN_PLUGIN_DIR);
+      assert.ok(factory.optionsSchema !== undefined, 'it has a schema');
+      const ajv = new Ajv({ strict: false });
+      assert.equal(ajv.validateSchema(factory.optionsSchema), true, JSON.stringify(ajv.errors));
+    });
+  }
 });

@@ -1,12 +1,19 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { describeSchemaError, fieldPath, parseConfig } from '../../src/core/config.js';
+import { Ajv } from 'ajv';
+import { CONFIG_SCHEMA, describeSchemaError, fieldPath, parseConfig } from '../../src/core/config.js';
 import { ConfigError } from '../../src/core/errors.js';
 import { parseDaemonArgs } from '../../src/daemon/args.js';
 
 const parse = (data: unknown) => parseConfig(data, 'c.json', '/etc/vmdevd');
 
 describe('config', () => {
+  it("has a schema that JSON Schema's meta-schema accepts (the daemon does not check it at start)", () => {
+    const ajv = new Ajv({ strict: true, allowUnionTypes: true });
+    assert.equal(ajv.validateSchema(CONFIG_SCHEMA), true, JSON.stringify(ajv.errors));
+    assert.doesNotThrow(() => ajv.compile(CONFIG_SCHEMA));
+  });
+
   it('fills in the defaults', () => {
     const c = parse({});
     assert.equal(c.bus, 'session');
