@@ -59,7 +59,10 @@ describe('broken plugins', () => {
     assert.match(backends['not-a-plugin']!, /exports no plugin/);
     assert.match(backends['create-error']!, /could not create the backend: no hypervisor here/);
     // A third-party plugin's schema is checked against JSON Schema's meta-schema.
-    assert.match(backends['bad-schema']!, /plugin "bad-schema" has an invalid options schema: .*maxLength must be >= 0/);
+    assert.match(
+      backends['bad-schema']!,
+      /plugin "bad-schema" has an invalid options schema: .*maxLength must be >= 0/,
+    );
     // A plugin's container holds nothing of the core's.
     assert.match(backends['reaches-core']!, /failed to set up its container: .*DeviceJobService/);
     assert.match(backends['start-error']!, /start failed: the hypervisor refused the connection/);
