@@ -59,6 +59,16 @@ export interface StackOptions {
   bus?: (socket: string) => string;
 }
 
+/** What the test backend's journal file holds: one JSON object a line (none before its first entry). */
+export function readJournal(file: string): Array<Record<string, unknown>> {
+  return existsSync(file)
+    ? readFileSync(file, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+    : [];
+}
+
 export const DEFAULT_VMS = [
   { name: 'vm1', uuid: '11111111-1111-4111-8111-111111111111', type: 'ivi', state: 'running' },
   { name: 'vm2', uuid: '22222222-2222-4222-8222-222222222222', type: 'cluster', state: 'paused' },
@@ -89,13 +99,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     daemon = await startVmdevd({ address: bus.address, config, ...options.daemon });
     const client = await TestClient.connect(bus.address);
     const sockets = new Map(backends.map((b) => [b.id, b.controlSocket]));
-    const journal = () =>
-      existsSync(journalFile)
-        ? readFileSync(journalFile, 'utf8')
-            .split('\n')
-            .filter(Boolean)
-            .map((l) => JSON.parse(l) as Record<string, unknown>)
-        : [];
+    const journal = () => readJournal(journalFile);
     let barriers = 0;
     let probes = 0;
     const stack: Stack = {

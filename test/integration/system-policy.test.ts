@@ -12,14 +12,14 @@
  * busctl, each run as the user under test with setpriv.
  */
 import assert from 'node:assert/strict';
-import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Accounts, type Account } from '../harness/accounts.js';
 import { TestClient } from '../harness/bus-client.js';
 import { startPrivateBus, systemBusConfig, type PrivateBus } from '../harness/dbus-daemon.js';
 import { run, startProcess } from '../harness/process.js';
-import { DEFAULT_VMS, TEST_BACKEND } from '../harness/stack.js';
+import { DEFAULT_VMS, readJournal, TEST_BACKEND } from '../harness/stack.js';
 import { addTestBackend, installToTempDir, type Installed } from '../harness/system-install.js';
 import { REPO_ROOT, startVmdevd, type VmdevdProcess } from '../harness/vmdevd-process.js';
 
@@ -65,13 +65,7 @@ describe('system bus policy', { skip: isRoot ? false : 'needs root: it creates u
   const as = (who: Account) => ['setpriv', `--reuid=${who.id}`, `--regid=${who.gid}`, '--init-groups', '--'];
   const env = { PATH: process.env['PATH'], HOME: '/nonexistent', LANG: 'C.UTF-8' };
 
-  const journal = () =>
-    existsSync(journalFile)
-      ? readFileSync(journalFile, 'utf8')
-          .split('\n')
-          .filter(Boolean)
-          .map((l) => JSON.parse(l) as Record<string, unknown>)
-      : [];
+  const journal = () => readJournal(journalFile);
   const detachedLabels = () =>
     journal()
       .filter((e) => e['op'] === 'detach')
