@@ -79,6 +79,51 @@ export class SignalLog {
   }
 }
 
+/** The last TestSignal's map and how many arrived (see `TestClient.followState`). */
+export class StateFollower {
+  /** The last map: from the last TestSignal, or set by the test (e.g. from a Get). */
+  last: Record<string, string> | undefined;
+  /** TestSignals received. */
+  count = 0;
+  readonly #waiters = new Set<() => void>();
+
+  receive(map: Record<string, string>): void {
+    this.last = map;
+    this.count++;
+    for (const w of [...this.#waiters]) w();
+  }
+
+  /** Resolves once the last map satisfies `test`, now or at a later TestSignal; the deadline only guards against a hang. */
+  until(test: (map: Record<string, string>) => boolean, timeoutMs = 30_000, what = 'such a TestSignal'): Promise<void> {
+    return this.#wait(test, true, timeoutMs, what);
+  }
+
+  /** Resolves at a later TestSignal whose map satisfies `test`; the deadline only guards against a hang. */
+  next(test: (map: Record<string, string>) => boolean, timeoutMs = 30_000, what = 'such a TestSignal'): Promise<void> {
+    return this.#wait(test, false, timeoutMs, what);
+  }
+
+  #wait(test: (map: Record<string, string>) => boolean, now: boolean, timeoutMs: number, what: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (this.last === undefined || !test(this.last)) return;
+        done();
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`no ${what} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        this.#waiters.delete(check);
+      };
+      this.#waiters.add(check);
+      if (now) check();
+    });
+  }
+}
+
 export class TestClient {
   private constructor(readonly bus: dbus.MessageBus) {}
 
@@ -178,6 +223,24 @@ export class TestClient {
       });
     });
     return log;
+  }
+
+  /** Follows the daemon's TestSignal, keeping only the last map (a storm sends thousands of large ones). */
+  async followState(sender = BUS_NAME): Promise<StateFollower> {
+    const follower = new StateFollower();
+    this.bus.on('message', (msg: Message) => {
+      if (msg.type === MessageType.SIGNAL && msg.member === 'TestSignal' && msg.interface === INTERFACE)
+        follower.receive(msg.body[0] as Record<string, string>);
+    });
+    await this.call({
+      destination: 'org.freedesktop.DBus',
+      path: '/org/freedesktop/DBus',
+      interface: 'org.freedesktop.DBus',
+      member: 'AddMatch',
+      signature: 's',
+      body: [`type='signal',sender='${sender}',interface='${INTERFACE}',member='TestSignal'`],
+    });
+    return follower;
   }
 
   /** Subscribes, by well-known name, to every signal of the daemon's object. */

@@ -11,8 +11,7 @@
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
-import dbus from 'dbus-next';
-import { BUS_NAME, INTERFACE, type CallError } from '../harness/bus-client.js';
+import type { CallError, StateFollower } from '../harness/bus-client.js';
 import { OutcomeLedger } from '../harness/outcome-ledger.js';
 import { describeFigures, processFigures } from '../harness/proc-status.js';
 import { startStack, type Stack } from '../harness/stack.js';
@@ -25,10 +24,8 @@ const disk = (target: string) => ['type=disk', `target=${target}`];
 describe('misbehaving plugins, each isolated', { timeout: 300_000 }, () => {
   let stack: Stack;
   let ledger: OutcomeLedger;
-  let testSignals = 0;
-  let lastMap: Record<string, string> = {};
+  let state: StateFollower;
   let goodChanges = 0;
-  const mapWaiters = new Set<() => void>();
 
   before(async () => {
     stack = await startStack({
@@ -42,57 +39,25 @@ describe('misbehaving plugins, each isolated', { timeout: 300_000 }, () => {
       config: { detachTimeoutSeconds: TIMEOUT_S, logLevel: 'info' },
     });
     ledger = await OutcomeLedger.attach(stack.client);
-    stack.client.bus.on('message', (msg: dbus.Message) => {
-      if (msg.type !== dbus.MessageType.SIGNAL || msg.member !== 'TestSignal') return;
-      testSignals++;
-      lastMap = msg.body[0] as Record<string, string>;
-      for (const w of [...mapWaiters]) w();
-    });
-    await stack.client.call({
-      destination: 'org.freedesktop.DBus',
-      path: '/org/freedesktop/DBus',
-      interface: 'org.freedesktop.DBus',
-      member: 'AddMatch',
-      signature: 's',
-      body: [`type='signal',sender='${BUS_NAME}',interface='${INTERFACE}',member='TestSignal'`],
-    });
+    state = await stack.client.followState();
   });
   after(async () => {
     await stack?.stop();
   });
-
-  /** A TestSignal from now on whose map satisfies `test`; the deadline only guards against a hang. */
-  const nextMap = (test: (map: Record<string, string>) => boolean, timeoutMs = 30_000) =>
-    new Promise<void>((resolve, reject) => {
-      const check = () => {
-        if (!test(lastMap)) return;
-        done();
-        resolve();
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Error(`no such TestSignal within ${timeoutMs} ms`));
-      }, timeoutMs);
-      const done = () => {
-        clearTimeout(timer);
-        mapWaiters.delete(check);
-      };
-      mapWaiters.add(check);
-    });
 
   const backends = () => stack.client.getProperty<Record<string, string>>('Backends');
 
   /** The good backend goes on: a detach confirmed, and a state change in TestSignal. */
   async function goodBackendGoesOn(label: string): Promise<void> {
     assert.equal(await ledger.detach(stack.client, 'vm1', { [label]: disk(`g${label}`) }), true);
-    const state = ++goodChanges % 2 === 1 ? 'paused' : 'running';
-    const shown = nextMap((m) => m['vm3'] === state);
-    await stack.control('good', { cmd: 'state', vm: 'vm3', state });
+    const want = ++goodChanges % 2 === 1 ? 'paused' : 'running';
+    const shown = state.next((m) => m['vm3'] === want);
+    await stack.control('good', { cmd: 'state', vm: 'vm3', state: want });
     await shown;
   }
 
   function report(name: string, before: ReturnType<typeof processFigures>): void {
-    console.log(`# ${name}: outcomes so far ${JSON.stringify(ledger.summary().results)}; ${testSignals} TestSignals`);
+    console.log(`# ${name}: outcomes so far ${JSON.stringify(ledger.summary().results)}; ${state.count} TestSignals`);
     console.log(`# daemon before: ${describeFigures(before)}`);
     console.log(`# daemon after:  ${describeFigures(processFigures(stack.daemon.pid))}`);
   }
@@ -194,7 +159,7 @@ describe('misbehaving plugins, each isolated', { timeout: 300_000 }, () => {
 
   it('a plugin that floods update(): TestSignal keeps coming for the others, and its own devices end', async () => {
     const before = processFigures(stack.daemon.pid);
-    const signalsBefore = testSignals;
+    const signalsBefore = state.count;
     await stack.client.setProperty('TestProperty', 'a{ss}', { 'flood-000': 'paused' });
     const [, first] = await stack.daemon.waitForOutput(/flood so far vm=flood-000 state=paused updates=(\d+)/);
     assert.equal(await ledger.detach(stack.client, 'flood-001', { 'flooded-1': disk('sda') }), true);
@@ -215,7 +180,7 @@ describe('misbehaving plugins, each isolated', { timeout: 300_000 }, () => {
       flooder: 'connected',
     });
     console.log(
-      `# flood: ${Number(second) - Number(first)} updates from the flooding backend while ${testSignals - signalsBefore} TestSignals were published`,
+      `# flood: ${Number(second) - Number(first)} updates from the flooding backend while ${state.count - signalsBefore} TestSignals were published`,
     );
     report('floods update()', before);
   });

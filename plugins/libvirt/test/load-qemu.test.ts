@@ -11,8 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import dbus from 'dbus-next';
-import { BUS_NAME, INTERFACE, TestClient, type CallError } from 'vmdevd/testing/bus-client';
+import { TestClient, type CallError, type StateFollower } from 'vmdevd/testing/bus-client';
 import { startLibvirtd, type Libvirtd } from 'vmdevd/testing/libvirtd';
 import { OutcomeLedger } from 'vmdevd/testing/outcome-ledger';
 import { describeFigures, processFigures } from 'vmdevd/testing/proc-status';
@@ -32,8 +31,7 @@ describe('load on real VMs through libvirt', { timeout: 600_000 }, () => {
   const events: DomainEvent[] = [];
   const vms: TestVm[] = [];
   const clients: TestClient[] = [];
-  let lastMap: Record<string, string> = {};
-  const mapWaiters = new Set<() => void>();
+  let state: StateFollower;
 
   before(async () => {
     libvirtd = await startLibvirtd();
@@ -44,21 +42,9 @@ describe('load on real VMs through libvirt', { timeout: 600_000 }, () => {
       extraBackends: [{ id: 'local', plugin: 'libvirt', uri: libvirtd.uri }],
       config: { detachTimeoutSeconds: TIMEOUT_S, logLevel: 'info' },
     });
-    stack.client.bus.on('message', (msg: dbus.Message) => {
-      if (msg.type !== dbus.MessageType.SIGNAL || msg.member !== 'TestSignal') return;
-      lastMap = msg.body[0] as Record<string, string>;
-      for (const w of [...mapWaiters]) w();
-    });
-    await stack.client.call({
-      destination: 'org.freedesktop.DBus',
-      path: '/org/freedesktop/DBus',
-      interface: 'org.freedesktop.DBus',
-      member: 'AddMatch',
-      signature: 's',
-      body: [`type='signal',sender='${BUS_NAME}',interface='${INTERFACE}',member='TestSignal'`],
-    });
+    state = await stack.client.followState();
     // From here on TestSignal follows every change of this map.
-    lastMap = await stack.client.getProperty<Record<string, string>>('TestProperty');
+    state.last = await stack.client.getProperty<Record<string, string>>('TestProperty');
     for (let i = 0; i < CLIENTS; i++) clients.push(await TestClient.connect(stack.bus.address));
   });
 
@@ -70,29 +56,9 @@ describe('load on real VMs through libvirt', { timeout: 600_000 }, () => {
     await libvirtd?.stop();
   });
 
-  /** Resolves once the last TestSignal satisfies `test` (the deadline guards against a hang). */
-  const nextMap = (test: (map: Record<string, string>) => boolean, timeoutMs = 30_000) =>
-    new Promise<void>((resolve, reject) => {
-      const check = () => {
-        if (!test(lastMap)) return;
-        done();
-        resolve();
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Error(`no such TestSignal within ${timeoutMs} ms`));
-      }, timeoutMs);
-      const done = () => {
-        clearTimeout(timer);
-        mapWaiters.delete(check);
-      };
-      mapWaiters.add(check);
-      check();
-    });
-
   it('gives every accepted device one outcome; the NIC no guest releases holds up no other VM', async () => {
     const [nicVm, ...busy] = vms as [TestVm, ...TestVm[]];
-    await nextMap((m) => vms.every((vm) => m[vm.name] === 'running'));
+    await state.until((m) => vms.every((vm) => m[vm.name] === 'running'));
     const ledger = await OutcomeLedger.attach(stack.client);
     const memoryBefore = processFigures(stack.daemon.pid);
     const requests: Record<string, number> = {};
@@ -159,9 +125,9 @@ describe('load on real VMs through libvirt', { timeout: 600_000 }, () => {
     await Promise.all(clients.map((_, c) => runClient(c)));
     // Every device but the NIC's has its outcome; then the other VMs' states change through writes.
     await ledger.settledExcept([nicVm.name], 120_000);
-    for (const state of ['paused', 'running'] as const) {
-      const shown = nextMap((m) => busy.every((vm) => m[vm.name] === state));
-      await stack.client.setProperty('TestProperty', 'a{ss}', Object.fromEntries(busy.map((vm) => [vm.name, state])));
+    for (const want of ['paused', 'running'] as const) {
+      const shown = state.until((m) => busy.every((vm) => m[vm.name] === want));
+      await stack.client.setProperty('TestProperty', 'a{ss}', Object.fromEntries(busy.map((vm) => [vm.name, want])));
       await shown;
     }
     const othersDone = performance.now();
