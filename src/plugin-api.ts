@@ -28,6 +28,8 @@
  *   `bridge`, `user`, `model`). A plugin of version 1 is never given a
  *   detach that carries those tokens: the core answers it `NotSupported`,
  *   since such a plugin cannot check them.
+ * - 3: `publish`'s optional {@link PublishOptions} (`typesPending`): the
+ *   names and states of a backend's VMs go out before their types are read.
  *
  * Import everything from `vmdevd/plugin-api`, including `ContainerModule`, so
  * that the plugin and the daemon share one inversify.
@@ -50,7 +52,7 @@ export { ContainerModule };
  * version it was built for; the daemon loads it when that version is from
  * {@link OLDEST_PLUGIN_API_VERSION} to this one (see the module comment).
  */
-export const PLUGIN_API_VERSION = 2;
+export const PLUGIN_API_VERSION = 3;
 
 /** The oldest plugin-API version this daemon still loads. */
 export const OLDEST_PLUGIN_API_VERSION = 1;
@@ -226,6 +228,25 @@ export interface Logger {
   debug(message: string, fields?: Record<string, unknown>): void;
 }
 
+/**
+ * How complete a published list is (plugin API 3).
+ *
+ * A backend that reads its VMs' types with one call per VM (libvirt reads
+ * each domain's metadata) can publish their names and states first, with
+ * `typesPending: true`, and the same list with the types once they are
+ * read (a `publish` without the flag ends the wait). Meanwhile `TestSignal`
+ * and `TestProperty` show the VMs, and every request that resolves a
+ * selector (`TestMethod`, `AttachDevices`, `GetDevices`) waits for the
+ * types, since any selector may name a type: at most
+ * `detachTimeoutSeconds`, then it is refused with `BackendUnavailable`. A
+ * backend that loses its hypervisor meanwhile ends the wait too (its VMs
+ * are then unavailable, as always). `update` and `remove` leave the flag
+ * as it is; the VMs they report carry their types.
+ */
+export interface PublishOptions {
+  readonly typesPending?: boolean;
+}
+
 /** What the core gives a backend when it creates it. */
 export interface BackendContext {
   /** The backend's id from the config. */
@@ -236,9 +257,11 @@ export interface BackendContext {
   /**
    * Replaces the whole list of this backend's VMs. Call it once the first
    * complete list is known (that marks the backend ready), and again after
-   * a reconnect. Names must be unique within the list.
+   * a reconnect. Names must be unique within the list. With
+   * `{ typesPending: true }` (plugin API 3) the list's names and states are
+   * complete but its types are still being read: see {@link PublishOptions}.
    */
-  publish(vms: readonly VmInfo[]): void;
+  publish(vms: readonly VmInfo[], options?: PublishOptions): void;
   /** Adds or replaces one VM (matched by name), for a change the hypervisor reported. */
   update(vm: VmInfo): void;
   /** Removes one VM by name. */

@@ -51,6 +51,8 @@ export class BackendHost {
   failure: string | undefined;
   ready = false;
   stopped = false;
+  /** Its last list was published with `typesPending`: selectors wait for the types. */
+  typesPending = false;
 
   constructor(
     readonly config: BackendConfig,
@@ -114,10 +116,13 @@ export class BackendRegistry implements Disposable {
   private trustingAjv: Ajv | undefined;
   private readonly onDidChangeHealthEmitter = new Emitter<void>();
   private readonly onDidBecomeReadyEmitter = new Emitter<void>();
+  private readonly onDidLearnTypesEmitter = new Emitter<void>();
   private readonly log: Logger;
 
   /** Fires when any backend's health changed. */
   readonly onDidChangeHealth: Event<void> = this.onDidChangeHealthEmitter.event;
+  /** Fires when a backend whose types were pending published them. */
+  readonly onDidLearnTypes: Event<void> = this.onDidLearnTypesEmitter.event;
 
   constructor(
     @inject(Config) private readonly config: Config,
@@ -136,6 +141,14 @@ export class BackendRegistry implements Disposable {
 
   host(id: string): BackendHost | undefined {
     return this.hostList.find((h) => h.id === id);
+  }
+
+  /**
+   * The connected backends whose VMs' types are still being read (see
+   * `PublishOptions`): a selector cannot be resolved until they are known.
+   */
+  typesPending(): BackendHost[] {
+    return this.hostList.filter((h) => h.typesPending && h.health.connected && !h.stopped);
   }
 
   /** Backend id → `connected` or `disconnected: <reason>`. */
@@ -262,6 +275,8 @@ export class BackendRegistry implements Disposable {
   private async stopHost(host: BackendHost): Promise<void> {
     if (host.stopped) return;
     host.stopped = true;
+    // Requests waiting for its types wait no longer.
+    if (host.typesPending) this.onDidLearnTypesEmitter.fire();
     if (host.backend === undefined) return;
     await withTimeout(
       this.guard(host, 'stop', () => host.backend!.stop()),
@@ -440,6 +455,7 @@ export class BackendRegistry implements Disposable {
   dispose(): void {
     this.onDidChangeHealthEmitter.dispose();
     this.onDidBecomeReadyEmitter.dispose();
+    this.onDidLearnTypesEmitter.dispose();
   }
 
   private newHost(entry: BackendConfig): BackendHost {
@@ -585,11 +601,14 @@ export class BackendRegistry implements Disposable {
       id: host.id,
       options: host.config.options,
       log: host.log,
-      publish: (vms) => {
+      publish: (vms, options) => {
         if (!active()) return;
         const valid = (Array.isArray(vms) ? vms : []).map(check).filter((v): v is VmInfo => v !== undefined);
+        const learnedTypes = host.typesPending && options?.typesPending !== true;
+        host.typesPending = options?.typesPending === true;
         this.hub.publish(host.id, valid);
         this.markReady(host);
+        if (learnedTypes) this.onDidLearnTypesEmitter.fire();
       },
       update: (vm) => {
         if (!active()) return;

@@ -6,6 +6,7 @@
 import { inject, injectable } from 'inversify';
 import { DESIRED_STATES, type DesiredState, type Logger } from '../plugin-api.js';
 import { BackendRegistry, type BackendHost } from './backend-registry.js';
+import { Clock } from './clock.js';
 import { DeviceJobService, type JobKind } from './device-job-service.js';
 import { parseDeviceMap } from './device-spec.js';
 import { VmdevError, errorMessage, invalidArgs } from './errors.js';
@@ -32,11 +33,14 @@ export interface Caller {
 export class VmdevService {
   private readonly log: Logger;
   private closed = false;
+  /** Requests waiting for backends' types (see `PublishOptions`); each ends at shutdown. */
+  private readonly typeWaiters = new Set<() => void>();
 
   constructor(
     @inject(StateHub) private readonly hub: StateHub,
     @inject(BackendRegistry) private readonly registry: BackendRegistry,
     @inject(DeviceJobService) private readonly jobs: DeviceJobService,
+    @inject(Clock) private readonly clock: Clock,
     @inject(RootLogger) logger: RootLogger,
   ) {
     this.log = logger.child('request');
@@ -49,8 +53,10 @@ export class VmdevService {
    * between the two, so the reply does not wait for the detaches to be set
    * up; nothing can fail in between, and a shutdown in between still gives
    * every accepted device its outcome. Throws `Failed` once shutdown began.
+   * While a backend's VM types are still being read the answer is a promise
+   * (see `typesKnown`); requests keep their order.
    */
-  detach(caller: Caller, selector: unknown, devices: unknown): Acceptance {
+  detach(caller: Caller, selector: unknown, devices: unknown): Acceptance | Promise<Acceptance> {
     return this.request('detach', 'TestMethod', caller, selector, devices);
   }
 
@@ -59,7 +65,7 @@ export class VmdevService {
    * an attach, the selector resolved, then one attach accepted per device.
    * A backend that cannot attach is `NotSupported`, and nothing starts.
    */
-  attach(caller: Caller, selector: unknown, devices: unknown): Acceptance {
+  attach(caller: Caller, selector: unknown, devices: unknown): Acceptance | Promise<Acceptance> {
     return this.request('attach', 'AttachDevices', caller, selector, devices);
   }
 
@@ -71,6 +77,8 @@ export class VmdevService {
    */
   async devices(caller: Caller, selector: unknown): Promise<Record<string, string[]>> {
     try {
+      checkSelector(selector);
+      await this.typesKnown();
       const target = this.resolve(selector);
       if (target === undefined) throw new VmdevError('VmNotFound', `no VM matches ${JSON.stringify(selector)}`);
       if (this.closed) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
@@ -88,12 +96,21 @@ export class VmdevService {
     }
   }
 
-  private request(kind: JobKind, member: string, caller: Caller, selector: unknown, devices: unknown): Acceptance {
+  private request(
+    kind: JobKind,
+    member: string,
+    caller: Caller,
+    selector: unknown,
+    devices: unknown,
+  ): Acceptance | Promise<Acceptance> {
     const labels =
       devices !== null && typeof devices === 'object' ? Object.keys(devices).slice(0, 16).join(',') : undefined;
     const fields = { selector: text(selector), devices: labels };
-    try {
-      const specs = parseDeviceMap(devices, kind);
+    const refused = (err: unknown): never => {
+      this.logRequest(member, caller, fields, errorSummary(err));
+      throw err;
+    };
+    const accept = (specs: ReturnType<typeof parseDeviceMap>): Acceptance => {
       const target = this.resolve(selector);
       if (target === undefined) {
         this.logRequest(member, caller, fields, 'no such VM (false)');
@@ -110,9 +127,16 @@ export class VmdevService {
       const start = this.jobs.accept(kind, target.host, target.entry, specs);
       this.logRequest(member, caller, fields, `accepted for ${target.entry.key}`);
       return { accepted: true, start };
+    };
+    try {
+      // What is wrong with the request itself is said at once, before any wait.
+      const specs = parseDeviceMap(devices, kind);
+      checkSelector(selector);
+      const wait = this.typesKnown();
+      if (wait === undefined) return accept(specs);
+      return wait.then(() => accept(specs)).catch(refused);
     } catch (err) {
-      this.logRequest(member, caller, fields, errorSummary(err));
-      throw err;
+      return refused(err);
     }
   }
 
@@ -161,6 +185,33 @@ export class VmdevService {
   close(): void {
     this.closed = true;
     this.jobs.shutdown();
+    for (const wake of [...this.typeWaiters]) wake();
+  }
+
+  /**
+   * `undefined` when no connected backend is still reading its VMs' types;
+   * else a promise that settles when none is, when those backends lose
+   * their connection, at shutdown, or after `detachTimeoutSeconds`
+   * (whichever comes first: `resolve` then refuses what is still unknown).
+   */
+  private typesKnown(): Promise<void> | undefined {
+    if (this.closed || this.registry.typesPending().length === 0) return undefined;
+    return new Promise<void>((done) => {
+      const check = () => {
+        if (this.closed || this.registry.typesPending().length === 0) wake();
+      };
+      const learned = this.registry.onDidLearnTypes(check);
+      const health = this.registry.onDidChangeHealth(check);
+      const timer = this.clock.setTimeout(() => wake(), this.jobs.timeoutMs);
+      const wake = () => {
+        learned.dispose();
+        health.dispose();
+        timer.cancel();
+        this.typeWaiters.delete(wake);
+        done();
+      };
+      this.typeWaiters.add(wake);
+    });
   }
 
   private validateStates(desired: unknown): Array<{ entry: VmEntry; host: BackendHost; state: DesiredState }> {
@@ -190,12 +241,14 @@ export class VmdevService {
 
   /** Resolves a selector to one VM; `undefined` when none matches. */
   private resolve(selector: unknown): { entry: VmEntry; host: BackendHost } | undefined {
-    if (typeof selector !== 'string' || selector.length === 0) {
-      throw invalidArgs('the selector is empty; give a VM name, UUID or type');
-    }
-    if (selector.length > MAX_SELECTOR_LENGTH) {
-      throw invalidArgs(
-        `the selector is ${selector.length} characters long, at most ${MAX_SELECTOR_LENGTH} are allowed`,
+    checkSelector(selector);
+    if (this.closed) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
+    const reading = this.registry.typesPending();
+    if (reading.length > 0) {
+      const which = reading.map((h) => `"${h.id}"`).join(', ');
+      throw new VmdevError(
+        'BackendUnavailable',
+        `backend ${which} is still reading the types of its VMs, which any selector may name; try again`,
       );
     }
     const lower = selector.toLowerCase();
@@ -250,4 +303,14 @@ function text(value: unknown): string | undefined {
 
 function errorSummary(err: unknown): string {
   return err instanceof VmdevError ? `${err.kind}: ${err.message}` : `error: ${errorMessage(err)}`;
+}
+
+/** Refuses a selector no VM could have: empty, not a string, or too long. */
+function checkSelector(selector: unknown): asserts selector is string {
+  if (typeof selector !== 'string' || selector.length === 0) {
+    throw invalidArgs('the selector is empty; give a VM name, UUID or type');
+  }
+  if (selector.length > MAX_SELECTOR_LENGTH) {
+    throw invalidArgs(`the selector is ${selector.length} characters long, at most ${MAX_SELECTOR_LENGTH} are allowed`);
+  }
 }

@@ -27,7 +27,7 @@ import { Emitter, type Event } from '../core/event.js';
 import { VmdevError, errorMessage, invalidArgs } from '../core/errors.js';
 import { RootLogger } from '../core/logger.js';
 import { StateHub, type StateMap } from '../core/state-hub.js';
-import { VmdevService } from '../core/vmdev-service.js';
+import { VmdevService, type Acceptance } from '../core/vmdev-service.js';
 import { cleanText } from '../core/clean-text.js';
 import { DBUS_ERRORS } from '../protocol.js';
 import { onConnectionEnd, onOversized, openBus, sendTrusted, whenWritten, type MessageBus } from './bus-connection.js';
@@ -519,13 +519,18 @@ export class DbusFrontend implements Disposable {
       case 'TestMethod':
       case 'AttachDevices':
         this.withAccess(msg, method.name, () => {
+          const answer = (acceptance: Acceptance) => {
+            this.reply(msg, method.outSignature, [acceptance.accepted]);
+            // The reply's write is queued first: the jobs start right behind it.
+            process.nextTick(() => acceptance.start());
+          };
           const acceptance =
             method.name === 'TestMethod'
               ? this.service.detach(caller, msg.body[0], msg.body[1])
               : this.service.attach(caller, msg.body[0], msg.body[1]);
-          this.reply(msg, method.outSignature, [acceptance.accepted]);
-          // The reply's write is queued first: the jobs start right behind it.
-          process.nextTick(() => acceptance.start());
+          if (!(acceptance instanceof Promise)) return answer(acceptance);
+          // A backend is still reading its VMs' types: the answer waits for them.
+          acceptance.then(answer).catch((err: unknown) => this.replyError(msg, err, method.name));
         });
         return;
       default:
