@@ -8,15 +8,20 @@
  */
 import { BackendFactory, ContainerModule, type VmdevdPlugin } from 'vmdevd/plugin-api';
 import { LibvirtBackend, OPTIONS_SCHEMA } from './libvirt-backend.js';
+import { ListingGate } from './listing-gate.js';
+
+/** Shared by the daemon's libvirt backends: their type reads wait for the others' listings. */
+const listings = new ListingGate(2000);
 
 const factory: BackendFactory = {
   optionsSchema: OPTIONS_SCHEMA,
-  create: (context) => new LibvirtBackend(context),
+  create: (context) => new LibvirtBackend(context, listings),
 };
 
 export const plugin: VmdevdPlugin = {
-  // The plugin API this was written for (2: it lists and attaches devices), a number as the README asks.
-  apiVersion: 2,
+  // The plugin API this was written for (2: it lists and attaches devices; 3: it publishes
+  // names and states before types), a number as the README asks.
+  apiVersion: 3,
   name: 'libvirt',
   module: new ContainerModule(({ bind }) => {
     bind<BackendFactory>(BackendFactory).toConstantValue(factory);

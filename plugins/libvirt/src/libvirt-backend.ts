@@ -33,6 +33,7 @@ import { Connection, constants as C, LibvirtError, type DomainEvent, type Domain
 import { DomainXml, METADATA_NAMESPACE, listDevices, metadataType } from './domain-devices.js';
 import { DomainQueue, type Operation } from './domain-queue.js';
 import { isAmbiguousError, isConnectionError, isRefusedUri, toBackendError, uriProblem } from './libvirt-errors.js';
+import { ListingGate } from './listing-gate.js';
 import { domainState, stateAfterEvent } from './states.js';
 
 export interface LibvirtOptions {
@@ -94,6 +95,8 @@ export class LibvirtBackend implements VmBackend {
   private generation = 0;
   private domains = new Map<string, Domain>();
   private reloading: Set<string> | undefined;
+  /** Domains listed without their type, until readTypes reads it (a lookup reads it too). */
+  private untyped = new Set<string>();
   private readonly removalWatchers = new Map<string, Set<RemovalListener>>();
   private readonly addedWatchers = new Map<string, Set<AddedListener>>();
   private readonly queues = new Map<string, DomainQueue>();
@@ -109,7 +112,10 @@ export class LibvirtBackend implements VmBackend {
   private backoffMs: number;
   private stopped = false;
 
-  constructor(readonly ctx: BackendContext) {
+  constructor(
+    readonly ctx: BackendContext,
+    private readonly listings: ListingGate = new ListingGate(0),
+  ) {
     this.options = readOptions(ctx.options);
     this.backoffMs = this.options.reconnectInitialMs;
   }
@@ -417,6 +423,16 @@ export class LibvirtBackend implements VmBackend {
   // ---- connection ------------------------------------------------------------
 
   private async connect(): Promise<void> {
+    const listed = this.listings.begin();
+    try {
+      await this.openAndList();
+    } finally {
+      listed();
+    }
+  }
+
+  /** Connects, lists the domains, publishes them, and starts reading their types. */
+  private async openAndList(): Promise<void> {
     const generation = ++this.generation;
     const conn = await Connection.open(this.uri, {
       onEvent: (e) => this.onEvent(generation, e),
@@ -444,29 +460,65 @@ export class LibvirtBackend implements VmBackend {
     }
     this.conn = conn;
     this.backoffMs = this.options.reconnectInitialMs;
-    this.ctx.publish([...this.domains.values()].map(toVmInfo));
+    this.ctx.publish([...this.domains.values()].map(toVmInfo), { typesPending: this.untyped.size > 0 });
     this.ctx.setHealth({ connected: true });
     this.ctx.log.info('connected', { uri: this.uri, domains: this.domains.size });
     for (const wake of [...this.connectedWaiters]) wake();
+    if (this.untyped.size > 0) void this.readTypes(conn, generation);
   }
 
-  /** Lists every domain with its type; events that arrive meanwhile are replayed after. */
+  /**
+   * Lists every domain, without its type: one call for the names and one
+   * for the states, where a type costs a call per domain. Events that
+   * arrive meanwhile are replayed after (and those domains get their type).
+   */
   private async reload(conn: Connection): Promise<void> {
     this.reloading = new Set();
     this.xmlCache.clear();
     this.lastXml.clear();
     try {
-      // Each domain's type comes with the listing: no call per domain from here.
-      const infos = await conn.listDomains({ metadataNamespace: METADATA_NAMESPACE });
+      const infos = await conn.listDomains();
       const domains = new Map<string, Domain>();
-      for (const info of infos) domains.set(info.uuid, toDomain(info, metadataType(info.metadata)));
+      for (const info of infos) domains.set(info.uuid, toDomain(info, undefined));
       this.domains = domains;
+      this.untyped = new Set(domains.keys());
       const touched = [...this.reloading];
       this.reloading = undefined;
       await Promise.all(touched.map((uuid) => this.lookup(conn, uuid, false)));
     } finally {
       this.reloading = undefined;
     }
+  }
+
+  /**
+   * The second half of a connect: the types of the domains the listing
+   * gave without one, read from their metadata (the binding spreads the
+   * calls over a few threads), then the list published again with them,
+   * which ends the core's wait for types. A domain looked up meanwhile
+   * already has its type and keeps it, as it keeps the state events gave
+   * it. A failure that is not the connection's starts the connection over.
+   */
+  private async readTypes(conn: Connection, generation: number): Promise<void> {
+    await this.listings.idle();
+    if (generation !== this.generation || this.stopped) return;
+    let infos: DomainInfo[];
+    try {
+      infos = await conn.listDomains({ metadataNamespace: METADATA_NAMESPACE });
+    } catch (err) {
+      if (generation !== this.generation || this.stopped) return;
+      if (await this.isLost(err)) return; // onClose reconnects.
+      this.dropConnection(generation, `cannot read the types of its domains: ${(err as Error).message}`);
+      return;
+    }
+    if (generation !== this.generation || this.stopped) return;
+    for (const info of infos) {
+      const known = this.domains.get(info.uuid);
+      if (known === undefined || !this.untyped.has(info.uuid)) continue;
+      this.domains.set(info.uuid, { ...known, type: metadataType(info.metadata) });
+    }
+    this.untyped.clear();
+    this.ctx.publish([...this.domains.values()].map(toVmInfo));
+    this.ctx.log.debug('read the types of its domains', { uri: this.uri, domains: this.domains.size });
   }
 
   /** What the backend keeps of a domain: its listing plus the type from its metadata. */
@@ -503,6 +555,7 @@ export class LibvirtBackend implements VmBackend {
       return;
     }
     this.domains.set(uuid, next);
+    this.untyped.delete(uuid);
     if (!publish) return;
     if (old !== undefined && old.name !== next.name) this.ctx.remove(old.name);
     this.ctx.update(toVmInfo(next));
@@ -560,11 +613,15 @@ export class LibvirtBackend implements VmBackend {
   }
 
   private onClose(generation: number, reason: number): void {
+    this.dropConnection(generation, CLOSE_REASONS[reason] ?? `reason ${reason}`);
+  }
+
+  /** Lets the connection go and reconnects with backoff. */
+  private dropConnection(generation: number, why: string): void {
     if (generation !== this.generation || this.stopped) return;
     const conn = this.conn;
     this.conn = undefined;
     this.generation++;
-    const why = CLOSE_REASONS[reason] ?? `reason ${reason}`;
     this.ctx.log.warn('lost the connection to libvirt', { uri: this.uri, reason: why });
     this.ctx.setHealth({ connected: false, reason: `lost the connection to ${this.uri} (${why}); reconnecting` });
     this.xmlCache.clear();
