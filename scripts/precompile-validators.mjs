@@ -60,14 +60,24 @@ async function plugins() {
   for (const name of existsSync(dir) ? readdirSync(dir) : []) {
     const entry = join(dir, name, 'dist/bundle/index.js');
     if (!existsSync(entry)) continue;
-    const exported = await import(pathToFileURL(entry).href);
-    const plugin = exported.plugin ?? exported.default;
-    // The factory is bound in the plugin's module; load it as the daemon does.
-    const { Container } = await import('inversify');
-    const { BackendFactory } = await import(pathToFileURL(join(root, 'dist/bundle/plugin-api.js')).href);
-    const container = new Container();
-    await container.loadAsync(plugin.module);
-    const schema = container.get(BackendFactory).optionsSchema;
+    let schema;
+    try {
+      const exported = await import(pathToFileURL(entry).href);
+      const plugin = exported.plugin ?? exported.default;
+      // The factory is bound in the plugin's module; load it as the daemon does.
+      const { Container } = await import('inversify');
+      const { BackendFactory } = await import(pathToFileURL(join(root, 'dist/bundle/plugin-api.js')).href);
+      const container = new Container();
+      await container.loadAsync(plugin.module);
+      schema = container.get(BackendFactory).optionsSchema;
+    } catch (err) {
+      // E.g. a native binding that was not built here: the daemon compiles
+      // the schema at start, as it would without this step.
+      console.warn(
+        `precompile-validators: the ${name} plugin does not load, its options schema is not precompiled: ${err.message}`,
+      );
+      continue;
+    }
     if (schema === undefined) continue;
     const closed = closedSchema(schema);
     const schemas = [
