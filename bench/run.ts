@@ -686,7 +686,7 @@ async function startupBenchmark(bus: PrivateBus): Promise<void> {
         '--member',
         'NameOwnerChanged',
         '--count',
-        '1',
+        '2',
         '--path',
         '/org/freedesktop/DBus',
       ],
@@ -694,13 +694,17 @@ async function startupBenchmark(bus: PrivateBus): Promise<void> {
     );
     await waitUntil('start probe', () => /"ready"/.test(probe.output()));
     const svc = await startVmdevd(bus, busName, [{ id: 'default', plugin: 'libvirt', uri: 'test:///default' }]);
-    await waitUntil('NameOwnerChanged', () => /"type":"signal"/.test(probe.output()));
-    const sig = JSON.parse(
+    // The first NameOwnerChanged is the connection's unique name, about
+    // 10 ms before the bus name; the figure is the one for the bus name.
+    const owned = () =>
       probe
         .output()
         .split('\n')
-        .find((l) => l.includes('"type":"signal"'))!,
-    ) as { t_ns: string; args: unknown[] };
+        .filter((l) => l.includes('"type":"signal"'))
+        .map((l) => JSON.parse(l) as { t_ns: string; args: unknown[] })
+        .find((s) => s.args[0] === busName);
+    await waitUntil('NameOwnerChanged of the bus name', () => owned() !== undefined);
+    const sig = owned()!;
     times.push(Number(BigInt(sig.t_ns) - svc.startedNs) / 1e6);
     await svc.stop();
     await probe.stop();

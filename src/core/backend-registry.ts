@@ -33,6 +33,7 @@ import { Emitter, type Event } from './event.js';
 import { RootLogger } from './logger.js';
 import { BeforePluginImport, loadPlugin, packageVersion, type LoadedPlugin } from './plugin-loader.js';
 import { StateHub } from './state-hub.js';
+import { SHIPPED_OPTIONS_AJV_OPTIONS, closedSchema, precompiledOptionsValidator } from './options-schema.js';
 
 /** Where in-repo plugins are looked up (`plugins/` of the package). */
 export const BuiltinPluginDir = Symbol('BuiltinPluginDir');
@@ -109,10 +110,7 @@ export class BackendRegistry implements Disposable {
   private readonly plugins = new Map<string, Promise<LoadedPlugin>>();
   /** For third-party plugins' option schemas: each is checked against JSON Schema's meta-schema. */
   private checkingAjv: Ajv | undefined;
-  /**
-   * For the plugins shipped in the package: their schemas are checked by its
-   * tests, not at each start (compiling the meta-schema costs ~45 ms there).
-   */
+  /** For the plugins shipped in the package (see options-schema.ts), when the build did not precompile theirs. */
   private trustingAjv: Ajv | undefined;
   private readonly onDidChangeHealthEmitter = new Emitter<void>();
   private readonly onDidBecomeReadyEmitter = new Emitter<void>();
@@ -493,11 +491,12 @@ export class BackendRegistry implements Disposable {
     if (schema === undefined) return plugin;
     let validate;
     try {
+      const closed = closedSchema(schema);
       const shipped = plugin.root.startsWith(this.realBuiltinDir() + sep);
-      const ajv = shipped
-        ? (this.trustingAjv ??= new Ajv({ allErrors: false, strict: false, validateSchema: false }))
-        : (this.checkingAjv ??= new Ajv({ allErrors: false, strict: false }));
-      validate = ajv.compile(closedSchema(schema));
+      validate = shipped
+        ? ((await precompiledOptionsValidator(plugin.root, closed)) ??
+          (this.trustingAjv ??= new Ajv(SHIPPED_OPTIONS_AJV_OPTIONS)).compile(closed))
+        : (this.checkingAjv ??= new Ajv({ allErrors: false, strict: false })).compile(closed);
     } catch (err) {
       this.fail(host, `plugin "${plugin.name}" has an invalid options schema: ${errorMessage(err)}`);
       return undefined;
@@ -627,20 +626,4 @@ export class BackendRegistry implements Disposable {
 
 function sameBackendConfig(a: BackendConfig, b: BackendConfig): boolean {
   return a.plugin === b.plugin && JSON.stringify(a.options) === JSON.stringify(b.options);
-}
-
-/**
- * A plugin's options schema as vmdevd applies it: an object schema that
- * names its properties but forgets `additionalProperties: false` still
- * refuses options it does not name, so a typo in a config is an error, not
- * an option silently ignored.
- */
-function closedSchema(schema: Record<string, unknown>): Record<string, unknown> {
-  const open =
-    schema['type'] === 'object' &&
-    typeof schema['properties'] === 'object' &&
-    schema['additionalProperties'] === undefined &&
-    schema['unevaluatedProperties'] === undefined &&
-    schema['patternProperties'] === undefined;
-  return open ? { ...schema, additionalProperties: false } : schema;
 }

@@ -6,9 +6,10 @@
 import { DEFAULT_BUS_NAME } from '../protocol.js';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { Ajv, type ErrorObject } from 'ajv';
+import { Ajv, type ErrorObject, type Options, type ValidateFunction } from 'ajv';
 import { ConfigError, errorMessage } from './errors.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
+import { PRECOMPILED_VALIDATORS } from './precompiled-validators.js';
 
 export const Config = Symbol('Config');
 
@@ -83,10 +84,26 @@ export const CONFIG_SCHEMA = {
   },
 } as const;
 
-// Not checked against JSON Schema's meta-schema at each start (compiling it
-// costs ~20 ms of the daemon's start): test/unit/config.test.ts checks it.
-const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true, validateSchema: false });
-const validateConfig = ajv.compile(CONFIG_SCHEMA);
+/**
+ * How CONFIG_SCHEMA is compiled, at build time (precompiled-validators.ts) or,
+ * failing that, at the first parse. Not checked against JSON Schema's
+ * meta-schema at each start (compiling it costs ~20 ms of the daemon's
+ * start): test/unit/config.test.ts checks it.
+ */
+export const CONFIG_AJV_OPTIONS: Options = {
+  allErrors: false,
+  strict: true,
+  allowUnionTypes: true,
+  validateSchema: false,
+};
+
+let configValidator: ValidateFunction | undefined;
+
+function validateConfig(data: unknown): ErrorObject | undefined {
+  configValidator ??=
+    PRECOMPILED_VALIDATORS.get(JSON.stringify(CONFIG_SCHEMA)) ?? new Ajv(CONFIG_AJV_OPTIONS).compile(CONFIG_SCHEMA);
+  return configValidator(data) ? undefined : configValidator.errors![0]!;
+}
 
 /** `/backends/0/uri` → `backends[0].uri` */
 export function fieldPath(pointer: string, base = ''): string {
@@ -126,9 +143,8 @@ export function defaultConfigData(): Record<string, unknown> {
 
 /** Validates parsed JSON and fills in defaults. `source` names the file in errors. */
 export function parseConfig(data: unknown, source: string, baseDir: string, overrides: ConfigOverrides = {}): Config {
-  if (!validateConfig(data)) {
-    throw new ConfigError(`${source}: ${describeSchemaError(validateConfig.errors![0]!)}`);
-  }
+  const error = validateConfig(data);
+  if (error !== undefined) throw new ConfigError(`${source}: ${describeSchemaError(error)}`);
   const raw = data as Record<string, unknown>;
   const backends = (raw['backends'] as Record<string, unknown>[] | undefined) ?? [];
   const ids = new Set<string>();

@@ -12,6 +12,11 @@ import { Ajv } from 'ajv';
 import { BackendRegistry } from '../../src/core/backend-registry.js';
 import { parseConfig } from '../../src/core/config.js';
 import { RootLogger } from '../../src/core/logger.js';
+import {
+  SHIPPED_OPTIONS_AJV_OPTIONS,
+  closedSchema,
+  precompiledOptionsValidator,
+} from '../../src/core/options-schema.js';
 import { BUILTIN_PLUGIN_DIR, loadPlugin } from '../../src/core/plugin-loader.js';
 import { StateHub } from '../../src/core/state-hub.js';
 
@@ -59,6 +64,20 @@ describe('the option schemas of the plugins shipped in the package', () => {
       assert.ok(factory.optionsSchema !== undefined, 'it has a schema');
       const ajv = new Ajv({ strict: false });
       assert.equal(ajv.validateSchema(factory.optionsSchema), true, JSON.stringify(ajv.errors));
+    });
+
+    it(`${spec}: the build precompiled it, and the code finds what a compiled schema finds`, async () => {
+      const { factory, root } = await loadPlugin(spec, BUILTIN_PLUGIN_DIR);
+      const schema = closedSchema(factory.optionsSchema!);
+      const precompiled = await precompiledOptionsValidator(root, schema);
+      assert.ok(precompiled, 'npm run build did not precompile it: a start compiles it');
+      const compiled = new Ajv(SHIPPED_OPTIONS_AJV_OPTIONS).compile(schema);
+      const samples: unknown[] = [{}, [], { uri: '' }, { uri: 'x', keepaliveCount: 0 }, { socketDir: 1 }, { nope: 1 }];
+      for (const data of samples) {
+        assert.equal(precompiled(data), compiled(data), JSON.stringify(data));
+        assert.deepEqual(precompiled.errors ?? null, compiled.errors ?? null, JSON.stringify(data));
+      }
+      assert.equal(await precompiledOptionsValidator(root, { ...schema, title: 'changed' }), undefined);
     });
   }
 });

@@ -1,8 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Ajv } from 'ajv';
-import { CONFIG_SCHEMA, describeSchemaError, fieldPath, parseConfig } from '../../src/core/config.js';
+import {
+  CONFIG_AJV_OPTIONS,
+  CONFIG_SCHEMA,
+  describeSchemaError,
+  fieldPath,
+  parseConfig,
+} from '../../src/core/config.js';
 import { ConfigError } from '../../src/core/errors.js';
+import { PRECOMPILED_VALIDATORS } from '../../src/core/precompiled-validators.js';
 import { parseDaemonArgs } from '../../src/daemon/args.js';
 
 const parse = (data: unknown) => parseConfig(data, 'c.json', '/etc/vmdevd');
@@ -12,6 +19,29 @@ describe('config', () => {
     const ajv = new Ajv({ strict: true, allowUnionTypes: true });
     assert.equal(ajv.validateSchema(CONFIG_SCHEMA), true, JSON.stringify(ajv.errors));
     assert.doesNotThrow(() => ajv.compile(CONFIG_SCHEMA));
+  });
+
+  it('is validated by code the build generated, which finds what a compiled schema finds', () => {
+    const precompiled = PRECOMPILED_VALIDATORS.get(JSON.stringify(CONFIG_SCHEMA));
+    assert.ok(precompiled, 'npm run build did not precompile the config schema: a start compiles it');
+    const compiled = new Ajv(CONFIG_AJV_OPTIONS).compile(CONFIG_SCHEMA);
+    const samples: unknown[] = [
+      {},
+      [],
+      { busName: 'a' },
+      { bus: '' },
+      { logLevel: 'loud' },
+      { detachTimeoutSeconds: 0 },
+      { backends: [] },
+      { backends: [{ id: 'a b', plugin: 'x' }] },
+      { backends: [{ id: 'a' }] },
+      { access: { users: [''] } },
+      { unknown: 1 },
+    ];
+    for (const data of samples) {
+      assert.equal(precompiled(data), compiled(data), JSON.stringify(data));
+      assert.deepEqual(precompiled.errors ?? null, compiled.errors ?? null, JSON.stringify(data));
+    }
   });
 
   it('fills in the defaults', () => {
