@@ -585,12 +585,10 @@ async function scaleBenchmarks(bus: PrivateBus): Promise<void> {
   // VMs, so the answer is AmbiguousSelector, and it comes only then.
   const client = await TestClient.connect(bus.address);
   cleanups.push(async () => client.close());
-  const byType = await client
-    .call({ destination: busName, member: 'GetDevices', signature: 's', body: ['odd'] })
-    .then(
-      () => 'an answer',
-      (err: Error) => err.message,
-    );
+  const byType = await client.call({ destination: busName, member: 'GetDevices', signature: 's', body: ['odd'] }).then(
+    () => 'an answer',
+    (err: Error) => err.message,
+  );
   results['scale_types_ms'] = Number(nowNs() - svc.startedNs) / 1e6;
   if (!/matches \d+ VMs/.test(byType)) throw new Error(`GetDevices("odd") at scale: ${byType}`);
   say(`  a selector by type answered ${fmt(results['scale_types_ms'])} ms after the start`);
@@ -906,14 +904,7 @@ function table(): string {
       '',
       `< 3000 ms: ${yes(r('scale_first_signal_ms') < 3000 && r('scale_first_signal_entries') === total)}`,
     );
-    row(
-      `${label}: start → a selector by type answered (ms)`,
-      r('scale_types_ms'),
-      '',
-      'every type read',
-      '',
-      '',
-    );
+    row(`${label}: start → a selector by type answered (ms)`, r('scale_types_ms'), '', 'every type read', '', '');
     const g = ratio(r('scale_get_vmdevd_p50_us'), r('scale_get_ref_p50_us'));
     row(
       `${label}: Get TestProperty p50 (µs)`,
