@@ -203,14 +203,7 @@ export class TestClient {
   /** Adds a match rule and records every signal it lets through. */
   async subscribe(rule: string): Promise<SignalLog> {
     const log = new SignalLog();
-    await this.call({
-      destination: 'org.freedesktop.DBus',
-      path: '/org/freedesktop/DBus',
-      interface: 'org.freedesktop.DBus',
-      member: 'AddMatch',
-      signature: 's',
-      body: [rule],
-    });
+    await this.addMatch(rule);
     this.bus.on('message', (msg: Message) => {
       if (msg.type !== MessageType.SIGNAL) return;
       log.push({
@@ -232,15 +225,20 @@ export class TestClient {
       if (msg.type === MessageType.SIGNAL && msg.member === 'TestSignal' && msg.interface === INTERFACE)
         follower.receive(msg.body[0] as Record<string, string>);
     });
+    await this.addMatch(`type='signal',sender='${sender}',interface='${INTERFACE}',member='TestSignal'`);
+    return follower;
+  }
+
+  /** Asks the bus to route the signals `rule` matches to this connection. */
+  private async addMatch(rule: string): Promise<void> {
     await this.call({
       destination: 'org.freedesktop.DBus',
       path: '/org/freedesktop/DBus',
       interface: 'org.freedesktop.DBus',
       member: 'AddMatch',
       signature: 's',
-      body: [`type='signal',sender='${sender}',interface='${INTERFACE}',member='TestSignal'`],
+      body: [rule],
     });
-    return follower;
   }
 
   /** Subscribes, by well-known name, to every signal of the daemon's object. */
