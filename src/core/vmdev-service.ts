@@ -81,7 +81,6 @@ export class VmdevService {
       await this.typesKnown();
       const target = this.resolve(selector);
       if (target === undefined) throw new VmdevError('VmNotFound', `no VM matches ${JSON.stringify(selector)}`);
-      if (this.closed) throw new VmdevError('Failed', 'vmdevd is shutting down and accepts no new requests');
       const devices = await this.registry.listDevices(target.host, target.entry.vm, this.jobs.timeoutMs);
       this.logRequest(
         'GetDevices',
