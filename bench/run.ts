@@ -469,9 +469,11 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
         .split('\n')
         .filter((l) => l.startsWith('{'))
         .at(-1)!,
-    ) as { samples: Array<{ mode: string; ok: boolean; latency_ns?: number }> };
+    ) as { samples: Array<{ mode: string; ok: boolean; latency_ns?: number; event_ns?: number }> };
     const direct: number[] = [];
     const vmdevd: number[] = [];
+    const libvirtPart: number[] = [];
+    const afterEvent: number[] = [];
     const pairs: Array<[number, number]> = [];
     for (let i = 0; i + 1 < res.samples.length; i += 2) {
       const [d, v] = [res.samples[i]!, res.samples[i + 1]!];
@@ -479,6 +481,12 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
       if (v.ok && v.latency_ns !== undefined) vmdevd.push(v.latency_ns / 1000);
       if (d.ok && v.ok && d.mode === 'direct' && v.mode === 'vmdevd')
         pairs.push([d.latency_ns! / 1000, v.latency_ns! / 1000]);
+      // The probe's own DEVICE_REMOVED in the vmdevd cycle: libvirt's part
+      // (call → event) and vmdevd's (event → DeviceDetached).
+      if (v.ok && v.mode === 'vmdevd' && v.event_ns !== undefined) {
+        libvirtPart.push(v.event_ns / 1000);
+        afterEvent.push((v.latency_ns! - v.event_ns) / 1000);
+      }
     }
     const differences = pairs.map(([d, v]) => v - d);
     const medianDifference = (sample: ReadonlyArray<[number, number]>) =>
@@ -495,9 +503,14 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
     results['detach_pair_diff_p25_us'] = percentile(differences, 25);
     results['detach_pair_diff_p50_us'] = percentile(differences, 50);
     results['detach_pair_diff_p75_us'] = percentile(differences, 75);
+    results['detach_vmdevd_to_event_p50_us'] = median(libvirtPart);
+    results['detach_vmdevd_event_to_signal_p50_us'] = median(afterEvent);
+    results['detach_vmdevd_event_to_signal_p99_us'] = percentile(afterEvent, 99);
     say(
       `  detach, ${pairs.length} pairs: direct p50 ${fmt(median(direct))} µs, vmdevd p50 ${fmt(median(vmdevd))} µs, ` +
-        `difference +${fmt(medianDifference(pairs))} µs (95% bootstrap ${fmt(low)} to ${fmt(high)})`,
+        `difference +${fmt(medianDifference(pairs))} µs (95% bootstrap ${fmt(low)} to ${fmt(high)}); ` +
+        `in vmdevd's cycles TestMethod → libvirt's event p50 ${fmt(median(libvirtPart))} µs, ` +
+        `event → DeviceDetached p50 ${fmt(median(afterEvent))} µs`,
     );
   }
 }

@@ -330,6 +330,7 @@ static int read_file(const char *path, char **out)
 typedef struct {
     probe_mode_t mode; /* direct or vmdevd */
     uint64_t t_start, t_return, t_done;
+    uint64_t t_event; /* the probe's own DEVICE_REMOVED, in both modes; 0 when none came */
     bool ok;
     char alias[ALIAS_TEXT];
     char error[ERROR_TEXT];
@@ -438,6 +439,36 @@ static void waiter_destroy(waiter_t *w)
     pthread_mutex_destroy(&w->lock);
 }
 
+static struct timespec deadline_ts(uint64_t ns);
+
+/* A vmdevd cycle also notes when the probe's own DEVICE_REMOVED comes. */
+static void waiter_arm(waiter_t *w, const char *alias)
+{
+    pthread_mutex_lock(&w->lock);
+    w->waiting = true;
+    w->got = false;
+    w->removal_failed = false;
+    snprintf(w->alias, sizeof(w->alias), "%s", alias);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Waits up to wait_ms for the event (it may reach this probe after
+ * vmdevd's signal); returns its time, 0 when it did not come. */
+static uint64_t waiter_disarm(waiter_t *w, uint64_t wait_ms)
+{
+    struct timespec deadline = deadline_ts(now_ns() + wait_ms * UINT64_C(1000000));
+    uint64_t t;
+
+    pthread_mutex_lock(&w->lock);
+    while (!w->got && wait_ms)
+        if (pthread_cond_timedwait(&w->cond, &w->lock, &deadline) == ETIMEDOUT)
+            break;
+    t = w->got ? w->t_event : 0;
+    w->waiting = false;
+    pthread_mutex_unlock(&w->lock);
+    return t;
+}
+
 /* Looks the disk up in the live XML: *present, and its alias into
  * p->alias. With xml_out, hands the XML over too. */
 static int disk_lookup(probe_t *p, bool *present, disk_t *disk, char **xml_out)
@@ -540,7 +571,7 @@ static int cycle_direct(probe_t *p, cycle_t *c)
         if (pthread_cond_timedwait(&w->cond, &w->lock, &deadline) == ETIMEDOUT)
             break;
     if (w->got) {
-        c->t_done = w->t_event;
+        c->t_done = c->t_event = w->t_event;
         if (w->removal_failed)
             snprintf(c->error, sizeof(c->error), "DEVICE_REMOVAL_FAILED for %s", w->alias);
     }
@@ -662,6 +693,7 @@ static int cycle_vmdevd(probe_t *p, cycle_t *c)
     w->waiting = true;
     w->got_reply = w->reply_ok = w->got_signal = w->signal_failed = false;
     w->reply_error[0] = w->signal_error[0] = '\0';
+    waiter_arm(&p->waiter, p->alias);
 
     c->t_start = now_ns();
     r = sd_bus_call_async(p->bus, &slot, m, on_reply, w, p->timeout_ms * UINT64_C(1000));
@@ -693,6 +725,9 @@ static int cycle_vmdevd(probe_t *p, cycle_t *c)
     }
     w->waiting = false;
     sd_bus_slot_unref(slot);
+    /* libvirt's event to this probe: when it came, to split the cycle into
+     * libvirt's part and vmdevd's. */
+    c->t_event = waiter_disarm(&p->waiter, w->got_signal ? p->timeout_ms : 0);
 
     if (w->got_reply)
         c->t_return = w->t_reply;
@@ -750,11 +785,12 @@ static int run_cycle(probe_t *p, probe_mode_t mode, int *callback_ids, cycle_t *
 
     *c = (cycle_t){ 0 };
     c->mode = mode;
-    if (p->mode == MODE_ALTERNATE && mode == MODE_DIRECT &&
-        register_events(p, callback_ids) < 0)
+    /* Registered for the cycle in both modes, so that both cycles see the
+     * same libvirtd and the vmdevd cycle gets libvirt's time too. */
+    if (p->mode == MODE_ALTERNATE && register_events(p, callback_ids) < 0)
         return -1;
     r = mode == MODE_DIRECT ? cycle_direct(p, c) : cycle_vmdevd(p, c);
-    if (p->mode == MODE_ALTERNATE && mode == MODE_DIRECT)
+    if (p->mode == MODE_ALTERNATE)
         deregister_events(p, callback_ids);
     if (r < 0)
         return -1;
@@ -864,7 +900,7 @@ static int setup(probe_t *p, int *callback_ids)
         return -1;
     }
 
-    if (p->mode == MODE_DIRECT && register_events(p, callback_ids) < 0)
+    if (p->mode != MODE_ALTERNATE && register_events(p, callback_ids) < 0)
         return -1;
     /* A disk left detached by an interrupted run is attached first. */
     if (restore_disk(p) < 0)
@@ -1146,6 +1182,8 @@ int main(int argc, char **argv)
             if (c->ok)
                 printf(",\"latency_ns\":%" PRIu64 ",\"return_ns\":%" PRIu64,
                        c->t_done - c->t_start, c->t_return - c->t_start);
+            if (c->ok && c->t_event)
+                printf(",\"event_ns\":%" PRIu64, c->t_event - c->t_start);
             if (c->mode == MODE_DIRECT) {
                 fputs(",\"alias\":", stdout);
                 json_string(stdout, c->alias);
