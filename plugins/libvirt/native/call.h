@@ -15,16 +15,19 @@
 #include <utility>
 
 #include "call-threads.h"
+#include "domain-cache.h"
 #include "errors.h"
 #include "js-queue.h"
 #include "libvirt-handles.h"
 
 namespace vmdevd {
 
-// What a connection's calls run on and settle through.
+// What a connection's calls run on and settle through, and the domains
+// they have looked up.
 struct CallContext {
   std::shared_ptr<CallThreads> threads;
   std::shared_ptr<JsQueue> js;
+  std::shared_ptr<DomainCache> domains;
 };
 
 template <typename Result>
@@ -90,6 +93,20 @@ bool WithDomain(virConnectPtr conn, const std::string& uuid, CallError& error, F
   if (!dom) return error.Capture();
   if (!fn(dom.get())) return error.Capture();
   return true;
+}
+
+// As WithDomain, with the handle kept from an earlier call when there is
+// one (see domain-cache.h). For calls that do not read the domain's name
+// or id from the handle.
+template <typename Fn>
+bool WithKnownDomain(virConnectPtr conn, DomainCache& domains, const std::string& uuid,
+                     CallError& error, Fn&& fn) {
+  DomainHandle dom = domains.Get(conn, uuid);
+  if (!dom) return error.Capture();
+  if (fn(dom.get())) return true;
+  error.Capture();
+  if (error.code == VIR_ERR_NO_DOMAIN) domains.Forget(uuid);
+  return false;
 }
 
 }  // namespace vmdevd

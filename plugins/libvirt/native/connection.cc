@@ -21,12 +21,14 @@ struct Opened {
 
 namespace {
 
-// Deregisters the callbacks, closes, and stops event delivery. Any thread
-// but JavaScript's, except at environment teardown. Returns what
-// virConnectClose returns: the references still held, or -1.
-int CloseOpened(virConnectPtr conn, EventSink& sink, CallError& error) {
+// Deregisters the callbacks, lets go of the domains kept, closes, and stops
+// event delivery. Any thread but JavaScript's, except at environment
+// teardown. Returns what virConnectClose returns: the references still held
+// (by calls still running), or -1.
+int CloseOpened(virConnectPtr conn, EventSink& sink, DomainCache& domains, CallError& error) {
   sink.Shutdown();
   sink.Deregister(conn);
+  domains.Close();
   virResetLastError();
   int remaining = virConnectClose(conn);
   if (remaining < 0) error.Capture();
@@ -43,9 +45,10 @@ void CloseOnCallThread(virConnectPtr conn, const CallContext& calls,
   calls.js->Hold();
   std::shared_ptr<JsQueue> js = calls.js;
   std::shared_ptr<CallThreads> threads = calls.threads;
-  threads->Submit([conn, js, threads, sink, deferred] {
+  std::shared_ptr<DomainCache> domains = calls.domains;
+  threads->Submit([conn, js, threads, sink, domains, deferred] {
     auto error = std::make_shared<CallError>();
-    int remaining = CloseOpened(conn, *sink, *error);
+    int remaining = CloseOpened(conn, *sink, *domains, *error);
     threads->Retire();
     js->Post([js, remaining, error, deferred](Napi::Env env) {
       if (deferred) {
@@ -98,7 +101,8 @@ Napi::Value Connection::Open(const Napi::CallbackInfo& info) {
   std::string uri = StringArg(info, 0, "uri");
   bool readOnly = BoolArg(info, 1);
   // The queue is created with the hold of this open() call.
-  CallContext calls{CallThreads::Create(), JsQueue::Create(env, "vmdevd:libvirt-connection")};
+  CallContext calls{CallThreads::Create(), JsQueue::Create(env, "vmdevd:libvirt-connection"),
+                    std::make_shared<DomainCache>()};
   auto sink = EventSink::Create(env, info[2], info[3], calls.js);
   auto deferred = Napi::Promise::Deferred::New(env);
   struct Result {
@@ -143,7 +147,7 @@ Napi::Value Connection::Open(const Napi::CallbackInfo& info) {
     // The environment is gone: nobody will take the connection.
     if (!posted && result->conn != nullptr) {
       CallError ignored;
-      CloseOpened(result->conn, *sink, ignored);
+      CloseOpened(result->conn, *sink, *calls.domains, ignored);
       calls.threads->Retire();
     }
   });
@@ -191,9 +195,10 @@ void Connection::OnEnvironmentCleanup(void* self) {
   auto* connection = static_cast<Connection*>(self);
   std::shared_ptr<EventSink> sink = connection->sink_;
   std::shared_ptr<CallThreads> threads = connection->calls_.threads;
+  std::shared_ptr<DomainCache> domains = connection->calls_.domains;
   virConnectPtr conn = connection->Detach();
   CallError ignored;
-  CloseOpened(conn, *sink, ignored);
+  CloseOpened(conn, *sink, *domains, ignored);
   threads->Retire();
 }
 

@@ -1,5 +1,6 @@
 // The calls on one domain, addressed by UUID: each looks the domain up on
-// the worker thread, calls libvirt and frees the domain, on every path.
+// the worker thread (or takes the handle kept from an earlier call, see
+// domain-cache.h), calls libvirt and lets go of the handle, on every path.
 #include <optional>
 #include <string>
 
@@ -37,8 +38,9 @@ Napi::Value Connection::GetXml(const Napi::CallbackInfo& info) {
   unsigned int flags = BoolArg(info, 1) ? VIR_DOMAIN_XML_INACTIVE : 0;
   return Call<std::string>(
       info.Env(),
-      [uuid, flags](virConnectPtr conn, std::string& xml, CallError& error) {
-        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) {
+      [uuid, flags, domains = calls_.domains](virConnectPtr conn, std::string& xml,
+                                              CallError& error) {
+        return WithKnownDomain(conn, *domains, uuid, error, [&](virDomainPtr dom) {
           LibvirtString text(virDomainGetXMLDesc(dom, flags));
           if (!text) return false;
           xml = text.get();
@@ -54,9 +56,9 @@ Napi::Value Connection::GetMetadata(const Napi::CallbackInfo& info) {
   unsigned int flags = BoolArg(info, 2) ? VIR_DOMAIN_AFFECT_CONFIG : VIR_DOMAIN_AFFECT_CURRENT;
   return Call<std::optional<std::string>>(
       info.Env(),
-      [uuid, namespaceUri, flags](virConnectPtr conn, std::optional<std::string>& metadata,
-                                  CallError& error) {
-        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) {
+      [uuid, namespaceUri, flags, domains = calls_.domains](
+          virConnectPtr conn, std::optional<std::string>& metadata, CallError& error) {
+        return WithKnownDomain(conn, *domains, uuid, error, [&](virDomainPtr dom) {
           LibvirtString text(
               virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, namespaceUri.c_str(), flags));
           if (!text) {
@@ -78,9 +80,11 @@ Napi::Value Connection::DeviceAction(const Napi::CallbackInfo& info, const char*
   unsigned int flags = FlagsArg(info, 2);
   return Call<Nothing>(
       info.Env(),
-      [uuid, text, flags, action](virConnectPtr conn, Nothing&, CallError& error) {
-        return WithDomain(conn, uuid, error,
-                          [&](virDomainPtr dom) { return action(dom, text.c_str(), flags) == 0; });
+      [uuid, text, flags, action, domains = calls_.domains](virConnectPtr conn, Nothing&,
+                                                            CallError& error) {
+        return WithKnownDomain(conn, *domains, uuid, error, [&](virDomainPtr dom) {
+          return action(dom, text.c_str(), flags) == 0;
+        });
       },
       Undefined);
 }
@@ -102,10 +106,13 @@ Napi::Value Connection::Undefine(const Napi::CallbackInfo& info) {
   unsigned int flags = FlagsArg(info, 1);
   return Call<Nothing>(
       info.Env(),
-      [uuid, flags](virConnectPtr conn, Nothing&, CallError& error) {
-        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) {
+      [uuid, flags, domains = calls_.domains](virConnectPtr conn, Nothing&, CallError& error) {
+        bool done = WithKnownDomain(conn, *domains, uuid, error, [&](virDomainPtr dom) {
           return virDomainUndefineFlags(dom, flags) == 0;
         });
+        // Gone, unless it is still running; either way looked up afresh.
+        if (done) domains->Forget(uuid);
+        return done;
       },
       Undefined);
 }
@@ -114,8 +121,9 @@ Napi::Value Connection::DomainAction(const Napi::CallbackInfo& info, int (*actio
   std::string uuid = StringArg(info, 0, "uuid");
   return Call<Nothing>(
       info.Env(),
-      [uuid, action](virConnectPtr conn, Nothing&, CallError& error) {
-        return WithDomain(conn, uuid, error, [&](virDomainPtr dom) { return action(dom) == 0; });
+      [uuid, action, domains = calls_.domains](virConnectPtr conn, Nothing&, CallError& error) {
+        return WithKnownDomain(conn, *domains, uuid, error,
+                               [&](virDomainPtr dom) { return action(dom) == 0; });
       },
       Undefined);
 }

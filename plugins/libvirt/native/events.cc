@@ -35,7 +35,10 @@ std::shared_ptr<EventSink> EventSink::Create(Napi::Env env, Napi::Value onEvent,
   sink->env_ = env;
   sink->queue_ = std::move(queue);
   sink->direct_ = event_loop::IsLoopEnv(env);
-  if (onEvent.IsFunction()) sink->onEvent_ = Napi::Persistent(onEvent.As<Napi::Function>());
+  if (onEvent.IsFunction()) {
+    sink->onEvent_ = Napi::Persistent(onEvent.As<Napi::Function>());
+    sink->wantsEvents_ = true;
+  }
   if (onClose.IsFunction()) sink->onClose_ = Napi::Persistent(onClose.As<Napi::Function>());
   if (sink->direct_) {
     sink->asyncContext_ = std::make_unique<Napi::AsyncContext>(env, "vmdevd:libvirt-event");
@@ -55,7 +58,7 @@ bool EventSink::Register(virConnectPtr conn, CallError& error) {
       {VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, VIR_DOMAIN_EVENT_CALLBACK(OnDeviceRemoved)},
       {VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, VIR_DOMAIN_EVENT_CALLBACK(OnDeviceRemovalFailed)},
   };
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < (wantsEvents_ ? 4 : 0); i++) {
     auto* hold = new std::shared_ptr<EventSink>(shared_from_this());
     int id = virConnectDomainEventRegisterAny(conn, nullptr, registrations[i].eventId,
                                               registrations[i].callback, hold, FreeHold);

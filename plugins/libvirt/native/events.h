@@ -39,8 +39,8 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
                                            std::shared_ptr<JsQueue> queue);
 
   // Registers LIFECYCLE, DEVICE_ADDED, DEVICE_REMOVED, DEVICE_REMOVAL_FAILED
-  // for all domains, and the close callback. A call thread (it may talk to
-  // the daemon). On failure nothing stays registered.
+  // for all domains (when there is an onEvent), and the close callback. A call thread (it may talk
+  // to the daemon). On failure nothing stays registered.
   bool Register(virConnectPtr conn, CallError& error);
 
   // Undoes Register and waits (briefly, bounded) until libvirt has dropped
@@ -80,6 +80,9 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
   // Events are dispatched straight from libvirt's callbacks when they run
   // on this connection's JavaScript thread.
   bool direct_ = false;
+  // Whether JavaScript listens for domain events: without a listener the
+  // connection does not ask libvirtd for them.
+  bool wantsEvents_ = false;
   std::shared_ptr<JsQueue> queue_;
 
   std::mutex mutex_;

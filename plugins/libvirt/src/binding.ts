@@ -59,6 +59,8 @@ export interface OpenOptions {
   /**
    * Called for every domain event of the connection, until `close()` is
    * called. Must not throw: an exception it throws is an uncaught exception.
+   * Without it the connection does not subscribe to domain events: libvirtd
+   * sends it none, and its process is not woken for them.
    */
   readonly onEvent?: (event: DomainEvent) => void;
   /**

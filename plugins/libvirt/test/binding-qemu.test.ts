@@ -3,6 +3,7 @@
 // no guest releases, errors, keepalive and the close callback.
 import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
+import { LibvirtProxy } from 'vmdevd/testing/libvirt-proxy';
 import { startLibvirtd, type Libvirtd } from 'vmdevd/testing/libvirtd';
 import { createTestVm, VM_METADATA_NAMESPACE, type TestVm } from 'vmdevd/testing/test-vms';
 import { Connection, LibvirtError, constants as C } from '../src/binding.js';
@@ -49,6 +50,73 @@ function removedEvent(recorder: EventRecorder, vm: TestVm, alias: string): Promi
 function targets(xml: string): string[] {
   return [...xml.matchAll(/<target dev='([^']+)'/g)].map((match) => match[1] ?? '');
 }
+
+/** REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID in libvirt's remote_protocol.x. */
+const PROC_LOOKUP_BY_UUID = 24;
+/** REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY. */
+const PROC_EVENT_REGISTER = 316;
+
+test('a connection without an onEvent listener subscribes to no domain events', { timeout: 60_000 }, async () => {
+  const proxy = await LibvirtProxy.start();
+  try {
+    const registrations = () =>
+      proxy.seen.filter((p) => p.direction === 'call' && p.header.procedure === PROC_EVENT_REGISTER).length;
+    const quiet = await Connection.open(proxy.uri);
+    try {
+      assert.equal(registrations(), 0);
+    } finally {
+      assert.equal(await quiet.close(), 0);
+    }
+    const listening = await Connection.open(proxy.uri, { onEvent: () => {} });
+    try {
+      assert.equal(registrations(), 4, 'lifecycle, device added, device removed, device removal failed');
+    } finally {
+      assert.equal(await listening.close(), 0);
+    }
+  } finally {
+    await proxy.stop();
+  }
+});
+
+test(
+  'a connection looks a domain up once for its calls, and afresh once the domain is gone',
+  { timeout: 120_000 },
+  async () => {
+    const proxy = await LibvirtProxy.start();
+    const direct = await Connection.open(libvirtd.uri);
+    let connection: Connection | undefined;
+    let vm: TestVm | undefined;
+    try {
+      vm = await createTestVm(direct, { start: false });
+      connection = await Connection.open(proxy.uri);
+      const lookups = () =>
+        proxy.seen.filter((p) => p.direction === 'call' && p.header.procedure === PROC_LOOKUP_BY_UUID).length;
+
+      await connection.getXml(vm.uuid, { inactive: true });
+      await connection.getMetadata(vm.uuid, VM_METADATA_NAMESPACE, { inactive: true });
+      await connection.getXml(vm.uuid, { inactive: true });
+      assert.equal(lookups(), 1, 'three calls on one domain, one lookup');
+
+      // Undefined meanwhile by another client: the kept handle finds nothing...
+      await direct.undefine(vm.uuid);
+      assert.equal((await rejection(connection.getXml(vm.uuid, { inactive: true }))).code, C.VIR_ERR_NO_DOMAIN);
+      // ...and is let go of: the domain defined again under that UUID is looked up anew.
+      const again = vm.xml.replace('<name>', `<uuid>${vm.uuid}</uuid><name>`);
+      assert.equal((await direct.defineXml(again)).uuid, vm.uuid);
+      assert.match(await connection.getXml(vm.uuid, { inactive: true }), new RegExp(vm.name));
+      assert.equal(lookups(), 2, 'a lookup again after the domain was gone');
+
+      // The kept handles hold the connection: close() lets go of them first.
+      assert.equal(await connection.close(), 0);
+      connection = undefined;
+    } finally {
+      await connection?.close();
+      await vm?.remove();
+      await direct.close();
+      await proxy.stop();
+    }
+  },
+);
 
 test('lists a running test VM with its vmdevd type', { timeout: 60_000 }, async () => {
   await withVm(
