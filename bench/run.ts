@@ -905,6 +905,24 @@ function table(): string {
       '',
       '',
     );
+    if (results['detach_vmdevd_to_event_p50_us'] !== undefined) {
+      row(
+        "… in vmdevd's cycles: TestMethod → the probe's own DEVICE_REMOVED, p50 (µs)",
+        r('detach_vmdevd_to_event_p50_us'),
+        `direct ${fmt(r('detach_direct_p50_us'))}`,
+        '',
+        '',
+        '',
+      );
+      row(
+        "… in vmdevd's cycles: that DEVICE_REMOVED → DeviceDetached, p50 / p99 (µs)",
+        r('detach_vmdevd_event_to_signal_p50_us'),
+        '',
+        `p99 ${fmt(r('detach_vmdevd_event_to_signal_p99_us'))}`,
+        '',
+        '',
+      );
+    }
   }
   if (results['scale_first_signal_ms'] !== undefined) {
     const total = SCALE_HOSTS * SCALE_VMS;

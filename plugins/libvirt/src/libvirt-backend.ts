@@ -563,7 +563,7 @@ export class LibvirtBackend implements VmBackend {
 
   private onEvent(generation: number, e: DomainEvent): void {
     if (generation !== this.generation || this.stopped) return;
-    this.xmlChanged(e.uuid);
+    if (e.kind !== 'device-removed' && e.kind !== 'device-removal-failed') this.xmlChanged(e.uuid);
     if (e.kind === 'device-added') {
       const watchers = this.addedWatchers.get(e.uuid);
       if (watchers !== undefined) for (const w of [...watchers]) w(e.alias);
@@ -575,9 +575,13 @@ export class LibvirtBackend implements VmBackend {
       const watchers = this.removalWatchers.get(key);
       const stray = this.strayEvents.delete(key);
       const result = e.kind === 'device-removed' ? 'removed' : 'failed';
-      if (watchers !== undefined && watchers.size > 0) {
-        for (const w of [...watchers]) w(result, stray);
-      } else if (stray) {
+      const waiting = watchers !== undefined && watchers.size > 0;
+      // The detach waiting for this event is settled before the XML is
+      // fetched again: that fetch is off its path.
+      if (waiting) for (const w of [...watchers]) w(result, stray);
+      this.xmlChanged(e.uuid);
+      if (waiting) return;
+      if (stray) {
         this.ctx.log.info(
           `device ${result === 'removed' ? 'removed' : 'removal failed'} after its detach was reported`,
           {
