@@ -1,7 +1,8 @@
 /**
  * A proxy between libvirt clients and libvirtd's Unix socket that can hold
  * back messages of libvirt's RPC protocol: the events libvirtd sends, and
- * the calls of a chosen procedure a client sends. With it a test makes a
+ * the calls of a chosen procedure a client sends, or libvirtd's replies to
+ * them. With it a test makes a
  * real libvirtd's messages arrive late, or in another order than they
  * would, at the moment it chooses: the races a client must survive, staged
  * without timing.
@@ -46,8 +47,10 @@ export class LibvirtProxy {
   readonly seen: Array<{ readonly direction: Direction; readonly header: RpcHeader }> = [];
   #holdEvents = false;
   #holdProcedure: number | undefined;
+  #holdReplyProcedure: number | undefined;
   #heldEvents: Held[] = [];
   #heldCalls: Held[] = [];
+  #heldReplies: Held[] = [];
   #waiters = new Set<() => void>();
   readonly #sockets = new Set<Socket>();
 
@@ -99,6 +102,25 @@ export class LibvirtProxy {
     return this.flush(this.#heldCalls.splice(0));
   }
 
+  /**
+   * From now on, libvirtd's replies to calls of `procedure` (the call
+   * itself goes through: libvirtd does the work) wait in the proxy until
+   * `releaseReplies()`.
+   */
+  holdReplies(procedure: number): void {
+    this.#holdReplyProcedure = procedure;
+  }
+
+  /** Sends the held replies on, in order, and holds no more; resolves with how many once written. */
+  releaseReplies(): Promise<number> {
+    this.#holdReplyProcedure = undefined;
+    return this.flush(this.#heldReplies.splice(0));
+  }
+
+  get heldReplies(): number {
+    return this.#heldReplies.length;
+  }
+
   get heldEvents(): number {
     return this.#heldEvents.length;
   }
@@ -132,6 +154,7 @@ export class LibvirtProxy {
   async stop(): Promise<void> {
     this.#heldEvents = [];
     this.#heldCalls = [];
+    this.#heldReplies = [];
     for (const s of this.#sockets) s.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     rmSync(this.dir, { recursive: true, force: true });
@@ -149,24 +172,35 @@ export class LibvirtProxy {
     };
     client.on('error', close).on('close', close);
     daemon.on('error', close).on('close', close);
+    // This client's calls whose replies are to be held, by serial.
+    const holdReplyTo = new Set<number>();
     client.on(
       'data',
-      framer((packet) => this.pass('call', packet, daemon)),
+      framer((packet) => this.pass('call', packet, daemon, holdReplyTo)),
     );
     daemon.on(
       'data',
-      framer((packet) => this.pass('answer', packet, client)),
+      framer((packet) => this.pass('answer', packet, client, holdReplyTo)),
     );
   }
 
-  private pass(direction: Direction, packet: Buffer, to: Socket): void {
+  private pass(direction: Direction, packet: Buffer, to: Socket, holdReplyTo: Set<number>): void {
     const header = packet.length >= 28 ? readHeader(packet) : undefined;
     if (header?.program === REMOTE_PROGRAM) {
       this.seen.push({ direction, header });
+      if (direction === 'call' && header.type === RPC_CALL && header.procedure === this.#holdReplyProcedure)
+        holdReplyTo.add(header.serial);
       if (direction === 'answer' && header.type === RPC_MESSAGE && this.#holdEvents) {
         this.#heldEvents.push({ to, packet });
       } else if (direction === 'call' && header.type === RPC_CALL && header.procedure === this.#holdProcedure) {
         this.#heldCalls.push({ to, packet });
+      } else if (
+        direction === 'answer' &&
+        header.type === RPC_REPLY &&
+        holdReplyTo.delete(header.serial) &&
+        this.#holdReplyProcedure !== undefined
+      ) {
+        this.#heldReplies.push({ to, packet });
       } else {
         to.write(packet);
       }

@@ -67,6 +67,9 @@ export class DomainQueue {
   private intake: Item[] = [];
   private waiting: Item[] = [];
   private busy = false;
+  /** A detach or attach is in flight in libvirt (not waiting for a reconnect). */
+  private inCall = false;
+  private onCallEnd: (() => void) | undefined;
   private stopped = false;
 
   constructor(
@@ -92,8 +95,19 @@ export class DomainQueue {
     });
   }
 
+  /** Whether a detach or attach of this domain is in flight in libvirt. */
+  get calling(): boolean {
+    return this.inCall;
+  }
+
+  /** Runs `fn` once the call in flight returns (one such `fn` at a time: a later one replaces it). */
+  afterCall(fn: () => void): void {
+    this.onCallEnd = fn;
+  }
+
   stop(): void {
     this.stopped = true;
+    this.onCallEnd = undefined;
     for (const item of [...this.intake, ...this.waiting])
       item.resolve({ ok: false, error: 'Failed', message: 'the libvirt backend is stopping' });
     this.intake = [];
@@ -219,8 +233,13 @@ export class DomainQueue {
       return;
     }
     this.busy = true;
+    this.inCall = true;
     void (item.op === 'attach' ? this.runAttach(item) : this.runDetach(item)).finally(() => {
       this.busy = false;
+      this.inCall = false;
+      const then = this.onCallEnd;
+      this.onCallEnd = undefined;
+      then?.();
       this.pump();
     });
   }

@@ -234,13 +234,24 @@ export class LibvirtBackend implements VmBackend {
 
   private xmlChanged(uuid: string): void {
     this.xmlCache.delete(uuid);
-    // Domains vmdevd detaches from get their XML fetched and parsed again at
-    // once, off the path of the next request.
-    if (this.queues.has(uuid) && this.conn !== undefined && this.domains.get(uuid)?.active) {
-      this.domainXml(uuid)
-        .then((d) => d.devices)
-        .catch(() => undefined);
-    }
+    // Domains vmdevd detaches from get their XML fetched and parsed again,
+    // off the path of the next request: at once, or, while a call of
+    // vmdevd's own is in flight on the domain (the event is mostly that
+    // call's), once it returns. Fetched meanwhile, the XML would be parsed
+    // while the outcome is on its way to the client, and asked of libvirtd
+    // while it still finishes the call.
+    const queue = this.queues.get(uuid);
+    if (queue === undefined) return;
+    if (queue.calling) queue.afterCall(() => this.prefetchXml(uuid));
+    else this.prefetchXml(uuid);
+  }
+
+  private prefetchXml(uuid: string): void {
+    if (this.conn === undefined || !this.domains.get(uuid)?.active || this.xmlCache.get(uuid)?.live !== undefined)
+      return;
+    this.domainXml(uuid)
+      .then((d) => d.devices)
+      .catch(() => undefined);
   }
 
   async start(): Promise<void> {
