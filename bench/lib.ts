@@ -165,6 +165,23 @@ export function rssMiB(pid: number): number {
   return kb / 1024;
 }
 
+/**
+ * A thread's scheduler counters (`/proc/PID/task/TID/schedstat`): time on a
+ * CPU, time runnable but waiting for one, and how many times it was given
+ * one. Undefined where the kernel keeps no such file.
+ */
+export function schedstat(pid: number, tid = pid): { runNs: number; waitNs: number; slices: number } | undefined {
+  try {
+    const [run, wait, slices] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .map(Number);
+    return { runNs: run!, waitNs: wait!, slices: slices! };
+  } catch {
+    return undefined;
+  }
+}
+
 /** CLOCK_MONOTONIC in ns, the clock the C tools stamp with. */
 export function nowNs(): bigint {
   return process.hrtime.bigint();

@@ -32,6 +32,7 @@ import {
   nowNs,
   percentile,
   rssMiB,
+  schedstat,
   ROOT,
   run,
   startService,
@@ -419,7 +420,9 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
   await watcher.close();
 
   // vmdevd with the libvirt plugin.
-  await startVmdevd(bus, 'org.example.dbustest', [{ id: 'local', plugin: 'libvirt', uri: libvirtd.uri }]);
+  const daemon = await startVmdevd(bus, 'org.example.dbustest', [
+    { id: 'local', plugin: 'libvirt', uri: libvirtd.uri },
+  ]);
   const ours = probe(
     [
       '--sender',
@@ -449,6 +452,7 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
   // End to end: the same SCSI disk detached directly and through vmdevd, in
   // turn, so that each vmdevd cycle has a direct one next to it.
   if (!skip.has('detach')) {
+    const before = schedstat(daemon.pid);
     const out = await run(`${TOOLS}/detach-probe`, [
       '--uri',
       libvirtd.uri,
@@ -503,6 +507,15 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
     results['detach_pair_diff_p25_us'] = percentile(differences, 25);
     results['detach_pair_diff_p50_us'] = percentile(differences, 50);
     results['detach_pair_diff_p75_us'] = percentile(differences, 75);
+    // How long vmdevd's main thread, once woken, waited for a CPU: on two
+    // cores, libvirtd and QEMU are busy right when a detach starts and ends.
+    const after = schedstat(daemon.pid);
+    if (before !== undefined && after !== undefined && after.slices > before.slices) {
+      const wakes = after.slices - before.slices;
+      results['detach_daemon_cpu_ms'] = (after.runNs - before.runNs) / 1e6;
+      results['detach_daemon_wait_per_wake_us'] = (after.waitNs - before.waitNs) / 1000 / wakes;
+      results['detach_daemon_wakes'] = wakes;
+    }
     results['detach_vmdevd_to_event_p50_us'] = median(libvirtPart);
     results['detach_vmdevd_event_to_signal_p50_us'] = median(afterEvent);
     results['detach_vmdevd_event_to_signal_p99_us'] = percentile(afterEvent, 99);
@@ -512,6 +525,11 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
         `in vmdevd's cycles TestMethod → libvirt's event p50 ${fmt(median(libvirtPart))} µs, ` +
         `event → DeviceDetached p50 ${fmt(median(afterEvent))} µs`,
     );
+    if (results['detach_daemon_wakes'] !== undefined)
+      say(
+        `  detach: vmdevd's main thread ran ${fmt(results['detach_daemon_cpu_ms']!)} ms in ${results['detach_daemon_wakes']} wakes, ` +
+          `waiting ${fmt(results['detach_daemon_wait_per_wake_us']!)} µs for a CPU per wake (mean)`,
+      );
   }
 }
 
@@ -919,6 +937,16 @@ function table(): string {
         r('detach_vmdevd_event_to_signal_p50_us'),
         '',
         `p99 ${fmt(r('detach_vmdevd_event_to_signal_p99_us'))}`,
+        '',
+        '',
+      );
+    }
+    if (results['detach_daemon_wakes'] !== undefined) {
+      row(
+        "… vmdevd's main thread, runnable but waiting for a CPU, per wake during the pairs (µs, mean)",
+        r('detach_daemon_wait_per_wake_us'),
+        '',
+        `${r('detach_daemon_wakes')} wakes, ${fmt(r('detach_daemon_cpu_ms'))} ms on a CPU`,
         '',
         '',
       );
