@@ -17,12 +17,8 @@
  * 3. the reply goes through: the XML is fetched again.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import { LibvirtProxy } from 'vmdevd/testing/libvirt-proxy';
-import { startLibvirtd, type Libvirtd } from 'vmdevd/testing/libvirtd';
-import { startStack, type Stack } from 'vmdevd/testing/stack';
-import { createTestVm, type TestVm } from 'vmdevd/testing/test-vms';
-import { Connection } from '../src/binding.js';
+import { describe, it } from 'node:test';
+import { useProxiedVm } from './proxied-vm.js';
 
 /** remote_protocol.x: REMOTE_PROC_DOMAIN_GET_XML_DESC. */
 const PROC_GET_XML_DESC = 14;
@@ -30,35 +26,11 @@ const PROC_GET_XML_DESC = 14;
 const PROC_DETACH_DEVICE_FLAGS = 161;
 
 describe('the XML fetched again after an own detach', { timeout: 300_000 }, () => {
-  let libvirtd: Libvirtd;
-  let proxy: LibvirtProxy;
-  let direct: Connection;
-  let vm: TestVm;
-  let stack: Stack | undefined;
-
-  before(async () => {
-    libvirtd = await startLibvirtd();
-    proxy = await LibvirtProxy.start();
-    direct = await Connection.open(libvirtd.uri);
-    vm = await createTestVm(direct);
-  });
-
-  after(async () => {
-    await proxy?.releaseReplies();
-    await stack?.stop();
-    await proxy?.stop();
-    await vm?.remove();
-    await direct?.close();
-    await libvirtd?.stop();
-  });
+  const env = useProxiedVm({});
 
   it('is fetched once the detach call returns, not at its DEVICE_REMOVED', async () => {
-    stack = await startStack({
-      backends: [],
-      extraBackends: [{ id: 'local', plugin: 'libvirt', uri: proxy.uri }],
-      config: { detachTimeoutSeconds: 120 },
-    });
-    const client = stack.client;
+    const { proxy, vm } = env;
+    const client = (await env.startVmdevd(120)).client;
     const signals = await client.subscribeAll();
     // The VM's XML is kept from a first request (this one finds no such disk).
     assert.equal(await client.testMethod(vm.name, { warmup: ['type=disk', 'target=sdz'] }), true);

@@ -18,13 +18,13 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import type { Signal, SignalLog } from 'vmdevd/testing/bus-client';
-import { LibvirtProxy } from 'vmdevd/testing/libvirt-proxy';
-import { startLibvirtd, type Libvirtd } from 'vmdevd/testing/libvirtd';
-import { startStack, type Stack } from 'vmdevd/testing/stack';
-import { createTestVm, type TestVm } from 'vmdevd/testing/test-vms';
-import { Connection, constants as C } from '../src/binding.js';
+import type { LibvirtProxy } from 'vmdevd/testing/libvirt-proxy';
+import type { Stack } from 'vmdevd/testing/stack';
+import type { TestVm } from 'vmdevd/testing/test-vms';
+import { type Connection, constants as C } from '../src/binding.js';
+import { useProxiedVm } from './proxied-vm.js';
 
 /** remote_protocol.x: REMOTE_PROC_DOMAIN_DETACH_DEVICE_FLAGS. */
 const PROC_DETACH_DEVICE_FLAGS = 161;
@@ -34,7 +34,7 @@ const PROC_EVENT_DEVICE_REMOVED = 333;
 const hasSda = (xml: string) => /<target dev='sda'/.test(xml);
 
 describe('a late DEVICE_REMOVED and a reused alias', { timeout: 300_000 }, () => {
-  let libvirtd: Libvirtd;
+  const env = useProxiedVm({ type: `stray-${randomBytes(3).toString('hex')}` });
   let proxy: LibvirtProxy;
   let direct: Connection;
   let vm: TestVm;
@@ -42,15 +42,8 @@ describe('a late DEVICE_REMOVED and a reused alias', { timeout: 300_000 }, () =>
   let signals: SignalLog;
 
   before(async () => {
-    libvirtd = await startLibvirtd();
-    proxy = await LibvirtProxy.start();
-    direct = await Connection.open(libvirtd.uri);
-    vm = await createTestVm(direct, { type: `stray-${randomBytes(3).toString('hex')}` });
-    stack = await startStack({
-      backends: [],
-      extraBackends: [{ id: 'local', plugin: 'libvirt', uri: proxy.uri }],
-      config: { detachTimeoutSeconds: 60 },
-    });
+    ({ proxy, direct, vm } = env);
+    stack = await env.startVmdevd(60);
     signals = await stack.client.subscribeAll();
     // vmdevd sees the VM: it is connected through the proxy.
     const states = await stack.client.getProperty<Record<string, string>>('TestProperty');
@@ -61,14 +54,6 @@ describe('a late DEVICE_REMOVED and a reused alias', { timeout: 300_000 }, () =>
         `${vm.name} in TestSignal (Backends: ${JSON.stringify(await stack.client.getProperty('Backends'))})`,
       );
     }
-  });
-
-  after(async () => {
-    await stack?.stop();
-    await proxy?.stop();
-    await vm?.remove();
-    await direct?.close();
-    await libvirtd?.stop();
   });
 
   const outcomes = (label: string): Signal[] =>

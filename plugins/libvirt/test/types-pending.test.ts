@@ -14,47 +14,20 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before, describe, it } from 'node:test';
-import { LibvirtProxy } from 'vmdevd/testing/libvirt-proxy';
-import { startLibvirtd, type Libvirtd } from 'vmdevd/testing/libvirtd';
-import { startStack, type Stack } from 'vmdevd/testing/stack';
-import { createTestVm, type TestVm } from 'vmdevd/testing/test-vms';
-import { Connection } from '../src/binding.js';
+import { describe, it } from 'node:test';
+import { useProxiedVm } from './proxied-vm.js';
 
 /** remote_protocol.x: REMOTE_PROC_DOMAIN_GET_METADATA. */
 const PROC_GET_METADATA = 265;
 
 describe('names and states before types', { timeout: 300_000 }, () => {
-  let libvirtd: Libvirtd;
-  let proxy: LibvirtProxy;
-  let direct: Connection;
-  let vm: TestVm;
-  let stack: Stack | undefined;
-
-  before(async () => {
-    libvirtd = await startLibvirtd();
-    proxy = await LibvirtProxy.start();
-    direct = await Connection.open(libvirtd.uri);
-    vm = await createTestVm(direct, { type: `late-${randomBytes(3).toString('hex')}`, start: false });
-  });
-
-  after(async () => {
-    await stack?.stop();
-    await proxy?.stop();
-    await vm?.remove();
-    await direct?.close();
-    await libvirtd?.stop();
-  });
+  const env = useProxiedVm({ type: `late-${randomBytes(3).toString('hex')}`, start: false });
 
   it('shows the VM at once, and answers a selector by type once the type is read', async () => {
+    const { proxy, vm } = env;
     proxy.holdCalls(PROC_GET_METADATA);
     // 1. Started and on the bus with every metadata call held in the proxy.
-    stack = await startStack({
-      backends: [],
-      extraBackends: [{ id: 'local', plugin: 'libvirt', uri: proxy.uri }],
-      config: { detachTimeoutSeconds: 120 },
-    });
-    const client = stack.client;
+    const client = (await env.startVmdevd(120)).client;
     const states = await client.getProperty<Record<string, string>>('TestProperty');
     assert.equal(states[vm.name], 'shutoff');
     assert.deepEqual(await client.getProperty('Backends'), { local: 'connected' });
