@@ -574,7 +574,7 @@ export class LibvirtBackend implements VmBackend {
 
   private onEvent(generation: number, e: DomainEvent): void {
     if (generation !== this.generation || this.stopped) return;
-    if (e.kind !== 'device-removed' && e.kind !== 'device-removal-failed') this.xmlChanged(e.uuid);
+    this.xmlChanged(e.uuid);
     if (e.kind === 'device-added') {
       const watchers = this.addedWatchers.get(e.uuid);
       if (watchers !== undefined) for (const w of [...watchers]) w(e.alias);
@@ -586,13 +586,9 @@ export class LibvirtBackend implements VmBackend {
       const watchers = this.removalWatchers.get(key);
       const stray = this.strayEvents.delete(key);
       const result = e.kind === 'device-removed' ? 'removed' : 'failed';
-      const waiting = watchers !== undefined && watchers.size > 0;
-      // The detach waiting for this event is settled before the XML is
-      // fetched again: that fetch is off its path.
-      if (waiting) for (const w of [...watchers]) w(result, stray);
-      this.xmlChanged(e.uuid);
-      if (waiting) return;
-      if (stray) {
+      if (watchers !== undefined && watchers.size > 0) {
+        for (const w of [...watchers]) w(result, stray);
+      } else if (stray) {
         this.ctx.log.info(
           `device ${result === 'removed' ? 'removed' : 'removal failed'} after its detach was reported`,
           {
