@@ -43,8 +43,12 @@ interface Held {
 }
 
 export class LibvirtProxy {
-  /** Every remote-program packet seen, in order, each direction. */
-  readonly seen: Array<{ readonly direction: Direction; readonly header: RpcHeader }> = [];
+  /**
+   * Every remote-program packet seen, in order, each direction, with the
+   * client connection it was on (numbered from 1 in the order they came).
+   */
+  readonly seen: Array<{ readonly direction: Direction; readonly header: RpcHeader; readonly connection: number }> = [];
+  #connections = 0;
   #holdEvents = false;
   #holdProcedure: number | undefined;
   #holdReplyProcedure: number | undefined;
@@ -172,22 +176,23 @@ export class LibvirtProxy {
     };
     client.on('error', close).on('close', close);
     daemon.on('error', close).on('close', close);
+    const connection = ++this.#connections;
     // This client's calls whose replies are to be held, by serial.
     const holdReplyTo = new Set<number>();
     client.on(
       'data',
-      framer((packet) => this.pass('call', packet, daemon, holdReplyTo)),
+      framer((packet) => this.pass('call', packet, daemon, connection, holdReplyTo)),
     );
     daemon.on(
       'data',
-      framer((packet) => this.pass('answer', packet, client, holdReplyTo)),
+      framer((packet) => this.pass('answer', packet, client, connection, holdReplyTo)),
     );
   }
 
-  private pass(direction: Direction, packet: Buffer, to: Socket, holdReplyTo: Set<number>): void {
+  private pass(direction: Direction, packet: Buffer, to: Socket, connection: number, holdReplyTo: Set<number>): void {
     const header = packet.length >= 28 ? readHeader(packet) : undefined;
     if (header?.program === REMOTE_PROGRAM) {
-      this.seen.push({ direction, header });
+      this.seen.push({ direction, header, connection });
       if (direction === 'call' && header.type === RPC_CALL && header.procedure === this.#holdReplyProcedure)
         holdReplyTo.add(header.serial);
       if (direction === 'answer' && header.type === RPC_MESSAGE && this.#holdEvents) {

@@ -15,8 +15,16 @@
  * it) is issued on a second connection to the same URI, opened when first
  * needed: libvirtd serves a client's requests five at a time by default
  * (`max_client_requests`), and a few such detaches on the one connection
- * would hold every other call of the backend behind them. Events stay on
- * the main connection.
+ * would hold every other call of the backend behind them.
+ *
+ * Events come on a connection of their own that makes no calls. A libvirt
+ * client reads its socket on the thread of the call in flight, if there is
+ * one: an event that came on the main connection during a detach (its
+ * DEVICE_REMOVED mostly does) was read by that call's thread and handed to
+ * the event loop, one more thread to wake before the outcome. On a
+ * connection of its own the event loop reads it at once. Where connections
+ * do not share the domains (the test driver on a file of its own), one
+ * connection does all.
  */
 import type {
   BackendContext,
@@ -29,10 +37,24 @@ import type {
   VmState,
 } from 'vmdevd/plugin-api';
 import { BackendError } from 'vmdevd/plugin-api';
-import { Connection, constants as C, LibvirtError, type DomainEvent, type DomainInfo } from './binding.js';
+import {
+  Connection,
+  constants as C,
+  LibvirtError,
+  type DomainEvent,
+  type DomainInfo,
+  type OpenOptions,
+} from './binding.js';
 import { DomainXml, METADATA_NAMESPACE, listDevices, metadataType } from './domain-devices.js';
 import { DomainQueue, type Operation } from './domain-queue.js';
-import { isAmbiguousError, isConnectionError, isRefusedUri, toBackendError, uriProblem } from './libvirt-errors.js';
+import {
+  connectionsShareState,
+  isAmbiguousError,
+  isConnectionError,
+  isRefusedUri,
+  toBackendError,
+  uriProblem,
+} from './libvirt-errors.js';
 import { ListingGate } from './listing-gate.js';
 import { domainState, stateAfterEvent } from './states.js';
 
@@ -92,6 +114,8 @@ export type AddedListener = (alias: string) => void;
 export class LibvirtBackend implements VmBackend {
   private readonly options: LibvirtOptions;
   private conn: Connection | undefined;
+  /** The connection events come on: a second one, or `conn` itself (see the top of this file). */
+  private eventConn: Connection | undefined;
   private generation = 0;
   private domains = new Map<string, Domain>();
   private reloading: Set<string> | undefined;
@@ -141,6 +165,7 @@ export class LibvirtBackend implements VmBackend {
    */
   async guestConnection(): Promise<Connection> {
     const main = this.connection();
+    if (!connectionsShareState(this.uri)) return main;
     const generation = this.generation;
     if (this.guestLane?.generation !== generation) {
       this.closeGuestLane();
@@ -151,12 +176,7 @@ export class LibvirtBackend implements VmBackend {
 
   private async openGuestLane(generation: number): Promise<Connection | undefined> {
     try {
-      const conn = await Connection.open(this.uri);
-      try {
-        await conn.setKeepAlive(this.options.keepaliveIntervalSeconds, this.options.keepaliveCount);
-      } catch (err) {
-        if (!(err instanceof LibvirtError && err.code === C.VIR_ERR_NO_SUPPORT)) throw err;
-      }
+      const conn = await this.open();
       if (this.stopped || generation !== this.generation) {
         await conn.close().catch(() => undefined);
         return undefined;
@@ -280,11 +300,10 @@ export class LibvirtBackend implements VmBackend {
     this.stopped = true;
     clearTimeout(this.reconnectTimer);
     for (const queue of this.queues.values()) queue.stop();
-    const conn = this.conn;
-    this.conn = undefined;
+    const opened = this.letGo();
     this.generation++;
     this.closeGuestLane();
-    if (conn !== undefined) {
+    for (const conn of opened) {
       const refs = await conn.close().catch(() => -1);
       if (refs > 0) this.ctx.log.warn('libvirt connection still referenced after close', { references: refs });
     }
@@ -445,37 +464,53 @@ export class LibvirtBackend implements VmBackend {
   /** Connects, lists the domains, publishes them, and starts reading their types. */
   private async openAndList(): Promise<void> {
     const generation = ++this.generation;
-    const conn = await Connection.open(this.uri, {
-      onEvent: (e) => this.onEvent(generation, e),
-      onClose: (reason) => this.onClose(generation, reason),
-    });
-    if (this.stopped || generation !== this.generation) {
-      await conn.close().catch(() => undefined);
-      return;
-    }
+    const stale = () => this.stopped || generation !== this.generation;
+    const onEvent = (e: DomainEvent) => this.onEvent(generation, e);
+    const onClose = (reason: number) => this.onClose(generation, reason);
+    const opened: Connection[] = [];
     try {
-      await conn.setKeepAlive(this.options.keepaliveIntervalSeconds, this.options.keepaliveCount);
+      // Both are open, and so events registered, before the listing
+      // begins: an event that comes meanwhile is replayed after it (see
+      // reload).
+      const wanted: OpenOptions[] = [{ onEvent, onClose }];
+      if (connectionsShareState(this.uri)) wanted.push({ onClose });
+      const settled = await Promise.allSettled(wanted.map((options) => this.open(options)));
+      for (const result of settled) if (result.status === 'fulfilled') opened.push(result.value);
+      for (const result of settled) if (result.status === 'rejected') throw result.reason;
+      if (!stale()) await this.reload(opened.at(-1)!);
     } catch (err) {
-      // Drivers without a daemon (test:///) have no keepalive; nothing to watch there.
-      if (!(err instanceof LibvirtError && err.code === C.VIR_ERR_NO_SUPPORT)) throw err;
-    }
-    try {
-      await this.reload(conn);
-    } catch (err) {
-      await conn.close().catch(() => undefined);
+      await closeAll(opened);
       throw err;
     }
-    if (this.stopped || generation !== this.generation) {
-      await conn.close().catch(() => undefined);
+    if (stale()) {
+      await closeAll(opened);
       return;
     }
+    const events = opened[0]!;
+    const conn = opened.at(-1)!;
     this.conn = conn;
+    this.eventConn = events;
     this.backoffMs = this.options.reconnectInitialMs;
     this.ctx.publish([...this.domains.values()].map(toVmInfo), { typesPending: this.untyped.size > 0 });
     this.ctx.setHealth({ connected: true });
     this.ctx.log.info('connected', { uri: this.uri, domains: this.domains.size });
     for (const wake of [...this.connectedWaiters]) wake();
     if (this.untyped.size > 0) void this.readTypes(conn, generation);
+  }
+
+  /** Opens a connection to the URI with the backend's keepalive (where the driver has one). */
+  private async open(options: OpenOptions = {}): Promise<Connection> {
+    const conn = await Connection.open(this.uri, options);
+    try {
+      await conn.setKeepAlive(this.options.keepaliveIntervalSeconds, this.options.keepaliveCount);
+    } catch (err) {
+      // Drivers without a daemon (test:///) have no keepalive; nothing to watch there.
+      if (!(err instanceof LibvirtError && err.code === C.VIR_ERR_NO_SUPPORT)) {
+        await conn.close().catch(() => undefined);
+        throw err;
+      }
+    }
+    return conn;
   }
 
   /**
@@ -630,16 +665,23 @@ export class LibvirtBackend implements VmBackend {
   /** Lets the connection go and reconnects with backoff. */
   private dropConnection(generation: number, why: string): void {
     if (generation !== this.generation || this.stopped) return;
-    const conn = this.conn;
-    this.conn = undefined;
+    const opened = this.letGo();
     this.generation++;
     this.ctx.log.warn('lost the connection to libvirt', { uri: this.uri, reason: why });
     this.ctx.setHealth({ connected: false, reason: `lost the connection to ${this.uri} (${why}); reconnecting` });
     this.xmlCache.clear();
     this.lastXml.clear();
     this.closeGuestLane();
-    if (conn !== undefined) void conn.close().catch(() => undefined);
+    void closeAll(opened);
     this.scheduleReconnect();
+  }
+
+  /** Forgets the connections (to close them): the main one and the one for events, once each. */
+  private letGo(): Connection[] {
+    const opened = [...new Set([this.eventConn, this.conn])].filter((c) => c !== undefined);
+    this.conn = undefined;
+    this.eventConn = undefined;
+    return opened;
   }
 
   private connectFailed(err: unknown): void {
@@ -660,6 +702,10 @@ export class LibvirtBackend implements VmBackend {
       this.connect().catch((err: unknown) => this.connectFailed(err));
     }, delay);
   }
+}
+
+function closeAll(connections: readonly Connection[]): Promise<unknown> {
+  return Promise.all(connections.map((c) => c.close().catch(() => undefined)));
 }
 
 function toDomain(info: DomainInfo, type: string | undefined): Domain {

@@ -80,3 +80,21 @@ export function toBackendError(err: unknown, what: string, refused: FailureKind 
   }
   return new BackendError(kind, `${what}: ${message}`);
 }
+
+/**
+ * Whether two connections to `uri` see the same domains. They do for every
+ * driver with a daemon's state behind it, and for the test driver's shared
+ * `test:///default`; not for the test driver on a file of its own
+ * (`test:///path/node.xml`, also through libvirtd): each connection loads
+ * the file into a world of its own.
+ */
+export function connectionsShareState(uri: string): boolean {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return false;
+  }
+  const driver = url.protocol.replace(/:$/, '').split('+')[0];
+  return driver !== 'test' || url.pathname === '/default';
+}

@@ -4,6 +4,9 @@
  * TestSignal, and a libvirt refusal mapped to its error name.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { SignalLog } from 'vmdevd/testing/bus-client';
 import { startStack, type Stack } from 'vmdevd/testing/stack';
@@ -83,5 +86,42 @@ describe('libvirt backend on test:///default', () => {
       assert.equal(s.body[2], 'org.example.dbustest.Error.DeviceNotFound');
       assert.match(s.body[3] as string, /VM "test" has no disk (drive-scsi0-0-0-0|usbstor0)/);
     }
+  });
+});
+
+/**
+ * On a file of its own, the test driver gives every connection a world of
+ * its own (two connections do not see each other's changes): the backend
+ * then makes its calls on the connection its events come on, or it would
+ * never see an event of what it did.
+ */
+describe('libvirt backend on the test driver with a node file', () => {
+  let stack: Stack;
+  let dir: string;
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'vmdevd-test-node-'));
+    const file = join(dir, 'node.xml');
+    writeFileSync(
+      file,
+      `<node><domain type='test'><name>filevm</name><memory>65536</memory><os><type>hvm</type></os></domain></node>`,
+    );
+    stack = await startStack({
+      backends: [],
+      extraBackends: [{ id: 'file', plugin: 'libvirt', uri: `test://${file}` }],
+    });
+  });
+  after(async () => {
+    await stack?.stop();
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('sees the state it sets', async () => {
+    const signals = await stack.client.subscribeAll();
+    assert.deepEqual(await stack.client.getProperty('TestProperty'), { filevm: 'running' });
+    await stack.client.setProperty('TestProperty', 'a{ss}', { filevm: 'paused' });
+    await signals.waitFor(
+      (s) => s.member === 'TestSignal' && (s.body[0] as Record<string, string>)['filevm'] === 'paused',
+    );
+    assert.deepEqual(await stack.client.getProperty('TestProperty'), { filevm: 'paused' });
   });
 });
