@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { DeviceSpec, DeviceType } from 'vmdevd/plugin-api';
 import { DomainXml, aliasIs, findDevice, listDevices, mismatch } from '../src/domain-devices.js';
+import { attr, child, parseXml } from '../src/xml-tree.js';
 
 /** A spec as the core would hand it over (the XML is not read here). */
 function spec(type: DeviceType, params: Record<string, string>): DeviceSpec {
@@ -222,5 +223,22 @@ describe('checking a spec against the device found', () => {
     );
     assert.equal(aliasIs(domain, 'net0', spec('disk', { target: 'sdb' })), false);
     assert.equal(aliasIs(domain, 'no-such-alias', spec('disk', { target: 'sdb' })), false);
+  });
+});
+
+describe('the XML tree', () => {
+  it('drops namespace prefixes, decodes attribute entities, and throws on malformed XML', () => {
+    const root = parseXml(
+      `<domain><metadata><vmdevd:vm xmlns:vmdevd="urn:vmdevd:vm:1" type="a&amp;b"/></metadata><devices/></domain>`,
+    );
+    const vm = child(child(root, 'metadata'), 'vm');
+    assert.equal(attr(vm, 'type'), 'a&b');
+    assert.deepEqual(
+      root.children.map((c) => c.name),
+      ['metadata', 'devices'],
+    );
+    assert.throws(() => parseXml('<domain><devices></domain>'));
+    assert.throws(() => parseXml('<domain><disk type="a" type="b"/></domain>'));
+    assert.throws(() => parseXml(''));
   });
 });
