@@ -49,6 +49,8 @@ export class LibvirtProxy {
    */
   readonly seen: Array<{ readonly direction: Direction; readonly header: RpcHeader; readonly connection: number }> = [];
   #connections = 0;
+  /** How to close each client connection still open, by its number. */
+  readonly #open = new Map<number, () => void>();
   #holdEvents = false;
   #holdProcedure: number | undefined;
   #holdReplyProcedure: number | undefined;
@@ -154,6 +156,19 @@ export class LibvirtProxy {
     });
   }
 
+  /** The numbers of the client connections still open, in the order they came. */
+  get openConnections(): number[] {
+    return [...this.#open.keys()];
+  }
+
+  /**
+   * Cuts client connection `connection` (its client sees the socket close,
+   * as if libvirtd had gone away for it alone); nothing if it is closed.
+   */
+  drop(connection: number): void {
+    this.#open.get(connection)?.();
+  }
+
   /** Closes every connection and the socket; held messages are dropped. Idempotent. */
   async stop(): Promise<void> {
     this.#heldEvents = [];
@@ -168,15 +183,17 @@ export class LibvirtProxy {
     const daemon = createConnection(target);
     this.#sockets.add(client);
     this.#sockets.add(daemon);
+    const connection = ++this.#connections;
     const close = () => {
       client.destroy();
       daemon.destroy();
       this.#sockets.delete(client);
       this.#sockets.delete(daemon);
+      this.#open.delete(connection);
     };
+    this.#open.set(connection, close);
     client.on('error', close).on('close', close);
     daemon.on('error', close).on('close', close);
-    const connection = ++this.#connections;
     // This client's calls whose replies are to be held, by serial.
     const holdReplyTo = new Set<number>();
     client.on(

@@ -11,6 +11,7 @@ import { startLibvirtd, type Libvirtd } from 'vmdevd/testing/libvirtd';
 import { startStack, type Stack } from 'vmdevd/testing/stack';
 import { createTestVm, type TestVm } from 'vmdevd/testing/test-vms';
 import { Connection } from '../src/binding.js';
+import { backendsIn } from './support.js';
 
 const E = 'org.example.dbustest.Error.';
 const TIMEOUT_S = 8;
@@ -27,12 +28,6 @@ function outcome(log: SignalLog, vm: string, label: string, timeoutMs = 60_000):
     timeoutMs,
     `outcome of ${label}`,
   );
-}
-
-/** The Backends map a PropertiesChanged signal carries, if any. */
-function backendsIn(s: Signal): Record<string, string> | undefined {
-  if (s.member !== 'PropertiesChanged') return undefined;
-  return (s.body[1] as Record<string, { value: Record<string, string> }>)['Backends']?.value;
 }
 
 function outcomesOf(log: SignalLog, label: string): Signal[] {

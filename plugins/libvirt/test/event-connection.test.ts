@@ -11,11 +11,17 @@
  * detaches the VM's SCSI disk; the connection that registered for events
  * made no call of a domain and got the DEVICE_REMOVED; the detach went on
  * another connection, which registered for no event.
+ *
+ * Either connection lost alone (the proxy cuts it) starts the whole
+ * connection over: the backend reports itself disconnected, reconnects,
+ * and follows the VM's state again. An events connection lost unnoticed
+ * would leave every VM's state stale for good.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { RPC_CALL, RPC_MESSAGE } from 'vmdevd/testing/libvirt-proxy';
 import { useProxiedVm } from './proxied-vm.js';
+import { backendsIn } from './support.js';
 
 /** remote_protocol.x: REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY. */
 const PROC_EVENT_REGISTER = 316;
@@ -62,5 +68,50 @@ describe('events on a connection of their own', { timeout: 300_000 }, () => {
     );
     const beyond = [...asked].filter((p) => !OPEN_AND_EVENTS.has(p));
     assert.deepEqual(beyond, [], `the events connection asked only to open and register (${[...asked].join(', ')})`);
+  });
+
+  it('either connection lost alone starts the whole connection over, and events flow again', async () => {
+    const { proxy, vm, direct } = env;
+    const client = (await env.startVmdevd(120)).client;
+    const signals = await client.subscribeAll();
+    const registered = new Set(
+      proxy.seen
+        .filter((p) => p.header.type === RPC_CALL && p.header.procedure === PROC_EVENT_REGISTER)
+        .map((p) => p.connection),
+    );
+    for (const lost of ['events', 'calls'] as const) {
+      const open = proxy.openConnections;
+      const events = open.filter((c) => registered.has(c));
+      assert.equal(events.length, 1, `one open connection with events (open: ${open.join(', ')})`);
+      const cut = lost === 'events' ? events[0]! : open.find((c) => !registered.has(c))!;
+      assert.ok(cut !== undefined, 'an open connection for the calls');
+      const from = signals.signals.length;
+      const since = (s: (typeof signals.signals)[number]) => signals.signals.indexOf(s) >= from;
+      proxy.drop(cut);
+      await signals.waitFor(
+        (s) => since(s) && /^disconnected: lost the connection/.test(backendsIn(s)?.['local'] ?? ''),
+        30_000,
+        `Backends with local disconnected after the ${lost} connection was cut`,
+      );
+      await signals.waitFor((s) => since(s) && backendsIn(s)?.['local'] === 'connected', 30_000, 'reconnected');
+      for (const c of proxy.seen) if (c.header.procedure === PROC_EVENT_REGISTER) registered.add(c.connection);
+
+      // The state a direct client sets reaches TestSignal: events flow on the new connection.
+      for (const [call, state] of [
+        [() => direct.suspend(vm.uuid), 'paused'],
+        [() => direct.resume(vm.uuid), 'running'],
+      ] as const) {
+        const before = signals.signals.length;
+        await call();
+        await signals.waitFor(
+          (s) =>
+            signals.signals.indexOf(s) >= before &&
+            s.member === 'TestSignal' &&
+            (s.body[0] as Record<string, string>)[vm.name] === state,
+          30_000,
+          `${vm.name} ${state} in TestSignal after the ${lost} connection was cut`,
+        );
+      }
+    }
   });
 });

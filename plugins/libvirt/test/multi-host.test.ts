@@ -24,14 +24,9 @@ import { makeTestPki, type TestPki } from 'vmdevd/testing/test-pki';
 import { createTestVm, type TestVm } from 'vmdevd/testing/test-vms';
 import { Connection, constants as C } from '../src/binding.js';
 import { EventRecorder } from './event-recorder.js';
+import { backendsIn } from './support.js';
 
 const isOutcome = (s: Signal) => s.member === 'DeviceDetached' || s.member === 'DeviceDetachFailed';
-
-/** The Backends map a PropertiesChanged signal carries, if any. */
-function backendsIn(s: Signal): Record<string, string> | undefined {
-  if (s.member !== 'PropertiesChanged') return undefined;
-  return (s.body[1] as Record<string, { value: Record<string, string> }>)['Backends']?.value;
-}
 
 interface Host {
   readonly id: string;

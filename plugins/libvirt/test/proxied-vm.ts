@@ -15,7 +15,7 @@ export interface ProxiedVm {
   readonly proxy: LibvirtProxy;
   readonly direct: Connection;
   readonly vm: TestVm;
-  /** vmdevd with one libvirt backend, `local`, on the proxy's URI. */
+  /** vmdevd with one libvirt backend, `local`, on the proxy's URI (stopping one started before). */
   startVmdevd(detachTimeoutSeconds: number): Promise<Stack>;
 }
 
@@ -59,6 +59,7 @@ export function useProxiedVm(vmOptions: TestVmOptions): ProxiedVm {
       return made.vm!;
     },
     async startVmdevd(detachTimeoutSeconds) {
+      await made.stack?.stop();
       made.stack = await startStack({
         backends: [],
         extraBackends: [{ id: 'local', plugin: 'libvirt', uri: made.proxy!.uri }],

@@ -1,5 +1,6 @@
-// What several test files share about libvirt's test driver and errors.
+// What several test files share about libvirt's test driver, errors and signals.
 import assert from 'node:assert/strict';
+import type { Signal } from 'vmdevd/testing/bus-client';
 import { LibvirtError } from '../src/binding.js';
 
 /** libvirt's in-process test driver: no daemon, state shared by the whole process. */
@@ -18,4 +19,10 @@ export async function rejection(promise: Promise<unknown>): Promise<LibvirtError
     return error;
   }
   assert.fail('expected the call to fail');
+}
+
+/** The Backends map a PropertiesChanged signal carries, if any. */
+export function backendsIn(s: Signal): Record<string, string> | undefined {
+  if (s.member !== 'PropertiesChanged') return undefined;
+  return (s.body[1] as Record<string, { value: Record<string, string> }>)['Backends']?.value;
 }
