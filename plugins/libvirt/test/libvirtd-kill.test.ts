@@ -11,6 +11,7 @@
  * Prints the counts and the daemon's memory.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { TestClient } from 'vmdevd/testing/bus-client';
 import { startLibvirtd, type Libvirtd } from 'vmdevd/testing/libvirtd';
@@ -33,6 +34,7 @@ describe('libvirtd killed during a burst of detaches', { timeout: 600_000 }, () 
   let stack: Stack;
   const vms: TestVm[] = [];
   const clients: TestClient[] = [];
+  let passed = false;
 
   before(async () => {
     libvirtd = await startLibvirtd();
@@ -49,6 +51,8 @@ describe('libvirtd killed during a burst of detaches', { timeout: 600_000 }, () 
   });
 
   after(async () => {
+    // A failure this rare is read from the logs of the run that had it.
+    if (!passed) printLogs(stack?.daemon.output(), libvirtd?.logFile);
     for (const c of clients) c.close();
     await stack?.stop();
     // The first connection died with libvirtd: remove the VMs through a new one.
@@ -155,5 +159,24 @@ describe('libvirtd killed during a burst of detaches', { timeout: 600_000 }, () 
       ledger.outcomesOf(spare.name, 'afterwards').map((o) => o.result),
       ['detached'],
     );
+    passed = true;
   });
 });
+
+/** The daemon's output, and the end of libvirtd's log when the harness started it, as test diagnostics. */
+function printLogs(daemon: string | undefined, libvirtdLog: string | undefined): void {
+  const print = (title: string, text: string) =>
+    console.log(
+      `# ${title}:\n${text
+        .split('\n')
+        .map((l) => `#   ${l}`)
+        .join('\n')}`,
+    );
+  if (daemon !== undefined) print("vmdevd's output", daemon);
+  if (libvirtdLog === undefined) return;
+  try {
+    print("the end of libvirtd's log", readFileSync(libvirtdLog, 'utf8').split('\n').slice(-300).join('\n'));
+  } catch (err) {
+    console.log(`# libvirtd's log ${libvirtdLog}: ${(err as Error).message}`);
+  }
+}
