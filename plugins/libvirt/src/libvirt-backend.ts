@@ -486,8 +486,8 @@ export class LibvirtBackend implements VmBackend {
       await closeAll(opened);
       return;
     }
-    const events = opened[0]!;
-    const conn = opened.at(-1)!;
+    // The one for events first, as asked for; alone, it makes the calls too.
+    const [events, conn = events] = opened as [Connection, Connection?];
     this.conn = conn;
     this.eventConn = events;
     this.backoffMs = this.options.reconnectInitialMs;

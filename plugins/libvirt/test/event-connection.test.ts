@@ -19,7 +19,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { RPC_CALL, RPC_MESSAGE } from 'vmdevd/testing/libvirt-proxy';
+import { RPC_CALL, RPC_MESSAGE, type LibvirtProxy } from 'vmdevd/testing/libvirt-proxy';
 import { useProxiedVm } from './proxied-vm.js';
 import { backendsIn } from './support.js';
 
@@ -37,6 +37,13 @@ const PROC_EVENT_DEVICE_REMOVED = 333;
  */
 const OPEN_AND_EVENTS = new Set([1, 60, 66, 316, 360]);
 
+/** The connections on which the proxy saw a message of `procedure` and `type`. */
+function connectionsWith(proxy: LibvirtProxy, procedure: number, type: number): Set<number> {
+  return new Set(
+    proxy.seen.filter((p) => p.header.type === type && p.header.procedure === procedure).map((p) => p.connection),
+  );
+}
+
 describe('events on a connection of their own', { timeout: 300_000 }, () => {
   const env = useProxiedVm({});
 
@@ -48,16 +55,16 @@ describe('events on a connection of their own', { timeout: 300_000 }, () => {
     const outcome = await signals.waitFor((s) => s.body[1] === 'scsi', 60_000, 'the outcome of the SCSI disk');
     assert.equal(outcome.member, 'DeviceDetached');
 
-    const on = (procedure: number, type: number) =>
-      new Set(
-        proxy.seen.filter((p) => p.header.type === type && p.header.procedure === procedure).map((p) => p.connection),
-      );
-    const registered = [...on(PROC_EVENT_REGISTER, RPC_CALL)];
+    const registered = [...connectionsWith(proxy, PROC_EVENT_REGISTER, RPC_CALL)];
     assert.equal(registered.length, 1, `one connection registers for events (${registered.join(', ')})`);
     const events = registered[0]!;
-    assert.deepEqual([...on(PROC_EVENT_DEVICE_REMOVED, RPC_MESSAGE)], [events], 'DEVICE_REMOVED on that connection');
+    assert.deepEqual(
+      [...connectionsWith(proxy, PROC_EVENT_DEVICE_REMOVED, RPC_MESSAGE)],
+      [events],
+      'DEVICE_REMOVED on that connection',
+    );
 
-    const detached = [...on(PROC_DETACH_DEVICE_FLAGS, RPC_CALL)];
+    const detached = [...connectionsWith(proxy, PROC_DETACH_DEVICE_FLAGS, RPC_CALL)];
     assert.equal(detached.length, 1);
     assert.notEqual(detached[0], events, 'the detach on another connection');
 
@@ -74,27 +81,27 @@ describe('events on a connection of their own', { timeout: 300_000 }, () => {
     const { proxy, vm, direct } = env;
     const client = (await env.startVmdevd(120)).client;
     const signals = await client.subscribeAll();
-    const registered = new Set(
-      proxy.seen
-        .filter((p) => p.header.type === RPC_CALL && p.header.procedure === PROC_EVENT_REGISTER)
-        .map((p) => p.connection),
-    );
     for (const lost of ['events', 'calls'] as const) {
+      const registered = connectionsWith(proxy, PROC_EVENT_REGISTER, RPC_CALL);
       const open = proxy.openConnections;
       const events = open.filter((c) => registered.has(c));
       assert.equal(events.length, 1, `one open connection with events (open: ${open.join(', ')})`);
       const cut = lost === 'events' ? events[0]! : open.find((c) => !registered.has(c))!;
       assert.ok(cut !== undefined, 'an open connection for the calls');
-      const from = signals.signals.length;
-      const since = (s: (typeof signals.signals)[number]) => signals.signals.indexOf(s) >= from;
+      const since = signals.signals.length;
       proxy.drop(cut);
       await signals.waitFor(
-        (s) => since(s) && /^disconnected: lost the connection/.test(backendsIn(s)?.['local'] ?? ''),
+        (s) =>
+          signals.signals.indexOf(s) >= since &&
+          /^disconnected: lost the connection/.test(backendsIn(s)?.['local'] ?? ''),
         30_000,
         `Backends with local disconnected after the ${lost} connection was cut`,
       );
-      await signals.waitFor((s) => since(s) && backendsIn(s)?.['local'] === 'connected', 30_000, 'reconnected');
-      for (const c of proxy.seen) if (c.header.procedure === PROC_EVENT_REGISTER) registered.add(c.connection);
+      await signals.waitFor(
+        (s) => signals.signals.indexOf(s) >= since && backendsIn(s)?.['local'] === 'connected',
+        30_000,
+        'reconnected',
+      );
 
       // The state a direct client sets reaches TestSignal: events flow on the new connection.
       for (const [call, state] of [
