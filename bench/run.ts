@@ -271,6 +271,39 @@ interface Binding {
   };
 }
 
+/**
+ * libvirt-dbus --system, its system bus pointed at the private bus, once it
+ * answers: it opens its libvirt connection (and subscribes to events) on
+ * the first call.
+ */
+async function startLibvirtDbusSystem(bus: PrivateBus, log: string): Promise<Service> {
+  const lvd = startService('/usr/sbin/libvirt-dbus', ['--system'], join(work, log), {
+    ...process.env,
+    DBUS_SYSTEM_BUS_ADDRESS: bus.address,
+  });
+  cleanups.push(() => lvd.stop());
+  await waitUntil('libvirt-dbus --system', async () => {
+    try {
+      await run(`${TOOLS}/load`, [
+        '--address',
+        bus.address,
+        '--call',
+        'libvirt-listdomains',
+        '--path',
+        '/org/libvirt/QEMU',
+        '--count',
+        '1',
+        '--warmup',
+        '0',
+      ]);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  return lvd;
+}
+
 async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
   const libvirtd = { uri };
   const { Connection } = (await import(`${ROOT}plugins/libvirt/dist/src/binding.js`)) as Binding;
@@ -365,32 +398,7 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
     results[`event_${key}_direct_p50_us`] = percentile(r.direct, 50);
   };
 
-  // libvirt-dbus (--system, its system bus pointed at the private bus).
-  const lvd = startService('/usr/sbin/libvirt-dbus', ['--system'], join(work, 'libvirt-dbus-system.log'), {
-    ...process.env,
-    DBUS_SYSTEM_BUS_ADDRESS: bus.address,
-  });
-  cleanups.push(() => lvd.stop());
-  // libvirt-dbus opens its libvirt connection (and subscribes to events) on the first call.
-  await waitUntil('libvirt-dbus --system', async () => {
-    try {
-      await run(`${TOOLS}/load`, [
-        '--address',
-        bus.address,
-        '--call',
-        'libvirt-listdomains',
-        '--path',
-        '/org/libvirt/QEMU',
-        '--count',
-        '1',
-        '--warmup',
-        '0',
-      ]);
-      return true;
-    } catch {
-      return false;
-    }
-  });
+  const lvd = await startLibvirtDbusSystem(bus, 'libvirt-dbus-system.log');
   const theirs = probe(
     ['--sender', 'org.libvirt', '--interface', 'org.libvirt.Connect', '--member', 'DomainEvent'],
     'domainevent',
@@ -449,9 +457,11 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
     results[`event_${m.mode}_changes`] = vmdevd.direct.length;
   }
 
-  // End to end: the same SCSI disk detached directly and through vmdevd, in
-  // turn, so that each vmdevd cycle has a direct one next to it.
+  // End to end: the same SCSI disk detached directly, through vmdevd and
+  // through libvirt-dbus, in turn, so that each cycle through a daemon has a
+  // direct one just before it.
   if (!skip.has('detach')) {
+    const lvdDetach = await startLibvirtDbusSystem(bus, 'libvirt-dbus-detach.log');
     const before = schedstat(daemon.pid);
     const out = await run(`${TOOLS}/detach-probe`, [
       '--uri',
@@ -465,37 +475,45 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
       '--json',
       '--mode',
       'alternate',
+      '--with-libvirt-dbus',
       '--address',
       bus.address,
     ]);
+    await lvdDetach.stop();
     const res = JSON.parse(
       out
         .split('\n')
         .filter((l) => l.startsWith('{'))
         .at(-1)!,
     ) as { samples: Array<{ mode: string; ok: boolean; latency_ns?: number; event_ns?: number }> };
-    const direct: number[] = [];
-    const vmdevd: number[] = [];
-    const libvirtPart: number[] = [];
-    const afterEvent: number[] = [];
-    const pairs: Array<[number, number]> = [];
-    for (let i = 0; i + 1 < res.samples.length; i += 2) {
-      const [d, v] = [res.samples[i]!, res.samples[i + 1]!];
-      if (d.ok && d.latency_ns !== undefined) direct.push(d.latency_ns / 1000);
-      if (v.ok && v.latency_ns !== undefined) vmdevd.push(v.latency_ns / 1000);
-      if (d.ok && v.ok && d.mode === 'direct' && v.mode === 'vmdevd')
-        pairs.push([d.latency_ns! / 1000, v.latency_ns! / 1000]);
-      // The probe's own DEVICE_REMOVED in the vmdevd cycle: libvirt's part
-      // (call → event) and vmdevd's (event → DeviceDetached).
-      if (v.ok && v.mode === 'vmdevd' && v.event_ns !== undefined) {
-        libvirtPart.push(v.event_ns / 1000);
-        afterEvent.push((v.latency_ns! - v.event_ns) / 1000);
+    /** One daemon's cycles: each against the direct cycle of its triple. */
+    const daemonCycles = (mode: string) => {
+      const all: number[] = [];
+      const libvirtPart: number[] = [];
+      const afterEvent: number[] = [];
+      const pairs: Array<[number, number]> = [];
+      for (let i = 0; i + 2 < res.samples.length; i += 3) {
+        const d = res.samples[i]!;
+        const v = res.samples.slice(i + 1, i + 3).find((s) => s.mode === mode)!;
+        if (v.ok && v.latency_ns !== undefined) all.push(v.latency_ns / 1000);
+        if (d.ok && v.ok && d.mode === 'direct') pairs.push([d.latency_ns! / 1000, v.latency_ns! / 1000]);
+        // The probe's own DEVICE_REMOVED in the daemon's cycle: libvirt's
+        // part (call → event) and the daemon's (event → its signal).
+        if (v.ok && v.event_ns !== undefined) {
+          libvirtPart.push(v.event_ns / 1000);
+          afterEvent.push((v.latency_ns! - v.event_ns) / 1000);
+        }
       }
-    }
+      return { all, libvirtPart, afterEvent, pairs };
+    };
+    const direct = res.samples.filter((s) => s.mode === 'direct' && s.ok).map((s) => s.latency_ns! / 1000);
+    const { all: vmdevd, libvirtPart, afterEvent, pairs } = daemonCycles('vmdevd');
+    const theirs = daemonCycles('libvirt-dbus');
     const differences = pairs.map(([d, v]) => v - d);
     const medianDifference = (sample: ReadonlyArray<[number, number]>) =>
       median(sample.map((p) => p[1])) - median(sample.map((p) => p[0]));
     const [low, high] = bootstrapInterval(pairs, medianDifference);
+    const [theirLow, theirHigh] = bootstrapInterval(theirs.pairs, medianDifference);
     results['detach_direct_p50_us'] = median(direct);
     results['detach_vmdevd_p50_us'] = median(vmdevd);
     results['detach_direct_p99_us'] = percentile(direct, 99);
@@ -507,6 +525,13 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
     results['detach_pair_diff_p25_us'] = percentile(differences, 25);
     results['detach_pair_diff_p50_us'] = percentile(differences, 50);
     results['detach_pair_diff_p75_us'] = percentile(differences, 75);
+    results['detach_libvirtdbus_p50_us'] = median(theirs.all);
+    results['detach_libvirtdbus_pairs'] = theirs.pairs.length;
+    results['detach_libvirtdbus_diff_p50_us'] = medianDifference(theirs.pairs);
+    results['detach_libvirtdbus_diff_ci_low_us'] = theirLow;
+    results['detach_libvirtdbus_diff_ci_high_us'] = theirHigh;
+    results['detach_libvirtdbus_event_to_signal_p50_us'] = median(theirs.afterEvent);
+    results['detach_libvirtdbus_event_to_signal_p99_us'] = percentile(theirs.afterEvent, 99);
     // How long vmdevd's main thread, once woken, waited for a CPU: on two
     // cores, libvirtd and QEMU are busy right when a detach starts and ends.
     const after = schedstat(daemon.pid);
@@ -524,6 +549,11 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
         `difference +${fmt(medianDifference(pairs))} µs (95% bootstrap ${fmt(low)} to ${fmt(high)}); ` +
         `in vmdevd's cycles TestMethod → libvirt's event p50 ${fmt(median(libvirtPart))} µs, ` +
         `event → DeviceDetached p50 ${fmt(median(afterEvent))} µs`,
+    );
+    say(
+      `  detach through libvirt-dbus, ${theirs.pairs.length} pairs: p50 ${fmt(median(theirs.all))} µs, ` +
+        `difference +${fmt(medianDifference(theirs.pairs))} µs (95% bootstrap ${fmt(theirLow)} to ${fmt(theirHigh)}); ` +
+        `event → DeviceRemoved p50 ${fmt(median(theirs.afterEvent))} µs`,
     );
     if (results['detach_daemon_wakes'] !== undefined)
       say(
@@ -915,6 +945,16 @@ function table(): string {
       `+${fmt(d)} µs`,
       `≤ +1000 µs over direct: ${yes(d <= 1000)}`,
     );
+    if (results['detach_libvirtdbus_p50_us'] !== undefined) {
+      row(
+        `… libvirt-dbus's DetachDevice → DeviceRemoved, p50 of ${r('detach_libvirtdbus_pairs')} pairs (µs)`,
+        r('detach_libvirtdbus_p50_us'),
+        '',
+        `95% interval +${fmt(r('detach_libvirtdbus_diff_ci_low_us'))} to +${fmt(r('detach_libvirtdbus_diff_ci_high_us'))}; event → DeviceRemoved p50 ${fmt(r('detach_libvirtdbus_event_to_signal_p50_us'))}, p99 ${fmt(r('detach_libvirtdbus_event_to_signal_p99_us'))}`,
+        `+${fmt(r('detach_libvirtdbus_diff_p50_us'))} µs`,
+        '',
+      );
+    }
     row(
       '… each vmdevd cycle minus the direct one before it, p25 / p50 / p75 (µs)',
       r('detach_pair_diff_p50_us'),

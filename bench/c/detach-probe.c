@@ -47,7 +47,11 @@
 #define ERROR_TEXT 256
 #define ALIAS_TEXT 128
 
-typedef enum { MODE_DIRECT, MODE_VMDEVD, MODE_ALTERNATE } probe_mode_t;
+/* The first three index per-mode arrays. */
+typedef enum { MODE_DIRECT, MODE_VMDEVD, MODE_LIBVIRT_DBUS, MODE_ALTERNATE } probe_mode_t;
+#define N_KINDS 3
+
+static const char *const mode_names[] = { "direct", "vmdevd", "libvirt-dbus", "alternate" };
 
 static void sleep_ms(uint64_t ms)
 {
@@ -348,9 +352,11 @@ typedef struct {
     uint64_t unexpected;    /* events for other aliases, or outside a cycle */
 } waiter_t;
 
-/* vmdevd mode: used on the main thread only. */
+/* vmdevd and libvirt-dbus modes: used on the main thread only. */
 typedef struct {
     const char *domain;
+    const char *alias; /* libvirt-dbus: the alias DeviceRemoved names */
+    probe_mode_t kind; /* the cycle waiting: MODE_VMDEVD or MODE_LIBVIRT_DBUS */
     bool waiting;
     bool got_reply, reply_ok;
     bool got_signal, signal_failed;
@@ -358,14 +364,17 @@ typedef struct {
     char reply_error[ERROR_TEXT];
     char signal_error[ERROR_TEXT];
     char vm_key[ALIAS_TEXT]; /* from the first outcome signal */
-    uint64_t unexpected;     /* outcome signals not for this cycle's label and VM */
+    uint64_t unexpected;     /* outcome signals not for the cycle waiting */
 } bus_waiter_t;
 
 typedef struct {
     probe_mode_t mode;
     const char *uri, *domain, *target, *address, *dest, *disk_xml_file;
+    const char *lvd_dest, *lvd_path; /* libvirt-dbus: its name, its connection's path */
     uint64_t cycles, warmup, timeout_ms;
     bool json;
+    unsigned rotation; /* alternate: 2 (direct, vmdevd) or 3 (and libvirt-dbus) */
+    char lvd_domain[256]; /* libvirt-dbus: the domain's object path */
 
     virConnectPtr conn;
     virDomainPtr dom;
@@ -612,8 +621,8 @@ static int on_outcome(sd_bus_message *m, void *userdata, sd_bus_error *ret_error
         r = sd_bus_message_read(m, "ssss", &vm, &device, &name, &message);
     else
         r = sd_bus_message_read(m, "ss", &vm, &device);
-    if (r < 0 || !w->waiting || w->got_signal || strcmp(device, DEVICE_LABEL) != 0 ||
-        !vm_key_matches(vm, w->domain)) {
+    if (r < 0 || !w->waiting || w->kind != MODE_VMDEVD || w->got_signal ||
+        strcmp(device, DEVICE_LABEL) != 0 || !vm_key_matches(vm, w->domain)) {
         w->unexpected++;
         return 0;
     }
@@ -628,19 +637,46 @@ static int on_outcome(sd_bus_message *m, void *userdata, sd_bus_error *ret_error
     return 0;
 }
 
+/* libvirt-dbus's DeviceRemoved on the domain's path. It reports every
+ * removal, those of the other modes' cycles too: only a wrong alias in a
+ * libvirt-dbus cycle is unexpected. */
+static int on_device_removed_signal(sd_bus_message *m, void *userdata, sd_bus_error *ret_error)
+{
+    bus_waiter_t *w = userdata;
+    uint64_t t = now_ns(); /* first, before reading the message */
+    const char *alias;
+
+    (void)ret_error;
+    if (!w->waiting || w->kind != MODE_LIBVIRT_DBUS)
+        return 0;
+    if (sd_bus_message_read(m, "s", &alias) < 0 || w->got_signal || strcmp(alias, w->alias) != 0) {
+        w->unexpected++;
+        return 0;
+    }
+    w->got_signal = true;
+    w->t_signal = t;
+    return 0;
+}
+
 static int on_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error)
 {
     bus_waiter_t *w = userdata;
     uint64_t t = now_ns();
     const sd_bus_error *error = sd_bus_message_get_error(m);
+    const char *method = w->kind == MODE_VMDEVD ? "TestMethod" : "DetachDevice";
     int b, r;
 
     (void)ret_error;
     w->got_reply = true;
     w->t_reply = t;
     if (error) {
-        snprintf(w->reply_error, sizeof(w->reply_error), "TestMethod: %s: %s", error->name,
+        snprintf(w->reply_error, sizeof(w->reply_error), "%s: %s: %s", method, error->name,
                  error->message ? error->message : "");
+        return 0;
+    }
+    if (w->kind == MODE_LIBVIRT_DBUS) {
+        /* DetachDevice returns nothing: no error is success. */
+        w->reply_ok = true;
         return 0;
     }
     r = sd_bus_message_read_basic(m, 'b', &b);
@@ -666,30 +702,18 @@ static int bus_drain(sd_bus *bus)
     return r;
 }
 
-/* One timed detach through vmdevd. Same contract as cycle_direct. */
-static int cycle_vmdevd(probe_t *p, cycle_t *c)
+/* One timed detach through a daemon on the bus: the call `m` (consumed)
+ * for a `kind` cycle, done at its signal. Same contract as cycle_direct. */
+static int cycle_bus(probe_t *p, cycle_t *c, probe_mode_t kind, sd_bus_message *m)
 {
     bus_waiter_t *w = &p->bw;
-    sd_bus_message *m = NULL;
+    const char *signal_name = kind == MODE_VMDEVD ? "DeviceDetached" : "DeviceRemoved";
     sd_bus_slot *slot = NULL;
     uint64_t deadline;
     int r, status = 0;
 
-    r = bus_drain(p->bus);
-    if (r < 0) {
-        snprintf(c->error, sizeof(c->error), "bus: %s", strerror(-r));
-        return -1;
-    }
-    r = sd_bus_message_new_method_call(p->bus, &m, p->dest, VMDEVD_OBJECT_PATH,
-                                       VMDEVD_INTERFACE, "TestMethod");
-    if (r >= 0)
-        r = sd_bus_message_append(m, "sa{sas}", p->domain, 1, DEVICE_LABEL, 2, "type=disk",
-                                  p->target_token);
-    if (r < 0) {
-        snprintf(c->error, sizeof(c->error), "building TestMethod: %s", strerror(-r));
-        sd_bus_message_unref(m);
-        return -1;
-    }
+    w->kind = kind;
+    w->alias = p->alias;
     w->waiting = true;
     w->got_reply = w->reply_ok = w->got_signal = w->signal_failed = false;
     w->reply_error[0] = w->signal_error[0] = '\0';
@@ -700,7 +724,7 @@ static int cycle_vmdevd(probe_t *p, cycle_t *c)
     sd_bus_message_unref(m);
     if (r < 0) {
         w->waiting = false;
-        snprintf(c->error, sizeof(c->error), "sending TestMethod: %s", strerror(-r));
+        snprintf(c->error, sizeof(c->error), "sending the call: %s", strerror(-r));
         return -1;
     }
 
@@ -726,7 +750,7 @@ static int cycle_vmdevd(probe_t *p, cycle_t *c)
     w->waiting = false;
     sd_bus_slot_unref(slot);
     /* libvirt's event to this probe: when it came, to split the cycle into
-     * libvirt's part and vmdevd's. */
+     * libvirt's part and the daemon's. */
     c->t_event = waiter_disarm(&p->waiter, w->got_signal ? p->timeout_ms : 0);
 
     if (w->got_reply)
@@ -740,13 +764,45 @@ static int cycle_vmdevd(probe_t *p, cycle_t *c)
     if (r < 0 && r != -EINTR) {
         if (r == -ETIMEDOUT)
             snprintf(c->error, sizeof(c->error), "no %s within %" PRIu64 " ms",
-                     w->got_reply ? "DeviceDetached" : "reply", p->timeout_ms);
+                     w->got_reply ? signal_name : "reply", p->timeout_ms);
         else
             snprintf(c->error, sizeof(c->error), "bus: %s", strerror(-r));
         status = -1;
     }
     c->ok = !c->error[0];
     return status;
+}
+
+/* Builds the call of a `kind` cycle: vmdevd's TestMethod for the disk, or
+ * libvirt-dbus's DetachDevice with the direct cycle's XML and flags. */
+static int cycle_on_bus(probe_t *p, cycle_t *c, probe_mode_t kind)
+{
+    sd_bus_message *m = NULL;
+    int r;
+
+    r = bus_drain(p->bus);
+    if (r < 0) {
+        snprintf(c->error, sizeof(c->error), "bus: %s", strerror(-r));
+        return -1;
+    }
+    if (kind == MODE_VMDEVD) {
+        r = sd_bus_message_new_method_call(p->bus, &m, p->dest, VMDEVD_OBJECT_PATH,
+                                           VMDEVD_INTERFACE, "TestMethod");
+        if (r >= 0)
+            r = sd_bus_message_append(m, "sa{sas}", p->domain, 1, DEVICE_LABEL, 2, "type=disk",
+                                      p->target_token);
+    } else {
+        r = sd_bus_message_new_method_call(p->bus, &m, p->lvd_dest, p->lvd_domain,
+                                           "org.libvirt.Domain", "DetachDevice");
+        if (r >= 0)
+            r = sd_bus_message_append(m, "su", p->detach_xml, (uint32_t)VIR_DOMAIN_AFFECT_LIVE);
+    }
+    if (r < 0) {
+        snprintf(c->error, sizeof(c->error), "building the call: %s", strerror(-r));
+        sd_bus_message_unref(m);
+        return -1;
+    }
+    return cycle_bus(p, c, kind, m);
 }
 
 /* The probe's own DEVICE_REMOVED and DEVICE_REMOVAL_FAILED callbacks. */
@@ -789,7 +845,7 @@ static int run_cycle(probe_t *p, probe_mode_t mode, int *callback_ids, cycle_t *
      * same libvirtd and the vmdevd cycle gets libvirt's time too. */
     if (p->mode == MODE_ALTERNATE && register_events(p, callback_ids) < 0)
         return -1;
-    r = mode == MODE_DIRECT ? cycle_direct(p, c) : cycle_vmdevd(p, c);
+    r = mode == MODE_DIRECT ? cycle_direct(p, c) : cycle_on_bus(p, c, mode);
     if (p->mode == MODE_ALTERNATE)
         deregister_events(p, callback_ids);
     if (r < 0)
@@ -823,14 +879,21 @@ static void json_string_or_null(FILE *f, const char *text)
 
 static void usage(FILE *f)
 {
-    fputs("Usage: detach-probe --mode direct|vmdevd|alternate --domain NAME [--uri URI]\n"
-          "                    [--target DEV]\n"
+    fputs("Usage: detach-probe --mode direct|vmdevd|libvirt-dbus|alternate --domain NAME\n"
+          "                    [--uri URI] [--target DEV]\n"
           "                    [--address ADDR] [--dest NAME] [--disk-xml FILE]\n"
+          "                    [--with-libvirt-dbus] [--libvirt-dbus-dest NAME]\n"
+          "                    [--libvirt-dbus-path PATH]\n"
           "                    [--cycles N] [--warmup N] [--timeout-ms MS] [--json]\n"
           "  --mode direct      detach with virDomainDetachDeviceFlags; done at DEVICE_REMOVED\n"
           "  --mode vmdevd      detach with vmdevd's TestMethod; done at DeviceDetached\n"
+          "  --mode libvirt-dbus  detach with libvirt-dbus's DetachDevice; done at its\n"
+          "                     DeviceRemoved\n"
           "  --mode alternate   direct and vmdevd in turn, starting with direct; N cycles\n"
           "                     of each\n"
+          "  --with-libvirt-dbus  alternate: direct, vmdevd and libvirt-dbus in turn\n"
+          "  --libvirt-dbus-dest NAME  libvirt-dbus's bus name (default org.libvirt)\n"
+          "  --libvirt-dbus-path PATH  its connection's object (default /org/libvirt/QEMU)\n"
           "  --domain NAME      a running domain with the disk attached\n"
           "  --uri URI          libvirt URI (default qemu:///system); both modes attach the\n"
           "                     disk again through it between cycles\n"
@@ -914,43 +977,44 @@ static int setup(probe_t *p, int *callback_ids)
     return n < sizeof(p->target_token) ? 0 : -1;
 }
 
-/* vmdevd mode: the bus, the outcome matches (confirmed by the bus before
- * the first call, since a detach can end before its reply), and a daemon
- * that owns its name. */
-static int setup_bus(probe_t *p, sd_bus_slot **matches)
+/* Adds a match; synchronous, so the bus has it when this returns. */
+static int add_match(probe_t *p, sd_bus_slot **slot, const char *sender, const char *path,
+                     const char *interface, const char *member, sd_bus_message_handler_t cb)
 {
-    static const char *const members[2] = { "DeviceDetached", "DeviceDetachFailed" };
+    char rule[768];
+    int n, r;
+
+    n = snprintf(rule, sizeof(rule), "type='signal',sender='%s',path='%s',interface='%s',member='%s'",
+                 sender, path, interface, member);
+    if (n < 0 || (size_t)n >= sizeof(rule)) {
+        fprintf(stderr, "detach-probe: match rule too long\n");
+        return -1;
+    }
+    r = sd_bus_add_match(p->bus, slot, rule, cb, &p->bw);
+    if (r < 0) {
+        fprintf(stderr, "detach-probe: AddMatch %s: %s\n", rule, strerror(-r));
+        return -1;
+    }
+    return 0;
+}
+
+static bool plain_name(const char *text)
+{
+    return !strchr(text, '\'') && !strchr(text, ',') && !strchr(text, '\\');
+}
+
+/* vmdevd: the outcome matches, and a daemon that owns its name. */
+static int setup_vmdevd(probe_t *p, sd_bus_slot **matches)
+{
     sd_bus_error error = SD_BUS_ERROR_NULL;
     sd_bus_message *reply = NULL;
-    char rule[512];
     int r, has_owner = 0;
 
-    if (strchr(p->dest, '\'') || strchr(p->dest, ',')) {
-        fprintf(stderr, "detach-probe: bad --dest '%s'\n", p->dest);
+    if (add_match(p, &matches[0], p->dest, VMDEVD_OBJECT_PATH, VMDEVD_INTERFACE, "DeviceDetached",
+                  on_outcome) < 0 ||
+        add_match(p, &matches[1], p->dest, VMDEVD_OBJECT_PATH, VMDEVD_INTERFACE,
+                  "DeviceDetachFailed", on_outcome) < 0)
         return -1;
-    }
-    r = bus_open(p->address, "detach-probe", &p->bus);
-    if (r < 0) {
-        fprintf(stderr, "detach-probe: cannot connect to %s: %s\n",
-                p->address ? p->address : "the session bus", strerror(-r));
-        return -1;
-    }
-    for (int i = 0; i < 2; i++) {
-        int n = snprintf(rule, sizeof(rule),
-                         "type='signal',sender='%s',path='%s',interface='%s',member='%s'",
-                         p->dest, VMDEVD_OBJECT_PATH, VMDEVD_INTERFACE, members[i]);
-
-        if (n < 0 || (size_t)n >= sizeof(rule)) {
-            fprintf(stderr, "detach-probe: --dest too long\n");
-            return -1;
-        }
-        /* Synchronous: when it returns, the bus has the match. */
-        r = sd_bus_add_match(p->bus, &matches[i], rule, on_outcome, &p->bw);
-        if (r < 0) {
-            fprintf(stderr, "detach-probe: AddMatch %s: %s\n", rule, strerror(-r));
-            return -1;
-        }
-    }
     r = sd_bus_call_method(p->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
                            "org.freedesktop.DBus", "NameHasOwner", &error, &reply, "s", p->dest);
     if (r >= 0)
@@ -965,10 +1029,61 @@ static int setup_bus(probe_t *p, sd_bus_slot **matches)
     return r >= 0 && has_owner ? 0 : -1;
 }
 
+/* libvirt-dbus: the domain's object path (the lookup also makes it open
+ * its libvirt connection and register for events), and the match for its
+ * DeviceRemoved there. */
+static int setup_libvirt_dbus(probe_t *p, sd_bus_slot **match)
+{
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    sd_bus_message *reply = NULL;
+    const char *path = NULL;
+    int r;
+
+    r = sd_bus_call_method(p->bus, p->lvd_dest, p->lvd_path, "org.libvirt.Connect",
+                           "DomainLookupByName", &error, &reply, "s", p->domain);
+    if (r >= 0)
+        r = sd_bus_message_read(reply, "o", &path);
+    if (r >= 0 && strlen(path) >= sizeof(p->lvd_domain))
+        r = -ENAMETOOLONG;
+    if (r >= 0)
+        snprintf(p->lvd_domain, sizeof(p->lvd_domain), "%s", path);
+    else
+        fprintf(stderr, "detach-probe: %s DomainLookupByName(%s) on %s: %s\n", p->lvd_dest,
+                p->domain, p->lvd_path, sd_bus_error_is_set(&error) ? error.message : strerror(-r));
+    sd_bus_error_free(&error);
+    sd_bus_message_unref(reply);
+    if (r < 0)
+        return -1;
+    return add_match(p, match, p->lvd_dest, p->lvd_domain, "org.libvirt.Domain", "DeviceRemoved",
+                     on_device_removed_signal);
+}
+
+/* The bus, and what the modes of this run need on it (confirmed by the bus
+ * before the first call, since a detach can end before its reply). */
+static int setup_bus(probe_t *p, bool vmdevd, bool libvirt_dbus, sd_bus_slot **matches)
+{
+    int r;
+
+    if (!plain_name(p->dest) || !plain_name(p->lvd_dest) || !plain_name(p->lvd_path)) {
+        fprintf(stderr, "detach-probe: bad --dest, --libvirt-dbus-dest or --libvirt-dbus-path\n");
+        return -1;
+    }
+    r = bus_open(p->address, "detach-probe", &p->bus);
+    if (r < 0) {
+        fprintf(stderr, "detach-probe: cannot connect to %s: %s\n",
+                p->address ? p->address : "the session bus", strerror(-r));
+        return -1;
+    }
+    if (vmdevd && setup_vmdevd(p, matches) < 0)
+        return -1;
+    return libvirt_dbus ? setup_libvirt_dbus(p, &matches[2]) : 0;
+}
+
 int main(int argc, char **argv)
 {
     enum { OPT_MODE = 256, OPT_URI, OPT_DOMAIN, OPT_TARGET, OPT_ADDRESS, OPT_DEST,
-           OPT_DISK_XML, OPT_CYCLES, OPT_WARMUP, OPT_TIMEOUT, OPT_JSON };
+           OPT_DISK_XML, OPT_CYCLES, OPT_WARMUP, OPT_TIMEOUT, OPT_JSON, OPT_WITH_LVD,
+           OPT_LVD_DEST, OPT_LVD_PATH };
     static const struct option options[] = {
         { "mode", required_argument, NULL, OPT_MODE },
         { "uri", required_argument, NULL, OPT_URI },
@@ -981,21 +1096,26 @@ int main(int argc, char **argv)
         { "warmup", required_argument, NULL, OPT_WARMUP },
         { "timeout-ms", required_argument, NULL, OPT_TIMEOUT },
         { "json", no_argument, NULL, OPT_JSON },
+        { "with-libvirt-dbus", no_argument, NULL, OPT_WITH_LVD },
+        { "libvirt-dbus-dest", required_argument, NULL, OPT_LVD_DEST },
+        { "libvirt-dbus-path", required_argument, NULL, OPT_LVD_PATH },
         { "help", no_argument, NULL, 'h' },
         { 0 }
     };
     probe_t p = { .uri = "qemu:///system", .target = "sda", .dest = VMDEVD_BUS_NAME,
+                  .lvd_dest = "org.libvirt", .lvd_path = "/org/libvirt/QEMU",
                   .cycles = DEFAULT_CYCLES, .warmup = DEFAULT_WARMUP,
-                  .timeout_ms = DEFAULT_TIMEOUT_MS };
+                  .timeout_ms = DEFAULT_TIMEOUT_MS, .rotation = 2 };
     const char *mode = NULL, *first_error = NULL;
     event_loop_t loop = { .wake_timer = -1 };
     int callback_ids[2] = { -1, -1 };
-    sd_bus_slot *matches[2] = { NULL, NULL };
-    bool waiter_ok = false, stopped = false;
+    /* DeviceDetached, DeviceDetachFailed, DeviceRemoved */
+    sd_bus_slot *matches[3] = { NULL, NULL, NULL };
+    bool waiter_ok = false, stopped = false, with_lvd = false;
     cycle_t *cycles = NULL;
-    /* Per mode: [MODE_DIRECT], [MODE_VMDEVD]. */
-    samples_t done_lat[2] = { { 0 } }, return_lat[2] = { { 0 } };
-    latency_stats_t done_st[2], return_st[2];
+    /* Per mode: [MODE_DIRECT], [MODE_VMDEVD], [MODE_LIBVIRT_DBUS]. */
+    samples_t done_lat[N_KINDS] = { { 0 } }, return_lat[N_KINDS] = { { 0 } };
+    latency_stats_t done_st[N_KINDS], return_st[N_KINDS];
     uint64_t total, completed = 0, errors = 0, outcome_first = 0, unexpected;
     int opt, status = 2;
 
@@ -1011,6 +1131,9 @@ int main(int argc, char **argv)
         case OPT_DEST: p.dest = optarg; break;
         case OPT_DISK_XML: p.disk_xml_file = optarg; break;
         case OPT_JSON: p.json = true; break;
+        case OPT_WITH_LVD: with_lvd = true; break;
+        case OPT_LVD_DEST: p.lvd_dest = optarg; break;
+        case OPT_LVD_PATH: p.lvd_path = optarg; break;
         case OPT_CYCLES:
             if (parse_u64(optarg, 1, 1000000, &p.cycles) < 0)
                 bad = "cycles";
@@ -1039,8 +1162,11 @@ int main(int argc, char **argv)
         p.mode = MODE_DIRECT;
     } else if (strcmp(mode, "vmdevd") == 0) {
         p.mode = MODE_VMDEVD;
+    } else if (strcmp(mode, "libvirt-dbus") == 0) {
+        p.mode = MODE_LIBVIRT_DBUS;
     } else if (strcmp(mode, "alternate") == 0) {
         p.mode = MODE_ALTERNATE;
+        p.rotation = with_lvd ? 3 : 2;
     } else {
         fprintf(stderr, "detach-probe: unknown --mode '%s'\n", mode);
         return 2;
@@ -1051,14 +1177,23 @@ int main(int argc, char **argv)
         fprintf(stderr, "detach-probe: bad --target '%s'\n", p.target);
         return 2;
     }
+    if (with_lvd && p.mode != MODE_ALTERNATE) {
+        fprintf(stderr, "detach-probe: --with-libvirt-dbus goes with --mode alternate\n");
+        return 2;
+    }
     p.bw.domain = p.domain;
 
-    total = p.mode == MODE_ALTERNATE ? 2 * p.cycles : p.cycles;
+    total = p.mode == MODE_ALTERNATE ? p.rotation * p.cycles : p.cycles;
     cycles = calloc(total, sizeof(*cycles));
-    if (!cycles || samples_init(&done_lat[0], total) < 0 || samples_init(&done_lat[1], total) < 0 ||
-        samples_init(&return_lat[0], total) < 0 || samples_init(&return_lat[1], total) < 0) {
+    if (!cycles) {
         fprintf(stderr, "detach-probe: out of memory\n");
         goto out;
+    }
+    for (int m = 0; m < N_KINDS; m++) {
+        if (samples_init(&done_lat[m], total) < 0 || samples_init(&return_lat[m], total) < 0) {
+            fprintf(stderr, "detach-probe: out of memory\n");
+            goto out;
+        }
     }
     if (waiter_init(&p.waiter) < 0) {
         fprintf(stderr, "detach-probe: cannot set up the waiter\n");
@@ -1074,15 +1209,16 @@ int main(int argc, char **argv)
     /* In both modes, so the probe's own cost is the same in both. */
     if (event_loop_start(&loop, "detach-probe") < 0)
         goto out;
-    if (p.mode != MODE_DIRECT && setup_bus(&p, matches) < 0)
+    if (p.mode != MODE_DIRECT &&
+        setup_bus(&p, p.mode == MODE_VMDEVD || p.mode == MODE_ALTERNATE,
+                  p.mode == MODE_LIBVIRT_DBUS || with_lvd, matches) < 0)
         goto out;
     if (setup(&p, callback_ids) < 0)
         goto out;
 
     /* Alternating, warm-up included: both modes warm up. */
-#define CYCLE_MODE(i) \
-    (p.mode == MODE_ALTERNATE ? ((i) % 2 ? MODE_VMDEVD : MODE_DIRECT) : p.mode)
-    for (uint64_t i = 0; i < (p.mode == MODE_ALTERNATE ? 2 * p.warmup : p.warmup); i++) {
+#define CYCLE_MODE(i) (p.mode == MODE_ALTERNATE ? (probe_mode_t)((i) % p.rotation) : p.mode)
+    for (uint64_t i = 0; i < (p.mode == MODE_ALTERNATE ? p.rotation * p.warmup : p.warmup); i++) {
         cycle_t c;
 
         if (run_cycle(&p, CYCLE_MODE(i), callback_ids, &c) < 0 || !c.ok) {
@@ -1103,7 +1239,7 @@ int main(int argc, char **argv)
                 first_error = c->error;
             fprintf(stderr, "detach-probe: cycle %" PRIu64 ": %s\n", i, c->error);
         } else {
-            int m = c->mode == MODE_VMDEVD;
+            int m = (int)c->mode;
 
             if (samples_push(&done_lat[m], c->t_done - c->t_start) < 0 ||
                 samples_push(&return_lat[m], c->t_return - c->t_start) < 0) {
@@ -1123,7 +1259,7 @@ int main(int argc, char **argv)
         }
     }
 
-    for (int m = 0; m < 2; m++) {
+    for (int m = 0; m < N_KINDS; m++) {
         samples_stats(&done_lat[m], &done_st[m]);
         samples_stats(&return_lat[m], &return_st[m]);
     }
@@ -1133,8 +1269,6 @@ int main(int argc, char **argv)
     unexpected += p.bw.unexpected;
 
     if (p.json) {
-        static const char *const mode_names[] = { "direct", "vmdevd", "alternate" };
-
         fprintf(stdout, "{\"tool\":\"detach-probe\",\"mode\":\"%s\",\"uri\":",
                 mode_names[p.mode]);
         json_string(stdout, p.uri);
@@ -1143,7 +1277,9 @@ int main(int argc, char **argv)
         fputs(",\"target\":", stdout);
         json_string(stdout, p.target);
         fputs(",\"dest\":", stdout);
-        json_string_or_null(stdout, p.mode != MODE_DIRECT ? p.dest : NULL);
+        json_string_or_null(stdout, p.mode == MODE_VMDEVD || p.mode == MODE_ALTERNATE ? p.dest : NULL);
+        fputs(",\"libvirt_dbus_path\":", stdout);
+        json_string_or_null(stdout, p.lvd_domain);
         fputs(",\"vm_key\":", stdout);
         json_string_or_null(stdout, p.bw.vm_key);
         printf(",\"cycles\":%" PRIu64 ",\"warmup\":%" PRIu64 ",\"completed\":%" PRIu64
@@ -1163,8 +1299,14 @@ int main(int argc, char **argv)
             json_latency(stdout, "latency_vmdevd", &done_st[1]);
             fputc(',', stdout);
             json_latency(stdout, "return_vmdevd", &return_st[1]);
+            if (with_lvd) {
+                fputc(',', stdout);
+                json_latency(stdout, "latency_libvirt_dbus", &done_st[2]);
+                fputc(',', stdout);
+                json_latency(stdout, "return_libvirt_dbus", &return_st[2]);
+            }
         } else {
-            int m = p.mode == MODE_VMDEVD;
+            int m = (int)p.mode;
 
             fputc(',', stdout);
             json_latency(stdout, "latency", &done_st[m]);
@@ -1177,14 +1319,14 @@ int main(int argc, char **argv)
 
             printf("%s{\"cycle\":%" PRIu64 ",\"mode\":\"%s\",\"ok\":%s,\"t_start_ns\":\"%" PRIu64
                    "\",\"t_return_ns\":\"%" PRIu64 "\",\"t_done_ns\":\"%" PRIu64 "\"",
-                   i ? "," : "", i, c->mode == MODE_DIRECT ? "direct" : "vmdevd",
+                   i ? "," : "", i, mode_names[c->mode],
                    c->ok ? "true" : "false", c->t_start, c->t_return, c->t_done);
             if (c->ok)
                 printf(",\"latency_ns\":%" PRIu64 ",\"return_ns\":%" PRIu64,
                        c->t_done - c->t_start, c->t_return - c->t_start);
             if (c->ok && c->t_event)
                 printf(",\"event_ns\":%" PRIu64, c->t_event - c->t_start);
-            if (c->mode == MODE_DIRECT) {
+            if (c->mode != MODE_VMDEVD) {
                 fputs(",\"alias\":", stdout);
                 json_string(stdout, c->alias);
             }
@@ -1196,22 +1338,25 @@ int main(int argc, char **argv)
         }
         fputs("]}\n", stdout);
     } else {
-        static const char *const mode_names[] = { "direct", "vmdevd", "alternate" };
+        static const char *const done_what[] = { "detach call -> DEVICE_REMOVED",
+                                                 "TestMethod -> DeviceDetached",
+                                                 "DetachDevice -> DeviceRemoved" };
+        static const char *const return_what[] = { "detach call -> call returned",
+                                                   "TestMethod -> reply",
+                                                   "DetachDevice -> reply" };
 
         printf("detach-probe: %s, %s %s %s, %" PRIu64 " of %" PRIu64 " cycles (+%" PRIu64
                " warm-up), %" PRIu64 " errors, %" PRIu64 " unexpected outcomes%s\n",
                mode_names[p.mode], p.uri, p.domain, p.target, completed, total, p.warmup,
                errors, unexpected, stopped ? ", STOPPED" : "");
-        for (int m = 0; m < 2; m++) {
+        for (int m = 0; m < N_KINDS; m++) {
             if (done_st[m].n == 0)
                 continue;
-            print_stats_text(m ? "TestMethod -> DeviceDetached" : "detach call -> DEVICE_REMOVED",
-                             &done_st[m]);
-            print_stats_text(m ? "TestMethod -> reply" : "detach call -> call returned",
-                             &return_st[m]);
+            print_stats_text(done_what[m], &done_st[m]);
+            print_stats_text(return_what[m], &return_st[m]);
         }
         printf("  the outcome before the call returned (or the reply) in %" PRIu64
-               " of %zu cycles\n", outcome_first, done_st[0].n + done_st[1].n);
+               " of %zu cycles\n", outcome_first, done_st[0].n + done_st[1].n + done_st[2].n);
         if (first_error)
             printf("  first error: %s\n", first_error);
     }
@@ -1220,7 +1365,7 @@ int main(int argc, char **argv)
 
 out:
     deregister_events(&p, callback_ids);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 3; i++)
         sd_bus_slot_unref(matches[i]);
     sd_bus_flush_close_unref(p.bus);
     if (p.dom)
@@ -1232,7 +1377,7 @@ out:
         waiter_destroy(&p.waiter);
     free(p.attach_xml);
     free(cycles);
-    for (int m = 0; m < 2; m++) {
+    for (int m = 0; m < N_KINDS; m++) {
         samples_free(&done_lat[m]);
         samples_free(&return_lat[m]);
     }
