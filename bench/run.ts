@@ -5,7 +5,8 @@
  * dbus-daemon and (for events and detaches) one real libvirtd, in one run.
  * Prints one table; `--json FILE` also writes every figure.
  *
- *   node dist/bench/run.js [--rounds N] [--duration S] [--cycles N] [--detach-cycles N]
+ *   node dist/bench/run.js [--rounds N] [--warmup-rounds N] [--duration S] [--cycles N]
+ *                          [--detach-cycles N]
  *                          [--scale-hosts N] [--scale-vms N] [--quick] [--json FILE]
  *                          [--skip calls|libvirt|detach|scale|startup]...
  *
@@ -47,6 +48,7 @@ const dbusVariant = dbus.Variant;
 const { values: opts } = parseArgs({
   options: {
     rounds: { type: 'string', default: '3' },
+    'warmup-rounds': { type: 'string', default: '3' },
     duration: { type: 'string', default: '2' },
     cycles: { type: 'string', default: '50' },
     'detach-cycles': { type: 'string', default: '100' },
@@ -59,6 +61,8 @@ const { values: opts } = parseArgs({
 });
 const ROUNDS = opts.quick ? 1 : Number(opts.rounds);
 const DURATION = opts.quick ? 1 : Number(opts.duration);
+/** Unmeasured rounds before a daemon's first figures: what runs for days is measured warm. */
+const WARMUP_ROUNDS = opts.quick ? 0 : Number(opts['warmup-rounds']);
 const CYCLES = opts.quick ? 20 : Number(opts.cycles);
 const DETACH_CYCLES = opts.quick ? 10 : Number(opts['detach-cycles']);
 const SCALE_HOSTS = Number(opts['scale-hosts']);
@@ -111,16 +115,33 @@ interface Server {
   readonly checkEvery?: number;
 }
 
-/** One `load` figure per round for each server, interleaved; medians per server. */
+interface Figures {
+  p50: number;
+  p99: number;
+  rate: number;
+  clientCpu: number;
+  /** With warm-up rounds: the first of them, the servers' first calls of this kind. */
+  cold?: { p50: number; p99: number };
+}
+
+/**
+ * One `load` figure per round for each server, interleaved; medians per
+ * server. `warmupRounds` unmeasured rounds of each go first, when these are
+ * a daemon's first calls: it runs for days, and its first seconds (the
+ * JIT's compilations on the other core, the heap still growing) are
+ * reported apart, as `cold`.
+ */
 async function compare(
   label: string,
   kind: string,
   inflight: number,
   servers: readonly Server[],
   address: string,
-): Promise<Record<string, { p50: number; p99: number; rate: number; clientCpu: number }>> {
+  warmupRounds = 0,
+): Promise<Record<string, Figures>> {
   const per: Record<string, LoadResult[]> = {};
-  for (let r = 0; r < ROUNDS; r++) {
+  const cold: Record<string, LoadResult> = {};
+  for (let r = -warmupRounds; r < ROUNDS; r++) {
     for (const s of servers) {
       const res = await load(address, s.kind ?? kind, {
         dest: s.dest,
@@ -132,19 +153,25 @@ async function compare(
         devices: s.devices,
         checkEvery: s.checkEvery,
       });
-      (per[s.name] ??= []).push(res);
+      if (r === -warmupRounds && warmupRounds > 0) cold[s.name] = res;
+      if (r >= 0) (per[s.name] ??= []).push(res);
     }
   }
-  const out: Record<string, { p50: number; p99: number; rate: number; clientCpu: number }> = {};
+  const out: Record<string, Figures> = {};
   for (const [name, list] of Object.entries(per)) {
+    const first = cold[name];
     out[name] = {
       p50: median(list.map((x) => x.latency.p50_us)),
       p99: median(list.map((x) => x.latency.p99_us)),
       rate: median(list.map((x) => x.calls_per_s)),
       clientCpu: median(list.map((x) => x.client.cpu_us_per_call)),
+      ...(first && { cold: { p50: first.latency.p50_us, p99: first.latency.p99_us } }),
     };
     say(
-      `  ${label} ${name} x${inflight}: p50 ${fmt(out[name].p50)} µs, p99 ${fmt(out[name].p99)} µs, ${fmt(out[name].rate, 0)} calls/s`,
+      `  ${label} ${name} x${inflight}: p50 ${fmt(out[name].p50)} µs, p99 ${fmt(out[name].p99)} µs, ${fmt(out[name].rate, 0)} calls/s` +
+        (first
+          ? ` (first round, unmeasured: p50 ${fmt(first.latency.p50_us)} µs, p99 ${fmt(first.latency.p99_us)} µs)`
+          : ''),
     );
   }
   return out;
@@ -198,7 +225,7 @@ async function callBenchmarks(bus: PrivateBus): Promise<void> {
   const ping = await compare('bus ping', 'ping', 1, [{ name: 'bus', dest: 'org.freedesktop.DBus' }], bus.address);
   results['ping_p50_us'] = ping['bus']!.p50;
   results['ping_p99_us'] = ping['bus']!.p99;
-  const t1 = await compare('TestMethod', 'testmethod', 1, tm, bus.address);
+  const t1 = await compare('TestMethod', 'testmethod', 1, tm, bus.address, WARMUP_ROUNDS);
   const t16 = await compare('TestMethod', 'testmethod', 16, tm, bus.address);
   const i1 = await compare('rejected TestMethod', 'testmethod-invalid', 1, tm, bus.address);
   const i16 = await compare('rejected TestMethod', 'testmethod-invalid', 16, tm, bus.address);
@@ -212,9 +239,13 @@ async function callBenchmarks(bus: PrivateBus): Promise<void> {
     { name: 'present', dest: 'org.example.vmdevdlv', selector: 'test', devices: ['d:type=disk,target=vda'] },
     { name: 'libvirt-dbus', dest: 'org.libvirt', kind: 'libvirt-listdomains' },
   ];
-  const l1 = await compare('test driver', 'testmethod', 1, onTestDriver, bus.address);
+  const l1 = await compare('test driver', 'testmethod', 1, onTestDriver, bus.address, WARMUP_ROUNDS);
   const l16 = await compare('test driver', 'testmethod', 16, onTestDriver, bus.address);
   for (const who of ['missing', 'present']) {
+    if (l1[who]!.cold) {
+      results[`lv_${who}_cold_p50_us`] = l1[who]!.cold.p50;
+      results[`lv_${who}_cold_p99_us`] = l1[who]!.cold.p99;
+    }
     results[`lv_${who}_p50_us`] = l1[who]!.p50;
     results[`lv_${who}_p99_us`] = l1[who]!.p99;
     results[`lv_${who}_rate16`] = l16[who]!.rate;
@@ -234,6 +265,10 @@ async function callBenchmarks(bus: PrivateBus): Promise<void> {
     }
   }
   results['load_client_cpu_us'] = t1['vmdevd']!.clientCpu;
+  if (t1['vmdevd']!.cold) {
+    results['testmethod_vmdevd_cold_p50_us'] = t1['vmdevd']!.cold.p50;
+    results['testmethod_vmdevd_cold_p99_us'] = t1['vmdevd']!.cold.p99;
+  }
   results['listdomains_libvirtdbus_p50_us'] = l1['libvirt-dbus']!.p50;
   results['listdomains_libvirtdbus_p99_us'] = l1['libvirt-dbus']!.p99;
   results['listdomains_libvirtdbus_rate16'] = l16['libvirt-dbus']!.rate;
@@ -243,7 +278,7 @@ async function callBenchmarks(bus: PrivateBus): Promise<void> {
       { name: 'ref', dest: `org.example.ref${n}`, expectEntries: n },
       { name: 'vmdevd', dest: `org.example.vmdevd${n}`, expectEntries: n },
     ];
-    const g1 = await compare(`Get TestProperty (${n})`, 'get-testproperty', 1, servers, bus.address);
+    const g1 = await compare(`Get TestProperty (${n})`, 'get-testproperty', 1, servers, bus.address, WARMUP_ROUNDS);
     const g16 = await compare(`Get TestProperty (${n})`, 'get-testproperty', 16, servers, bus.address);
     for (const who of ['ref', 'vmdevd']) {
       results[`get${n}_${who}_p50_us`] = g1[who]!.p50;
@@ -803,6 +838,14 @@ function table(): string {
     `≤ 2× C: ${yes(tmR99 <= 2)}`,
   );
   row(
+    '… in the first, unmeasured round, on a fresh daemon, p99 (µs)',
+    r('testmethod_vmdevd_cold_p99_us'),
+    '',
+    `p50 ${fmt(r('testmethod_vmdevd_cold_p50_us'))}`,
+    '',
+    '',
+  );
+  row(
     'TestMethod calls/s, 16 in flight',
     r('testmethod_vmdevd_rate16'),
     fmt(r('testmethod_ref_rate16'), 0),
@@ -884,6 +927,14 @@ function table(): string {
       `ListDomains ${fmt(theirs('p99_us'))}`,
       `${fmt(ratio(p99, theirs('p99_us')), 2)}×`,
       `≤ libvirt-dbus: ${yes(p99 <= theirs('p99_us'))}`,
+    );
+    row(
+      '… in the first, unmeasured round, on a fresh daemon, p99 (µs)',
+      r(`lv_${who}_cold_p99_us`),
+      '',
+      `p50 ${fmt(r(`lv_${who}_cold_p50_us`))}`,
+      '',
+      '',
     );
     row(
       `TestMethod on test:///default, ${what}, calls/s ×16`,
