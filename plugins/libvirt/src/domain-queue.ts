@@ -56,6 +56,8 @@ interface Item {
   callLost?: boolean;
   /** Issued once more after such a loss (only once). */
   reissued?: boolean;
+  /** Removes its abort listener: it has one only while it waits in line. */
+  unlisten?: () => void;
 }
 
 function failure(err: unknown, op: Operation = 'detach'): DeviceOutcome {
@@ -79,14 +81,20 @@ export class DomainQueue {
 
   submit(op: Operation, request: DeviceRequest): Promise<DeviceOutcome> {
     return new Promise<DeviceOutcome>((resolve) => {
-      const item: Item = { op, request, done: false, resolve: () => {} };
-      (item as { resolve: (o: DeviceOutcome) => void }).resolve = (outcome) => {
-        if (item.done) return;
-        item.done = true;
-        resolve(outcome);
+      // Built whole: overwriting a function property of a fresh object
+      // literal costs V8 a new object shape per item, and what the new
+      // function reaches then survives scavenges into the old generation.
+      const item: Item = {
+        op,
+        request,
+        done: false,
+        resolve: (outcome) => {
+          if (item.done) return;
+          item.done = true;
+          resolve(outcome);
+        },
       };
       if (this.stopped) return item.resolve({ ok: false, error: 'Failed', message: 'the libvirt backend is stopping' });
-      request.signal.addEventListener('abort', () => this.aborted(item), { once: true });
       this.intake.push(item);
       // The core hands over all devices of a request in one synchronous
       // loop: a microtask classifies them together, without waiting for a
@@ -108,8 +116,10 @@ export class DomainQueue {
   stop(): void {
     this.stopped = true;
     this.onCallEnd = undefined;
-    for (const item of [...this.intake, ...this.waiting])
+    for (const item of [...this.intake, ...this.waiting]) {
+      item.unlisten?.();
       item.resolve({ ok: false, error: 'Failed', message: 'the libvirt backend is stopping' });
+    }
     this.intake = [];
     this.waiting = [];
   }
@@ -119,10 +129,33 @@ export class DomainQueue {
   }
 
   private aborted(item: Item): void {
+    item.unlisten = undefined;
     const i = this.waiting.indexOf(item);
-    if (i < 0) return; // being classified (checked there) or in flight (its own wait handles it)
+    if (i < 0) return;
     this.waiting.splice(i, 1);
     item.resolve(this.notIssued(item));
+  }
+
+  /**
+   * An item waiting in line is answered when its request is aborted (its
+   * timeout, or shutdown); one being classified is checked there, one in
+   * flight has a wait of its own. So only the items left in line get an
+   * abort listener, and lose it when they leave it. One per request would
+   * cost more than it looks: an AbortSignal with a listener keeps what the
+   * listener reaches through a scavenge, into the old generation.
+   */
+  private listenWhileWaiting(): void {
+    for (const item of [...this.waiting]) {
+      if (item.unlisten !== undefined) continue;
+      const signal = item.request.signal;
+      if (signal.aborted) {
+        this.aborted(item);
+        continue;
+      }
+      const onAbort = () => this.aborted(item);
+      signal.addEventListener('abort', onAbort, { once: true });
+      item.unlisten = () => signal.removeEventListener('abort', onAbort);
+    }
   }
 
   /** The outcome of a detach or attach aborted before it was issued. */
@@ -220,9 +253,16 @@ export class DomainQueue {
   }
 
   private pump(): void {
+    this.pumpOnce();
+    if (!this.stopped) this.listenWhileWaiting();
+  }
+
+  private pumpOnce(): void {
     if (this.busy || this.stopped) return;
     const item = this.waiting.shift();
     if (item === undefined) return;
+    item.unlisten?.();
+    item.unlisten = undefined;
     if (!this.backend.isConnected()) {
       this.waiting.unshift(item);
       this.busy = true;
