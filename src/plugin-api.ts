@@ -184,7 +184,11 @@ export interface DeviceRequest {
    * After a `'timeout'` abort the backend has a short grace period to
    * resolve with what it verified (for example `{ ok: true }` when the
    * device turns out to be gone, or there); after that the core reports
-   * `Timeout`.
+   * `Timeout`. Add an `abort` listener only while the backend waits on
+   * something, and check `signal.aborted` elsewhere: on Node 20 a signal
+   * with a listener keeps what the listener reaches through young
+   * collections into the old generation, which under load lengthens every
+   * scavenge (`bench/README.md`).
    */
   readonly signal: AbortSignal;
   /**
