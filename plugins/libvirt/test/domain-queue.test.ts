@@ -1,0 +1,160 @@
+/**
+ * One domain's line of detaches, against a double of the libvirt backend
+ * (our own component; the real one is tested against libvirtd elsewhere):
+ * a detach that waits behind another one in flight ends at its abort, and
+ * only a waiting detach has an abort listener on its request's signal.
+ */
+import assert from 'node:assert/strict';
+import { getEventListeners } from 'node:events';
+import { describe, it } from 'node:test';
+import type { DeviceOutcome, DeviceRequest, DeviceSpec } from 'vmdevd/plugin-api';
+import { DomainXml } from '../src/domain-devices.js';
+import { DomainQueue } from '../src/domain-queue.js';
+import type { LibvirtBackend, RemovalResult } from '../src/libvirt-backend.js';
+
+const UUID = '1c6b9d2e-3f4a-4b5c-8d6e-7f8091a2b3c4';
+
+const XML = `<domain type='kvm' id='1'>
+  <name>vm1</name>
+  <devices>
+    <controller type='scsi' index='0' model='virtio-scsi'><alias name='scsi0'/></controller>
+    <disk type='file' device='disk'>
+      <source file='/images/a.img'/><target dev='sda' bus='scsi'/>
+      <alias name='scsi0-0-0-0'/><address type='drive' controller='0' bus='0' target='0' unit='0'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <source file='/images/b.img'/><target dev='sdb' bus='scsi'/>
+      <alias name='scsi0-0-0-1'/><address type='drive' controller='0' bus='0' target='0' unit='1'/>
+    </disk>
+  </devices>
+</domain>`;
+
+/** What the queue asks of the backend, with each detach call held until the test lets it return. */
+function fakeBackend() {
+  const calls: Array<{ target: string; finish: () => void }> = [];
+  const watchers = new Map<string, (r: RemovalResult, stray: boolean) => void>();
+  const conn = {
+    detachDevice: (_uuid: string, xml: string) =>
+      new Promise<void>((resolve) => calls.push({ target: /dev='(\w+)'/.exec(xml)![1]!, finish: resolve })),
+  };
+  const backend = {
+    uri: 'qemu:///system',
+    ctx: { log: { debug() {}, info() {}, warn() {}, error() {} } },
+    domain: () => ({ uuid: UUID, name: 'vm1', active: true, persistent: false }),
+    domainXml: () => Promise.resolve(new DomainXml(XML)),
+    isConnected: () => true,
+    whenConnected: () => Promise.resolve(),
+    connection: () => conn,
+    guestConnection: () => Promise.resolve(conn),
+    isLost: () => Promise.resolve(false),
+    watchRemoval: (_uuid: string, alias: string, cb: (r: RemovalResult, stray: boolean) => void) => {
+      watchers.set(alias, cb);
+      return () => watchers.delete(alias);
+    },
+    expectStrayEvent: () => {},
+  };
+  return { backend: backend as unknown as LibvirtBackend, calls, watchers };
+}
+
+function disk(target: string): DeviceSpec {
+  return {
+    label: target,
+    type: 'disk',
+    params: { target },
+    persistent: false,
+    xml: `<disk type='file' device='disk'><target dev='${target}'/></disk>`,
+    identity: `disk:${target}`,
+  };
+}
+
+function request(target: string): DeviceRequest & { controller: AbortController } {
+  const controller = new AbortController();
+  return {
+    controller,
+    vm: { name: 'vm1', uuid: UUID, type: 'x', state: 'running' },
+    device: disk(target),
+    timeoutMs: 30_000,
+    signal: controller.signal,
+    hold: () => {},
+    issued: () => {},
+  };
+}
+
+/** Lets the queue's microtasks and promise chains run. */
+const settle = () => new Promise<void>((r) => setImmediate(r));
+
+describe('DomainQueue', () => {
+  it('ends a detach waiting in line at its abort, and listens to no signal but a waiting one', async () => {
+    const { backend, calls, watchers } = fakeBackend();
+    const queue = new DomainQueue(backend, UUID);
+    const first = request('sda');
+    const second = request('sdb');
+    const outcomes: Record<string, DeviceOutcome> = {};
+    void queue.submit('detach', first).then((o) => (outcomes['sda'] = o));
+    void queue.submit('detach', second).then((o) => (outcomes['sdb'] = o));
+    await settle();
+
+    assert.deepEqual(
+      calls.map((c) => c.target),
+      ['sda'],
+      'one call in flight per domain',
+    );
+    assert.equal(getEventListeners(first.signal, 'abort').length, 0, 'the detach in flight has no listener');
+    assert.equal(getEventListeners(second.signal, 'abort').length, 1, 'the waiting detach has one');
+
+    second.controller.abort('timeout');
+    await settle();
+    assert.deepEqual(outcomes['sdb'], {
+      ok: false,
+      error: 'Timeout',
+      message: 'the detach was still waiting for another operation of the VM',
+    });
+    assert.equal(getEventListeners(second.signal, 'abort').length, 0);
+    assert.deepEqual(
+      calls.map((c) => c.target),
+      ['sda'],
+      'the aborted detach is never issued',
+    );
+
+    // The first one ends with its event; the line is free again.
+    watchers.get('scsi0-0-0-0')!('removed', false);
+    calls[0]!.finish();
+    await settle();
+    assert.deepEqual(outcomes['sda'], { ok: true });
+
+    const third = request('sdb');
+    void queue.submit('detach', third).then((o) => (outcomes['third'] = o));
+    await settle();
+    assert.deepEqual(
+      calls.map((c) => c.target),
+      ['sda', 'sdb'],
+    );
+    assert.equal(getEventListeners(third.signal, 'abort').length, 0, 'issued at once: no listener');
+    watchers.get('scsi0-0-0-1')!('removed', false);
+    calls[1]!.finish();
+    await settle();
+    assert.deepEqual(outcomes['third'], { ok: true });
+  });
+
+  it('ends a waiting detach whose request was aborted before it got in line', async () => {
+    const { backend, calls, watchers } = fakeBackend();
+    const queue = new DomainQueue(backend, UUID);
+    const first = request('sda');
+    const second = request('sdb');
+    const outcomes: Record<string, DeviceOutcome> = {};
+    void queue.submit('detach', first).then((o) => (outcomes['sda'] = o));
+    void queue.submit('detach', second).then((o) => (outcomes['sdb'] = o));
+    // Aborted while both are being looked up in the XML (before any listener could be added).
+    second.controller.abort('shutdown');
+    await settle();
+    assert.deepEqual(outcomes['sdb'], { ok: false, error: 'Failed', message: 'vmdevd is stopping' });
+    assert.deepEqual(
+      calls.map((c) => c.target),
+      ['sda'],
+    );
+    watchers.get('scsi0-0-0-0')!('removed', false);
+    calls[0]!.finish();
+    await settle();
+    assert.deepEqual(outcomes['sda'], { ok: true });
+  });
+});
