@@ -193,28 +193,7 @@ async function callBenchmarks(bus: PrivateBus): Promise<void> {
   const vmdevd1000 = await startVmdevd(bus, 'org.example.vmdevd1000', testBackend(1000));
   // The libvirt plugin on libvirt's test driver: one libvirt call per request.
   await startVmdevd(bus, 'org.example.vmdevdlv', [{ id: 'lv', plugin: 'libvirt', uri: 'test:///default' }]);
-  const lvd = startService('/usr/sbin/libvirt-dbus', ['--session'], join(work, 'libvirt-dbus.log'), {
-    ...process.env,
-    DBUS_SESSION_BUS_ADDRESS: bus.address,
-  });
-  cleanups.push(() => lvd.stop());
-  await waitUntil('libvirt-dbus', async () => {
-    try {
-      await run(`${TOOLS}/load`, [
-        '--address',
-        bus.address,
-        '--call',
-        'libvirt-listdomains',
-        '--count',
-        '1',
-        '--warmup',
-        '0',
-      ]);
-      return true;
-    } catch {
-      return false;
-    }
-  });
+  await startLibvirtDbus(bus, 'session', 'libvirt-dbus.log');
   await new Promise((r) => setTimeout(r, 500));
   results['rss_idle_mib'] = rssMiB(vmdevd1.pid);
 
@@ -307,25 +286,26 @@ interface Binding {
 }
 
 /**
- * libvirt-dbus --system, its system bus pointed at the private bus, once it
- * answers: it opens its libvirt connection (and subscribes to events) on
- * the first call.
+ * libvirt-dbus on the private bus, once it answers: `--session` serves the
+ * test driver on /org/libvirt/Test, `--system` qemu:///system on
+ * /org/libvirt/QEMU (it takes that bus from DBUS_SYSTEM_BUS_ADDRESS). It
+ * opens its libvirt connection (and subscribes to events) on the first call.
  */
-async function startLibvirtDbusSystem(bus: PrivateBus, log: string): Promise<Service> {
-  const lvd = startService('/usr/sbin/libvirt-dbus', ['--system'], join(work, log), {
+async function startLibvirtDbus(bus: PrivateBus, which: 'session' | 'system', log: string): Promise<Service> {
+  const lvd = startService('/usr/sbin/libvirt-dbus', [`--${which}`], join(work, log), {
     ...process.env,
-    DBUS_SYSTEM_BUS_ADDRESS: bus.address,
+    [which === 'session' ? 'DBUS_SESSION_BUS_ADDRESS' : 'DBUS_SYSTEM_BUS_ADDRESS']: bus.address,
   });
   cleanups.push(() => lvd.stop());
-  await waitUntil('libvirt-dbus --system', async () => {
+  const path = which === 'session' ? [] : ['--path', '/org/libvirt/QEMU'];
+  await waitUntil(`libvirt-dbus --${which}`, async () => {
     try {
       await run(`${TOOLS}/load`, [
         '--address',
         bus.address,
         '--call',
         'libvirt-listdomains',
-        '--path',
-        '/org/libvirt/QEMU',
+        ...path,
         '--count',
         '1',
         '--warmup',
@@ -433,7 +413,7 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
     results[`event_${key}_direct_p50_us`] = percentile(r.direct, 50);
   };
 
-  const lvd = await startLibvirtDbusSystem(bus, 'libvirt-dbus-system.log');
+  const lvd = await startLibvirtDbus(bus, 'system', 'libvirt-dbus-system.log');
   const theirs = probe(
     ['--sender', 'org.libvirt', '--interface', 'org.libvirt.Connect', '--member', 'DomainEvent'],
     'domainevent',
@@ -496,7 +476,7 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
   // through libvirt-dbus, in turn, so that each cycle through a daemon has a
   // direct one just before it.
   if (!skip.has('detach')) {
-    const lvdDetach = await startLibvirtDbusSystem(bus, 'libvirt-dbus-detach.log');
+    const lvdDetach = await startLibvirtDbus(bus, 'system', 'libvirt-dbus-detach.log');
     const before = schedstat(daemon.pid);
     const out = await run(`${TOOLS}/detach-probe`, [
       '--uri',

@@ -83,15 +83,21 @@ function request(target: string): DeviceRequest & { controller: AbortController 
 /** Lets the queue's microtasks and promise chains run. */
 const settle = () => new Promise<void>((r) => setImmediate(r));
 
+/** A queue given a detach of sda, then one of sdb, which waits behind it. */
+function twoInLine() {
+  const fake = fakeBackend();
+  const queue = new DomainQueue(fake.backend, UUID);
+  const first = request('sda');
+  const second = request('sdb');
+  const outcomes: Record<string, DeviceOutcome> = {};
+  void queue.submit('detach', first).then((o) => (outcomes['sda'] = o));
+  void queue.submit('detach', second).then((o) => (outcomes['sdb'] = o));
+  return { ...fake, queue, first, second, outcomes };
+}
+
 describe('DomainQueue', () => {
   it('ends a detach waiting in line at its abort, and listens to no signal but a waiting one', async () => {
-    const { backend, calls, watchers } = fakeBackend();
-    const queue = new DomainQueue(backend, UUID);
-    const first = request('sda');
-    const second = request('sdb');
-    const outcomes: Record<string, DeviceOutcome> = {};
-    void queue.submit('detach', first).then((o) => (outcomes['sda'] = o));
-    void queue.submit('detach', second).then((o) => (outcomes['sdb'] = o));
+    const { queue, calls, watchers, first, second, outcomes } = twoInLine();
     await settle();
 
     assert.deepEqual(
@@ -137,13 +143,7 @@ describe('DomainQueue', () => {
   });
 
   it('ends a waiting detach whose request was aborted before it got in line', async () => {
-    const { backend, calls, watchers } = fakeBackend();
-    const queue = new DomainQueue(backend, UUID);
-    const first = request('sda');
-    const second = request('sdb');
-    const outcomes: Record<string, DeviceOutcome> = {};
-    void queue.submit('detach', first).then((o) => (outcomes['sda'] = o));
-    void queue.submit('detach', second).then((o) => (outcomes['sdb'] = o));
+    const { calls, watchers, second, outcomes } = twoInLine();
     // Aborted while both are being looked up in the XML (before any listener could be added).
     second.controller.abort('shutdown');
     await settle();
