@@ -56,8 +56,6 @@ interface Item {
   callLost?: boolean;
   /** Issued once more after such a loss (only once). */
   reissued?: boolean;
-  /** Removes its abort listener: it has one only while it waits in line. */
-  unlisten?: () => void;
 }
 
 function failure(err: unknown, op: Operation = 'detach'): DeviceOutcome {
@@ -68,6 +66,8 @@ function failure(err: unknown, op: Operation = 'detach'): DeviceOutcome {
 export class DomainQueue {
   private intake: Item[] = [];
   private waiting: Item[] = [];
+  /** What removes the abort listener of each item that has one: those waiting in line. */
+  private readonly listening = new Map<Item, () => void>();
   private busy = false;
   /** A detach or attach is in flight in libvirt (not waiting for a reconnect). */
   private inCall = false;
@@ -117,7 +117,7 @@ export class DomainQueue {
     this.stopped = true;
     this.onCallEnd = undefined;
     for (const item of [...this.intake, ...this.waiting]) {
-      item.unlisten?.();
+      this.unlisten(item);
       item.resolve({ ok: false, error: 'Failed', message: 'the libvirt backend is stopping' });
     }
     this.intake = [];
@@ -129,7 +129,7 @@ export class DomainQueue {
   }
 
   private aborted(item: Item): void {
-    item.unlisten = undefined;
+    this.listening.delete(item); // a listener added with `once` is gone once it ran
     const i = this.waiting.indexOf(item);
     if (i < 0) return;
     this.waiting.splice(i, 1);
@@ -146,7 +146,7 @@ export class DomainQueue {
    */
   private listenWhileWaiting(): void {
     for (const item of [...this.waiting]) {
-      if (item.unlisten !== undefined) continue;
+      if (this.listening.has(item)) continue;
       const signal = item.request.signal;
       if (signal.aborted) {
         this.aborted(item);
@@ -154,8 +154,13 @@ export class DomainQueue {
       }
       const onAbort = () => this.aborted(item);
       signal.addEventListener('abort', onAbort, { once: true });
-      item.unlisten = () => signal.removeEventListener('abort', onAbort);
+      this.listening.set(item, () => signal.removeEventListener('abort', onAbort));
     }
+  }
+
+  private unlisten(item: Item): void {
+    this.listening.get(item)?.();
+    this.listening.delete(item);
   }
 
   /** The outcome of a detach or attach aborted before it was issued. */
@@ -261,8 +266,7 @@ export class DomainQueue {
     if (this.busy || this.stopped) return;
     const item = this.waiting.shift();
     if (item === undefined) return;
-    item.unlisten?.();
-    item.unlisten = undefined;
+    this.unlisten(item);
     if (!this.backend.isConnected()) {
       this.waiting.unshift(item);
       this.busy = true;
