@@ -30,6 +30,8 @@
  *   since such a plugin cannot check them.
  * - 3: `publish`'s optional {@link PublishOptions} (`typesPending`): the
  *   names and states of a backend's VMs go out before their types are read.
+ * - 4: a request's {@link DeviceRequest.aborted}: whether it is aborted,
+ *   without making its signal.
  *
  * Import everything from `vmdevd/plugin-api`, including `ContainerModule`, so
  * that the plugin and the daemon share one inversify.
@@ -52,7 +54,7 @@ export { ContainerModule };
  * version it was built for; the daemon loads it when that version is from
  * {@link OLDEST_PLUGIN_API_VERSION} to this one (see the module comment).
  */
-export const PLUGIN_API_VERSION = 3;
+export const PLUGIN_API_VERSION = 4;
 
 /** The oldest plugin-API version this daemon still loads. */
 export const OLDEST_PLUGIN_API_VERSION = 1;
@@ -184,13 +186,18 @@ export interface DeviceRequest {
    * After a `'timeout'` abort the backend has a short grace period to
    * resolve with what it verified (for example `{ ok: true }` when the
    * device turns out to be gone, or there); after that the core reports
-   * `Timeout`. Add an `abort` listener only while the backend waits on
-   * something, and check `signal.aborted` elsewhere: on Node 20 a signal
-   * with a listener keeps what the listener reaches through young
-   * collections into the old generation, which under load lengthens every
+   * `Timeout`. The core makes the signal when a backend first reads it:
+   * read it only to wait on it (an `abort` listener, added only for as long
+   * as the backend waits) or for the reason of an abort, and check
+   * {@link aborted} otherwise. On Node 20 every AbortSignal made outlives
+   * young collections into the old generation (Node makes it as an
+   * EventTarget and then changes its prototype), and a listener takes what
+   * it reaches there too: under load, a signal per request lengthens every
    * scavenge (`bench/README.md`).
    */
   readonly signal: AbortSignal;
+  /** Whether `signal` is aborted, read without making the signal (plugin API 4). */
+  readonly aborted: boolean;
   /**
    * Pauses the core's clock for this device while it waits for another
    * operation of the same VM. Optional: a backend that issues every call

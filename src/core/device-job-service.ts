@@ -117,6 +117,11 @@ class DeviceJob {
     return this.phase === 'settled';
   }
 
+  /** Whether the request's signal is aborted (or will be, when first made). */
+  get aborted(): boolean {
+    return this.abortReason !== undefined;
+  }
+
   signal(): AbortSignal {
     if (this.controller === undefined) {
       this.controller = new AbortController();
@@ -217,6 +222,10 @@ class JobRequest implements DeviceRequest {
 
   get signal(): AbortSignal {
     return this.#job.signal();
+  }
+
+  get aborted(): boolean {
+    return this.#job.aborted;
   }
 }
 

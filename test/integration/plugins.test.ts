@@ -50,7 +50,7 @@ describe('broken plugins', () => {
     assert.equal(backends['good'], 'connected');
     assert.match(
       backends['wrong-api']!,
-      /^disconnected: plugin ".*wrong-api.js" targets plugin API 4; this vmdevd implements plugin API 3$/,
+      /^disconnected: plugin ".*wrong-api.js" targets plugin API 5; this vmdevd implements plugin API 4$/,
     );
     assert.match(
       backends['import-error']!,

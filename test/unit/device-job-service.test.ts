@@ -209,6 +209,26 @@ describe('DeviceJobService', () => {
     assert.equal(t.finished[0]!.at, 180);
   });
 
+  it('says a request is aborted, at the timeout and at shutdown, as its signal made afterwards does', async () => {
+    const t = setup(0.1, 80, never);
+    t.start('a');
+    const a = t.requests[0]!;
+    await t.clock.advance(99);
+    assert.equal(a.aborted, false);
+    await t.clock.advance(1);
+    assert.equal(a.aborted, true, 'at the timeout');
+    assert.equal(a.signal.aborted, true, 'the signal, made only now, is aborted');
+    assert.equal(a.signal.reason, 'timeout');
+
+    const u = setup(10, 10, never);
+    u.start('b');
+    const b = u.requests[0]!;
+    assert.equal(b.aborted, false);
+    u.service.shutdown();
+    assert.equal(b.aborted, true, 'at shutdown');
+    assert.equal(b.signal.reason, 'shutdown');
+  });
+
   it('takes a removal the backend verifies during the grace period', async () => {
     const t = setup(0.05, 500, (r) => onAbort(r, { ok: true }));
     t.start('a');

@@ -140,21 +140,41 @@ export class DomainQueue {
    * An item waiting in line is answered when its request is aborted (its
    * timeout, or shutdown); one being classified is checked there, one in
    * flight has a wait of its own. So only the items left in line get an
-   * abort listener, and lose it when they leave it. One per request would
-   * cost more than it looks: an AbortSignal with a listener keeps what the
-   * listener reaches through a scavenge, into the old generation.
+   * abort listener, and lose it when they leave it; the others never make
+   * their request's signal. One per request would cost more than it looks
+   * (see DeviceRequest.signal): the signal and what its listener reaches
+   * outlive young collections, into the old generation.
    */
   private listenWhileWaiting(): void {
     for (const item of [...this.waiting]) {
       if (this.listening.has(item)) continue;
-      const signal = item.request.signal;
-      if (signal.aborted) {
+      if (item.request.aborted) {
         this.aborted(item);
         continue;
       }
+      const signal = item.request.signal;
       const onAbort = () => this.aborted(item);
       signal.addEventListener('abort', onAbort, { once: true });
       this.listening.set(item, () => signal.removeEventListener('abort', onAbort));
+    }
+  }
+
+  /**
+   * Waits until `arm`'s wake is called, the request is aborted, or the
+   * connection comes back. The abort listener lasts as long as the wait
+   * (see listenWhileWaiting).
+   */
+  private async waitForWake(request: DeviceRequest, arm: (wake: () => void) => void): Promise<void> {
+    const signal = request.signal;
+    let wake!: () => void;
+    const woken = new Promise<void>((resolve) => (wake = resolve));
+    signal.addEventListener('abort', wake, { once: true });
+    try {
+      if (!this.backend.isConnected()) void this.backend.whenConnected(signal).then(wake);
+      arm(wake);
+      await woken;
+    } finally {
+      signal.removeEventListener('abort', wake);
     }
   }
 
@@ -212,7 +232,7 @@ export class DomainQueue {
     }
     for (const item of batch) {
       if (item.done) continue;
-      if (item.request.signal.aborted) {
+      if (item.request.aborted) {
         item.resolve(this.notIssued(item));
         continue;
       }
@@ -349,11 +369,11 @@ export class DomainQueue {
     for (;;) {
       if (item.done) return;
       if (added()) return this.confirmed(item, 'DEVICE_ADDED');
-      if (request.signal.aborted && request.signal.reason !== 'timeout')
+      if (request.aborted && request.signal.reason !== 'timeout')
         return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
       const here = await this.devicePresent(request.device, live);
       if (here === true) return this.confirmed(item, live ? 'the live XML' : 'the definition');
-      if (here === false && lost && item.reissued !== true && !request.signal.aborted) {
+      if (here === false && lost && item.reissued !== true && !request.aborted) {
         // The call died with the connection and the device is not there:
         // libvirtd never carried it out. Issue it once more, in line, as a
         // detach is.
@@ -372,7 +392,7 @@ export class DomainQueue {
             : `libvirt accepted the attach, but the definition of VM "${this.name}" has no ${deviceText(request.device)}`,
         });
       }
-      if (request.signal.aborted) {
+      if (request.aborted) {
         return item.resolve(
           here === undefined
             ? {
@@ -388,11 +408,9 @@ export class DomainQueue {
         );
       }
       // Wait for the event, the abort, or a reconnect (after which the XML is checked again).
-      await new Promise<void>((resolve) => {
-        onWake(resolve);
-        request.signal.addEventListener('abort', () => resolve(), { once: true });
-        if (!this.backend.isConnected()) void this.backend.whenConnected(request.signal).then(() => resolve());
-        if (added()) resolve();
+      await this.waitForWake(request, (wake) => {
+        onWake(wake);
+        if (added()) wake();
       });
     }
   }
@@ -478,7 +496,7 @@ export class DomainQueue {
       if (item.done) return;
       const r = result();
       if (r !== undefined) return this.settleFromEvent(item, r);
-      if (request.signal.aborted && request.signal.reason !== 'timeout')
+      if (request.aborted && request.signal.reason !== 'timeout')
         return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
       // Synchronous removals and removals while disconnected show only in the XML.
       const gone = await this.deviceGone(request.device);
@@ -488,7 +506,7 @@ export class DomainQueue {
         if (alias !== undefined && result() === undefined) this.backend.expectStrayEvent(this.uuid, alias);
         return item.resolve({ ok: true });
       }
-      if (gone === false && item.callLost === true && item.reissued !== true && !request.signal.aborted) {
+      if (gone === false && item.callLost === true && item.reissued !== true && !request.aborted) {
         // The call died with the connection and the device is still there:
         // libvirtd (killed, restarted) never carried it out, and no event
         // will come. Issue it once more, in line.
@@ -498,7 +516,7 @@ export class DomainQueue {
         this.pump();
         return;
       }
-      if (request.signal.aborted) {
+      if (request.aborted) {
         if (alias !== undefined) this.backend.expectStrayEvent(this.uuid, alias);
         return item.resolve(
           gone === undefined
@@ -515,11 +533,9 @@ export class DomainQueue {
         );
       }
       // Wait for the event, the abort, or a reconnect (after which the XML is checked again).
-      await new Promise<void>((resolve) => {
-        onWake(resolve);
-        request.signal.addEventListener('abort', () => resolve(), { once: true });
-        if (!this.backend.isConnected()) void this.backend.whenConnected(request.signal).then(() => resolve());
-        if (result() !== undefined) resolve();
+      await this.waitForWake(request, (wake) => {
+        onWake(wake);
+        if (result() !== undefined) wake();
       });
     }
   }

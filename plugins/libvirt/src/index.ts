@@ -20,8 +20,8 @@ const factory: BackendFactory = {
 
 export const plugin: VmdevdPlugin = {
   // The plugin API this was written for (2: it lists and attaches devices; 3: it publishes
-  // names and states before types), a number as the README asks.
-  apiVersion: 3,
+  // names and states before types; 4: it reads a request's `aborted`), a number as the README asks.
+  apiVersion: 4,
   name: 'libvirt',
   module: new ContainerModule(({ bind }) => {
     bind<BackendFactory>(BackendFactory).toConstantValue(factory);

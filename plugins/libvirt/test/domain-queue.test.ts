@@ -1,8 +1,10 @@
 /**
  * One domain's line of detaches, against a double of the libvirt backend
  * (our own component; the real one is tested against libvirtd elsewhere):
- * a detach that waits behind another one in flight ends at its abort, and
- * only a waiting detach has an abort listener on its request's signal.
+ * a detach that waits behind another one in flight ends at its abort; only
+ * a detach that waits (in line, or for its confirmation) has an abort
+ * listener on its request's signal, for as long as it waits; and a detach
+ * that never waits never makes its signal.
  */
 import assert from 'node:assert/strict';
 import { getEventListeners } from 'node:events';
@@ -67,14 +69,25 @@ function disk(target: string): DeviceSpec {
   };
 }
 
-function request(target: string): DeviceRequest & { controller: AbortController } {
+/**
+ * A request as the core makes it: `controller` aborts it, and `signalReads`
+ * counts the queue's reads of `signal` (the core makes the signal at the first).
+ */
+function request(target: string): DeviceRequest & { controller: AbortController; signalReads: number } {
   const controller = new AbortController();
   return {
     controller,
+    signalReads: 0,
     vm: { name: 'vm1', uuid: UUID, type: 'x', state: 'running' },
     device: disk(target),
     timeoutMs: 30_000,
-    signal: controller.signal,
+    get signal() {
+      this.signalReads++;
+      return controller.signal;
+    },
+    get aborted() {
+      return controller.signal.aborted;
+    },
     hold: () => {},
     issued: () => {},
   };
@@ -105,8 +118,9 @@ describe('DomainQueue', () => {
       ['sda'],
       'one call in flight per domain',
     );
-    assert.equal(getEventListeners(first.signal, 'abort').length, 0, 'the detach in flight has no listener');
-    assert.equal(getEventListeners(second.signal, 'abort').length, 1, 'the waiting detach has one');
+    assert.equal(getEventListeners(first.controller.signal, 'abort').length, 0, 'the detach in flight has no listener');
+    assert.equal(first.signalReads, 0, 'nor did it make its signal');
+    assert.equal(getEventListeners(second.controller.signal, 'abort').length, 1, 'the waiting detach has one');
 
     second.controller.abort('timeout');
     await settle();
@@ -115,7 +129,7 @@ describe('DomainQueue', () => {
       error: 'Timeout',
       message: 'the detach was still waiting for another operation of the VM',
     });
-    assert.equal(getEventListeners(second.signal, 'abort').length, 0);
+    assert.equal(getEventListeners(second.controller.signal, 'abort').length, 0);
     assert.deepEqual(
       calls.map((c) => c.target),
       ['sda'],
@@ -135,11 +149,31 @@ describe('DomainQueue', () => {
       calls.map((c) => c.target),
       ['sda', 'sdb'],
     );
-    assert.equal(getEventListeners(third.signal, 'abort').length, 0, 'issued at once: no listener');
+    assert.equal(getEventListeners(third.controller.signal, 'abort').length, 0, 'issued at once: no listener');
+    assert.equal(third.signalReads, 0, 'and no signal made');
     watchers.get('scsi0-0-0-1')!('removed', false);
     calls[1]!.finish();
     await settle();
     assert.deepEqual(outcomes['third'], { ok: true });
+  });
+
+  it('listens to the signal of a detach waiting for its event only while it waits', async () => {
+    const fake = fakeBackend();
+    const queue = new DomainQueue(fake.backend, UUID);
+    const only = request('sda');
+    let outcome: DeviceOutcome | undefined;
+    void queue.submit('detach', only).then((o) => (outcome = o));
+    await settle();
+    // libvirt's call returns before its event: the device is still in the XML.
+    fake.calls[0]!.finish();
+    await settle();
+    assert.equal(outcome, undefined);
+    assert.equal(getEventListeners(only.controller.signal, 'abort').length, 1, 'waiting for the event');
+
+    fake.watchers.get('scsi0-0-0-0')!('removed', false);
+    await settle();
+    assert.deepEqual(outcome, { ok: true });
+    assert.equal(getEventListeners(only.controller.signal, 'abort').length, 0, 'the wait took its listener along');
   });
 
   it('ends a waiting detach whose request was aborted before it got in line', async () => {

@@ -67,8 +67,15 @@ export class DeviceDetach implements DetachWatcher {
   run(): Promise<DetachOutcome> {
     return new Promise<DetachOutcome>((resolve) => {
       this.resolve = resolve;
-      this.unwatch = this.host.watch(this);
-      this.request.signal.addEventListener('abort', () => void this.aborted(), { once: true });
+      const unwatch = this.host.watch(this);
+      // The abort listener goes with the wait (see DeviceRequest.signal).
+      const signal = this.request.signal;
+      const onAbort = () => void this.aborted();
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.unwatch = () => {
+        unwatch();
+        signal.removeEventListener('abort', onAbort);
+      };
       this.request.issued();
       this.client.execute('device_del', { id: this.device.id }).then(
         () => this.host.log.debug('device_del accepted', { vm: this.host.vmName, device: this.device.id }),

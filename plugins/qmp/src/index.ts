@@ -17,9 +17,10 @@ const factory: BackendFactory = {
 };
 
 export const plugin: VmdevdPlugin = {
-  // The plugin API this was written for: 1. It neither lists nor attaches devices, and cannot
-  // check the tokens that describe a disk or an interface, so vmdevd answers those NotSupported.
-  apiVersion: 2,
+  // The plugin API this was written for: 4 (it reads a request's `aborted`). It does not attach
+  // devices (vmdevd answers NotSupported), and refuses the tokens that describe a disk or an
+  // interface, which QEMU gives it no way to check.
+  apiVersion: 4,
   name: 'qmp',
   module: new ContainerModule(({ bind }) => {
     bind<BackendFactory>(BackendFactory).toConstantValue(factory);

@@ -184,7 +184,7 @@ export class VmMonitor implements DetachHost {
       };
     }
     if (this.phase === 'stopped') return { ok: false, error: 'Failed', message: 'the qmp backend is stopping' };
-    if (request.signal.aborted) {
+    if (request.aborted) {
       return request.signal.reason === 'timeout'
         ? { ok: false, error: 'Timeout', message: `looking up the device in VM "${this.name}" took too long` }
         : { ok: false, error: 'Failed', message: 'vmdevd is stopping' };

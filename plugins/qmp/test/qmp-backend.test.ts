@@ -45,6 +45,9 @@ function request(vm: VmInfo, device: DeviceSpec) {
     device,
     timeoutMs: 30_000,
     signal: controller.signal,
+    get aborted() {
+      return controller.signal.aborted;
+    },
     hold: () => {},
     issued: () => {
       issued = true;
