@@ -327,7 +327,7 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
   const vm = await createTestVm(conn, { type: 'bench', name: `vmdevd-bench-${process.pid}` });
   cleanups.push(() => vm.remove());
   say(
-    `events: VM ${vm.name} (${vm.virtType}); one listener per pass: libvirt-dbus --system, our binding alone, vmdevd`,
+    `events: VM ${vm.name} (${vm.virtType}); one listener per pass: libvirt-dbus --system, our binding alone, a C relay, vmdevd`,
   );
 
   const probe = (args: string[], name: string) => {
@@ -442,6 +442,43 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
   }
   await watcher.close();
 
+  // The floor for any daemon: a C relay that sends the map from libvirt's
+  // event callback, with nothing between (bench/c/event-relay.c).
+  const relay = startService(
+    `${TOOLS}/event-relay`,
+    ['--uri', libvirtd.uri, '--address', bus.address, '--name', 'org.example.eventrelay'],
+    join(work, 'event-relay.log'),
+  );
+  cleanups.push(() => relay.stop());
+  await waitUntil('event relay', () => /"ready"/.test(relay.output()));
+  const relayed = probe(
+    [
+      '--sender',
+      'org.example.eventrelay',
+      '--interface',
+      'org.example.dbustest.Module',
+      '--member',
+      'TestSignal',
+      '--key',
+      vm.name,
+    ],
+    'relaysignal',
+  );
+  await waitUntil('relay probe', () => /"ready"/.test(relayed.output()));
+  for (const m of EVENT_MODES) {
+    record(
+      `relay_${m.mode}`,
+      await pass(
+        'the C relay',
+        (op) => signalTimes(relayed, (args) => String(args[0]).endsWith(`=${op === 'suspend' ? 'paused' : 'running'}`)),
+        m.intervalMs,
+        m.cycles,
+      ),
+    );
+  }
+  await relayed.stop();
+  await relay.stop();
+
   // vmdevd with the libvirt plugin.
   const daemon = await startVmdevd(bus, 'org.example.dbustest', [
     { id: 'local', plugin: 'libvirt', uri: libvirtd.uri },
@@ -495,21 +532,26 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
       bus.address,
     ]);
     await lvdDetach.stop();
-    const res = JSON.parse(
-      out
-        .split('\n')
-        .filter((l) => l.startsWith('{'))
-        .at(-1)!,
-    ) as { samples: Array<{ mode: string; ok: boolean; latency_ns?: number; event_ns?: number }> };
-    /** One daemon's cycles: each against the direct cycle of its triple. */
-    const daemonCycles = (mode: string) => {
+    type Samples = Array<{ mode: string; ok: boolean; latency_ns?: number; event_ns?: number }>;
+    const samplesOf = (output: string) =>
+      (
+        JSON.parse(
+          output
+            .split('\n')
+            .filter((l) => l.startsWith('{'))
+            .at(-1)!,
+        ) as { samples: Samples }
+      ).samples;
+    const res = { samples: samplesOf(out) };
+    /** One daemon's cycles: each against the direct cycle of its group (direct first, then each daemon once). */
+    const daemonCycles = (mode: string, samples: Samples = res.samples, group = 3) => {
       const all: number[] = [];
       const libvirtPart: number[] = [];
       const afterEvent: number[] = [];
       const pairs: Array<[number, number]> = [];
-      for (let i = 0; i + 2 < res.samples.length; i += 3) {
-        const d = res.samples[i]!;
-        const v = res.samples.slice(i + 1, i + 3).find((s) => s.mode === mode)!;
+      for (let i = 0; i + group - 1 < samples.length; i += group) {
+        const d = samples[i]!;
+        const v = samples.slice(i + 1, i + group).find((s) => s.mode === mode)!;
         if (v.ok && v.latency_ns !== undefined) all.push(v.latency_ns / 1000);
         if (d.ok && v.ok && d.mode === 'direct') pairs.push([d.latency_ns! / 1000, v.latency_ns! / 1000]);
         // The probe's own DEVICE_REMOVED in the daemon's cycle: libvirt's
@@ -556,6 +598,46 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
       results['detach_daemon_wait_per_wake_us'] = (after.waitNs - before.waitNs) / 1000 / wakes;
       results['detach_daemon_wakes'] = wakes;
     }
+    // The floor: a C relay that does only this (bench/c/detach-relay.c),
+    // in pairs with direct detaches; detach-probe drives it as it drives vmdevd.
+    const relay = startService(
+      `${TOOLS}/detach-relay`,
+      ['--uri', libvirtd.uri, '--address', bus.address, '--name', 'org.example.detachrelay'],
+      join(work, 'detach-relay.log'),
+    );
+    cleanups.push(() => relay.stop());
+    await waitUntil('detach relay', () => /"ready"/.test(relay.output()));
+    const relayOut = await run(`${TOOLS}/detach-probe`, [
+      '--uri',
+      libvirtd.uri,
+      '--domain',
+      vm.name,
+      '--target',
+      'sda',
+      '--cycles',
+      String(DETACH_CYCLES),
+      '--json',
+      '--mode',
+      'alternate',
+      '--dest',
+      'org.example.detachrelay',
+      '--address',
+      bus.address,
+    ]);
+    await relay.stop();
+    const relayed = daemonCycles('vmdevd', samplesOf(relayOut), 2);
+    const [relayLow, relayHigh] = bootstrapInterval(relayed.pairs, medianDifference);
+    results['detach_relay_p50_us'] = median(relayed.all);
+    results['detach_relay_pairs'] = relayed.pairs.length;
+    results['detach_relay_diff_p50_us'] = medianDifference(relayed.pairs);
+    results['detach_relay_diff_ci_low_us'] = relayLow;
+    results['detach_relay_diff_ci_high_us'] = relayHigh;
+    results['detach_relay_event_to_signal_p50_us'] = median(relayed.afterEvent);
+    say(
+      `  detach through the C relay, ${relayed.pairs.length} pairs: p50 ${fmt(median(relayed.all))} µs, ` +
+        `difference +${fmt(medianDifference(relayed.pairs))} µs (95% bootstrap ${fmt(relayLow)} to ${fmt(relayHigh)}); ` +
+        `event → DeviceDetached p50 ${fmt(median(relayed.afterEvent))} µs`,
+    );
     results['detach_vmdevd_to_event_p50_us'] = median(libvirtPart);
     results['detach_vmdevd_event_to_signal_p50_us'] = median(afterEvent);
     results['detach_vmdevd_event_to_signal_p99_us'] = percentile(afterEvent, 99);
@@ -958,6 +1040,14 @@ function table(): string {
       `< DomainEvent: ${yes(p99 < theirs99)}`,
     );
     row(
+      `… a C relay (event callback → signal, nothing else), later, p50 / p99 (µs)`,
+      r(`event_relay_${mode}_over_p50_us`),
+      '',
+      `p99 +${fmt(r(`event_relay_${mode}_over_p99_us`))}`,
+      `+${fmt(r(`event_relay_${mode}_over_p50_us`))} µs`,
+      '',
+    );
+    row(
       `… our binding alone (in Node), later, p50 (µs)`,
       r(`event_binding_${mode}_over_p50_us`),
       '',
@@ -983,6 +1073,16 @@ function table(): string {
         '',
         `95% interval +${fmt(r('detach_libvirtdbus_diff_ci_low_us'))} to +${fmt(r('detach_libvirtdbus_diff_ci_high_us'))}; event → DeviceRemoved p50 ${fmt(r('detach_libvirtdbus_event_to_signal_p50_us'))}, p99 ${fmt(r('detach_libvirtdbus_event_to_signal_p99_us'))}`,
         `+${fmt(r('detach_libvirtdbus_diff_p50_us'))} µs`,
+        '',
+      );
+    }
+    if (results['detach_relay_p50_us'] !== undefined) {
+      row(
+        `… a C relay (TestMethod → detach → DeviceDetached, nothing else), p50 of ${r('detach_relay_pairs')} pairs (µs)`,
+        r('detach_relay_p50_us'),
+        '',
+        `95% interval +${fmt(r('detach_relay_diff_ci_low_us'))} to +${fmt(r('detach_relay_diff_ci_high_us'))}; event → DeviceDetached p50 ${fmt(r('detach_relay_event_to_signal_p50_us'))}`,
+        `+${fmt(r('detach_relay_diff_p50_us'))} µs`,
         '',
       );
     }
