@@ -12,6 +12,8 @@ describe('state bodies', () => {
     { vm1: 'running' },
     { a: 'paused', bb: 'running', ccc: 'shutoff', 'backend/dddd': 'crashed' },
     { 'vm-é': 'running', 虚拟机: 'paused', 'emoji-🙂': 'shutoff' },
+    // The last ASCII code and the first that is not, behind ASCII that was already written.
+    { 'x\u007f': 'y\u0080z', 'a-long-ascii-name-then-日本': 'running', é: 'paused' },
     Object.fromEntries(
       Array.from({ length: 1000 }, (_, i) => [`vm-${'x'.repeat(i % 7)}${i}`, i % 2 ? 'paused' : 'running']),
     ),
