@@ -1,7 +1,8 @@
 /**
  * The vmdevd benchmark: vmdevd side by side with the bus's own floor, a C
  * reference server of the same contract (sd-bus), libvirt-dbus, a direct
- * libvirt client and a bare dbus-next service, all on one private
+ * libvirt client, C relays that do only vmdevd's job with libvirt (the
+ * floor for events and detaches) and a bare dbus-next service, all on one private
  * dbus-daemon and (for events and detaches) one real libvirtd, in one run.
  * Prints one table; `--json FILE` also writes every figure.
  *
