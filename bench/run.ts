@@ -348,6 +348,18 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
       .map((l) => JSON.parse(l) as { t_ns: string; args: unknown[] })
       .filter((sig) => match(sig.args))
       .map((sig) => BigInt(sig.t_ns));
+  /** A probe of `sender`'s TestSignal, printing the VM's entry; resolves once it listens. */
+  const testSignalProbe = async (sender: string, name: string) => {
+    const p = probe(
+      ['--sender', sender, '--interface', 'org.example.dbustest.Module', '--member', 'TestSignal', '--key', vm.name],
+      name,
+    );
+    await waitUntil(`${name} probe`, () => /"ready"/.test(p.output()));
+    return p;
+  };
+  /** When the VM's entry in the probe's signals showed the state an operation leads to. */
+  const stateSignalTimes = (p: Service) => (op: string) =>
+    signalTimes(p, (args) => String(args[0]).endsWith(`=${op === 'suspend' ? 'paused' : 'running'}`));
 
   /**
    * One pass: event-probe suspends and resumes the VM while one listener
@@ -452,30 +464,9 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
   );
   cleanups.push(() => relay.stop());
   await waitUntil('event relay', () => /"ready"/.test(relay.output()));
-  const relayed = probe(
-    [
-      '--sender',
-      'org.example.eventrelay',
-      '--interface',
-      'org.example.dbustest.Module',
-      '--member',
-      'TestSignal',
-      '--key',
-      vm.name,
-    ],
-    'relaysignal',
-  );
-  await waitUntil('relay probe', () => /"ready"/.test(relayed.output()));
+  const relayed = await testSignalProbe('org.example.eventrelay', 'relaysignal');
   for (const m of EVENT_MODES) {
-    record(
-      `relay_${m.mode}`,
-      await pass(
-        'the C relay',
-        (op) => signalTimes(relayed, (args) => String(args[0]).endsWith(`=${op === 'suspend' ? 'paused' : 'running'}`)),
-        m.intervalMs,
-        m.cycles,
-      ),
-    );
+    record(`relay_${m.mode}`, await pass('the C relay', stateSignalTimes(relayed), m.intervalMs, m.cycles));
   }
   await relayed.stop();
   await relay.stop();
@@ -484,27 +475,9 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
   const daemon = await startVmdevd(bus, 'org.example.dbustest', [
     { id: 'local', plugin: 'libvirt', uri: libvirtd.uri },
   ]);
-  const ours = probe(
-    [
-      '--sender',
-      'org.example.dbustest',
-      '--interface',
-      'org.example.dbustest.Module',
-      '--member',
-      'TestSignal',
-      '--key',
-      vm.name,
-    ],
-    'testsignal',
-  );
-  await waitUntil('TestSignal probe', () => /"ready"/.test(ours.output()));
+  const ours = await testSignalProbe('org.example.dbustest', 'testsignal');
   for (const m of EVENT_MODES) {
-    const vmdevd = await pass(
-      'vmdevd TestSignal',
-      (op) => signalTimes(ours, (args) => String(args[0]).endsWith(`=${op === 'suspend' ? 'paused' : 'running'}`)),
-      m.intervalMs,
-      m.cycles,
-    );
+    const vmdevd = await pass('vmdevd TestSignal', stateSignalTimes(ours), m.intervalMs, m.cycles);
     record(`vmdevd_${m.mode}`, vmdevd);
     results[`event_direct_${m.mode}_p50_us`] = percentile(vmdevd.direct, 50);
     results[`event_${m.mode}_changes`] = vmdevd.direct.length;
@@ -516,22 +489,25 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
   if (!skip.has('detach')) {
     const lvdDetach = await startLibvirtDbus(bus, 'system', 'libvirt-dbus-detach.log');
     const before = schedstat(daemon.pid);
-    const out = await run(`${TOOLS}/detach-probe`, [
-      '--uri',
-      libvirtd.uri,
-      '--domain',
-      vm.name,
-      '--target',
-      'sda',
-      '--cycles',
-      String(DETACH_CYCLES),
-      '--json',
-      '--mode',
-      'alternate',
-      '--with-libvirt-dbus',
-      '--address',
-      bus.address,
-    ]);
+    /** detach-probe on the VM's `sda`, DETACH_CYCLES of each kind in turn, direct ones first. */
+    const alternate = (...kinds: string[]) =>
+      run(`${TOOLS}/detach-probe`, [
+        '--uri',
+        libvirtd.uri,
+        '--domain',
+        vm.name,
+        '--target',
+        'sda',
+        '--cycles',
+        String(DETACH_CYCLES),
+        '--json',
+        '--mode',
+        'alternate',
+        '--address',
+        bus.address,
+        ...kinds,
+      ]);
+    const out = await alternate('--with-libvirt-dbus');
     await lvdDetach.stop();
     type Samples = Array<{ mode: string; ok: boolean; latency_ns?: number; event_ns?: number }>;
     const samplesOf = (output: string) =>
@@ -608,23 +584,7 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
     );
     cleanups.push(() => relay.stop());
     await waitUntil('detach relay', () => /"ready"/.test(relay.output()));
-    const relayOut = await run(`${TOOLS}/detach-probe`, [
-      '--uri',
-      libvirtd.uri,
-      '--domain',
-      vm.name,
-      '--target',
-      'sda',
-      '--cycles',
-      String(DETACH_CYCLES),
-      '--json',
-      '--mode',
-      'alternate',
-      '--dest',
-      'org.example.detachrelay',
-      '--address',
-      bus.address,
-    ]);
+    const relayOut = await alternate('--dest', 'org.example.detachrelay');
     await relay.stop();
     const relayed = daemonCycles('vmdevd', samplesOf(relayOut), 2);
     const [relayLow, relayHigh] = bootstrapInterval(relayed.pairs, medianDifference);

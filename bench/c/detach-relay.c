@@ -236,17 +236,9 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    /* Only the main thread takes the stop signals; the loop thread inherits the mask. */
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGTERM);
-    sigaddset(&stop, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
-
-    virSetErrorFunc(NULL, silent_error);
-    if (virInitialize() < 0 || virEventRegisterDefaultImpl() < 0) {
-        fprintf(stderr, "detach-relay: libvirt: %s\n", last_error());
+    /* Only the main thread takes the stop signals. */
+    if (virt_init_for_sigwait("detach-relay", &stop) < 0)
         return 1;
-    }
     relay.conn = virConnectOpen(uri);
     relay.events_conn = relay.conn ? virConnectOpen(uri) : NULL;
     if (!relay.events_conn) {

@@ -139,17 +139,9 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    /* Only the main thread takes the stop signals; the event thread inherits the mask. */
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGTERM);
-    sigaddset(&stop, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
-
-    virSetErrorFunc(NULL, silent_error);
-    if (virInitialize() < 0 || virEventRegisterDefaultImpl() < 0) {
-        fprintf(stderr, "event-relay: libvirt: %s\n", last_error());
+    /* Only the main thread takes the stop signals. */
+    if (virt_init_for_sigwait("event-relay", &stop) < 0)
         return 1;
-    }
     conn = virConnectOpen(uri);
     if (!conn) {
         fprintf(stderr, "event-relay: cannot open %s: %s\n", uri, last_error());

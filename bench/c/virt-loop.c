@@ -8,6 +8,20 @@ void silent_error(void *userdata, virErrorPtr error)
     (void)userdata, (void)error; /* reported where the call fails instead */
 }
 
+int virt_init_for_sigwait(const char *prog, sigset_t *stop)
+{
+    sigemptyset(stop);
+    sigaddset(stop, SIGTERM);
+    sigaddset(stop, SIGINT);
+    pthread_sigmask(SIG_BLOCK, stop, NULL);
+    virSetErrorFunc(NULL, silent_error);
+    if (virInitialize() < 0 || virEventRegisterDefaultImpl() < 0) {
+        fprintf(stderr, "%s: libvirt: %s\n", prog, last_error());
+        return -1;
+    }
+    return 0;
+}
+
 const char *last_error(void)
 {
     const char *msg = virGetLastErrorMessage();

@@ -5,6 +5,7 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -19,6 +20,13 @@ typedef struct {
 /* For virSetErrorFunc: libvirt prints nothing; failures are reported where
  * the call fails instead, with last_error(). */
 void silent_error(void *userdata, virErrorPtr error);
+
+/* For a tool that runs until SIGTERM or SIGINT: blocks both in the calling
+ * thread (threads started later inherit the mask) and returns them in
+ * `stop` for sigwait; then initializes libvirt with its errors silent
+ * (silent_error) and its default event loop registered. Prints why and
+ * returns -1 when libvirt cannot start. */
+int virt_init_for_sigwait(const char *prog, sigset_t *stop);
 
 /* The message of this thread's last libvirt error. */
 const char *last_error(void);
