@@ -14,6 +14,7 @@
  * registry's checks); they are not checked again here.
  */
 import { Buffer } from 'node:buffer';
+import { putU32 } from './wire/encoder.js';
 
 /** Methods every Node Buffer has but @types/node does not declare. */
 interface FastBuffer extends Buffer {
@@ -155,11 +156,4 @@ function putString(b: FastBuffer, at: number, s: string): number {
   putU32(b, at, n);
   b[p] = 0;
   return p + 1;
-}
-
-function putU32(b: Uint8Array, at: number, value: number): void {
-  b[at] = value & 0xff;
-  b[at + 1] = (value >>> 8) & 0xff;
-  b[at + 2] = (value >>> 16) & 0xff;
-  b[at + 3] = value >>> 24;
 }

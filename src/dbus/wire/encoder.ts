@@ -498,7 +498,8 @@ function pad(w: WireWriter, n: number): void {
   for (let i = 0; i < p; i++) b[w.pos++] = 0;
 }
 
-function putU32(b: Buffer, at: number, v: number): void {
+/** A u32, little-endian, at `at`. */
+export function putU32(b: Uint8Array, at: number, v: number): void {
   b[at] = v & 0xff;
   b[at + 1] = (v >>> 8) & 0xff;
   b[at + 2] = (v >>> 16) & 0xff;
