@@ -126,6 +126,16 @@ export class OutcomeLedger {
     );
   }
 
+  /**
+   * The first of the other signals that `match` accepts, once it has come:
+   * a signal that follows the last outcome (the name's release) can still
+   * be on its way when the outcomes are all in. Rejects after `timeoutMs`.
+   */
+  async other(match: (s: OtherSignal) => boolean, timeoutMs: number): Promise<OtherSignal> {
+    await this.until(() => this.others.some(match), timeoutMs);
+    return this.others.find(match)!;
+  }
+
   private until(condition: () => boolean, timeoutMs: number): Promise<void> {
     return new Promise((resolve, reject) => {
       const check = () => {
