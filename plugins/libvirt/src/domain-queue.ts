@@ -160,20 +160,26 @@ export class DomainQueue {
   }
 
   /**
-   * Waits until `arm`'s wake is called, the request is aborted, or the
-   * connection comes back. The abort listener lasts as long as the wait
-   * (see listenWhileWaiting).
+   * Waits until `arm`'s wake is called, the request is aborted, or a
+   * connection made after `connection` (the one the last check was made
+   * on) is up: an event may have been lost with the one before. The abort listener lasts as long as the wait (see
+   * listenWhileWaiting).
    */
-  private async waitForWake(request: DeviceRequest, arm: (wake: () => void) => void): Promise<void> {
+  private async waitForWake(
+    request: DeviceRequest,
+    connection: number,
+    arm: (wake: () => void) => void,
+  ): Promise<void> {
     const signal = request.signal;
     let wake!: () => void;
     const woken = new Promise<void>((resolve) => (wake = resolve));
     signal.addEventListener('abort', wake, { once: true });
+    const unwait = this.backend.onConnectedAfter(connection, wake);
     try {
-      if (!this.backend.isConnected()) void this.backend.whenConnected(signal).then(wake);
       arm(wake);
       await woken;
     } finally {
+      unwait();
       signal.removeEventListener('abort', wake);
     }
   }
@@ -371,6 +377,7 @@ export class DomainQueue {
       if (added()) return this.confirmed(item, 'DEVICE_ADDED');
       if (request.aborted && request.signal.reason !== 'timeout')
         return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
+      const connection = this.backend.connectionNumber;
       const here = await this.devicePresent(request.device, live);
       if (here === true) return this.confirmed(item, live ? 'the live XML' : 'the definition');
       if (here === false && lost && item.reissued !== true && !request.aborted) {
@@ -408,7 +415,7 @@ export class DomainQueue {
         );
       }
       // Wait for the event, the abort, or a reconnect (after which the XML is checked again).
-      await this.waitForWake(request, (wake) => {
+      await this.waitForWake(request, connection, (wake) => {
         onWake(wake);
         if (added()) wake();
       });
@@ -499,6 +506,7 @@ export class DomainQueue {
       if (request.aborted && request.signal.reason !== 'timeout')
         return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
       // Synchronous removals and removals while disconnected show only in the XML.
+      const connection = this.backend.connectionNumber;
       const gone = await this.deviceGone(request.device);
       if (gone === true) {
         // Confirmed before (or without) its event: should the event still
@@ -533,7 +541,7 @@ export class DomainQueue {
         );
       }
       // Wait for the event, the abort, or a reconnect (after which the XML is checked again).
-      await this.waitForWake(request, (wake) => {
+      await this.waitForWake(request, connection, (wake) => {
         onWake(wake);
         if (result() !== undefined) wake();
       });

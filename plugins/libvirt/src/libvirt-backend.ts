@@ -117,6 +117,8 @@ export class LibvirtBackend implements VmBackend {
   /** The connection events come on: a second one, or `conn` itself (see the top of this file). */
   private eventConn: Connection | undefined;
   private generation = 0;
+  /** Connections made so far (see connectionNumber). */
+  private connectionsMade = 0;
   private domains = new Map<string, Domain>();
   private reloading: Set<string> | undefined;
   /** Domains listed without their type, until readTypes reads it (a lookup reads it too). */
@@ -198,20 +200,42 @@ export class LibvirtBackend implements VmBackend {
     void lane.conn.then((conn) => conn?.close()).catch(() => undefined);
   }
 
-  /** Resolves the next time the connection is (re)established; at once if it is up. */
-  whenConnected(signal?: AbortSignal): Promise<boolean> {
-    if (this.conn !== undefined) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const done = (ok: boolean) => {
-        this.connectedWaiters.delete(onConnected);
-        signal?.removeEventListener('abort', onAbort);
-        resolve(ok);
-      };
-      const onConnected = () => done(true);
-      const onAbort = () => done(false);
-      this.connectedWaiters.add(onConnected);
-      signal?.addEventListener('abort', onAbort);
-    });
+  /**
+   * The number of the connection made last (the one up, if any): what a
+   * call found out on one connection says nothing of the next, since a
+   * detach's removal, say, may have been lost with libvirtd.
+   */
+  get connectionNumber(): number {
+    return this.connectionsMade;
+  }
+
+  /**
+   * Calls `fn` once a connection made after connection `number` is up (at
+   * once if one is), or when the backend stops; returns what cancels the
+   * wait. A connection that died before its close callback came is still
+   * the one up: `isConnected` says true for it, and only this wait wakes
+   * at the connection that follows it.
+   */
+  onConnectedAfter(number: number, fn: () => void): () => void {
+    const ready = () => this.stopped || (this.conn !== undefined && this.connectionsMade !== number);
+    if (ready()) {
+      fn();
+      return () => {};
+    }
+    const check = () => {
+      if (!ready()) return;
+      this.connectedWaiters.delete(check);
+      fn();
+    };
+    this.connectedWaiters.add(check);
+    return () => this.connectedWaiters.delete(check);
+  }
+
+  /** Resolves the next time the connection is (re)established, or the backend stops; at once if it is up. */
+  whenConnected(): Promise<void> {
+    return new Promise((resolve) =>
+      this.onConnectedAfter(this.conn === undefined ? this.connectionsMade : -1, resolve),
+    );
   }
 
   domain(uuid: string): Domain | undefined {
@@ -307,7 +331,7 @@ export class LibvirtBackend implements VmBackend {
       const refs = await conn.close().catch(() => -1);
       if (refs > 0) this.ctx.log.warn('libvirt connection still referenced after close', { references: refs });
     }
-    for (const wake of this.connectedWaiters) wake();
+    for (const wake of [...this.connectedWaiters]) wake();
   }
 
   detach(request: DeviceRequest): Promise<DeviceOutcome> {
@@ -490,6 +514,7 @@ export class LibvirtBackend implements VmBackend {
     const [events, conn = events] = opened as [Connection, Connection?];
     this.conn = conn;
     this.eventConn = events;
+    this.connectionsMade++;
     this.backoffMs = this.options.reconnectInitialMs;
     this.ctx.publish([...this.domains.values()].map(toVmInfo), { typesPending: this.untyped.size > 0 });
     this.ctx.setHealth({ connected: true });

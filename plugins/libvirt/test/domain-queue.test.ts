@@ -31,31 +31,61 @@ const XML = `<domain type='kvm' id='1'>
   </devices>
 </domain>`;
 
-/** What the queue asks of the backend, with each detach call held until the test lets it return. */
+/** What the libvirt binding throws for a call on a connection that died. */
+const LOST = new Error('Cannot write data: Broken pipe');
+
+/**
+ * What the queue asks of the backend, with each detach call held until the
+ * test lets it return or fail. `dead` makes the connection fail its calls
+ * while the backend still counts it as up (its close callback has not come
+ * yet); `reconnect` brings up the next one.
+ */
 function fakeBackend() {
-  const calls: Array<{ target: string; finish: () => void }> = [];
+  const calls: Array<{ target: string; finish: () => void; fail: (err: Error) => void }> = [];
   const watchers = new Map<string, (r: RemovalResult, stray: boolean) => void>();
+  const waiters = new Set<() => void>();
+  const state = { xml: XML, dead: false, number: 1 };
   const conn = {
     detachDevice: (_uuid: string, xml: string) =>
-      new Promise<void>((resolve) => calls.push({ target: /dev='(\w+)'/.exec(xml)![1]!, finish: resolve })),
+      new Promise<void>((resolve, reject) => {
+        if (state.dead) return reject(LOST);
+        calls.push({ target: /dev='(\w+)'/.exec(xml)![1]!, finish: resolve, fail: reject });
+      }),
   };
   const backend = {
     uri: 'qemu:///system',
     ctx: { log: { debug() {}, info() {}, warn() {}, error() {} } },
     domain: () => ({ uuid: UUID, name: 'vm1', active: true, persistent: false }),
-    domainXml: () => Promise.resolve(new DomainXml(XML)),
+    domainXml: () => (state.dead ? Promise.reject(LOST) : Promise.resolve(new DomainXml(state.xml))),
     isConnected: () => true,
     whenConnected: () => Promise.resolve(),
+    get connectionNumber() {
+      return state.number;
+    },
+    onConnectedAfter: (number: number, fn: () => void) => {
+      if (state.number !== number) {
+        fn();
+        return () => {};
+      }
+      waiters.add(fn);
+      return () => waiters.delete(fn);
+    },
     connection: () => conn,
     guestConnection: () => Promise.resolve(conn),
-    isLost: () => Promise.resolve(false),
+    isLost: (err: unknown) => Promise.resolve(err === LOST),
     watchRemoval: (_uuid: string, alias: string, cb: (r: RemovalResult, stray: boolean) => void) => {
       watchers.set(alias, cb);
-      return () => watchers.delete(alias);
+      return () => watchers.get(alias) === cb && watchers.delete(alias);
     },
     expectStrayEvent: () => {},
   };
-  return { backend: backend as unknown as LibvirtBackend, calls, watchers };
+  const reconnect = () => {
+    state.dead = false;
+    state.number++;
+    for (const fn of [...waiters]) fn();
+    waiters.clear();
+  };
+  return { backend: backend as unknown as LibvirtBackend, calls, watchers, state, reconnect, waiters };
 }
 
 function disk(target: string): DeviceSpec {
@@ -190,5 +220,56 @@ describe('DomainQueue', () => {
     calls[0]!.finish();
     await settle();
     assert.deepEqual(outcomes['sda'], { ok: true });
+  });
+  it('issues a detach again once the connection after the one its call died on is up, before that death was known', async () => {
+    const fake = fakeBackend();
+    const queue = new DomainQueue(fake.backend, UUID);
+    const only = request('sda');
+    let outcome: DeviceOutcome | undefined;
+    void queue.submit('detach', only).then((o) => (outcome = o));
+    await settle();
+    // libvirtd is killed mid-call; the backend has not had the close callback yet.
+    fake.state.dead = true;
+    fake.calls[0]!.fail(LOST);
+    await settle();
+    assert.equal(outcome, undefined, 'whether it was removed cannot be known yet');
+    assert.equal(fake.calls.length, 1);
+    assert.equal(fake.waiters.size, 1, 'it waits for the next connection');
+
+    fake.reconnect();
+    await settle();
+    assert.deepEqual(
+      fake.calls.map((c) => c.target),
+      ['sda', 'sda'],
+      'the disk still there, its detach is issued again',
+    );
+    fake.watchers.get('scsi0-0-0-0')!('removed', false);
+    fake.calls[1]!.finish();
+    await settle();
+    assert.deepEqual(outcome, { ok: true });
+    assert.equal(fake.waiters.size, 0, 'no wait is left behind');
+  });
+
+  it('confirms from the XML of the next connection a removal whose event was lost with the one before', async () => {
+    const fake = fakeBackend();
+    const queue = new DomainQueue(fake.backend, UUID);
+    const only = request('sda');
+    let outcome: DeviceOutcome | undefined;
+    void queue.submit('detach', only).then((o) => (outcome = o));
+    await settle();
+    fake.calls[0]!.finish();
+    await settle();
+    assert.equal(outcome, undefined, 'waiting for DEVICE_REMOVED');
+    // The removal happens, but libvirtd dies before it sends the event.
+    fake.state.dead = true;
+    fake.state.xml = XML.replace(/<disk(?:(?!<\/disk>)[\s\S])*dev='sda'[\s\S]*?<\/disk>/, '');
+    await settle();
+    assert.equal(outcome, undefined);
+
+    fake.reconnect();
+    await settle();
+    assert.deepEqual(outcome, { ok: true });
+    assert.equal(fake.calls.length, 1, 'nothing issued again');
+    assert.equal(fake.waiters.size, 0);
   });
 });
