@@ -189,6 +189,16 @@ export class DomainQueue {
     this.listening.delete(item);
   }
 
+  /** The outcome of a detach or attach issued, and not yet confirmed, when the backend stops. */
+  private stoppedWhile(item: Item): DeviceOutcome {
+    const what = `the ${deviceText(item.request.device)} of VM "${this.name}"`;
+    return {
+      ok: false,
+      error: 'Failed',
+      message: `the libvirt backend is stopping; whether ${what} was ${item.op === 'detach' ? 'removed' : 'attached'} is unknown`,
+    };
+  }
+
   /** The outcome of a detach or attach aborted before it was issued. */
   private notIssued(item: Item): DeviceOutcome {
     if (item.request.signal.reason !== 'timeout') return { ok: false, error: 'Failed', message: 'vmdevd is stopping' };
@@ -377,6 +387,7 @@ export class DomainQueue {
       if (added()) return this.confirmed(item, 'DEVICE_ADDED');
       if (request.aborted && request.signal.reason !== 'timeout')
         return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
+      if (this.stopped) return item.resolve(this.stoppedWhile(item));
       const connection = this.backend.connectionNumber;
       const here = await this.devicePresent(request.device, live);
       if (here === true) return this.confirmed(item, live ? 'the live XML' : 'the definition');
@@ -505,6 +516,7 @@ export class DomainQueue {
       if (r !== undefined) return this.settleFromEvent(item, r);
       if (request.aborted && request.signal.reason !== 'timeout')
         return item.resolve({ ok: false, error: 'Failed', message: 'vmdevd is stopping' });
+      if (this.stopped) return item.resolve(this.stoppedWhile(item));
       // Synchronous removals and removals while disconnected show only in the XML.
       const connection = this.backend.connectionNumber;
       const gone = await this.deviceGone(request.device);

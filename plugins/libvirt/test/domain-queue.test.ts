@@ -44,7 +44,7 @@ function fakeBackend() {
   const calls: Array<{ target: string; finish: () => void; fail: (err: Error) => void }> = [];
   const watchers = new Map<string, (r: RemovalResult, stray: boolean) => void>();
   const waiters = new Set<() => void>();
-  const state = { xml: XML, dead: false, number: 1 };
+  const state = { xml: XML, dead: false, number: 1, stopped: false, waits: 0 };
   const conn = {
     detachDevice: (_uuid: string, xml: string) =>
       new Promise<void>((resolve, reject) => {
@@ -57,13 +57,15 @@ function fakeBackend() {
     ctx: { log: { debug() {}, info() {}, warn() {}, error() {} } },
     domain: () => ({ uuid: UUID, name: 'vm1', active: true, persistent: false }),
     domainXml: () => (state.dead ? Promise.reject(LOST) : Promise.resolve(new DomainXml(state.xml))),
-    isConnected: () => true,
+    isConnected: () => !state.stopped,
     whenConnected: () => Promise.resolve(),
     get connectionNumber() {
       return state.number;
     },
     onConnectedAfter: (number: number, fn: () => void) => {
-      if (state.number !== number) {
+      // A queue that waits again at once, in a loop of microtasks, would hang the test instead of failing it.
+      if (++state.waits > 1000) throw new Error('the queue waits for a connection over and over');
+      if (state.stopped || state.number !== number) {
         fn();
         return () => {};
       }
@@ -85,7 +87,14 @@ function fakeBackend() {
     for (const fn of [...waiters]) fn();
     waiters.clear();
   };
-  return { backend: backend as unknown as LibvirtBackend, calls, watchers, state, reconnect, waiters };
+  /** As the backend stops: its queues first, then every wait for a connection. */
+  const stop = (queue: DomainQueue) => {
+    state.stopped = true;
+    queue.stop();
+    for (const fn of [...waiters]) fn();
+    waiters.clear();
+  };
+  return { backend: backend as unknown as LibvirtBackend, calls, watchers, state, reconnect, stop, waiters };
 }
 
 function disk(target: string): DeviceSpec {
@@ -271,5 +280,27 @@ describe('DomainQueue', () => {
     assert.deepEqual(outcome, { ok: true });
     assert.equal(fake.calls.length, 1, 'nothing issued again');
     assert.equal(fake.waiters.size, 0);
+  });
+  it('ends a detach waiting for its confirmation when the backend stops, and does not wait on', async () => {
+    const fake = fakeBackend();
+    const queue = new DomainQueue(fake.backend, UUID);
+    const only = request('sda');
+    let outcome: DeviceOutcome | undefined;
+    void queue.submit('detach', only).then((o) => (outcome = o));
+    await settle();
+    fake.calls[0]!.finish();
+    await settle();
+    assert.equal(outcome, undefined, 'waiting for DEVICE_REMOVED');
+
+    // The backend is removed from the config: its request is not aborted by the core.
+    fake.stop(queue);
+    await settle();
+    assert.deepEqual(outcome, {
+      ok: false,
+      error: 'Failed',
+      message: 'the libvirt backend is stopping; whether the disk sda of VM "vm1" was removed is unknown',
+    });
+    assert.equal(getEventListeners(only.controller.signal, 'abort').length, 0, 'nothing waits on');
+    assert.equal(fake.calls.length, 1);
   });
 });
