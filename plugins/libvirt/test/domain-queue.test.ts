@@ -147,6 +147,20 @@ function twoInLine() {
   return { ...fake, queue, first, second, outcomes };
 }
 
+/** A queue with one detach of sda whose call returned: it waits for DEVICE_REMOVED. */
+async function waitingForItsEvent() {
+  const fake = fakeBackend();
+  const queue = new DomainQueue(fake.backend, UUID);
+  const only = request('sda');
+  const result: { outcome?: DeviceOutcome } = {};
+  void queue.submit('detach', only).then((o) => (result.outcome = o));
+  await settle();
+  fake.calls[0]!.finish();
+  await settle();
+  assert.equal(result.outcome, undefined, 'waiting for DEVICE_REMOVED');
+  return { fake, queue, only, result };
+}
+
 describe('DomainQueue', () => {
   it('ends a detach waiting in line at its abort, and listens to no signal but a waiting one', async () => {
     const { queue, calls, watchers, first, second, outcomes } = twoInLine();
@@ -197,21 +211,13 @@ describe('DomainQueue', () => {
   });
 
   it('listens to the signal of a detach waiting for its event only while it waits', async () => {
-    const fake = fakeBackend();
-    const queue = new DomainQueue(fake.backend, UUID);
-    const only = request('sda');
-    let outcome: DeviceOutcome | undefined;
-    void queue.submit('detach', only).then((o) => (outcome = o));
-    await settle();
     // libvirt's call returns before its event: the device is still in the XML.
-    fake.calls[0]!.finish();
-    await settle();
-    assert.equal(outcome, undefined);
+    const { fake, only, result } = await waitingForItsEvent();
     assert.equal(getEventListeners(only.controller.signal, 'abort').length, 1, 'waiting for the event');
 
     fake.watchers.get('scsi0-0-0-0')!('removed', false);
     await settle();
-    assert.deepEqual(outcome, { ok: true });
+    assert.deepEqual(result.outcome, { ok: true });
     assert.equal(getEventListeners(only.controller.signal, 'abort').length, 0, 'the wait took its listener along');
   });
 
@@ -260,42 +266,26 @@ describe('DomainQueue', () => {
   });
 
   it('confirms from the XML of the next connection a removal whose event was lost with the one before', async () => {
-    const fake = fakeBackend();
-    const queue = new DomainQueue(fake.backend, UUID);
-    const only = request('sda');
-    let outcome: DeviceOutcome | undefined;
-    void queue.submit('detach', only).then((o) => (outcome = o));
-    await settle();
-    fake.calls[0]!.finish();
-    await settle();
-    assert.equal(outcome, undefined, 'waiting for DEVICE_REMOVED');
+    const { fake, result } = await waitingForItsEvent();
     // The removal happens, but libvirtd dies before it sends the event.
     fake.state.dead = true;
     fake.state.xml = XML.replace(/<disk(?:(?!<\/disk>)[\s\S])*dev='sda'[\s\S]*?<\/disk>/, '');
     await settle();
-    assert.equal(outcome, undefined);
+    assert.equal(result.outcome, undefined);
 
     fake.reconnect();
     await settle();
-    assert.deepEqual(outcome, { ok: true });
+    assert.deepEqual(result.outcome, { ok: true });
     assert.equal(fake.calls.length, 1, 'nothing issued again');
     assert.equal(fake.waiters.size, 0);
   });
-  it('ends a detach waiting for its confirmation when the backend stops, and does not wait on', async () => {
-    const fake = fakeBackend();
-    const queue = new DomainQueue(fake.backend, UUID);
-    const only = request('sda');
-    let outcome: DeviceOutcome | undefined;
-    void queue.submit('detach', only).then((o) => (outcome = o));
-    await settle();
-    fake.calls[0]!.finish();
-    await settle();
-    assert.equal(outcome, undefined, 'waiting for DEVICE_REMOVED');
 
+  it('ends a detach waiting for its confirmation when the backend stops, and does not wait on', async () => {
+    const { fake, queue, only, result } = await waitingForItsEvent();
     // The backend is removed from the config: its request is not aborted by the core.
     fake.stop(queue);
     await settle();
-    assert.deepEqual(outcome, {
+    assert.deepEqual(result.outcome, {
       ok: false,
       error: 'Failed',
       message: 'the libvirt backend is stopping; whether the disk sda of VM "vm1" was removed is unknown',
