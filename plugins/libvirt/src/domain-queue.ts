@@ -162,8 +162,8 @@ export class DomainQueue {
   /**
    * Waits until `arm`'s wake is called, the request is aborted, or a
    * connection made after `connection` (the one the last check was made
-   * on) is up: an event may have been lost with the one before. The abort listener lasts as long as the wait (see
-   * listenWhileWaiting).
+   * on) is up: an event may have been lost with the one before. The abort
+   * listener lasts as long as the wait (see listenWhileWaiting).
    */
   private async waitForWake(
     request: DeviceRequest,
@@ -306,7 +306,7 @@ export class DomainQueue {
     if (!this.backend.isConnected()) {
       this.waiting.unshift(item);
       this.busy = true;
-      void this.backend.whenConnected().then(() => {
+      this.backend.onConnectedAfter(this.backend.connectionNumber, () => {
         this.busy = false;
         this.pump();
       });

@@ -231,13 +231,6 @@ export class LibvirtBackend implements VmBackend {
     return () => this.connectedWaiters.delete(check);
   }
 
-  /** Resolves the next time the connection is (re)established, or the backend stops; at once if it is up. */
-  whenConnected(): Promise<void> {
-    return new Promise((resolve) =>
-      this.onConnectedAfter(this.conn === undefined ? this.connectionsMade : -1, resolve),
-    );
-  }
-
   domain(uuid: string): Domain | undefined {
     return this.domains.get(uuid);
   }

@@ -58,7 +58,6 @@ function fakeBackend() {
     domain: () => ({ uuid: UUID, name: 'vm1', active: true, persistent: false }),
     domainXml: () => (state.dead ? Promise.reject(LOST) : Promise.resolve(new DomainXml(state.xml))),
     isConnected: () => !state.stopped,
-    whenConnected: () => Promise.resolve(),
     get connectionNumber() {
       return state.number;
     },
