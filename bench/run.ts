@@ -2,8 +2,9 @@
  * The vmdevd benchmark: vmdevd side by side with the bus's own floor, a C
  * reference server of the same contract (sd-bus), libvirt-dbus, a direct
  * libvirt client, C relays that do only vmdevd's job with libvirt (the
- * floor for events and detaches) and a bare dbus-next service, all on one private
- * dbus-daemon and (for events and detaches) one real libvirtd, in one run.
+ * floor for events, detaches and calls on the test driver) and a bare
+ * dbus-next service, all on one private dbus-daemon and (for events and
+ * detaches) one real libvirtd, in one run.
  * Prints one table; `--json FILE` also writes every figure.
  *
  *   node dist/bench/run.js [--rounds N] [--warmup-rounds N] [--duration S] [--cycles N]
@@ -195,6 +196,14 @@ async function callBenchmarks(bus: PrivateBus): Promise<void> {
   // The libvirt plugin on libvirt's test driver: one libvirt call per request.
   await startVmdevd(bus, 'org.example.vmdevdlv', [{ id: 'lv', plugin: 'libvirt', uri: 'test:///default' }]);
   await startLibvirtDbus(bus, 'session', 'libvirt-dbus.log');
+  // The floor for those requests: vmdevd's job on the same driver in C.
+  const callRelay = startService(
+    `${TOOLS}/call-relay`,
+    ['--uri', 'test:///default', '--address', bus.address, '--name', 'org.example.callrelay'],
+    join(work, 'call-relay.log'),
+  );
+  cleanups.push(() => callRelay.stop());
+  await waitUntil('call relay', () => /"ready"/.test(callRelay.output()));
   await new Promise((r) => setTimeout(r, 500));
   results['rss_idle_mib'] = rssMiB(vmdevd1.pid);
 
@@ -219,7 +228,14 @@ async function callBenchmarks(bus: PrivateBus): Promise<void> {
     { name: 'present', dest: 'org.example.vmdevdlv', selector: 'test', devices: ['d:type=disk,target=vda'] },
     { name: 'libvirt-dbus', dest: 'org.libvirt', kind: 'libvirt-listdomains' },
   ];
-  const l1 = await compare('test driver', 'testmethod', 1, onTestDriver, bus.address, WARMUP_ROUNDS);
+  // The C relay's latency with one call in flight; it takes its requests
+  // one at a time on its call thread, so its calls/s is no floor for
+  // vmdevd's (which reads the XML once for the requests that wait).
+  const relayed: Server[] = [
+    { name: 'relay-missing', dest: 'org.example.callrelay', selector: 'test', devices: ['d:type=disk,target=vdz'] },
+    { name: 'relay-present', dest: 'org.example.callrelay', selector: 'test', devices: ['d:type=disk,target=vda'] },
+  ];
+  const l1 = await compare('test driver', 'testmethod', 1, [...onTestDriver, ...relayed], bus.address, WARMUP_ROUNDS);
   const l16 = await compare('test driver', 'testmethod', 16, onTestDriver, bus.address);
   for (const who of ['missing', 'present']) {
     if (l1[who]!.cold) {
@@ -229,6 +245,8 @@ async function callBenchmarks(bus: PrivateBus): Promise<void> {
     results[`lv_${who}_p50_us`] = l1[who]!.p50;
     results[`lv_${who}_p99_us`] = l1[who]!.p99;
     results[`lv_${who}_rate16`] = l16[who]!.rate;
+    results[`lv_relay_${who}_p50_us`] = l1[`relay-${who}`]!.p50;
+    results[`lv_relay_${who}_p99_us`] = l1[`relay-${who}`]!.p99;
   }
   const n1 = await compare(
     'libvirt-dbus Name',
@@ -951,6 +969,16 @@ function table(): string {
       `${fmt(ratio(p99, theirs('p99_us')), 2)}×`,
       `≤ libvirt-dbus: ${yes(p99 <= theirs('p99_us'))}`,
     );
+    if (results[`lv_relay_${who}_p50_us`] !== undefined) {
+      row(
+        '… a C relay (the reply, then the libvirt calls on a call thread, then the outcome signal), p50 / p99 (µs)',
+        r(`lv_relay_${who}_p50_us`),
+        '',
+        `p99 ${fmt(r(`lv_relay_${who}_p99_us`))}`,
+        `p99 ${fmt(ratio(r(`lv_relay_${who}_p99_us`), theirs('p99_us')), 2)}×`,
+        '',
+      );
+    }
     row(
       '… in the first, unmeasured round, on a fresh daemon, p99 (µs)',
       r(`lv_${who}_cold_p99_us`),
