@@ -21,7 +21,7 @@
  * absent or its package list changed. Prints how long each step took.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { delimiter, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ensureDebianTree, type DebianTree } from '../harness/debian-tree.js';
@@ -206,7 +206,9 @@ describe('vmdevd installed in a booted Debian 12 (systemd-nspawn)', { skip: !isR
       { source: npm.packageDir, readOnly: true },
       { source: REPO_ROOT.replace(/\/$/, ''), target: CHECKOUT, readOnly: true },
     ];
-    if (existsSync('/dev/kvm')) binds.push({ source: '/dev/kvm' });
+    // The host's node, with the host's group id (below).
+    const kvmGid = existsSync('/dev/kvm') ? statSync('/dev/kvm').gid : undefined;
+    if (kvmGid !== undefined) binds.push({ source: '/dev/kvm' });
     box = await timed('boot', () => NspawnContainer.boot({ directory: tree.root, binds }));
     console.log(
       `# booted: systemd-nspawn pid ${box.nspawnPid}, the container's systemd pid ${box.systemdPid}, ${box.state}` +
@@ -221,6 +223,18 @@ describe('vmdevd installed in a booted Debian 12 (systemd-nspawn)', { skip: !isR
       // systemd-nspawn mounts the cgroup controllers read-only: libvirt then
       // runs its VMs without cgroups of their own.
       await check(['sh', '-c', 'printf "\\ncgroup_controllers = [ ]\\n" >> /etc/libvirt/qemu.conf']);
+      if (kvmGid !== undefined) {
+        // QEMU runs as libvirt-qemu, of the tree's kvm group, whose id need
+        // not be the host's: without the host's group too it cannot open
+        // the bound /dev/kvm ("Could not access KVM kernel module:
+        // Permission denied"), though libvirt offers KVM.
+        await check([
+          'sh',
+          '-c',
+          `getent group ${kvmGid} >/dev/null || groupadd --gid ${kvmGid} host-kvm; ` +
+            `usermod --append --groups "$(getent group ${kvmGid} | cut -d: -f1)" libvirt-qemu`,
+        ]);
+      }
       await check(['systemctl', 'try-restart', 'libvirtd.service']);
       // Returns once libvirtd serves qemu:///system (its socket starts it):
       // the service then finds it ready on its first connection.
