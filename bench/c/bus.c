@@ -1,5 +1,10 @@
 #include "bus.h"
 
+#include "contract.h"
+
+#include <stdio.h>
+#include <string.h>
+
 int bus_open(const char *address, const char *description, sd_bus **out)
 {
     sd_bus *bus = NULL;
@@ -29,4 +34,20 @@ int bus_open(const char *address, const char *description, sd_bus **out)
     }
     *out = bus;
     return 0;
+}
+
+int bus_serve(const char *prog, const char *address, const char *name, const sd_bus_vtable *vtable,
+              void *userdata, sd_bus **out)
+{
+    int r = bus_open(address, prog, out);
+
+    if (r >= 0)
+        r = sd_bus_add_object_vtable(*out, NULL, VMDEVD_OBJECT_PATH, VMDEVD_INTERFACE, vtable, userdata);
+    if (r >= 0)
+        r = sd_bus_request_name(*out, name, 0);
+    if (r >= 0)
+        r = sd_bus_get_fd(*out);
+    if (r < 0)
+        fprintf(stderr, "%s: bus %s, name %s: %s\n", prog, address ? address : "(session)", name, strerror(-r));
+    return r;
 }

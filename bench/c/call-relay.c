@@ -333,7 +333,7 @@ int main(int argc, char **argv)
     event_loop_t loop = { .wake_timer = -1 };
     pthread_t caller;
     bool caller_started = false;
-    int status = 1, opt, r, sig, fd;
+    int status = 1, opt, sig, fd;
     sigset_t stop;
 
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -363,17 +363,9 @@ int main(int argc, char **argv)
         perror("call-relay: eventfd");
         goto out;
     }
-    r = bus_open(address, "call-relay", &relay.bus);
-    if (r >= 0)
-        r = sd_bus_add_object_vtable(relay.bus, NULL, VMDEVD_OBJECT_PATH, VMDEVD_INTERFACE, vtable, &relay);
-    if (r >= 0)
-        r = sd_bus_request_name(relay.bus, name, 0);
-    if (r >= 0)
-        r = fd = sd_bus_get_fd(relay.bus);
-    if (r < 0) {
-        fprintf(stderr, "call-relay: bus %s, name %s: %s\n", address, name, strerror(-r));
+    fd = bus_serve("call-relay", address, name, vtable, &relay, &relay.bus);
+    if (fd < 0)
         goto out;
-    }
     /* From here on only the loop thread uses the bus. */
     relay.bus_watch = virEventAddHandle(fd, VIR_EVENT_HANDLE_READABLE, on_bus, &relay, NULL);
     relay.done_watch = virEventAddHandle(relay.done_fd, VIR_EVENT_HANDLE_READABLE, on_done, &relay, NULL);

@@ -219,7 +219,7 @@ int main(int argc, char **argv)
     event_loop_t loop = { .wake_timer = -1 };
     pthread_t caller;
     bool caller_started = false;
-    int callback_id = -1, status = 1, opt, r, sig, fd;
+    int callback_id = -1, status = 1, opt, sig, fd;
     sigset_t stop;
 
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -245,17 +245,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "detach-relay: cannot open %s: %s\n", uri, last_error());
         return 1;
     }
-    r = bus_open(address, "detach-relay", &relay.bus);
-    if (r >= 0)
-        r = sd_bus_add_object_vtable(relay.bus, NULL, VMDEVD_OBJECT_PATH, VMDEVD_INTERFACE, vtable, &relay);
-    if (r >= 0)
-        r = sd_bus_request_name(relay.bus, name, 0);
-    if (r >= 0)
-        r = fd = sd_bus_get_fd(relay.bus);
-    if (r < 0) {
-        fprintf(stderr, "detach-relay: bus %s, name %s: %s\n", address, name, strerror(-r));
+    fd = bus_serve("detach-relay", address, name, vtable, &relay, &relay.bus);
+    if (fd < 0)
         goto out;
-    }
     /* From here on only the loop thread uses the bus and the connection. */
     relay.watch = virEventAddHandle(fd, VIR_EVENT_HANDLE_READABLE, on_bus, &relay, NULL);
     callback_id = virConnectDomainEventRegisterAny(relay.events_conn, NULL, VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
