@@ -33,7 +33,12 @@ import { Emitter, type Event } from './event.js';
 import { RootLogger } from './logger.js';
 import { BeforePluginImport, loadPlugin, packageVersion, type LoadedPlugin } from './plugin-loader.js';
 import { StateHub } from './state-hub.js';
-import { SHIPPED_OPTIONS_AJV_OPTIONS, closedSchema, precompiledOptionsValidator } from './options-schema.js';
+import {
+  SHIPPED_OPTIONS_AJV_OPTIONS,
+  ajvAtRunTime,
+  closedSchema,
+  precompiledOptionsValidator,
+} from './options-schema.js';
 
 /** Where in-repo plugins are looked up (`plugins/` of the package). */
 export const BuiltinPluginDir = Symbol('BuiltinPluginDir');
@@ -102,17 +107,6 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
       timer = setTimeout(() => reject(new TimeoutError(`${what} did not finish within ${ms / 1000} s`)), ms);
     }),
   ]).finally(() => clearTimeout(timer));
-}
-
-/**
- * Ajv, loaded the first time a plugin's options schema must be compiled at
- * run time: a third-party plugin's, or a shipped one's the build did not
- * precompile. Bundled, its code took about 25 ms of each start to load.
- */
-async function loadAjv(): Promise<typeof Ajv> {
-  // The module's CommonJS exports, which both Node and the bundle give as
-  // `default` (the bundle's chunk gives nothing else).
-  return (await import('ajv')).default.Ajv;
 }
 
 @injectable()
@@ -506,8 +500,8 @@ export class BackendRegistry implements Disposable {
       const shipped = plugin.root.startsWith(this.realBuiltinDir() + sep);
       validate = shipped
         ? ((await precompiledOptionsValidator(plugin.root, closed)) ??
-          (this.trustingAjv ??= new (await loadAjv())(SHIPPED_OPTIONS_AJV_OPTIONS)).compile(closed))
-        : (this.checkingAjv ??= new (await loadAjv())({ allErrors: false, strict: false })).compile(closed);
+          (this.trustingAjv ??= new (ajvAtRunTime())(SHIPPED_OPTIONS_AJV_OPTIONS)).compile(closed))
+        : (this.checkingAjv ??= new (ajvAtRunTime())({ allErrors: false, strict: false })).compile(closed);
     } catch (err) {
       this.fail(host, `plugin "${plugin.name}" has an invalid options schema: ${errorMessage(err)}`);
       return undefined;

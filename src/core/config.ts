@@ -5,12 +5,11 @@
  */
 import { DEFAULT_BUS_NAME } from '../protocol.js';
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
-import type * as AjvModule from 'ajv';
 import type { ErrorObject, Options, ValidateFunction } from 'ajv';
 import { ConfigError, errorMessage } from './errors.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
+import { ajvAtRunTime } from './options-schema.js';
 import { PRECOMPILED_VALIDATORS } from './precompiled-validators.js';
 
 export const Config = Symbol('Config');
@@ -101,17 +100,10 @@ export const CONFIG_AJV_OPTIONS: Options = {
 
 let configValidator: ValidateFunction | undefined;
 
-/**
- * Ajv is loaded only to compile the schema at run time, which a build
- * never needs (see precompiled-validators.ts): bundled, its code took
- * about 25 ms of each start to load.
- */
-const requireAtRunTime = createRequire(import.meta.url);
-
 function validateConfig(data: unknown): ErrorObject | undefined {
   configValidator ??=
     PRECOMPILED_VALIDATORS.get(JSON.stringify(CONFIG_SCHEMA)) ??
-    new (requireAtRunTime('ajv') as typeof AjvModule).Ajv(CONFIG_AJV_OPTIONS).compile(CONFIG_SCHEMA);
+    new (ajvAtRunTime())(CONFIG_AJV_OPTIONS).compile(CONFIG_SCHEMA);
   return configValidator(data) ? undefined : configValidator.errors![0]!;
 }
 
