@@ -14,12 +14,6 @@ const LEVEL_TAGS: Record<LogLevel, string> = { error: 'error ', warn: 'warn  ', 
 export interface LogSink {
   /** `urgent`: an error or a warning, written without delay. */
   write(line: string, urgent?: boolean): void;
-  /**
-   * When present, takes the line as a function that formats it, called when
-   * the line is written: formatting then costs nothing on the path of the
-   * request that logs it.
-   */
-  defer?(line: () => string, urgent: boolean): void;
 }
 
 const FLUSH_INTERVAL_MS = 10;
@@ -30,30 +24,33 @@ const FLUSH_INTERVAL_MS = 10;
  */
 function stderrSink(): LogSink {
   let broken = false;
-  let pending: Array<string | (() => string)> = [];
+  let pending = '';
   process.stderr.on('error', () => {
     broken = true;
   });
   // Lines are written at most every 10 ms, together: under load every
   // request logs a line, and a write each would cost a system call per
   // request. Errors and warnings, and whatever waits at exit, go out at once.
+  // Each line is formatted when it is logged, not at the write: formatting
+  // 10 ms of lines at once held up whichever call arrived meanwhile (bench/
+  // README.md, "Where the tail comes from").
   let timer: NodeJS.Timeout | undefined;
   const flush = () => {
     clearTimeout(timer);
     timer = undefined;
-    if (pending.length === 0) return;
-    let text = '';
-    for (const line of pending) text += typeof line === 'string' ? line : line();
-    pending = [];
+    if (pending === '') return;
+    const text = pending;
+    pending = '';
     if (!broken) process.stderr.write(text);
   };
   process.on('exit', flush);
-  const add = (line: string | (() => string), urgent?: boolean) => {
-    pending.push(line);
-    if (urgent) flush();
-    else timer ??= setTimeout(flush, FLUSH_INTERVAL_MS).unref();
+  return {
+    write(line: string, urgent?: boolean) {
+      pending += line;
+      if (urgent) flush();
+      else timer ??= setTimeout(flush, FLUSH_INTERVAL_MS).unref();
+    },
   };
-  return { write: add, defer: add };
 }
 
 function formatValue(value: unknown): string {
@@ -108,9 +105,7 @@ export class RootLogger {
   private write(level: LogLevel, component: string, message: string, fields?: Record<string, unknown>): void {
     if (!this.enabled(level)) return;
     const urgent = RANK[level] <= RANK.warn;
-    const ms = Date.now();
-    if (this.sink.defer) this.sink.defer(() => this.format(ms, level, component, message, fields), urgent);
-    else this.sink.write(this.format(ms, level, component, message, fields), urgent);
+    this.sink.write(this.format(Date.now(), level, component, message, fields), urgent);
   }
 
   private format(
