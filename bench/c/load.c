@@ -97,13 +97,17 @@ typedef struct {
     char *first_error;     /* "name: message" of the first failure */
     bool record;           /* keep latencies (false during warm-up) */
     samples_t latency;
+    samples_t ends;        /* when each recorded call ended (CLOCK_MONOTONIC, ns) */
     int fatal;             /* negative errno: the run cannot go on */
 } tally_t;
 
 static int tally_init(tally_t *t, bool record, size_t expected)
 {
+    int r;
+
     *t = (tally_t){ .record = record };
-    return samples_init(&t->latency, record ? expected : 1);
+    r = samples_init(&t->latency, record ? expected : 1);
+    return r < 0 ? r : samples_init(&t->ends, record ? expected : 1);
 }
 
 static void tally_free(tally_t *t)
@@ -112,6 +116,7 @@ static void tally_free(tally_t *t)
         free(t->errors[i].name);
     free(t->first_error);
     samples_free(&t->latency);
+    samples_free(&t->ends);
 }
 
 static void tally_failure(tally_t *t, const char *name, const char *message)
@@ -147,6 +152,8 @@ static void tally_result(tally_t *t, uint64_t elapsed_ns, const char *fail_name,
     if (t->record) {
         int r = samples_push(&t->latency, elapsed_ns);
 
+        if (r >= 0)
+            r = samples_push(&t->ends, now_ns());
         if (r < 0 && !t->fatal)
             t->fatal = r;
     }
@@ -714,7 +721,7 @@ static void usage(FILE *f)
           "            [--duration S | --count N] [--inflight K] [--warmup N]\n"
           "            [--selector S] [--device L:T,...] [--expect-entries N]\n"
           "            [--expect-bool true|false]\n"
-          "            [--check-every N] [--floor N] [--timeout-ms MS] [--json]\n"
+          "            [--check-every N] [--floor N] [--timeout-ms MS] [--samples FILE] [--json]\n"
           "KIND: ping                 Peer.Ping to the bus itself (the bus floor)\n"
           "      peer-ping            Peer.Ping to --dest\n"
           "      testmethod           a valid two-device TestMethod\n"
@@ -740,9 +747,31 @@ static void usage(FILE *f)
           "                        the others get a signature check (default 1: all)\n"
           "  --floor N             then N Peer.Ping calls to the bus, reported as the floor\n"
           "  --timeout-ms MS       per-call timeout (default 25000)\n"
+          "  --samples FILE        write each measured call, in order, to FILE: its latency\n"
+          "                        and when it ended (CLOCK_MONOTONIC), in ns, one line each\n"
           "  --json                one JSON object on stdout\n"
           "Exit: 0 all calls succeeded, 1 some failed, 2 usage or setup error.\n",
           f);
+}
+
+/* Each measured call as "latency end" in ns, in the order they ended: the
+ * end is on CLOCK_MONOTONIC, the clock of V8's CPU profiles, so a slow call
+ * can be matched with what the server was doing meanwhile. */
+static int write_samples(const char *path, const tally_t *t)
+{
+    FILE *f = fopen(path, "w");
+
+    if (!f) {
+        fprintf(stderr, "load: cannot write %s: %s\n", path, strerror(errno));
+        return -errno;
+    }
+    for (size_t i = 0; i < t->latency.n; i++)
+        fprintf(f, "%" PRIu64 " %" PRIu64 "\n", t->latency.v[i], t->ends.v[i]);
+    if (fclose(f) != 0) {
+        fprintf(stderr, "load: cannot write %s: %s\n", path, strerror(errno));
+        return -errno;
+    }
+    return 0;
 }
 
 static int find_kind(const char *name, kind_t *out)
@@ -760,7 +789,7 @@ int main(int argc, char **argv)
 {
     enum { OPT_ADDRESS = 256, OPT_CALL, OPT_DEST, OPT_PATH, OPT_DURATION, OPT_COUNT,
            OPT_INFLIGHT, OPT_WARMUP, OPT_SELECTOR, OPT_EXPECT_ENTRIES, OPT_EXPECT_BOOL,
-           OPT_FLOOR, OPT_TIMEOUT, OPT_CHECK_EVERY, OPT_DEVICE, OPT_JSON };
+           OPT_FLOOR, OPT_TIMEOUT, OPT_CHECK_EVERY, OPT_DEVICE, OPT_SAMPLES, OPT_JSON };
     static const struct option options[] = {
         { "address", required_argument, NULL, OPT_ADDRESS },
         { "call", required_argument, NULL, OPT_CALL },
@@ -777,11 +806,12 @@ int main(int argc, char **argv)
         { "floor", required_argument, NULL, OPT_FLOOR },
         { "timeout-ms", required_argument, NULL, OPT_TIMEOUT },
         { "check-every", required_argument, NULL, OPT_CHECK_EVERY },
+        { "samples", required_argument, NULL, OPT_SAMPLES },
         { "json", no_argument, NULL, OPT_JSON },
         { "help", no_argument, NULL, 'h' },
         { 0 }
     };
-    const char *address = NULL, *call = NULL;
+    const char *address = NULL, *call = NULL, *samples_file = NULL;
     target_t target = { .expect_entries = -1, .expect_bool = -1,
                         .selector = DEFAULT_SELECTOR, .check_every = 1,
                         .timeout_usec = DEFAULT_TIMEOUT_MS * UINT64_C(1000) };
@@ -808,6 +838,7 @@ int main(int argc, char **argv)
                    parse_device(optarg, &target.devices[target.n_devices++]) < 0;
             break;
         case OPT_JSON: json = true; break;
+        case OPT_SAMPLES: samples_file = optarg; break;
         case OPT_DURATION:
             bad |= parse_double(optarg, 0.001, 86400, &duration_s) < 0;
             break;
@@ -932,6 +963,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "load: run aborted: %s\n", strerror(-r));
         goto out;
     }
+    if (samples_file && write_samples(samples_file, &measured) < 0)
+        goto out;
     samples_stats(&measured.latency, &rep.stats);
 
     if (floor_calls > 0) {
