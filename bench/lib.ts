@@ -3,8 +3,10 @@
  * processes with their output in files, and RSS.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DAEMON_ENV, DAEMON_NODE_ARGS } from '../test/harness/vmdevd-process.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const TOOLS = `${ROOT}bench/c/build`;
@@ -213,4 +215,79 @@ export function bootstrapInterval<T>(
     values.push(statistic(sample));
   }
   return [percentile(values, 2.5), percentile(values, 97.5)];
+}
+
+/** Where a benchmark keeps its files, and what it stops at the end (the last first). */
+export interface Harness {
+  readonly work: string;
+  readonly cleanups: Array<() => Promise<unknown>>;
+}
+
+/**
+ * Starts vmdevd as the unit runs it (bin/vmdevd's node options and
+ * environment, then `nodeArgs`), its config and log in `work`, and waits
+ * until it owns `busName`.
+ */
+export async function startVmdevd(
+  h: Harness,
+  address: string,
+  busName: string,
+  backends: unknown[],
+  options: { extra?: Record<string, unknown>; nodeArgs?: readonly string[] } = {},
+): Promise<Service & { startedNs: bigint }> {
+  const config = join(h.work, `${busName}.json`);
+  writeFileSync(
+    config,
+    JSON.stringify({ busName, logLevel: 'info', detachTimeoutSeconds: 30, backends, ...options.extra }),
+  );
+  const startedNs = nowNs();
+  const svc = startService(
+    process.execPath,
+    [...DAEMON_NODE_ARGS, ...(options.nodeArgs ?? []), `${ROOT}bin/vmdevd`, '--address', address, '--config', config],
+    join(h.work, `${busName}.log`),
+    { ...process.env, ...DAEMON_ENV },
+  );
+  h.cleanups.push(() => svc.stop());
+  await waitUntil(`${busName} ready`, () => /vmdevd: ready/.test(svc.output()) || svc.child.exitCode !== null);
+  if (svc.child.exitCode !== null) throw new Error(`vmdevd ${busName} exited:\n${svc.output()}`);
+  return { ...svc, startedNs };
+}
+
+/**
+ * libvirt-dbus on the bus at `address`, once it answers: `--session` serves
+ * the test driver on /org/libvirt/Test, `--system` qemu:///system on
+ * /org/libvirt/QEMU (it takes that bus from DBUS_SYSTEM_BUS_ADDRESS). It
+ * opens its libvirt connection (and subscribes to events) on the first call.
+ */
+export async function startLibvirtDbus(
+  h: Harness,
+  address: string,
+  which: 'session' | 'system',
+  log: string,
+): Promise<Service> {
+  const lvd = startService('/usr/sbin/libvirt-dbus', [`--${which}`], join(h.work, log), {
+    ...process.env,
+    [which === 'session' ? 'DBUS_SESSION_BUS_ADDRESS' : 'DBUS_SYSTEM_BUS_ADDRESS']: address,
+  });
+  h.cleanups.push(() => lvd.stop());
+  const path = which === 'session' ? [] : ['--path', '/org/libvirt/QEMU'];
+  await waitUntil(`libvirt-dbus --${which}`, async () => {
+    try {
+      await run(`${TOOLS}/load`, [
+        '--address',
+        address,
+        '--call',
+        'libvirt-listdomains',
+        ...path,
+        '--count',
+        '1',
+        '--warmup',
+        '0',
+      ]);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  return lvd;
 }

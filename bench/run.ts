@@ -26,7 +26,6 @@ import { startLibvirtd } from '../test/harness/libvirtd.js';
 import { startPrivateLibvirtd, type PrivateLibvirtd } from '../test/harness/private-libvirtd.js';
 import { createTestVm } from '../test/harness/test-vms.js';
 import { TEST_BACKEND } from '../test/harness/stack.js';
-import { DAEMON_ENV, DAEMON_NODE_ARGS } from '../test/harness/vmdevd-process.js';
 import {
   bootstrapInterval,
   fmt,
@@ -38,9 +37,12 @@ import {
   schedstat,
   ROOT,
   run,
+  startLibvirtDbus as startLibvirtDbusIn,
   startService,
+  startVmdevd as startVmdevdIn,
   TOOLS,
   waitUntil,
+  type Harness,
   type LoadResult,
   type Service,
 } from './lib.js';
@@ -77,29 +79,11 @@ const results: Record<string, number> = {};
 const notes: string[] = [];
 const say = (s: string) => process.stderr.write(`${s}\n`);
 
-const VMDEVD = `${ROOT}bin/vmdevd`;
-
-/** Starts vmdevd with its log in a file and waits until it owns `busName`. */
-async function startVmdevd(
-  bus: PrivateBus,
-  busName: string,
-  backends: unknown[],
-  extra: Record<string, unknown> = {},
-): Promise<Service & { startedNs: bigint }> {
-  const config = join(work, `${busName}.json`);
-  writeFileSync(config, JSON.stringify({ busName, logLevel: 'info', detachTimeoutSeconds: 30, backends, ...extra }));
-  const startedNs = nowNs();
-  const svc = startService(
-    process.execPath,
-    [...DAEMON_NODE_ARGS, VMDEVD, '--address', bus.address, '--config', config],
-    join(work, `${busName}.log`),
-    { ...process.env, ...DAEMON_ENV },
-  );
-  cleanups.push(() => svc.stop());
-  await waitUntil(`${busName} ready`, () => /vmdevd: ready/.test(svc.output()) || svc.child.exitCode !== null);
-  if (svc.child.exitCode !== null) throw new Error(`vmdevd ${busName} exited:\n${svc.output()}`);
-  return { ...svc, startedNs };
-}
+const harness: Harness = { work, cleanups };
+const startVmdevd = (bus: PrivateBus, busName: string, backends: unknown[], extra?: Record<string, unknown>) =>
+  startVmdevdIn(harness, bus.address, busName, backends, { extra });
+const startLibvirtDbus = (bus: PrivateBus, which: 'session' | 'system', log: string) =>
+  startLibvirtDbusIn(harness, bus.address, which, log);
 
 function testBackend(vms: number) {
   return [{ id: 'bench', plugin: TEST_BACKEND, vms: [], generate: vms, detachDelayMs: 0 }];
@@ -302,40 +286,6 @@ interface Binding {
       getDomain(uuid: string): Promise<{ active: boolean }>;
     }>;
   };
-}
-
-/**
- * libvirt-dbus on the private bus, once it answers: `--session` serves the
- * test driver on /org/libvirt/Test, `--system` qemu:///system on
- * /org/libvirt/QEMU (it takes that bus from DBUS_SYSTEM_BUS_ADDRESS). It
- * opens its libvirt connection (and subscribes to events) on the first call.
- */
-async function startLibvirtDbus(bus: PrivateBus, which: 'session' | 'system', log: string): Promise<Service> {
-  const lvd = startService('/usr/sbin/libvirt-dbus', [`--${which}`], join(work, log), {
-    ...process.env,
-    [which === 'session' ? 'DBUS_SESSION_BUS_ADDRESS' : 'DBUS_SYSTEM_BUS_ADDRESS']: bus.address,
-  });
-  cleanups.push(() => lvd.stop());
-  const path = which === 'session' ? [] : ['--path', '/org/libvirt/QEMU'];
-  await waitUntil(`libvirt-dbus --${which}`, async () => {
-    try {
-      await run(`${TOOLS}/load`, [
-        '--address',
-        bus.address,
-        '--call',
-        'libvirt-listdomains',
-        ...path,
-        '--count',
-        '1',
-        '--warmup',
-        '0',
-      ]);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-  return lvd;
 }
 
 async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {

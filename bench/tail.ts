@@ -19,13 +19,12 @@
  * The profiler costs the daemon time of its own: the latencies here are
  * not the benchmark's figures (dist/bench/run.js), only their make-up.
  */
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startPrivateBus } from '../test/harness/dbus-daemon.js';
-import { DAEMON_ENV, DAEMON_NODE_ARGS } from '../test/harness/vmdevd-process.js';
-import { fmt, load, percentile, ROOT, run, startService, TOOLS, waitUntil, type Service } from './lib.js';
+import { fmt, load, percentile, run, startLibvirtDbus, startVmdevd, TOOLS } from './lib.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -127,56 +126,25 @@ function summary(calls: readonly Call[]): string {
 }
 
 const work = mkdtempSync(join(tmpdir(), 'vmdevd-tail-'));
-const cleanups: Array<() => Promise<void>> = [];
+const cleanups: Array<() => Promise<unknown>> = [];
 try {
   const bus = await startPrivateBus();
   cleanups.push(() => bus.stop());
-  const config = join(work, 'vmdevd.json');
-  writeFileSync(
-    config,
-    JSON.stringify({
-      busName: BUS_NAME,
-      logLevel: 'info',
-      backends: [{ id: 'lv', plugin: 'libvirt', uri: 'test:///default' }],
-    }),
-  );
   const profiles = join(work, 'profiles');
-  const vmdevd: Service = startService(
-    process.execPath,
-    [
-      ...DAEMON_NODE_ARGS,
-      '--cpu-prof',
-      `--cpu-prof-dir=${profiles}`,
-      '--cpu-prof-interval',
-      '50',
-      join(ROOT, 'bin/vmdevd'),
-      '--address',
-      bus.address,
-      '--config',
-      config,
-    ],
-    join(work, 'vmdevd.log'),
-    { ...process.env, ...DAEMON_ENV },
+  const harness = { work, cleanups };
+  const vmdevd = await startVmdevd(
+    harness,
+    bus.address,
+    BUS_NAME,
+    [{ id: 'lv', plugin: 'libvirt', uri: 'test:///default' }],
+    {
+      nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profiles}`, '--cpu-prof-interval', '50'],
+    },
   );
-  cleanups.push(() => vmdevd.stop());
-  await waitUntil('vmdevd ready', () => /vmdevd: ready/.test(vmdevd.output()) || vmdevd.child.exitCode !== null);
-  if (vmdevd.child.exitCode !== null) throw new Error(`vmdevd exited:\n${vmdevd.output()}`);
-  const libvirtDbus = startService('/usr/sbin/libvirt-dbus', ['--session'], join(work, 'libvirt-dbus.log'), {
-    ...process.env,
-    DBUS_SESSION_BUS_ADDRESS: bus.address,
-  });
-  cleanups.push(() => libvirtDbus.stop());
+  await startLibvirtDbus(harness, bus.address, 'session', 'libvirt-dbus.log');
 
   const ours = { dest: BUS_NAME, selector: 'test', devices: [DEVICE] };
   const theirs = { dest: 'org.libvirt' };
-  await waitUntil('libvirt-dbus on the bus', async () => {
-    try {
-      await load(bus.address, 'libvirt-listdomains', { ...theirs, duration: 0.1 });
-      return true;
-    } catch {
-      return false;
-    }
-  });
   for (let round = 0; round < WARMUP_ROUNDS; round++) {
     await load(bus.address, 'testmethod', { ...ours, duration: 2 });
     await load(bus.address, 'libvirt-listdomains', { ...theirs, duration: 2 });
@@ -184,7 +152,7 @@ try {
   const mine = join(work, 'vmdevd.samples');
   const reference = join(work, 'libvirt-dbus.samples');
   const args = ['--address', bus.address, '--json', '--duration', String(SECONDS), '--inflight', '1'];
-  await runLoad([
+  await run(`${TOOLS}/load`, [
     ...args,
     '--call',
     'testmethod',
@@ -197,7 +165,7 @@ try {
     '--samples',
     mine,
   ]);
-  await runLoad([...args, '--call', 'libvirt-listdomains', '--samples', reference]);
+  await run(`${TOOLS}/load`, [...args, '--call', 'libvirt-listdomains', '--samples', reference]);
   await vmdevd.stop();
   const file = readdirSync(profiles).find((f) => f.endsWith('.cpuprofile'));
   if (file === undefined) throw new Error(`vmdevd wrote no CPU profile:\n${vmdevd.output()}`);
@@ -206,10 +174,6 @@ try {
 } finally {
   for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
   rmSync(work, { recursive: true, force: true });
-}
-
-async function runLoad(args: string[]): Promise<void> {
-  await run(`${TOOLS}/load`, args);
 }
 
 function report(profile: Profile, calls: readonly Call[], reference: readonly Call[]): void {
