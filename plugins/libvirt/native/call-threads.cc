@@ -18,24 +18,31 @@ std::shared_ptr<CallThreads> CallThreads::Create() {
 }
 
 void CallThreads::Submit(std::function<void()> work) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  queue_.push_back(std::move(work));
-  // A thread already woken still counts as idle until it runs: one idle
-  // thread per queued call, else a new thread.
-  if (static_cast<int>(queue_.size()) <= idle_) {
-    ready_.notify_one();
-    return;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(work));
+    // A thread already woken still counts as idle until it runs: one idle
+    // thread per queued call, else a new thread.
+    if (static_cast<int>(queue_.size()) > idle_) {
+      if (threads_ < kMaxThreads) {
+        threads_++;
+        // The thread holds the pool until it ends.
+        std::thread([self = shared_from_this()] { self->Run(); }).detach();
+      }
+      return;
+    }
   }
-  if (threads_ < kMaxThreads) {
-    threads_++;
-    // The thread holds the pool until it ends.
-    std::thread([self = shared_from_this()] { self->Run(); }).detach();
-  }
+  // Woken after the lock is let go: woken while it is held, the thread
+  // would find it taken and sleep again until the caller lets it go (two
+  // more switches on a busy core, before every call).
+  ready_.notify_one();
 }
 
 void CallThreads::Retire() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  retired_ = true;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    retired_ = true;
+  }
   ready_.notify_all();
 }
 
