@@ -108,6 +108,14 @@ describe('one vmdevd, three hosts: local, qemu+tls, qemu+ssh', { timeout: 600_00
     assert.equal(states[`tls/${sharedName}`], 'running');
     assert.equal(states[`ssh/${sharedName}`], 'running');
     assert.equal(states[sharedName], undefined, 'a name two backends share is never a key on its own');
+    // The types come after the names and states. GetDevices waits until no
+    // connected backend is still reading types (as every call that resolves a
+    // selector does), so its
+    // reply is the barrier after which every VM's type is in Vms.
+    const [devices] = (await stack!.client.call({ member: 'GetDevices', signature: 's', body: [localName] })) as [
+      Record<string, string[]>,
+    ];
+    assert.ok(Object.keys(devices).length > 0, `the local VM's devices: ${JSON.stringify(devices)}`);
     const details = await stack!.client.getProperty<Record<string, Record<string, string>>>('Vms');
     for (const id of ['tls', 'ssh']) {
       assert.deepEqual(details[`${id}/${sharedName}`], {
