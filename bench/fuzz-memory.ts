@@ -9,16 +9,17 @@
  * 1. Warm-up: one call of each huge kind at the largest size, then
  *    `--warmup` generated calls (default 8,000), so the baseline is the
  *    daemon's working size, with the code and caches of these calls.
- * 2. Baseline: VmRSS sampled every 500 ms until it has changed by less than
- *    1% over 12 s (at most 30 s). The daemon runs one full collection when
- *    it goes idle after a burst (src/daemon/memory-reclaimer.ts), and V8's
- *    memory reducer then shrinks the heap in rounds some seconds apart; the
- *    quiet window is longer than that delay.
+ * 2. Baseline: VmRSS sampled every 500 ms, first for as long as the daemon
+ *    waits idle before it collects (src/daemon/memory-reclaimer.ts: one
+ *    full collection, 30 s after a burst) and 6 s more, then until it has
+ *    changed by less than 1% over 12 s (at most 30 s more). V8's memory
+ *    reducer shrinks the heap after that collection in rounds some seconds
+ *    apart; the quiet window is longer than that delay.
  * 3. The main phase: `--calls` generated calls (default 12,000), VmRSS
  *    sampled every 100 ms; the peak is the largest sample.
- * 4. Settling: VmRSS sampled every 500 ms until it has changed by less
- *    than 1% over 12 s (at most 60 s), noting when it first came within 10%
- *    of the baseline (the target).
+ * 4. Settling: VmRSS sampled every 500 ms for the same wait, then until
+ *    it has changed by less than 1% over 12 s (at most 60 s more), noting
+ *    when it first came within 10% of the baseline (the target).
  *
  * Prints each size split into anonymous memory (heaps) and file pages (code,
  * libraries), the ratio after settling to the baseline, and whether the
@@ -32,8 +33,11 @@ import { FUZZ_STACK, FuzzDriver, Tally } from '../test/fuzz/fuzz-driver.js';
 import { RawClient } from '../test/fuzz/raw-client.js';
 import { Random } from '../test/fuzz/random-dbus.js';
 import { startStack } from '../test/harness/stack.js';
+import { CHECK_EVERY_MS, IDLE_BEFORE_COLLECTING_MS } from '../src/daemon/memory-reclaimer.js';
 
 const TARGET = 1.1;
+/** Until the reclaimer has had its chance: its wait, a check's period and V8's first shrink after. */
+const RECLAIMER_MS = IDLE_BEFORE_COLLECTING_MS + CHECK_EVERY_MS + 4000;
 
 const { values: opts } = parseArgs({
   options: {
@@ -64,12 +68,13 @@ const show = (r: Rss) => `${mib(r.kib)} (anon ${mib(r.anonKib)}, file ${mib(r.fi
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Samples VmRSS every 500 ms until it has stayed within 1% for `quietMs`,
- * or `maxMs` have passed; notes when it was first at or below `target`.
+ * Samples VmRSS every 500 ms for at least `minMs`, then until it has stayed
+ * within 1% for `quietMs`, or `maxMs` have passed; notes when it was first
+ * at or below `target`.
  */
 async function settle(
   pid: number,
-  options: { maxMs: number; quietMs: number; target?: number },
+  options: { minMs: number; maxMs: number; quietMs: number; target?: number },
 ): Promise<{ rss: Rss; waitedMs: number; targetMs: number | undefined }> {
   const start = performance.now();
   const samples: Rss[] = [];
@@ -80,8 +85,9 @@ async function settle(
     if (options.target !== undefined && targetMs === undefined && samples.at(-1)!.kib <= options.target)
       targetMs = Math.round(performance.now() - start);
     const last = samples.slice(-window).map((s) => s.kib);
-    if (last.length === window && Math.max(...last) <= Math.min(...last) * 1.01) break;
-    if (performance.now() - start >= options.maxMs) break;
+    const waited = performance.now() - start;
+    if (waited >= options.minMs && last.length === window && Math.max(...last) <= Math.min(...last) * 1.01) break;
+    if (waited >= options.maxMs) break;
     await sleep(500);
   }
   return { rss: samples.at(-1)!, waitedMs: Math.round(performance.now() - start), targetMs };
@@ -100,7 +106,7 @@ async function main(): Promise<number> {
     const warm = new Tally();
     await driver.sendLargest(warm);
     await driver.run(0, warmupCalls, warm);
-    const baseline = await settle(pid, { quietMs: 12_000, maxMs: 30_000 });
+    const baseline = await settle(pid, { minMs: RECLAIMER_MS, quietMs: 12_000, maxMs: RECLAIMER_MS + 30_000 });
 
     const tally = new Tally();
     let peak = rss(pid);
@@ -122,7 +128,7 @@ async function main(): Promise<number> {
     const end = rss(pid);
     if (end.kib > peak.kib) peak = end;
     const target = Math.floor(baseline.rss.kib * TARGET);
-    const after = await settle(pid, { quietMs: 12_000, maxMs: 60_000, target });
+    const after = await settle(pid, { minMs: RECLAIMER_MS, quietMs: 12_000, maxMs: RECLAIMER_MS + 60_000, target });
 
     const failures = [...warm.failures, ...tally.failures];
     const ratio = after.rss.kib / baseline.rss.kib;
