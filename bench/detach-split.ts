@@ -22,6 +22,7 @@
  *   make -C bench/c && npm run build &&
  *     node dist/bench/detach-split.js [--rounds N] [--cycles N]
  *       [--variant NAME=NODE-OPTIONS]... [--binding NAME=FILE]...
+ *       [--warm NAME=SECONDS]...
  *
  * `--variant NAME=NODE-OPTIONS` adds node options to that variant's daemon,
  * after bin/vmdevd's own, so a later one undoes an earlier one
@@ -29,7 +30,11 @@
  * before bin/vmdevd had `--no-lazy-feedback-allocation`); `--binding NAME=FILE` runs the
  * variant NAME with another build of the plugin's native binding (put in
  * place by a rename before its daemon starts, and the original put back at
- * the end). Without variants, one daemon as it is. Run it as root, on a
+ * the end); `--warm NAME=SECONDS` has the variant NAME's daemon serve
+ * SECONDS of `TestMethod` for a disk the VM lacks (one call in flight,
+ * each ending `DeviceNotFound`) before its pairs, as the benchmark's
+ * detach figure does (`--variant first= --warm warm=3` compares a daemon's
+ * first requests with a warm one). Without variants, one daemon as it is. Run it as root, on a
  * machine where nothing else runs, and not beside another benchmark.
  */
 import { spawn, execFileSync } from 'node:child_process';
@@ -40,7 +45,7 @@ import { parseArgs } from 'node:util';
 import { startPrivateBus } from '../test/harness/dbus-daemon.js';
 import { startLibvirtd } from '../test/harness/libvirtd.js';
 import { createTestVm, type TestVmConnection } from '../test/harness/test-vms.js';
-import { fmt, median, percentile, ROOT, run, schedstat, startVmdevd, TOOLS, type Harness } from './lib.js';
+import { fmt, load, median, percentile, ROOT, run, schedstat, startVmdevd, TOOLS, type Harness } from './lib.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -48,6 +53,7 @@ const { values: opts } = parseArgs({
     cycles: { type: 'string', default: '30' },
     variant: { type: 'string', multiple: true, default: [] },
     binding: { type: 'string', multiple: true, default: [] },
+    warm: { type: 'string', multiple: true, default: [] },
   },
 });
 const ROUNDS = Number(opts.rounds);
@@ -60,6 +66,7 @@ interface Variant {
   readonly name: string;
   readonly nodeArgs: readonly string[];
   binding?: string;
+  warmSeconds?: number;
 }
 
 const variants: Variant[] = opts.variant.map((v) => {
@@ -82,6 +89,15 @@ for (const b of opts.binding) {
   let variant = variants.find((v) => v.name === name);
   if (variant === undefined) variants.push((variant = { name, nodeArgs: [] }));
   variant.binding = file;
+}
+for (const w of opts.warm) {
+  const eq = w.indexOf('=');
+  const seconds = Number(w.slice(eq + 1));
+  if (eq <= 0 || !(seconds > 0)) throw new Error(`--warm ${w}: NAME=SECONDS`);
+  const name = w.slice(0, eq);
+  let variant = variants.find((v) => v.name === name);
+  if (variant === undefined) variants.push((variant = { name, nodeArgs: [] }));
+  variant.warmSeconds = seconds;
 }
 if (variants.length === 0) variants.push({ name: 'vmdevd', nodeArgs: [] });
 
@@ -169,6 +185,13 @@ try {
           nodeArgs: variant.nodeArgs,
         },
       );
+      if (variant.warmSeconds !== undefined)
+        await load(bus.address, 'testmethod', {
+          dest: busName,
+          selector: vm.name,
+          devices: ['d:type=disk,target=sdz'],
+          duration: variant.warmSeconds,
+        });
       const perfData = join(work, `r${r}-${variant.name}.perf`);
       const perf =
         PERF === undefined
