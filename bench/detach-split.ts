@@ -45,7 +45,18 @@ import { parseArgs } from 'node:util';
 import { startPrivateBus } from '../test/harness/dbus-daemon.js';
 import { startLibvirtd } from '../test/harness/libvirtd.js';
 import { createTestVm, type TestVmConnection } from '../test/harness/test-vms.js';
-import { fmt, load, median, percentile, ROOT, run, schedstat, startVmdevd, TOOLS, type Harness } from './lib.js';
+import {
+  fmt,
+  median,
+  percentile,
+  ROOT,
+  run,
+  schedstat,
+  startVmdevd,
+  TOOLS,
+  warmDetachPath,
+  type Harness,
+} from './lib.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -80,24 +91,24 @@ const variants: Variant[] = opts.variant.map((v) => {
       .filter(Boolean),
   };
 });
+/** The variant of that name, a new one (no node options) if there is none yet. */
+function variantNamed(name: string): Variant {
+  let variant = variants.find((v) => v.name === name);
+  if (variant === undefined) variants.push((variant = { name, nodeArgs: [] }));
+  return variant;
+}
 for (const b of opts.binding) {
   const eq = b.indexOf('=');
   if (eq <= 0) throw new Error(`--binding ${b}: NAME=FILE`);
-  const name = b.slice(0, eq);
   const file = b.slice(eq + 1);
   if (!existsSync(file)) throw new Error(`--binding ${b}: no such file`);
-  let variant = variants.find((v) => v.name === name);
-  if (variant === undefined) variants.push((variant = { name, nodeArgs: [] }));
-  variant.binding = file;
+  variantNamed(b.slice(0, eq)).binding = file;
 }
 for (const w of opts.warm) {
   const eq = w.indexOf('=');
   const seconds = Number(w.slice(eq + 1));
   if (eq <= 0 || !(seconds > 0)) throw new Error(`--warm ${w}: NAME=SECONDS`);
-  const name = w.slice(0, eq);
-  let variant = variants.find((v) => v.name === name);
-  if (variant === undefined) variants.push((variant = { name, nodeArgs: [] }));
-  variant.warmSeconds = seconds;
+  variantNamed(w.slice(0, eq)).warmSeconds = seconds;
 }
 if (variants.length === 0) variants.push({ name: 'vmdevd', nodeArgs: [] });
 
@@ -185,13 +196,7 @@ try {
           nodeArgs: variant.nodeArgs,
         },
       );
-      if (variant.warmSeconds !== undefined)
-        await load(bus.address, 'testmethod', {
-          dest: busName,
-          selector: vm.name,
-          devices: ['d:type=disk,target=sdz'],
-          duration: variant.warmSeconds,
-        });
+      if (variant.warmSeconds !== undefined) await warmDetachPath(bus.address, busName, vm.name, variant.warmSeconds);
       const perfData = join(work, `r${r}-${variant.name}.perf`);
       const perf =
         PERF === undefined

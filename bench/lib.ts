@@ -106,6 +106,16 @@ export async function load(
   return result;
 }
 
+/**
+ * Warms a daemon's detach path, as one that has served requests for a
+ * while: `seconds` of `TestMethod` for a disk the VM lacks, one call in
+ * flight (the request path up to the libvirt call, each ending
+ * `DeviceNotFound`).
+ */
+export async function warmDetachPath(address: string, dest: string, vm: string, seconds: number): Promise<void> {
+  await load(address, 'testmethod', { dest, selector: vm, devices: ['d:type=disk,target=sdz'], duration: seconds });
+}
+
 /** A long-running process whose output goes to a file, stopped by its PID. */
 export interface Service {
   readonly child: ChildProcess;

@@ -45,6 +45,7 @@ import {
   type Harness,
   type LoadResult,
   type Service,
+  warmDetachPath,
 } from './lib.js';
 
 const dbusVariant = dbus.Variant;
@@ -521,15 +522,8 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
         `(95% bootstrap ${fmt(freshLow)} to ${fmt(freshHigh)})`,
     );
     // Then measured warm, as the call figures are: a daemon that runs for
-    // days has served requests before. DETACH_WARMUP_S of TestMethod for a
-    // disk the VM lacks (the request path up to the libvirt call, each
-    // ending DeviceNotFound), then the pairs of the figures.
-    await load(bus.address, 'testmethod', {
-      dest: 'org.example.dbustest',
-      selector: vm.name,
-      devices: ['d:type=disk,target=sdz'],
-      duration: DETACH_WARMUP_S,
-    });
+    // days has served requests before.
+    await warmDetachPath(bus.address, 'org.example.dbustest', vm.name, DETACH_WARMUP_S);
     const lvdDetach = await startLibvirtDbus(bus, 'system', 'libvirt-dbus-detach.log');
     const before = schedstat(daemon.pid);
     const out = await alternate('--with-libvirt-dbus');

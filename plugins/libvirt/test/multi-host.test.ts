@@ -109,9 +109,9 @@ describe('one vmdevd, three hosts: local, qemu+tls, qemu+ssh', { timeout: 600_00
     assert.equal(states[`ssh/${sharedName}`], 'running');
     assert.equal(states[sharedName], undefined, 'a name two backends share is never a key on its own');
     // The types come after the names and states. GetDevices waits until no
-    // connected backend is still reading types (as every call that resolves a
-    // selector does), so its
-    // reply is the barrier after which every VM's type is in Vms.
+    // connected backend is still reading types (as every call that resolves
+    // a selector does), so its reply is the barrier after which every VM's
+    // type is in Vms.
     const [devices] = (await stack!.client.call({ member: 'GetDevices', signature: 's', body: [localName] })) as [
       Record<string, string[]>,
     ];
