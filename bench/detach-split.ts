@@ -37,7 +37,6 @@
  * first requests with a warm one). Without variants, one daemon as it is. Run it as root, on a
  * machine where nothing else runs, and not beside another benchmark.
  */
-import { spawn, execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,6 +45,7 @@ import { startPrivateBus } from '../test/harness/dbus-daemon.js';
 import { startLibvirtd } from '../test/harness/libvirtd.js';
 import { createTestVm, type TestVmConnection } from '../test/harness/test-vms.js';
 import {
+  daemonVariants,
   fmt,
   median,
   percentile,
@@ -54,8 +54,12 @@ import {
   schedstat,
   startVmdevd,
   TOOLS,
+  havePerf,
+  recordReadsAndWrites,
   warmDetachPath,
+  type DaemonVariant,
   type Harness,
+  type ReadOrWrite,
 } from './lib.js';
 
 const { values: opts } = parseArgs({
@@ -73,48 +77,32 @@ const WARMUP = 3;
 const CYCLES = Number(opts.cycles);
 if (!(ROUNDS >= 1) || !(CYCLES >= 1)) throw new Error('--rounds and --cycles take positive numbers');
 
-interface Variant {
-  readonly name: string;
-  readonly nodeArgs: readonly string[];
+interface Variant extends DaemonVariant {
   binding?: string;
   warmSeconds?: number;
 }
 
-const variants: Variant[] = opts.variant.map((v) => {
-  const eq = v.indexOf('=');
-  if (eq <= 0) throw new Error(`--variant ${v}: NAME=NODE-OPTIONS`);
-  return {
-    name: v.slice(0, eq),
-    nodeArgs: v
-      .slice(eq + 1)
-      .split(' ')
-      .filter(Boolean),
-  };
-});
-/** The variant of that name, a new one (no node options) if there is none yet. */
-function variantNamed(name: string): Variant {
-  let variant = variants.find((v) => v.name === name);
-  if (variant === undefined) variants.push((variant = { name, nodeArgs: [] }));
-  return variant;
-}
-for (const b of opts.binding) {
-  const eq = b.indexOf('=');
-  if (eq <= 0) throw new Error(`--binding ${b}: NAME=FILE`);
-  const file = b.slice(eq + 1);
-  if (!existsSync(file)) throw new Error(`--binding ${b}: no such file`);
-  variantNamed(b.slice(0, eq)).binding = file;
-}
-for (const w of opts.warm) {
-  const eq = w.indexOf('=');
-  const seconds = Number(w.slice(eq + 1));
-  if (eq <= 0 || !(seconds > 0)) throw new Error(`--warm ${w}: NAME=SECONDS`);
-  variantNamed(w.slice(0, eq)).warmSeconds = seconds;
-}
-if (variants.length === 0) variants.push({ name: 'vmdevd', nodeArgs: [] });
+const variants = daemonVariants<Variant>(opts.variant, [
+  {
+    option: '--binding',
+    specs: opts.binding,
+    apply: (variant, value) => {
+      if (!existsSync(value)) throw new Error('NAME=FILE, FILE not found');
+      variant.binding = value;
+    },
+  },
+  {
+    option: '--warm',
+    specs: opts.warm,
+    apply: (variant, value) => {
+      if (!(Number(value) > 0)) throw new Error('NAME=SECONDS, SECONDS a positive number');
+      variant.warmSeconds = Number(value);
+    },
+  },
+]);
 
 const BINDING = `${ROOT}plugins/libvirt/build/Release/vmdevd_libvirt.node`;
-const PERF = ['/usr/bin/perf', '/usr/local/bin/perf'].find((p) => existsSync(p));
-if (PERF === undefined) console.error('no perf (apt-get install linux-perf): the read → detach figure is left out');
+if (!havePerf()) console.error('no perf (apt-get install linux-perf): the read → detach figure is left out');
 
 interface Sample {
   mode: string;
@@ -134,23 +122,16 @@ interface Round {
 }
 
 /**
- * `perf script` lines of sys_enter_read/write: for each write of more than
- * 8 bytes (an eventfd's are 8) by a thread other than the main one, the
- * time since the main thread's last read of 64 KiB (its reads of the bus
- * socket), once per such read.
+ * For each write of more than 8 bytes (an eventfd's are 8) by a thread
+ * other than the main one, the time since the main thread's last read of
+ * 64 KiB (its reads of the bus socket), once per such read.
  */
-function readToCall(script: string, mainTid: number): number[] {
+function readToCall(calls: readonly ReadOrWrite[], mainTid: number): number[] {
   const out: number[] = [];
   let lastRead: number | undefined;
-  const line = /^\s*(\d+)\s+([\d.]+):\s+syscalls:sys_enter_(read|write): fd: 0x\w+, buf: 0x\w+, count: 0x(\w+)/;
-  for (const l of script.split('\n')) {
-    const m = line.exec(l);
-    if (m === null) continue;
-    const tid = Number(m[1]);
-    const us = Number(m[2]) * 1e6;
-    const count = parseInt(m[4]!, 16);
-    if (tid === mainTid && m[3] === 'read' && count === 65536) lastRead = us;
-    else if (tid !== mainTid && m[3] === 'write' && count > 8 && lastRead !== undefined) {
+  for (const { tid, us, call, count } of calls) {
+    if (tid === mainTid && call === 'read' && count === 65536) lastRead = us;
+    else if (tid !== mainTid && call === 'write' && count > 8 && lastRead !== undefined) {
       out.push(us - lastRead);
       lastRead = undefined;
     }
@@ -197,29 +178,8 @@ try {
         },
       );
       if (variant.warmSeconds !== undefined) await warmDetachPath(bus.address, busName, vm.name, variant.warmSeconds);
-      const perfData = join(work, `r${r}-${variant.name}.perf`);
-      const perf =
-        PERF === undefined
-          ? undefined
-          : spawn(
-              PERF,
-              [
-                'record',
-                '-q',
-                '-e',
-                'syscalls:sys_enter_read',
-                '-e',
-                'syscalls:sys_enter_write',
-                '-p',
-                String(daemon.pid),
-                '-o',
-                perfData,
-              ],
-              { stdio: 'ignore' },
-            );
-      const perfExited = perf && new Promise((resolve) => perf.once('exit', resolve));
-      // perf attaches to the threads there are; the call threads come later and are followed.
-      if (perf !== undefined) await new Promise((resolve) => setTimeout(resolve, 500));
+      // perf follows the call threads that come later.
+      const perf = await recordReadsAndWrites({ pid: daemon.pid }, join(work, `r${r}-${variant.name}.perf`));
       const before = schedstat(daemon.pid);
       const out = await run(`${TOOLS}/detach-probe`, [
         '--uri',
@@ -241,8 +201,7 @@ try {
         busName,
       ]);
       const after = schedstat(daemon.pid);
-      perf?.kill('SIGINT');
-      await perfExited;
+      const calls = await perf?.stop();
       await daemon.stop();
       harness.cleanups.splice(mark);
 
@@ -269,16 +228,7 @@ try {
       }
       // The probe's warm-up pairs count too: the daemon served them.
       const cycles = samples.length + 2 * WARMUP;
-      const toCall =
-        perf === undefined
-          ? []
-          : readToCall(
-              execFileSync(PERF!, ['script', '-i', perfData, '-F', 'tid,time,event,trace'], {
-                maxBuffer: 1 << 28,
-                stdio: ['ignore', 'pipe', 'ignore'],
-              }).toString(),
-              daemon.pid,
-            );
+      const toCall = calls === undefined ? [] : readToCall(calls, daemon.pid);
       const round: Round = {
         overDirect: median(over),
         beforeEvent: median(beforeEvent),

@@ -2,8 +2,8 @@
  * Helpers of the benchmark harness: running the C tools, statistics,
  * processes with their output in files, and RSS.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DAEMON_ENV, DAEMON_NODE_ARGS } from '../test/harness/vmdevd-process.js';
@@ -243,7 +243,12 @@ export async function startVmdevd(
   address: string,
   busName: string,
   backends: unknown[],
-  options: { extra?: Record<string, unknown>; nodeArgs?: readonly string[] } = {},
+  options: {
+    extra?: Record<string, unknown>;
+    nodeArgs?: readonly string[];
+    /** A built checkout whose bin/vmdevd to run, instead of this one's. */
+    root?: string;
+  } = {},
 ): Promise<Service & { startedNs: bigint }> {
   const config = join(h.work, `${busName}.json`);
   writeFileSync(
@@ -253,7 +258,15 @@ export async function startVmdevd(
   const startedNs = nowNs();
   const svc = startService(
     process.execPath,
-    [...DAEMON_NODE_ARGS, ...(options.nodeArgs ?? []), `${ROOT}bin/vmdevd`, '--address', address, '--config', config],
+    [
+      ...DAEMON_NODE_ARGS,
+      ...(options.nodeArgs ?? []),
+      join(options.root ?? ROOT, 'bin/vmdevd'),
+      '--address',
+      address,
+      '--config',
+      config,
+    ],
     join(h.work, `${busName}.log`),
     { ...process.env, ...DAEMON_ENV },
   );
@@ -300,4 +313,128 @@ export async function startLibvirtDbus(
     }
   });
   return lvd;
+}
+
+/** A daemon of the split benchmarks: its name and node options, and what other options add to it. */
+export interface DaemonVariant {
+  readonly name: string;
+  readonly nodeArgs: readonly string[];
+}
+
+/**
+ * The variants that options give: `--variant NAME=NODE-OPTIONS` each, then
+ * `--NAME=VALUE` options of other kinds through `apply`, which finds the
+ * variant of that name or adds one without node options. With none, one
+ * daemon as it is, named `vmdevd`.
+ */
+export function daemonVariants<V extends DaemonVariant>(
+  specs: readonly string[],
+  more: ReadonlyArray<{
+    readonly option: string;
+    readonly specs: readonly string[];
+    /** Checks the value (throwing an Error that says what it takes) and sets it on the variant. */
+    readonly apply: (variant: V, value: string) => void;
+  }>,
+): V[] {
+  const split = (option: string, spec: string): [string, string] => {
+    const eq = spec.indexOf('=');
+    if (eq <= 0) throw new Error(`${option} ${spec}: NAME=VALUE`);
+    return [spec.slice(0, eq), spec.slice(eq + 1)];
+  };
+  const variants = specs.map((spec) => {
+    const [name, options] = split('--variant', spec);
+    const variant: DaemonVariant = { name, nodeArgs: options.split(' ').filter(Boolean) };
+    return variant as V;
+  });
+  for (const { option, specs: values, apply } of more) {
+    for (const spec of values) {
+      const [name, value] = split(option, spec);
+      let variant = variants.find((v) => v.name === name);
+      if (variant === undefined) variants.push((variant = { name, nodeArgs: [] } as DaemonVariant as V));
+      try {
+        apply(variant, value);
+      } catch (err) {
+        throw new Error(`${option} ${spec}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+  }
+  if (variants.length === 0) variants.push({ name: 'vmdevd', nodeArgs: [] } as DaemonVariant as V);
+  return variants;
+}
+
+/**
+ * `event-probe`: suspends and resumes `domain` `cycles` times, `intervalMs`
+ * after each event it sees, and prints each call's time and its event's.
+ */
+export function eventProbe(uri: string, domain: string, cycles: number, intervalMs: number): Promise<string> {
+  return run(`${TOOLS}/event-probe`, [
+    '--uri',
+    uri,
+    '--domain',
+    domain,
+    '--cycles',
+    String(cycles),
+    '--interval-ms',
+    String(intervalMs),
+    '--emit-timestamps',
+    '--json',
+  ]);
+}
+
+/** One `read` or `write` system call seen by {@link recordReadsAndWrites}: its thread, time (µs) and byte count. */
+export interface ReadOrWrite {
+  readonly tid: number;
+  readonly us: number;
+  readonly call: 'read' | 'write';
+  readonly count: number;
+}
+
+const PERF = ['/usr/bin/perf', '/usr/local/bin/perf'].find((p) => existsSync(p));
+
+/** Whether {@link recordReadsAndWrites} can record. */
+export function havePerf(): boolean {
+  return PERF !== undefined;
+}
+
+/**
+ * Records, with `perf` (Debian's linux-perf) and its tracepoints, the
+ * `read` and `write` system calls of a process (`pid`: its threads and
+ * those it starts later) or of one thread (`tid`), into `file`, from half
+ * a second after the call (perf needs that to attach) until `stop()`,
+ * which gives them in order. Undefined where there is no perf.
+ */
+export async function recordReadsAndWrites(
+  target: { readonly pid: number } | { readonly tid: number },
+  file: string,
+): Promise<{ stop(): Promise<ReadOrWrite[]> } | undefined> {
+  if (PERF === undefined) return undefined;
+  const who = 'pid' in target ? ['-p', String(target.pid)] : ['-t', String(target.tid)];
+  const events = ['-e', 'syscalls:sys_enter_read', '-e', 'syscalls:sys_enter_write'];
+  const perf = spawn(PERF, ['record', '-q', ...events, ...who, '-o', file], { stdio: 'ignore' });
+  const exited = new Promise((resolve) => perf.once('exit', resolve));
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  return {
+    async stop() {
+      perf.kill('SIGINT');
+      await exited;
+      const script = execFileSync(PERF, ['script', '-i', file, '-F', 'tid,time,event,trace'], {
+        maxBuffer: 1 << 28,
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }).toString();
+      const line = /^\s*(\d+)\s+([\d.]+):\s+syscalls:sys_enter_(read|write): fd: 0x\w+, buf: 0x\w+, count: 0x(\w+)/;
+      const calls: ReadOrWrite[] = [];
+      for (const l of script.split('\n')) {
+        const m = line.exec(l);
+        if (m !== null) {
+          calls.push({
+            tid: Number(m[1]),
+            us: Number(m[2]) * 1e6,
+            call: m[3] as 'read' | 'write',
+            count: parseInt(m[4]!, 16),
+          });
+        }
+      }
+      return calls;
+    },
+  };
 }

@@ -28,6 +28,7 @@ import { createTestVm } from '../test/harness/test-vms.js';
 import { TEST_BACKEND } from '../test/harness/stack.js';
 import {
   bootstrapInterval,
+  eventProbe,
   fmt,
   load,
   median,
@@ -348,18 +349,7 @@ async function libvirtBenchmarks(bus: PrivateBus, uri: string): Promise<void> {
     intervalMs: number,
     cycles: number,
   ): Promise<{ direct: number[]; over: number[]; total: number[] }> {
-    const out = await run(`${TOOLS}/event-probe`, [
-      '--uri',
-      libvirtd.uri,
-      '--domain',
-      vm.name,
-      '--cycles',
-      String(cycles),
-      '--interval-ms',
-      String(intervalMs),
-      '--emit-timestamps',
-      '--json',
-    ]);
+    const out = await eventProbe(libvirtd.uri, vm.name, cycles, intervalMs);
     await new Promise((r) => setTimeout(r, 500));
     const calls = out
       .split('\n')
