@@ -616,7 +616,14 @@ export class BackendRegistry implements Disposable {
       },
       update: (vm) => {
         if (!active()) return;
-        const valid = check(vm);
+        // The path of every state event: a VM the hub holds with the same
+        // name, UUID and type (checked when they came) needs only its state
+        // checked.
+        const held = typeof vm?.name === 'string' ? this.hub.vm(host.id, vm.name) : undefined;
+        const valid =
+          held !== undefined && held.uuid === vm.uuid && held.type === vm.type && KNOWN_STATES.has(vm.state)
+            ? vm
+            : check(vm);
         if (valid) this.hub.update(host.id, valid);
       },
       remove: (name) => {
@@ -628,6 +635,8 @@ export class BackendRegistry implements Disposable {
     };
   }
 }
+
+const KNOWN_STATES: ReadonlySet<unknown> = new Set(VM_STATES);
 
 function sameBackendConfig(a: BackendConfig, b: BackendConfig): boolean {
   return a.plugin === b.plugin && JSON.stringify(a.options) === JSON.stringify(b.options);

@@ -100,6 +100,11 @@ export class StateHub implements Disposable {
     return this.mapCache;
   }
 
+  /** The VM as its backend last reported it, or `undefined`. */
+  vm(backendId: string, name: string): VmInfo | undefined {
+    return this.backends.get(backendId)?.get(name);
+  }
+
   /** The current entry of a VM, or `undefined` if it is gone. */
   find(backendId: string, name: string): VmEntry | undefined {
     const vm = this.backends.get(backendId)?.get(name);

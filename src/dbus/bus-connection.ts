@@ -17,6 +17,7 @@ import {
   type OversizedMessage,
   type UndecodableMessage,
 } from './wire/fast-connection.js';
+import type { SignalTemplate } from './wire/encoder.js';
 
 export type MessageBus = dbus.MessageBus;
 
@@ -206,6 +207,11 @@ export function sendTrusted(bus: MessageBus, msg: TrustedMessage): void {
  */
 export function whenWritten(bus: MessageBus, fn: () => void): void {
   connectionOf(bus).whenWritten(fn);
+}
+
+/** Sends a signal of `template` with an encoded `body` and writes it now (see `FastConnection.signalNow`). */
+export function sendSignalNow(bus: MessageBus, template: SignalTemplate, body: Buffer): void {
+  connectionOf(bus).signalNow(template, bus.newSerial(), body);
 }
 
 /** Calls `listener` for each message the connection dropped for its length. */

@@ -30,9 +30,18 @@ import { StateHub, type StateMap } from '../core/state-hub.js';
 import { VmdevService, type Acceptance } from '../core/vmdev-service.js';
 import { cleanText } from '../core/clean-text.js';
 import { DBUS_ERRORS } from '../protocol.js';
-import { onConnectionEnd, onOversized, openBus, sendTrusted, whenWritten, type MessageBus } from './bus-connection.js';
+import {
+  onConnectionEnd,
+  onOversized,
+  openBus,
+  sendSignalNow,
+  sendTrusted,
+  whenWritten,
+  type MessageBus,
+} from './bus-connection.js';
 import { StateBodyEncoder, type StateBodies } from './state-bodies.js';
 import type { UndecodableMessage } from './wire/fast-connection.js';
+import { SignalTemplate } from './wire/encoder.js';
 import {
   PROPERTY_READ_ONLY,
   UNKNOWN_INTERFACE,
@@ -50,6 +59,13 @@ const { Message, MessageType, Variant } = dbus;
 type Message = dbus.Message;
 
 const PROPERTIES = 'org.freedesktop.DBus.Properties';
+/** The state signal, its header encoded once. */
+const TEST_SIGNAL = new SignalTemplate({
+  path: OBJECT_PATH,
+  interface: INTERFACE_NAME,
+  member: 'TestSignal',
+  signature: 'a{ss}',
+});
 const PEER = 'org.freedesktop.DBus.Peer';
 const INTROSPECTABLE = 'org.freedesktop.DBus.Introspectable';
 const PROPERTY_SIGNATURES: Readonly<Record<string, string>> = { Get: 'ss', GetAll: 's', Set: 'ssv' };
@@ -324,13 +340,14 @@ export class DbusFrontend implements Disposable {
    * is right after this turn of the event loop and every change goes out at
    * once; when it does not, the changes meanwhile go out together, with the
    * last map, as soon as it has taken these. TestSignal is written first, on
-   * its own (the connection writes what was sent in a tick at its end):
-   * PropertiesChanged, which says the same, follows in the next write.
+   * its own and at once, before anything else this event leads to:
+   * PropertiesChanged, which says the same, is encoded and follows in the
+   * next write.
    */
   private emitStates(map: StateMap): void {
     if (this.closed) return;
     const bodies = this.bodiesOf(map);
-    this.signal(INTERFACE_NAME, 'TestSignal', 'a{ss}', [map], bodies.testSignal);
+    sendSignalNow(this.bus!, TEST_SIGNAL, bodies.testSignal);
     const held = this.stateHold === undefined;
     if (held) this.stateHold = this.hub.hold();
     process.nextTick(() => {

@@ -3,7 +3,9 @@
  * of it: `TestSignal` (`a{ss}`), the `PropertiesChanged` of `TestProperty`
  * (`sa{sv}as`) and the reply to `Get TestProperty` (`v`). A change is
  * encoded once, on the path from a hypervisor's event to the bus, with what
- * does not depend on the map prepared beforehand; a `Get` copies bytes.
+ * does not depend on the map prepared beforehand; the other two bodies copy
+ * its bytes when first asked for (`PropertiesChanged` after the
+ * `TestSignal` is written, a `Get` reply at the first `Get`).
  *
  * In all three bodies the map's dict entries start 8-aligned (a body starts
  * 8-aligned in its message), so their bytes are the same: the entries of
@@ -28,25 +30,40 @@ const align = (n: number, to: number) => (n + to - 1) & ~(to - 1);
 
 /** The encoded bodies of one state map. */
 export class StateBodies {
-  #getReply: Buffer | undefined;
+  // Fields declared, not defined, and set in the constructor: one is made
+  // on the path of every change, where defined fields cost a call of their
+  // own (V8 runs them in an initializer function).
+  /** `a{ss}`: [u32 length][4 bytes of padding][entries]. */
+  declare readonly testSignal: Buffer;
+  declare private readonly encoder: StateBodyEncoder;
+  declare private propertiesChangedBody: Buffer | undefined;
+  declare private getReplyBody: Buffer | undefined;
 
-  constructor(
-    /** `a{ss}`: [u32 length][4 bytes of padding][entries]. */
-    readonly testSignal: Buffer,
-    readonly propertiesChanged: Buffer,
-  ) {}
+  constructor(testSignal: Buffer, encoder: StateBodyEncoder) {
+    this.testSignal = testSignal;
+    this.encoder = encoder;
+    this.propertiesChangedBody = undefined;
+    this.getReplyBody = undefined;
+  }
+
+  /** `sa{sv}as`; made when first asked for, after the TestSignal has gone out. */
+  get propertiesChanged(): Buffer {
+    if (this.propertiesChangedBody === undefined)
+      this.propertiesChangedBody = this.encoder.propertiesChanged(this.testSignal);
+    return this.propertiesChangedBody;
+  }
 
   /** `v`: [signature a{ss}][padding to 4][u32 length][padding to 8][entries]; made at the first Get. */
   get getReply(): Buffer {
-    if (this.#getReply === undefined) {
+    if (this.getReplyBody === undefined) {
       const entries = this.testSignal.subarray(8);
       const body = Buffer.alloc(16 + entries.length);
       VARIANT_SIGNATURE.copy(body, 0);
       body.writeUInt32LE(entries.length, 8);
       entries.copy(body, 16);
-      this.#getReply = body;
+      this.getReplyBody = body;
     }
-    return this.#getReply;
+    return this.getReplyBody;
   }
 }
 
@@ -93,7 +110,11 @@ export class StateBodyEncoder {
   }
 
   encode(map: Readonly<Record<string, string>>): StateBodies {
-    const testSignal = encodeMap(map);
+    return new StateBodies(encodeMap(map), this);
+  }
+
+  /** The `PropertiesChanged` body around the entries of a `TestSignal` body. */
+  propertiesChanged(testSignal: Buffer): Buffer {
     const n = testSignal.length - 8;
     const prefix = this.#prefix;
     const arrayEnd = prefix.length + n;
@@ -105,7 +126,7 @@ export class StateBodyEncoder {
     propertiesChanged.set(testSignal.subarray(8), prefix.length);
     for (let i = arrayEnd; i < listAt; i++) propertiesChanged[i] = 0;
     propertiesChanged.set(this.#list, listAt);
-    return new StateBodies(testSignal, propertiesChanged);
+    return propertiesChanged;
   }
 }
 

@@ -12,13 +12,14 @@ import dbus from 'dbus-next';
 import {
   onConnectionEnd,
   openBus,
+  sendSignalNow,
   sendTrusted,
   setNextSerial,
   whenWritten,
   type MessageBus,
 } from '../../src/dbus/bus-connection.js';
 import { MessageFramer } from '../../src/dbus/wire/decoder.js';
-import { encodeBody, encodeMessage } from '../../src/dbus/wire/encoder.js';
+import { encodeBody, encodeMessage, SignalTemplate } from '../../src/dbus/wire/encoder.js';
 import { BusAddressError, busTargets, createFastConnection } from '../../src/dbus/wire/fast-connection.js';
 import { startPrivateBus, tcpBusConfig, type PrivateBus } from '../harness/dbus-daemon.js';
 import { makeTempDir } from '../harness/temp-dir.js';
@@ -30,6 +31,19 @@ const uniqueName = (bus: MessageBus) => (bus as unknown as { name: string }).nam
 
 function ping(bus: MessageBus, destination: string, path = '/'): Promise<dbus.Message | null> {
   return bus.call(new Message({ destination, path, interface: 'org.freedesktop.DBus.Peer', member: 'Ping' }));
+}
+
+function addMatch(bus: MessageBus, rule: string): Promise<dbus.Message | null> {
+  return bus.call(
+    new Message({
+      destination: 'org.freedesktop.DBus',
+      path: '/org/freedesktop/DBus',
+      interface: 'org.freedesktop.DBus',
+      member: 'AddMatch',
+      signature: 's',
+      body: [rule],
+    }),
+  );
 }
 
 describe('fast connection on a private dbus-daemon', () => {
@@ -185,16 +199,7 @@ describe('fast connection on a private dbus-daemon', () => {
           if (seen.length === 3000) resolve();
         }),
       );
-      await server.call(
-        new Message({
-          destination: 'org.freedesktop.DBus',
-          path: '/org/freedesktop/DBus',
-          interface: 'org.freedesktop.DBus',
-          member: 'AddMatch',
-          signature: 's',
-          body: ["type='signal',interface='org.example.Count'"],
-        }),
-      );
+      await addMatch(server, "type='signal',interface='org.example.Count'");
       for (let i = 0; i < 3000; i++)
         client.send(Message.newSignal('/x', 'org.example.Count', 'Tick', 'us', [i, 'x'.repeat(i % 50)]));
       await all;
@@ -221,16 +226,7 @@ describe('fast connection on a private dbus-daemon', () => {
           if (seen.length === 60) resolve();
         }),
       );
-      await server.call(
-        new Message({
-          destination: 'org.freedesktop.DBus',
-          path: '/org/freedesktop/DBus',
-          interface: 'org.freedesktop.DBus',
-          member: 'AddMatch',
-          signature: 's',
-          body: ["type='signal',interface='org.example.Maps'"],
-        }),
-      );
+      await addMatch(server, "type='signal',interface='org.example.Maps'");
       const mapOf = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`vm-${i}`, 'running']));
       // Every third map is large (its body over 16 KiB); all sent in one tick.
       for (let i = 0; i < 60; i++) {
@@ -250,6 +246,52 @@ describe('fast connection on a private dbus-daemon', () => {
         seen,
         Array.from({ length: 60 }, (_, i) => [i, i % 3 === 0 ? 2000 : i]),
       );
+    } finally {
+      client.disconnect();
+      server.disconnect();
+    }
+  });
+
+  it('a signal sent now is written before the tick ends, after what was sent before it, small or large', async () => {
+    const server = await openBus(bus.address);
+    const client = await openBus(bus.address);
+    try {
+      const seen: Array<[string, number]> = [];
+      const all = new Promise<void>((resolve) =>
+        server.on('message', (msg: dbus.Message) => {
+          if (msg.interface !== 'org.example.Now') return;
+          seen.push([msg.member, Object.keys(msg.body[msg.body.length - 1] as object).length]);
+          if (seen.length === 4) resolve();
+        }),
+      );
+      await addMatch(server, "type='signal',interface='org.example.Now'");
+      const template = new SignalTemplate({
+        path: '/x',
+        interface: 'org.example.Now',
+        member: 'Now',
+        signature: 'a{ss}',
+      });
+      const mapOf = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`vm-${i}`, 'running']));
+      const written: string[] = [];
+      // In one tick: a message left for the end of the tick, then two sent now
+      // (the second's body over 16 KiB, written from its own buffer), then one more.
+      client.send(Message.newSignal('/x', 'org.example.Now', 'Before', 'a{ss}', [mapOf(1)]));
+      sendSignalNow(client, template, encodeBody('a{ss}', [mapOf(2)]));
+      whenWritten(client, () => written.push('first now'));
+      sendSignalNow(client, template, encodeBody('a{ss}', [mapOf(2000)]));
+      whenWritten(client, () => written.push('second now'));
+      client.send(Message.newSignal('/x', 'org.example.Now', 'After', 'a{ss}', [mapOf(3)]));
+      // Node's socket asks to wait after a write over 16 KiB: the second is
+      // written in this tick too, and the connection waits for 'drain'.
+      assert.deepEqual(written, ['first now'], 'handed to the socket before the tick ended');
+      await all;
+      assert.deepEqual(written, ['first now', 'second now']);
+      assert.deepEqual(seen, [
+        ['Before', 1],
+        ['Now', 2],
+        ['Now', 2000],
+        ['After', 3],
+      ]);
     } finally {
       client.disconnect();
       server.disconnect();

@@ -11,7 +11,14 @@ import { PassThrough } from 'node:stream';
 import { describe, it } from 'node:test';
 import dbus from 'dbus-next';
 import { decodeMessage, DecodeError, MessageFramer, messageLength } from '../../src/dbus/wire/decoder.js';
-import { encodeBody, encodeMessage, encodeMessageInto, EncodeError, WireWriter } from '../../src/dbus/wire/encoder.js';
+import {
+  encodeBody,
+  encodeMessage,
+  encodeMessageInto,
+  EncodeError,
+  SignalTemplate,
+  WireWriter,
+} from '../../src/dbus/wire/encoder.js';
 import { parseSignature, SignatureError, type TypeNode } from '../../src/dbus/wire/signature.js';
 
 const { Message, Variant } = dbus;
@@ -409,6 +416,22 @@ describe('wire codec: the same bytes and messages as dbus-next', () => {
         );
       }
     }
+  });
+
+  it('a signal from a template is the bytes of the same signal encoded whole', () => {
+    const fields = { path: '/org/example/dbustest', interface: 'org.example.dbustest.Module', member: 'TestSignal' };
+    const template = new SignalTemplate({ ...fields, signature: 'a{ss}' });
+    for (const n of [0, 1, 3, 2000]) {
+      const map = Object.fromEntries(Array.from({ length: n }, (_, i) => [`vm-${i}`, i % 2 ? 'paused' : 'running']));
+      const body = encodeBody('a{ss}', [map]);
+      for (const serial of [1, 77, 0xffffffff]) {
+        const whole = encodeMessage({ type: 4, serial, ...fields, signature: 'a{ss}', body: [map] });
+        assert.deepEqual(template.message(serial, body), whole, `${n} entries, serial ${serial}`);
+        assert.deepEqual(Buffer.concat([template.header(serial, body.length), body]), whole);
+      }
+    }
+    assert.throws(() => new SignalTemplate({ ...fields, signature: 'a{s' }), /signature/i);
+    assert.throws(() => new SignalTemplate({ ...fields, path: 'no/slash', signature: 's' }), /object path/);
   });
 
   it('big-endian messages decode as their little-endian twins', () => {

@@ -70,6 +70,14 @@ std::vector<Watch*> dirtyWatches;
 std::vector<Timer*> dirtyTimers;
 std::vector<std::function<void()>> tasks;
 
+// Loop thread only. Timers set to fire at once (timeout 0) from a watch's
+// callback, such as libvirt's queue of events after it has read one: fired
+// as soon as that callback returns, in the same pass of the loop (libvirt's
+// own loop fires them on its next pass, which does not wait). Through libuv
+// they would wait for the loop's check and close phases and its next pass.
+bool inWatchCallback = false;
+std::vector<Timer*> dueNow;
+
 // `mutex` held, so that Stop() cannot close the async handle meanwhile.
 void WakeLocked() {
   if (started && !stopped) uv_async_send(&wake);
@@ -107,19 +115,7 @@ int FromUv(int status, int uvEvents) {
 
 // ---- loop thread --------------------------------------------------------
 
-void OnPoll(uv_poll_t* handle, int status, int uvEvents) {
-  auto* w = static_cast<Watch*>(handle->data);
-  // libuv stops a handle that reports an error; an update starts it again.
-  if (status < 0) w->applied = 0;
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (w->removed) return;
-  }
-  w->cb(w->id, w->fd, FromUv(status, uvEvents), w->opaque);
-}
-
-void OnTimer(uv_timer_t* handle) {
-  auto* t = static_cast<Timer*>(handle->data);
+void FireTimer(Timer* t) {
   {
     std::lock_guard<std::mutex> lock(mutex);
     if (t->removed) return;
@@ -128,10 +124,46 @@ void OnTimer(uv_timer_t* handle) {
   std::lock_guard<std::mutex> lock(mutex);
   // A timeout of 0 fires on every iteration; libuv's of 0 fires once. It is
   // armed again on the next iteration, unless the callback changed it.
-  if (!t->removed && t->timeout == 0 && !uv_is_active(reinterpret_cast<uv_handle_t*>(handle))) {
+  if (!t->removed && t->timeout == 0 && !uv_is_active(reinterpret_cast<uv_handle_t*>(&t->handle))) {
     MarkDirtyLocked(t);
     WakeLocked();
   }
+}
+
+void OnTimer(uv_timer_t* handle) { FireTimer(static_cast<Timer*>(handle->data)); }
+
+// Fires the timers set to 0 during a watch's callback, once it has returned.
+// Only the loop thread frees a timer, and not before the loop's next
+// round: those listed are still there.
+void FireDueTimers() {
+  std::vector<Timer*> due;
+  due.swap(dueNow);
+  for (Timer* t : due) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      // Removed or changed since, or an update from another thread pending:
+      // the libuv timer, as last armed, decides.
+      if (t->removed || t->dirty || t->timeout != 0) continue;
+    }
+    auto* handle = reinterpret_cast<uv_handle_t*>(&t->handle);
+    if (t->closing || !uv_is_active(handle)) continue;
+    uv_timer_stop(&t->handle);
+    FireTimer(t);
+  }
+}
+
+void OnPoll(uv_poll_t* handle, int status, int uvEvents) {
+  auto* w = static_cast<Watch*>(handle->data);
+  // libuv stops a handle that reports an error; an update starts it again.
+  if (status < 0) w->applied = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (w->removed) return;
+  }
+  inWatchCallback = true;
+  w->cb(w->id, w->fd, FromUv(status, uvEvents), w->opaque);
+  inWatchCallback = false;
+  if (!dueNow.empty()) FireDueTimers();
 }
 
 void FreeWatch(Watch* w) {
@@ -201,6 +233,7 @@ void ApplyTimer(Timer* t) {
     uv_timer_stop(&t->handle);
   } else {
     uv_timer_start(&t->handle, OnTimer, timeout, timeout);
+    if (timeout == 0 && inWatchCallback) dueNow.push_back(t);
   }
 }
 

@@ -19,7 +19,14 @@
 namespace vmdevd {
 
 struct EventData {
-  enum class Kind { Lifecycle, DeviceAdded, DeviceRemoved, DeviceRemovalFailed, Close };
+  // The numbers are what JavaScript receives (binding.ts, EVENT_KINDS).
+  enum class Kind {
+    Lifecycle = 0,
+    DeviceAdded = 1,
+    DeviceRemoved = 2,
+    DeviceRemovalFailed = 3,
+    Close = 4
+  };
   Kind kind;
   std::string name;
   std::string uuid;
@@ -75,6 +82,8 @@ class EventSink : public std::enable_shared_from_this<EventSink> {
   // JavaScript thread.
   void DispatchQueued(Napi::Env env, const EventData& data);
   void Dispatch(Napi::Env env, const EventData& data);
+  void Invoke(Napi::Env env, Napi::FunctionReference& listener,
+              const std::initializer_list<napi_value>& args);
 
   napi_env env_ = nullptr;
   // Events are dispatched straight from libvirt's callbacks when they run

@@ -239,11 +239,29 @@ interface NativeConnection {
   undefine(uuid: string, flags: number): Promise<void>;
 }
 
+/**
+ * How the addon hands over a domain event: its kind (an index of
+ * `EVENT_KINDS`), the domain's name and UUID, then the lifecycle event and
+ * its detail, or the device's alias.
+ */
+type NativeEventListener = (kind: number, name: string, uuid: string, a: number | string, detail?: number) => void;
+
+/** The kinds of the device events, by the number the addon gives them (a lifecycle event is 0). */
+const DEVICE_EVENT_KINDS = [undefined, 'device-added', 'device-removed', 'device-removal-failed'] as const;
+
+/** The listener the addon calls, building each event as an object literal here. */
+function nativeListener(onEvent: (event: DomainEvent) => void): NativeEventListener {
+  return (kind, name, uuid, a, detail) => {
+    if (kind === 0) onEvent({ kind: 'lifecycle', name, uuid, event: a as number, detail: detail! });
+    else onEvent({ kind: DEVICE_EVENT_KINDS[kind]!, name, uuid, alias: a as string });
+  };
+}
+
 interface NativeModule {
   open(
     uri: string,
     readOnly: boolean,
-    onEvent: ((event: DomainEvent) => void) | undefined,
+    onEvent: NativeEventListener | undefined,
     onClose: ((reason: number) => void) | undefined,
   ): Promise<NativeConnection>;
   setErrorClass(constructor: typeof LibvirtError): void;
@@ -286,7 +304,8 @@ export class Connection {
    * and registers the domain events and the close callback before resolving.
    */
   static async open(uri: string, options: OpenOptions = {}): Promise<Connection> {
-    return new Connection(await native.open(uri, options.readOnly === true, options.onEvent, options.onClose));
+    const onEvent = options.onEvent && nativeListener(options.onEvent);
+    return new Connection(await native.open(uri, options.readOnly === true, onEvent, options.onClose));
   }
 
   /**

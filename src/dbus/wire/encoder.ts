@@ -149,7 +149,55 @@ export function encodeBody(signature: string, body: readonly unknown[]): Buffer 
   return w.take();
 }
 
-/** Thrown at an 'h' value: the whole message falls back to dbus-next. */
+/**
+ * A signal sent again and again with the same fields, its body encoded
+ * beforehand (by {@link encodeBody} or an encoder of the same bytes): the
+ * header is encoded once, and each message takes only its serial and its
+ * body's length. For a signal whose latency counts (the state map, from a
+ * hypervisor's event): nothing is looked up, parsed or checked on its way.
+ */
+export class SignalTemplate {
+  /** The header, padded to 8, with serial 0 and body length 0. */
+  readonly #header: Buffer;
+
+  constructor(fields: {
+    readonly path: string;
+    readonly interface: string;
+    readonly member: string;
+    readonly signature: string;
+  }) {
+    const w = new WireWriter(256);
+    parseSignature(fields.signature);
+    writeHeader(w, { ...fields, type: SIGNAL, serial: 1 }, SIGNAL, 0, fields.signature);
+    const header = w.take();
+    putU32(header, 8, 0);
+    this.#header = header;
+  }
+
+  /** The header of the message with `serial` and a body of `bodyLength` bytes, in a buffer of its own. */
+  header(serial: number, bodyLength: number): Buffer {
+    const header = Buffer.allocUnsafe(this.#header.length);
+    this.#put(header, serial, bodyLength);
+    return header;
+  }
+
+  /** The whole message with `serial` and `body`, in one buffer. */
+  message(serial: number, body: Uint8Array): Buffer {
+    const out = Buffer.allocUnsafe(this.#header.length + body.length);
+    this.#put(out, serial, body.length);
+    out.set(body, this.#header.length);
+    return out;
+  }
+
+  #put(out: Buffer, serial: number, bodyLength: number): void {
+    if (this.#header.length + bodyLength > MAX_MESSAGE_LENGTH)
+      throw new EncodeError(`the message is longer than ${MAX_MESSAGE_LENGTH} bytes`);
+    // TypedArray's set runs in V8 itself; Buffer's copy calls into Node's C++.
+    out.set(this.#header, 0);
+    putU32(out, 4, bodyLength);
+    putU32(out, 8, serial);
+  }
+}
 
 const FIELD_PATH = 1;
 const FIELD_INTERFACE = 2;

@@ -24,7 +24,9 @@
  * of thousands of VMs, is written from its own buffer rather than copied): the reply to a call is written as soon as the
  * handler that sent it returns. Flushing in setImmediate instead batched no
  * better here (calls/s at 16 in flight within noise, p50 the same), so the
- * earlier write wins; `flush: 'immediate'` is kept for measuring. When the
+ * earlier write wins; `flush: 'immediate'` is kept for measuring. A signal
+ * whose latency is the point (the state map) is written at once instead,
+ * with what was sent before it (`signalNow`). When the
  * socket says to wait (`write()` returned false) messages keep accumulating
  * in that buffer until 'drain'; more than `maxQueuedBytes` waiting (64 MiB by
  * default: a bus that reads nothing for that long is stuck) fails the
@@ -38,7 +40,13 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { DBUS_ERRORS } from '../../protocol.js';
 import { authenticate, type AuthMechanism } from './sasl-client.js';
-import { encodeHeaderInto, encodeMessageInto, WireWriter, type OutgoingMessage } from './encoder.js';
+import {
+  encodeHeaderInto,
+  encodeMessageInto,
+  WireWriter,
+  type OutgoingMessage,
+  type SignalTemplate,
+} from './encoder.js';
 import { type DecodeError, MessageFramer, type MessageHeader } from './decoder.js';
 import { MAX_MESSAGE_LENGTH } from './encoder.js';
 import dbus from 'dbus-next';
@@ -173,7 +181,7 @@ export class FastConnection extends EventEmitter {
   private waitingForDrain = false;
   private flushScheduled = false;
   private writtenListeners: Array<() => void> = [];
-  /** Bytes to write before what is in `out`: headers taken from it and the large bodies after them, in order. */
+  /** Bytes to write before what is in `out`, in order: what was taken from it, and large bodies written from their own buffers. */
   private chunks: Buffer[] = [];
   private chunkBytes = 0;
   private readonly out = new WireWriter();
@@ -206,25 +214,16 @@ export class FastConnection extends EventEmitter {
    * cannot be marshalled or the connection is closed, as dbus-next does.
    */
   message(msg: OutgoingMessage): void {
-    if (this.ended) {
-      this.emit('error', new Error('Tried to write a message to a closed stream'));
-      return;
-    }
-    if (this.connected && !this.socket!.writable) throw new Error('Cannot send message, stream is closed');
+    if (!this.mayQueue()) return;
     const rawBody = msg.rawBody;
     if (rawBody !== undefined && rawBody.length >= SEPARATE_BODY_BYTES) {
       encodeHeaderInto(this.out, { ...msg, rawBody });
-      this.chunks.push(this.out.take(), rawBody);
-      this.chunkBytes += rawBody.length;
+      this.pushChunk(this.out.take());
+      this.pushChunk(rawBody);
     } else {
       encodeMessageInto(this.out, msg);
     }
-    if (this.waitingForDrain || !this.connected) {
-      const queued = this.out.pos + this.chunkBytes;
-      if (queued > this.maxQueuedBytes)
-        this.fail(new Error(`the bus has not read the last ${queued} bytes sent to it; giving up the connection`));
-      return;
-    }
+    if (this.mustWait()) return;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       this.schedule(this.flush);
@@ -242,6 +241,55 @@ export class FastConnection extends EventEmitter {
       return;
     }
     this.writtenListeners.push(fn);
+  }
+
+  /**
+   * Sends a signal of `template` with `body` (MessageBus has given the
+   * serial) and writes it, after what was sent before it, now rather than
+   * at the end of this tick: for a signal whose latency is the point (the
+   * state map, sent from a hypervisor's event with nothing else to wait
+   * for). While the socket asks to wait it is queued, as any message is.
+   */
+  signalNow(template: SignalTemplate, serial: number, body: Buffer): void {
+    if (!this.mayQueue()) return;
+    if (this.out.pos > 0) this.pushChunk(this.out.take());
+    if (body.length >= SEPARATE_BODY_BYTES) {
+      this.pushChunk(template.header(serial, body.length));
+      this.pushChunk(body);
+    } else {
+      this.pushChunk(template.message(serial, body));
+    }
+    if (this.mustWait()) return;
+    this.flush();
+  }
+
+  /** False, having said so, once the connection has ended; throws, as dbus-next does, when its socket is closed. */
+  private mayQueue(): boolean {
+    if (this.ended) {
+      this.emit('error', new Error('Tried to write a message to a closed stream'));
+      return false;
+    }
+    if (this.connected && !this.socket!.writable) throw new Error('Cannot send message, stream is closed');
+    return true;
+  }
+
+  /** Bytes written from their own buffer, after what is already queued. */
+  private pushChunk(bytes: Buffer): void {
+    this.chunks.push(bytes);
+    this.chunkBytes += bytes.length;
+  }
+
+  /**
+   * True while what is sent has to wait (the socket asked to, or the
+   * handshake is not over); more than `maxQueuedBytes` waiting fails the
+   * connection.
+   */
+  private mustWait(): boolean {
+    if (this.connected && !this.waitingForDrain) return false;
+    const queued = this.out.pos + this.chunkBytes;
+    if (queued > this.maxQueuedBytes)
+      this.fail(new Error(`the bus has not read the last ${queued} bytes sent to it; giving up the connection`));
+    return true;
   }
 
   /** Sends what is queued and closes the connection (dbus-next's `end()`). */
