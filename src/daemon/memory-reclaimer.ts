@@ -5,10 +5,10 @@
  * taken for good. So once the daemon has been busy and then idle for
  * `IDLE_BEFORE_COLLECTING_MS`, and its resident size (what the operator
  * sees) is a good margin above the lowest it has been while idle, it runs
- * one full collection. V8 hands the freed pages back to the system a few
- * seconds later (its memory reducer), so the size right after the
- * collection is not a new low: the low is only ever taken from idle
- * samples. One collection per busy period at most: a daemon whose working
+ * one full collection: the only one that gives memory back, as V8's own
+ * memory reducer is off (bin/vmdevd). V8 hands the freed pages back to the
+ * system some seconds later, so the size right after the collection is not
+ * a new low: the low is only ever taken from idle samples. One collection per busy period at most: a daemon whose working
  * set grew for good is not collected again and again.
  *
  * Why it waits that long: a full collection while nothing is in flight
