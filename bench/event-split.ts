@@ -10,15 +10,23 @@
  * prints:
  *
  * - the listener's signal later than the direct client's event, p50 (the
- *   benchmark's figure), for both ways;
+ *   benchmark's figure) and p99, for both ways;
  * - for vmdevd, with `perf` (Debian's linux-perf), its main thread's `read`
- *   and `write` system calls from their tracepoints: from the first read
- *   of libvirtd's socket after the last signal (the event arriving) to the
- *   write of the `TestSignal`. This is vmdevd's own time on the event
- *   path, without libvirtd, the bus or the probe, and it varies far less
- *   between rounds than the end-to-end figures.
+ *   and `write` system calls from their tracepoints: from its read of the
+ *   event off libvirtd's socket (keepalives passed over) to the write of
+ *   the `TestSignal`. This is vmdevd's own time on the event path, without
+ *   libvirtd, the bus or the probe, and it varies far less between rounds
+ *   than the end-to-end figures;
+ * - for vmdevd, with `perf` recording the scheduler's `sched_wakeup` and
+ *   `sched_switch` for its main thread: how long of that it spent off a
+ *   CPU, in how many events it was preempted and by which threads; and
+ *   the time before the read, from the thread being woken by the event
+ *   (when it slept before it) to the read, and of that, the wait for a
+ *   CPU. Those are the scheduler's part, which no code of the daemon
+ *   shortens but by running less.
  *
- * Then, per listener, the median of the rounds' medians.
+ * Then, per listener, the median of the rounds' medians, and the p99 of
+ * all rounds' events together.
  *
  *   make -C bench/c && npm run build &&
  *     node dist/bench/event-split.js [--rounds N] [--cycles N]
@@ -35,7 +43,7 @@
  * code before it). Without variants, one daemon as it is. Run it as root, on a
  * machine where nothing else runs, and not beside another benchmark.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -55,9 +63,11 @@ import {
   waitUntil,
   havePerf,
   recordReadsAndWrites,
+  recordSwitches,
   type DaemonVariant,
   type Harness,
   type ReadOrWrite,
+  type Switch,
   type Service,
 } from './lib.js';
 
@@ -108,31 +118,133 @@ const MODES = [
 type Mode = (typeof MODES)[number]['mode'];
 
 interface Pass {
-  /** The listener's signal later than the direct client's event, p50 (µs). */
-  readonly over: number;
-  /** vmdevd only: from the event's read to the TestSignal's write, per event (µs). */
+  /** The listener's signal later than the direct client's event, per event (µs). */
+  readonly over: readonly number[];
+  /** With perf: from the event's read to the TestSignal's write, per event (µs). */
   readonly readToWrite: readonly number[];
+  /** With perf: the listener's thread around each event. */
+  readonly around: readonly Around[];
 }
 
 /**
- * For each event: the time from the main thread's first read that is
- * neither of the bus (Node reads its sockets 64 KiB at a time) nor of an
- * eventfd (8 bytes) after the last signal written, to its next write of
- * more than 8 bytes (the `TestSignal`; `PropertiesChanged` follows in a
- * write of its own).
+ * For each event: the time from the main thread's read of the event off
+ * libvirtd's socket to its next write of more than 8 bytes (the
+ * `TestSignal`; `PropertiesChanged` follows in a write of its own).
+ * libvirt reads a message's 4-byte length, then the rest; a message whose
+ * rest is its 24-byte header alone is a keepalive, not an event, and is
+ * passed over (it comes every 5 s, and taken as an event it would be
+ * paired with the next change's write). Reads of the bus (Node reads its
+ * sockets 64 KiB at a time), of an eventfd (8 bytes) and reads that found
+ * nothing are passed over too.
  */
-function readToWrite(calls: readonly ReadOrWrite[]): number[] {
-  const out: number[] = [];
+function readToWrite(calls: readonly ReadOrWrite[]): Span[] {
+  const out: Span[] = [];
+  const reads = calls.filter((c) => c.call === 'read' && (c.result ?? 1) > 0 && c.count !== 65536 && c.count !== 8);
+  let next = 0;
   let eventRead: number | undefined;
-  for (const { us, call, count } of calls) {
-    if (call === 'read') {
-      if (eventRead === undefined && count !== 65536 && count !== 8) eventRead = us;
-    } else if (count > 8 && eventRead !== undefined) {
-      out.push(us - eventRead);
+  for (const c of calls) {
+    if (c.call === 'read') {
+      if (reads[next] !== c) continue;
+      next++;
+      let rest: ReadOrWrite | undefined;
+      for (let i = next; i < reads.length && rest === undefined; i++) if (reads[i]!.fd === c.fd) rest = reads[i];
+      const isEventLength = c.count === LENGTH_BYTES && rest !== undefined && rest.count !== KEEPALIVE_REST_BYTES;
+      if (eventRead === undefined && isEventLength) eventRead = c.us;
+    } else if (c.count > 8 && eventRead !== undefined) {
+      out.push({ from: eventRead, to: c.us });
       eventRead = undefined;
     }
   }
   return out;
+}
+
+interface Span {
+  readonly from: number;
+  readonly to: number;
+}
+
+/** Where the main thread was around one event, µs. */
+interface Around {
+  /** Off a CPU between the read and the write. */
+  readonly offCpu: number;
+  /** Left its CPU runnable (preempted) at least once between them. */
+  readonly preempted: boolean;
+  /** Who took the CPU each time it was preempted between them. */
+  readonly preemptedBy: readonly string[];
+  /**
+   * From being woken (the event on its socket) to the read, when it slept
+   * before the event: the wait for a CPU, then the loop's pass to the read.
+   */
+  readonly wokenToRead?: number;
+  /** Of {@link wokenToRead}: from being woken to getting a CPU. */
+  readonly wokenToCpu?: number;
+}
+
+/** {@link Around} for each span, from the thread's `switches` in order. */
+function around(spans: readonly Span[], switches: readonly Switch[]): Around[] {
+  let prevTo = -Infinity;
+  return spans.map(({ from, to }) => {
+    let offCpu = 0;
+    let preempted = false;
+    const preemptedBy: string[] = [];
+    let outAt: number | undefined;
+    let wokenAt: number | undefined;
+    let cpuAt: number | undefined;
+    for (const sw of switches) {
+      if (sw.us > to) break;
+      if (sw.what === 'woken') {
+        if (sw.us > prevTo && sw.us <= from) {
+          wokenAt = sw.us;
+          cpuAt = undefined;
+        }
+      } else if (sw.what === 'in' && wokenAt !== undefined && cpuAt === undefined && sw.us <= from) {
+        cpuAt = sw.us;
+        if (outAt !== undefined) outAt = undefined;
+      } else if (sw.what === 'out') {
+        outAt = sw.us;
+        if (sw.us >= from && sw.preempted) {
+          preempted = true;
+          preemptedBy.push(sw.by ?? '?');
+        }
+      } else if (outAt !== undefined) {
+        if (sw.us > from) offCpu += sw.us - Math.max(outAt, from);
+        outAt = undefined;
+      }
+    }
+    if (outAt !== undefined) offCpu += to - Math.max(outAt, from);
+    prevTo = to;
+    const woken = wokenAt === undefined ? {} : { wokenToRead: from - wokenAt };
+    const cpu = wokenAt === undefined || cpuAt === undefined ? {} : { wokenToCpu: cpuAt - wokenAt };
+    return { offCpu, preempted, preemptedBy, ...woken, ...cpu };
+  });
+}
+
+/** What libvirt's RPC reads first of each message: its length. */
+const LENGTH_BYTES = 4;
+/** The rest of a keepalive message: the RPC header, with no body. */
+const KEEPALIVE_REST_BYTES = 24;
+
+const q = (xs: readonly number[], p: number) => fmt(percentile(xs, p), 0);
+const signed = (xs: readonly number[], p: number) => (percentile(xs, p) < 0 ? '' : '+') + q(xs, p);
+const p50p99 = (xs: readonly number[]) => `p50/p99 ${q(xs, 50)}/${q(xs, 99)} µs`;
+
+/** One pass of one listener, in words. */
+function describe(over: readonly number[], split: readonly number[], near: readonly Around[]): string {
+  let text = `over direct p50 ${signed(over, 50)} p99 ${signed(over, 99)} µs`;
+  if (split.length === 0) return text;
+  text += `\n  read → TestSignal written p25/p50/p75/p99 ${q(split, 25)}/${q(split, 50)}/${q(split, 75)}/${q(split, 99)} µs (${split.length} events)`;
+  if (near.length === 0) return text;
+  const by = new Map<string, number>();
+  for (const a of near) for (const b of a.preemptedBy) by.set(b, (by.get(b) ?? 0) + 1);
+  const byText = [...by].sort((a, b) => b[1] - a[1]).map(([who, n]) => `${who} ×${n}`);
+  const preempted = near.filter((a) => a.preempted).length;
+  text += `\n    of it off a CPU ${p50p99(near.map((a) => a.offCpu))}; preempted in ${preempted} events`;
+  if (byText.length > 0) text += ` (by ${byText.join(', ')})`;
+  const woken = near.flatMap((a) => (a.wokenToRead === undefined ? [] : [a.wokenToRead]));
+  const toCpu = near.flatMap((a) => (a.wokenToCpu === undefined ? [] : [a.wokenToCpu]));
+  text += `\n  woken → read ${p50p99(woken)} (${woken.length} events the thread slept before)`;
+  text += `\n    of it woken → on a CPU ${p50p99(toCpu)}`;
+  return text;
 }
 
 const work = mkdtempSync(join(tmpdir(), 'vmdevd-event-split-'));
@@ -178,7 +290,7 @@ try {
   };
 
   /** One pass: the listener's signals later than the direct client's events, p50. */
-  async function overDirect(probe: Service, intervalMs: number, cycles: number): Promise<number> {
+  async function overDirect(probe: Service, intervalMs: number, cycles: number): Promise<number[]> {
     const out = await eventProbe(libvirtd.uri, vm.name, cycles, intervalMs);
     // The last signal's line: a bus barrier would need a call, and the probe only listens.
     await new Promise((r) => setTimeout(r, 300));
@@ -201,7 +313,7 @@ try {
       const at = arrivals(c.op).find((t) => t >= tCall);
       if (at !== undefined) over.push(Number(at - tEvent) / 1000);
     }
-    return median(over);
+    return over;
   }
 
   const listeners = ['relay', ...variants.map((v) => v.name)];
@@ -223,7 +335,9 @@ try {
         );
         harness.cleanups.push(() => relay.stop());
         await waitUntil('event relay', () => /"ready"/.test(relay.output()));
-        pid = relay.pid;
+        // Its libvirt event loop, which reads the event and sends the signal, is its second thread.
+        const threads = readdirSync(`/proc/${relay.pid}/task`).map(Number);
+        pid = threads.find((t) => t !== relay.pid) ?? relay.pid;
       } else {
         const daemon = await startVmdevd(
           harness,
@@ -238,37 +352,54 @@ try {
       if (listener !== 'relay' && listener.warmCycles !== undefined)
         await eventProbe(libvirtd.uri, vm.name, listener.warmCycles, 0);
       for (const m of MODES) {
-        const perf =
-          listener === 'relay'
-            ? undefined
-            : await recordReadsAndWrites({ tid: pid }, join(work, `r${r}-${name}-${m.mode}.perf`));
+        const file = (what: string) => join(work, `r${r}-${name}-${m.mode}-${what}.perf`);
+        const perf = await recordReadsAndWrites({ tid: pid }, file('rw'));
+        const sched = await recordSwitches(pid, file('sched'));
         const over = await overDirect(probe, m.intervalMs, m.cycles);
         const calls = await perf?.stop();
-        const split = calls === undefined ? [] : readToWrite(calls);
-        rounds.get(name)!.get(m.mode)!.push({ over, readToWrite: split });
-        console.log(
-          `round ${r + 1} ${name}, ${m.mode}: +${fmt(over, 0)} µs over direct` +
-            (split.length > 0
-              ? `, read → TestSignal written p25/p50/p75 ${fmt(percentile(split, 25), 0)}/${fmt(percentile(split, 50), 0)}/${fmt(percentile(split, 75), 0)} µs (${split.length})`
-              : ''),
-        );
+        const switches = await sched?.stop();
+        const spans = calls === undefined ? [] : readToWrite(calls);
+        const split = spans.map((s) => s.to - s.from);
+        const near = switches === undefined ? [] : around(spans, switches);
+        rounds.get(name)!.get(m.mode)!.push({ over, readToWrite: split, around: near });
+        console.log(`round ${r + 1} ${name}, ${m.mode}: ${describe(over, split, near)}`);
       }
       for (const cleanup of harness.cleanups.splice(mark).reverse()) await cleanup();
     }
   }
-  console.log('\nmedian of the rounds (each round: its median), µs');
-  const header = ['listener', 'apart: over', 'read → write', 'at once: over', 'read → write'];
-  console.log(header.map((h) => h.padStart(15)).join(''));
+  console.log("\np50: the median of the rounds (each round: its median); p99: of all rounds' events together; µs");
+  const header = ['listener'];
+  for (const m of MODES) header.push(`${m.mode}: over`, 'p99', 'read → write', 'p99');
+  console.log(header.map((h) => h.padStart(14)).join(''));
   for (const [name, modes] of rounds) {
     const row = [name];
     for (const m of MODES) {
       const passes = modes.get(m.mode)!;
-      row.push(fmt(median(passes.map((p) => p.over)), 0));
+      row.push(fmt(median(passes.map((p) => median(p.over))), 0));
       row.push(
-        passes.every((p) => p.readToWrite.length > 0) ? fmt(median(passes.map((p) => median(p.readToWrite))), 0) : '–',
+        fmt(
+          percentile(
+            passes.flatMap((p) => p.over),
+            99,
+          ),
+          0,
+        ),
+      );
+      const split = passes.every((p) => p.readToWrite.length > 0);
+      row.push(split ? fmt(median(passes.map((p) => median(p.readToWrite))), 0) : '–');
+      row.push(
+        split
+          ? fmt(
+              percentile(
+                passes.flatMap((p) => p.readToWrite),
+                99,
+              ),
+              0,
+            )
+          : '–',
       );
     }
-    console.log(row.map((c) => c.padStart(15)).join(''));
+    console.log(row.map((c) => c.padStart(14)).join(''));
   }
 } finally {
   for (const cleanup of harness.cleanups.reverse()) await cleanup().catch(() => undefined);

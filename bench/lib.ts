@@ -381,15 +381,90 @@ export function eventProbe(uri: string, domain: string, cycles: number, interval
   ]);
 }
 
-/** One `read` or `write` system call seen by {@link recordReadsAndWrites}: its thread, time (µs) and byte count. */
+/**
+ * One `read` or `write` system call seen by {@link recordReadsAndWrites}:
+ * its thread, time (µs), file descriptor and byte count asked for, and for
+ * a read what it returned (bytes, or a negative errno such as -11, EAGAIN).
+ * A `sendmsg` (how sd-bus writes: the C tools) is a write of a count not
+ * known, given as Infinity.
+ */
 export interface ReadOrWrite {
   readonly tid: number;
   readonly us: number;
   readonly call: 'read' | 'write';
+  readonly fd: number;
   readonly count: number;
+  readonly result?: number;
 }
 
 const PERF = ['/usr/bin/perf', '/usr/local/bin/perf'].find((p) => existsSync(p));
+
+/**
+ * Runs `perf record ARGS -o file` from half a second after the call (perf
+ * needs that to attach) until `stop()`, which gives `perf script -F
+ * FIELDS`'s text.
+ */
+async function perfRecord(args: readonly string[], file: string, fields: string): Promise<{ stop(): Promise<string> }> {
+  const perf = spawn(PERF!, ['record', '-q', ...args, '-o', file], { stdio: 'ignore' });
+  const exited = new Promise((resolve) => perf.once('exit', resolve));
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  return {
+    async stop() {
+      perf.kill('SIGINT');
+      await exited;
+      return execFileSync(PERF!, ['script', '-i', file, '-F', fields], {
+        maxBuffer: 1 << 28,
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }).toString();
+    },
+  };
+}
+
+/**
+ * One thread woken, leaving a CPU (`preempted` when it was still runnable)
+ * or getting one again, seen by {@link recordSwitches}; time in µs.
+ */
+export interface Switch {
+  readonly us: number;
+  readonly what: 'woken' | 'out' | 'in';
+  readonly preempted: boolean;
+  /** `out`: the command name of the thread that got the CPU. */
+  readonly by?: string;
+}
+
+/**
+ * Records, with `perf` on every CPU, when thread `tid` is woken, leaves a
+ * CPU and gets one again (the scheduler's `sched_wakeup` and
+ * `sched_switch`), on the clock of {@link recordReadsAndWrites}, until
+ * `stop()`, which gives them in order. Undefined where there is no perf.
+ */
+export async function recordSwitches(tid: number, file: string): Promise<{ stop(): Promise<Switch[]> } | undefined> {
+  if (PERF === undefined) return undefined;
+  const switches = ['-e', 'sched:sched_switch', '--filter', `prev_pid == ${tid} || next_pid == ${tid}`];
+  const wakeups = ['-e', 'sched:sched_wakeup', '--filter', `pid == ${tid}`];
+  const perf = await perfRecord(['-a', ...switches, ...wakeups], file, 'time,event,trace');
+  return {
+    async stop() {
+      const script = await perf.stop();
+      const switched = /^\s*([\d.]+):\s.*\bprev_pid=(\d+) .*\bprev_state=(\S+) ==> next_comm=(.*) next_pid=(\d+)/;
+      const woken = /^\s*([\d.]+):\s+sched:sched_wakeup:/;
+      const out: Switch[] = [];
+      for (const l of script.split('\n')) {
+        const w = woken.exec(l);
+        if (w !== null) {
+          out.push({ us: Number(w[1]) * 1e6, what: 'woken', preempted: false });
+          continue;
+        }
+        const m = switched.exec(l);
+        if (m === null) continue;
+        const us = Number(m[1]) * 1e6;
+        if (Number(m[2]) === tid) out.push({ us, what: 'out', preempted: m[3]!.startsWith('R'), by: m[4]! });
+        if (Number(m[5]) === tid) out.push({ us, what: 'in', preempted: false });
+      }
+      return out.sort((a, b) => a.us - b.us);
+    },
+  };
+}
 
 /** Whether {@link recordReadsAndWrites} can record. */
 export function havePerf(): boolean {
@@ -409,29 +484,51 @@ export async function recordReadsAndWrites(
 ): Promise<{ stop(): Promise<ReadOrWrite[]> } | undefined> {
   if (PERF === undefined) return undefined;
   const who = 'pid' in target ? ['-p', String(target.pid)] : ['-t', String(target.tid)];
-  const events = ['-e', 'syscalls:sys_enter_read', '-e', 'syscalls:sys_enter_write'];
-  const perf = spawn(PERF, ['record', '-q', ...events, ...who, '-o', file], { stdio: 'ignore' });
-  const exited = new Promise((resolve) => perf.once('exit', resolve));
-  await new Promise((resolve) => setTimeout(resolve, 500));
+  const events = ['read', 'write', 'sendmsg'].flatMap((call) => ['-e', `syscalls:sys_enter_${call}`]);
+  events.push('-e', 'syscalls:sys_exit_read');
+  const perf = await perfRecord([...events, ...who], file, 'tid,time,event,trace');
   return {
     async stop() {
-      perf.kill('SIGINT');
-      await exited;
-      const script = execFileSync(PERF, ['script', '-i', file, '-F', 'tid,time,event,trace'], {
-        maxBuffer: 1 << 28,
-        stdio: ['ignore', 'pipe', 'ignore'],
-      }).toString();
-      const line = /^\s*(\d+)\s+([\d.]+):\s+syscalls:sys_enter_(read|write): fd: 0x\w+, buf: 0x\w+, count: 0x(\w+)/;
+      const script = await perf.stop();
+      const enter = /^\s*(\d+)\s+([\d.]+):\s+syscalls:sys_enter_(read|write): fd: 0x(\w+), buf: 0x\w+, count: 0x(\w+)/;
+      const exit = /^\s*(\d+)\s+[\d.]+:\s+syscalls:sys_exit_read: 0x(\w+)/;
+      const sendmsg = /^\s*(\d+)\s+([\d.]+):\s+syscalls:sys_enter_sendmsg: fd: 0x(\w+)/;
       const calls: ReadOrWrite[] = [];
+      // A thread's read returns before it makes another call: its exit
+      // belongs to its last read.
+      const openRead = new Map<number, number>();
       for (const l of script.split('\n')) {
-        const m = line.exec(l);
-        if (m !== null) {
+        const sent = sendmsg.exec(l);
+        if (sent !== null) {
+          const [, tid, time, fd] = sent;
           calls.push({
-            tid: Number(m[1]),
+            tid: Number(tid),
+            us: Number(time) * 1e6,
+            call: 'write',
+            fd: parseInt(fd!, 16),
+            count: Infinity,
+          });
+          continue;
+        }
+        const m = enter.exec(l);
+        if (m !== null) {
+          const tid = Number(m[1]);
+          if (m[3] === 'read') openRead.set(tid, calls.length);
+          calls.push({
+            tid,
             us: Number(m[2]) * 1e6,
             call: m[3] as 'read' | 'write',
-            count: parseInt(m[4]!, 16),
+            fd: parseInt(m[4]!, 16),
+            count: parseInt(m[5]!, 16),
           });
+          continue;
+        }
+        const x = exit.exec(l);
+        const at = x === null ? undefined : openRead.get(Number(x[1]));
+        if (at !== undefined) {
+          // perf prints the return value as an unsigned 64-bit number.
+          calls[at] = { ...calls[at]!, result: Number(BigInt.asIntN(64, BigInt(`0x${x![2]}`))) };
+          openRead.delete(Number(x![1]));
         }
       }
       return calls;
