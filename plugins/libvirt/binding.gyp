@@ -7,6 +7,7 @@
         "native/constants.cc",
         "native/errors.cc",
         "native/event-loop.cc",
+        "native/loop-slice.cc",
         "native/call-threads.cc",
         "native/js-queue.cc",
         "native/events.cc",

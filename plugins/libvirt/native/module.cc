@@ -8,6 +8,7 @@
 #include "constants.h"
 #include "errors.h"
 #include "event-loop.h"
+#include "loop-slice.h"
 
 namespace vmdevd {
 
@@ -33,6 +34,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
   exports.Set("open", Napi::Function::New<Connection::Open>(env, "open"));
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClassFn>(env, "setErrorClass"));
+  exports.Set("requestLoopSlice", Napi::Function::New<RequestLoopSlice>(env, "requestLoopSlice"));
   exports.Set("constants", MakeConstants(env));
   return exports;
 }

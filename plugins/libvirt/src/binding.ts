@@ -265,6 +265,7 @@ interface NativeModule {
     onClose: ((reason: number) => void) | undefined,
   ): Promise<NativeConnection>;
   setErrorClass(constructor: typeof LibvirtError): void;
+  requestLoopSlice(microseconds: number): LoopSlice;
   readonly constants: Record<string, number>;
 }
 
@@ -280,6 +281,29 @@ function checkConstants(exported: Record<string, number>): Constants {
 }
 
 export const constants: Constants = checkConstants(native.constants);
+
+/** The main thread's time slice before and after {@link requestLoopSlice}, in µs (0: the kernel keeps none). */
+export interface LoopSlice {
+  readonly beforeUs: number;
+  readonly afterUs: number;
+}
+
+/**
+ * Asks the kernel to give the main thread (where libvirt's events run, and
+ * every other callback of the process) a time slice of at most
+ * `microseconds` (a whole number, 100 to 100,000). On Linux 6.12 and later,
+ * which schedule ordinary threads by EEVDF, a thread woken with a short
+ * slice gets a CPU sooner instead of waiting out the running thread's
+ * longer one; its share of the CPU stays the same. A thread that already
+ * has a shorter slice keeps it; a kernel before 6.12 keeps no slice
+ * (`afterUs` 0). Throws a TypeError or RangeError for a bad argument, and
+ * an Error when called off the main thread, when the thread's scheduling
+ * policy is not SCHED_OTHER (left as the operator set it), or when the
+ * kernel refuses (a seccomp filter without sched_setattr: EPERM).
+ */
+export function requestLoopSlice(microseconds: number): LoopSlice {
+  return native.requestLoopSlice(microseconds);
+}
 
 /**
  * One connection to libvirt. Open it with {@link Connection.open}; release it

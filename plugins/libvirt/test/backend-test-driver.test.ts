@@ -4,7 +4,7 @@
  * TestSignal, and a libvirt refusal mapped to its error name.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -31,6 +31,22 @@ describe('libvirt backend on test:///default', () => {
     const details = (await stack.client.getProperty<Record<string, Record<string, string>>>('Vms'))['test']!;
     assert.equal(details['backend'], 'test-driver');
     assert.match(details['uuid']!, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+  });
+
+  it("asks the kernel for a 300 µs slice for the daemon's main thread, and says what it got", () => {
+    const log = stack.daemon.output();
+    const shortened =
+      /main thread: shorter time slice, so that an event gets a CPU sooner sliceUs=(\d+) wasUs=(\d+)/.exec(log);
+    const sched = readFileSync(`/proc/${stack.daemon.pid}/sched`, 'utf8');
+    const slice = /^se\.slice\s*:\s*(\d+)/m.exec(sched);
+    if (shortened === null) {
+      // A kernel before 6.12 keeps no slice per thread.
+      assert.match(log, /this kernel takes no time-slice request \(Linux 6\.12 and later do\): default scheduling/);
+      return;
+    }
+    assert.equal(Number(shortened[1]), Math.min(300, Number(shortened[2])));
+    assert.equal(Number(slice?.[1]) / 1000, Number(shortened[1]));
+    assert.doesNotMatch(log, /could not shorten/);
   });
 
   it('suspends and resumes it through the binding, and TestSignal shows both', async () => {
