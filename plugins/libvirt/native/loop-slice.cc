@@ -30,7 +30,7 @@ struct SchedAttr {
   uint32_t sched_util_max;
 };
 
-constexpr int64_t kMinUs = 100;     // the kernel's bounds for a slice
+constexpr int64_t kMinUs = 100;  // the kernel's bounds for a slice
 constexpr int64_t kMaxUs = 100000;
 
 bool GetAttr(SchedAttr& attr) {
@@ -42,17 +42,22 @@ bool GetAttr(SchedAttr& attr) {
 
 Napi::Value RequestLoopSlice(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "requestLoopSlice needs a number of microseconds");
+  if (!info[0].IsNumber())
+    throw Napi::TypeError::New(env, "requestLoopSlice needs a number of microseconds");
   double us = info[0].As<Napi::Number>().DoubleValue();
   if (!(us >= kMinUs && us <= kMaxUs) || us != static_cast<double>(static_cast<int64_t>(us)))
-    throw Napi::RangeError::New(env, "a slice is a whole number of microseconds from 100 to 100000");
+    throw Napi::RangeError::New(env,
+                                "a slice is a whole number of microseconds from 100 to 100000");
   if (!event_loop::OnLoopThread())
-    throw Napi::Error::New(env, "requestLoopSlice runs on the thread of libvirt's event loop (the main thread)");
+    throw Napi::Error::New(
+        env, "requestLoopSlice runs on the thread of libvirt's event loop (the main thread)");
 
   SchedAttr attr;
-  if (!GetAttr(attr)) throw Napi::Error::New(env, std::string("sched_getattr: ") + std::strerror(errno));
+  if (!GetAttr(attr))
+    throw Napi::Error::New(env, std::string("sched_getattr: ") + std::strerror(errno));
   if (attr.sched_policy != SCHED_OTHER)
-    throw Napi::Error::New(env, "the main thread's scheduling policy is not SCHED_OTHER; its slice is left as it is");
+    throw Napi::Error::New(
+        env, "the main thread's scheduling policy is not SCHED_OTHER; its slice is left as it is");
   uint64_t before = attr.sched_runtime;
   uint64_t want = static_cast<uint64_t>(us) * 1000;
   if (before == 0 || before > want) {
@@ -63,7 +68,8 @@ Napi::Value RequestLoopSlice(const Napi::CallbackInfo& info) {
       throw Napi::Error::New(env, std::string("sched_setattr: ") + std::strerror(errno));
   }
   SchedAttr after;
-  if (!GetAttr(after)) throw Napi::Error::New(env, std::string("sched_getattr: ") + std::strerror(errno));
+  if (!GetAttr(after))
+    throw Napi::Error::New(env, std::string("sched_getattr: ") + std::strerror(errno));
   Napi::Object out = Napi::Object::New(env);
   out.Set("beforeUs", Napi::Number::New(env, static_cast<double>(before) / 1000));
   out.Set("afterUs", Napi::Number::New(env, static_cast<double>(after.sched_runtime) / 1000));
