@@ -5,7 +5,8 @@
 // on a QEMU VM, libvirt's event loop on Node's (the remote socket's
 // handles, keepalive timers, events read by a call thread and handed to
 // the loop, a close while events are dispatched); then connections left
-// to the garbage collector and to a worker's teardown. Prints one line
+// to the garbage collector and to a worker's teardown. The main thread's
+// time slice is asked for once, and refused off the main thread. Prints one line
 // `memcheck-workload: {json}`.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -13,7 +14,7 @@ import { readFileSync } from 'node:fs';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { create } from 'xmlbuilder2';
 import { VM_METADATA_NAMESPACE as METADATA_NAMESPACE } from 'vmdevd/testing/test-vms';
-import { Connection, constants as C, type DomainEvent } from '../../src/binding.js';
+import { Connection, constants as C, requestLoopSlice, type DomainEvent } from '../../src/binding.js';
 import { TEST_DOMAIN_UUID, TEST_URI, UNKNOWN_UUID, rejection } from '../support.js';
 
 export interface WorkloadConfig {
@@ -209,6 +210,10 @@ async function leaveInWorker(count: number): Promise<void> {
 async function main(config: WorkloadConfig): Promise<WorkloadResult> {
   const started = Date.now();
   const result: WorkloadResult = { testCycles: 0, qemuCycles: 0, nonZeroCloses: [], eventsReceived: 0, durationMs: 0 };
+  // The time slice: granted (or 0 where the kernel keeps none), and refused.
+  const slice = requestLoopSlice(300);
+  assert.ok(slice.afterUs === 0 || slice.afterUs <= 300, JSON.stringify(slice));
+  assert.throws(() => requestLoopSlice(50), RangeError);
   for (let cycle = 0; cycle < config.testCycles; cycle++) {
     await testCycle(result, cycle);
     result.testCycles++;
@@ -228,6 +233,7 @@ async function main(config: WorkloadConfig): Promise<WorkloadResult> {
 
 if (!isMainThread) {
   const { workerConnections } = workerData as { workerConnections: number };
+  assert.throws(() => requestLoopSlice(300), /runs on the thread of libvirt's event loop/);
   const kept: Connection[] = [];
   for (let i = 0; i < workerConnections; i++) {
     const connection = await Connection.open(TEST_URI, { onEvent: () => {} });
