@@ -349,6 +349,12 @@ export class LibvirtBackend implements VmBackend {
           sliceUs: afterUs,
           wasUs: beforeUs,
         });
+      } else {
+        // Inherited from whoever started vmdevd, or asked for by another backend.
+        this.ctx.log.info('main thread: its time slice was already as short as asked', {
+          sliceUs: afterUs,
+          askedUs: us,
+        });
       }
     } catch (err) {
       this.ctx.log.warn("could not shorten the main thread's time slice: events may wait longer for a CPU", {

@@ -35,18 +35,22 @@ describe('libvirt backend on test:///default', () => {
 
   it("asks the kernel for a 300 µs slice for the daemon's main thread, and says what it got", () => {
     const log = stack.daemon.output();
-    const shortened =
-      /main thread: shorter time slice, so that an event gets a CPU sooner sliceUs=(\d+) wasUs=(\d+)/.exec(log);
     const sched = readFileSync(`/proc/${stack.daemon.pid}/sched`, 'utf8');
     const slice = /^se\.slice\s*:\s*(\d+)/m.exec(sched);
-    if (shortened === null) {
+    const shortened =
+      /main thread: shorter time slice, so that an event gets a CPU sooner sliceUs=(\d+) wasUs=(\d+)/.exec(log);
+    // A slice inherited from the test runner (or its caller) may already be as short.
+    const already = /main thread: its time slice was already as short as asked sliceUs=(\d+) askedUs=300/.exec(log);
+    assert.doesNotMatch(log, /could not shorten/);
+    if (shortened === null && already === null) {
       // A kernel before 6.12 keeps no slice per thread.
       assert.match(log, /this kernel takes no time-slice request \(Linux 6\.12 and later do\): default scheduling/);
       return;
     }
-    assert.equal(Number(shortened[1]), Math.min(300, Number(shortened[2])));
-    assert.equal(Number(slice?.[1]) / 1000, Number(shortened[1]));
-    assert.doesNotMatch(log, /could not shorten/);
+    const granted = Number((shortened ?? already)![1]);
+    if (shortened !== null) assert.equal(granted, Math.min(300, Number(shortened[2])));
+    assert.ok(granted <= 300, `a slice of ${granted} µs`);
+    assert.equal(Number(slice?.[1]) / 1000, granted);
   });
 
   it('suspends and resumes it through the binding, and TestSignal shows both', async () => {
