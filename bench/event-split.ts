@@ -11,14 +11,15 @@
  *
  * - the listener's signal later than the direct client's event, p50 (the
  *   benchmark's figure) and p99, for both ways;
- * - for vmdevd, with `perf` (Debian's linux-perf), its main thread's `read`
- *   and `write` system calls from their tracepoints: from its read of the
+ * - with `perf` (Debian's linux-perf), the listener thread's `read`,
+ *   `write` and `sendmsg` system calls from their tracepoints (vmdevd's
+ *   main thread, the relay's libvirt loop thread): from its read of the
  *   event off libvirtd's socket (keepalives passed over) to the write of
- *   the `TestSignal`. This is vmdevd's own time on the event path, without
- *   libvirtd, the bus or the probe, and it varies far less between rounds
- *   than the end-to-end figures;
- * - for vmdevd, with `perf` recording the scheduler's `sched_wakeup` and
- *   `sched_switch` for its main thread: how long of that it spent off a
+ *   the signal. This is the listener's own time on the event path,
+ *   without libvirtd, the bus or the probe, and it varies far less between
+ *   rounds than the end-to-end figures;
+ * - with `perf` recording the scheduler's `sched_wakeup` and
+ *   `sched_switch` for that thread: how long of that it spent off a
  *   CPU, in how many events it was preempted and by which threads; and
  *   the time before the read, from the thread being woken by the event
  *   (when it slept before it) to the read, and of that, the wait for a
@@ -167,9 +168,7 @@ interface Span {
 interface Around {
   /** Off a CPU between the read and the write. */
   readonly offCpu: number;
-  /** Left its CPU runnable (preempted) at least once between them. */
-  readonly preempted: boolean;
-  /** Who took the CPU each time it was preempted between them. */
+  /** Who took the CPU each time it was preempted (left it runnable) between them. */
   readonly preemptedBy: readonly string[];
   /**
    * From being woken (the event on its socket) to the read, when it slept
@@ -185,7 +184,6 @@ function around(spans: readonly Span[], switches: readonly Switch[]): Around[] {
   let prevTo = -Infinity;
   return spans.map(({ from, to }) => {
     let offCpu = 0;
-    let preempted = false;
     const preemptedBy: string[] = [];
     let outAt: number | undefined;
     let wokenAt: number | undefined;
@@ -199,13 +197,10 @@ function around(spans: readonly Span[], switches: readonly Switch[]): Around[] {
         }
       } else if (sw.what === 'in' && wokenAt !== undefined && cpuAt === undefined && sw.us <= from) {
         cpuAt = sw.us;
-        if (outAt !== undefined) outAt = undefined;
+        outAt = undefined;
       } else if (sw.what === 'out') {
         outAt = sw.us;
-        if (sw.us >= from && sw.preempted) {
-          preempted = true;
-          preemptedBy.push(sw.by ?? '?');
-        }
+        if (sw.us >= from && sw.preempted) preemptedBy.push(sw.by ?? '?');
       } else if (outAt !== undefined) {
         if (sw.us > from) offCpu += sw.us - Math.max(outAt, from);
         outAt = undefined;
@@ -215,7 +210,7 @@ function around(spans: readonly Span[], switches: readonly Switch[]): Around[] {
     prevTo = to;
     const woken = wokenAt === undefined ? {} : { wokenToRead: from - wokenAt };
     const cpu = wokenAt === undefined || cpuAt === undefined ? {} : { wokenToCpu: cpuAt - wokenAt };
-    return { offCpu, preempted, preemptedBy, ...woken, ...cpu };
+    return { offCpu, preemptedBy, ...woken, ...cpu };
   });
 }
 
@@ -237,7 +232,7 @@ function describe(over: readonly number[], split: readonly number[], near: reado
   const by = new Map<string, number>();
   for (const a of near) for (const b of a.preemptedBy) by.set(b, (by.get(b) ?? 0) + 1);
   const byText = [...by].sort((a, b) => b[1] - a[1]).map(([who, n]) => `${who} ×${n}`);
-  const preempted = near.filter((a) => a.preempted).length;
+  const preempted = near.filter((a) => a.preemptedBy.length > 0).length;
   text += `\n    of it off a CPU ${p50p99(near.map((a) => a.offCpu))}; preempted in ${preempted} events`;
   if (byText.length > 0) text += ` (by ${byText.join(', ')})`;
   const woken = near.flatMap((a) => (a.wokenToRead === undefined ? [] : [a.wokenToRead]));
@@ -289,7 +284,7 @@ try {
     return p;
   };
 
-  /** One pass: the listener's signals later than the direct client's events, p50. */
+  /** One pass: the listener's signals later than the direct client's events, per event (µs). */
   async function overDirect(probe: Service, intervalMs: number, cycles: number): Promise<number[]> {
     const out = await eventProbe(libvirtd.uri, vm.name, cycles, intervalMs);
     // The last signal's line: a bus barrier would need a call, and the probe only listens.

@@ -33,9 +33,16 @@ struct SchedAttr {
 constexpr int64_t kMinUs = 100;  // the kernel's bounds for a slice
 constexpr int64_t kMaxUs = 100000;
 
-bool GetAttr(SchedAttr& attr) {
+Napi::Error SystemError(Napi::Env env, const char* call) {
+  return Napi::Error::New(env, std::string(call) + ": " + std::strerror(errno));
+}
+
+SchedAttr GetAttr(Napi::Env env) {
+  SchedAttr attr;
   std::memset(&attr, 0, sizeof attr);
-  return syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) == 0;
+  if (syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) != 0)
+    throw SystemError(env, "sched_getattr");
+  return attr;
 }
 
 }  // namespace
@@ -52,24 +59,20 @@ Napi::Value RequestLoopSlice(const Napi::CallbackInfo& info) {
     throw Napi::Error::New(
         env, "requestLoopSlice runs on the thread of libvirt's event loop (the main thread)");
 
-  SchedAttr attr;
-  if (!GetAttr(attr))
-    throw Napi::Error::New(env, std::string("sched_getattr: ") + std::strerror(errno));
+  SchedAttr attr = GetAttr(env);
   if (attr.sched_policy != SCHED_OTHER)
     throw Napi::Error::New(
         env, "the main thread's scheduling policy is not SCHED_OTHER; its slice is left as it is");
   uint64_t before = attr.sched_runtime;
   uint64_t want = static_cast<uint64_t>(us) * 1000;
-  if (before == 0 || before > want) {
+  // A kernel before 6.12 reports no slice (0) and would ignore one asked for.
+  if (before != 0 && before > want) {
     attr.size = sizeof attr;
     attr.sched_flags = 0;
     attr.sched_runtime = want;
-    if (syscall(SYS_sched_setattr, 0, &attr, 0) != 0)
-      throw Napi::Error::New(env, std::string("sched_setattr: ") + std::strerror(errno));
+    if (syscall(SYS_sched_setattr, 0, &attr, 0) != 0) throw SystemError(env, "sched_setattr");
   }
-  SchedAttr after;
-  if (!GetAttr(after))
-    throw Napi::Error::New(env, std::string("sched_getattr: ") + std::strerror(errno));
+  SchedAttr after = GetAttr(env);
   Napi::Object out = Napi::Object::New(env);
   out.Set("beforeUs", Napi::Number::New(env, static_cast<double>(before) / 1000));
   out.Set("afterUs", Napi::Number::New(env, static_cast<double>(after.sched_runtime) / 1000));
