@@ -27,12 +27,15 @@
  *   shortens but by running less.
  *
  * Then, per listener, the median of the rounds' medians, and the p99 of
- * all rounds' events together.
+ * all rounds' events together; and the slowest 5% of the changes (per
+ * pass, then of all rounds), split where the listener read the event and
+ * wrote the signal, with where they fell in their pass.
  *
  *   make -C bench/c && npm run build &&
  *     node dist/bench/event-split.js [--rounds N] [--cycles N]
  *       [--variant NAME=NODE-OPTIONS]... [--warm NAME=CYCLES]...
- *       [--daemon NAME=DIR]...
+ *       [--daemon NAME=DIR]... [--slice NAME=MICROSECONDS]...
+ *       [--profile NAME=MICROSECONDS]...
  *
  * `--variant NAME=NODE-OPTIONS` adds node options to that variant's daemon,
  * after bin/vmdevd's own; `--warm NAME=CYCLES` has the variant NAME's
@@ -41,10 +44,14 @@
  * compares a daemon's first events with those of one that has followed
  * some); `--daemon NAME=DIR` runs the variant NAME from another built
  * checkout (its `bin/vmdevd`, bundles and binding: a change against the
- * code before it). Without variants, one daemon as it is. Run it as root, on a
+ * code before it); `--slice NAME=MICROSECONDS` sets that variant's
+ * backend option `loopSliceMicroseconds`; `--profile NAME=MICROSECONDS`
+ * runs it under V8's CPU profiler and splits its main thread's time from
+ * each event's read to the signal's write, the slowest 5% against the
+ * others. Without variants, one daemon as it is. Run it as root, on a
  * machine where nothing else runs, and not beside another benchmark.
  */
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -52,7 +59,10 @@ import { startPrivateBus } from '../test/harness/dbus-daemon.js';
 import { startLibvirtd } from '../test/harness/libvirtd.js';
 import { createTestVm, type TestVmConnection } from '../test/harness/test-vms.js';
 import {
+  compareProfileSplits,
   daemonVariants,
+  mergeProfileSplits,
+  profileSplit,
   eventProbe,
   fmt,
   median,
@@ -65,6 +75,7 @@ import {
   havePerf,
   recordReadsAndWrites,
   recordSwitches,
+  type CpuProfile,
   type DaemonVariant,
   type Harness,
   type ReadOrWrite,
@@ -79,6 +90,8 @@ const { values: opts } = parseArgs({
     variant: { type: 'string', multiple: true, default: [] },
     warm: { type: 'string', multiple: true, default: [] },
     daemon: { type: 'string', multiple: true, default: [] },
+    profile: { type: 'string', multiple: true, default: [] },
+    slice: { type: 'string', multiple: true, default: [] },
   },
 });
 const ROUNDS = Number(opts.rounds);
@@ -88,6 +101,10 @@ if (!(ROUNDS >= 1) || !(CYCLES >= 1)) throw new Error('--rounds and --cycles tak
 interface Variant extends DaemonVariant {
   warmCycles?: number;
   root?: string;
+  /** Run under V8's CPU profiler, a sample every this many µs. */
+  profileIntervalUs?: number;
+  /** The backend's `loopSliceMicroseconds`, when not its default. */
+  sliceUs?: number;
 }
 
 const variants = daemonVariants<Variant>(opts.variant, [
@@ -107,6 +124,22 @@ const variants = daemonVariants<Variant>(opts.variant, [
       variant.root = value;
     },
   },
+  {
+    option: '--profile',
+    specs: opts.profile,
+    apply: (variant, value) => {
+      if (!(Number(value) >= 10)) throw new Error('NAME=MICROSECONDS, at least 10');
+      variant.profileIntervalUs = Number(value);
+    },
+  },
+  {
+    option: '--slice',
+    specs: opts.slice,
+    apply: (variant, value) => {
+      if (!(Number(value) >= 0)) throw new Error('NAME=MICROSECONDS, the backend option loopSliceMicroseconds');
+      variant.sliceUs = Number(value);
+    },
+  },
 ]);
 
 if (!havePerf()) console.error('no perf (apt-get install linux-perf): the read → signal figure is left out');
@@ -121,6 +154,8 @@ type Mode = (typeof MODES)[number]['mode'];
 interface Pass {
   /** The listener's signal later than the direct client's event, per event (µs). */
   readonly over: readonly number[];
+  /** With perf: each event's time split at the listener's read and write (the slow ones are the p99). */
+  readonly parts: readonly Parts[];
   /** With perf: from the event's read to the TestSignal's write, per event (µs). */
   readonly readToWrite: readonly number[];
   /** With perf: the listener's thread around each event. */
@@ -214,6 +249,83 @@ function around(spans: readonly Span[], switches: readonly Switch[]): Around[] {
   });
 }
 
+/**
+ * One event's time over the direct client's, split where the listener's
+ * thread read the event and wrote its signal (µs, all on CLOCK_MONOTONIC).
+ */
+interface Parts {
+  /** The change's place in its pass, from 0. */
+  readonly index: number;
+  readonly over: number;
+  /** When the listener read the event and wrote the signal. */
+  readonly readUs: number;
+  readonly writeUs: number;
+  /** From the direct client's event to the listener's read of it (negative: it read first). */
+  readonly toRead: number;
+  /** From the read to the signal's write: the listener's own time. */
+  readonly own: number;
+  /** From the write to the probe's receipt: the bus and the probe. */
+  readonly toProbe: number;
+  readonly around?: Around;
+}
+
+/** One change as the direct client and the probe saw it (µs, CLOCK_MONOTONIC). */
+interface Change {
+  readonly callUs: number;
+  readonly eventUs: number;
+  readonly arrivalUs: number;
+}
+
+/** Each change split by the span (read → write) that falls between its call and the probe's receipt. */
+function splitChanges(changes: readonly Change[], spans: readonly Span[], near: readonly Around[]): Parts[] {
+  const out: Parts[] = [];
+  let i = 0;
+  for (const [index, c] of changes.entries()) {
+    while (i < spans.length && spans[i]!.from < c.callUs) i++;
+    const s = spans[i];
+    if (s === undefined || s.to > c.arrivalUs) continue;
+    out.push({
+      index,
+      over: c.arrivalUs - c.eventUs,
+      readUs: s.from,
+      writeUs: s.to,
+      toRead: s.from - c.eventUs,
+      own: s.to - s.from,
+      toProbe: c.arrivalUs - s.to,
+      ...(near[i] === undefined ? {} : { around: near[i] }),
+    });
+    i++;
+  }
+  return out;
+}
+
+/**
+ * The slowest changes (at or above the p95 of `over`), in words: the
+ * median of each part, against all changes' median.
+ */
+function describeTail(parts: readonly Parts[]): string {
+  if (parts.length === 0) return '';
+  const cut = percentile(
+    parts.map((p) => p.over),
+    95,
+  );
+  const slow = parts.filter((p) => p.over >= cut);
+  const part = (xs: readonly Parts[], f: (p: Parts) => number) => fmt(median(xs.map(f)), 0);
+  const both = (f: (p: Parts) => number) => `${part(slow, f)} (all ${part(parts, f)})`;
+  const preempted = slow.filter((p) => (p.around?.preemptedBy.length ?? 0) > 0).length;
+  const offCpu = slow.flatMap((p) => (p.around === undefined ? [] : [p.around.offCpu]));
+  const toCpu = slow.flatMap((p) => (p.around?.wokenToCpu === undefined ? [] : [p.around.wokenToCpu]));
+  return (
+    `  slowest ${slow.length} of ${parts.length} (over ≥ ${fmt(cut, 0)}), medians: event → read ${both((p) => p.toRead)}, ` +
+    `read → write ${both((p) => p.own)}, write → probe ${both((p) => p.toProbe)}; ` +
+    `off a CPU in own time ${fmt(median(offCpu), 0)}, preempted in ${preempted}, woken → on a CPU ${fmt(median(toCpu), 0)}; ` +
+    `their places in the pass (from 0): ${slow
+      .map((p) => p.index)
+      .sort((a, b) => a - b)
+      .join(' ')}`
+  );
+}
+
 /** What libvirt's RPC reads first of each message: its length. */
 const LENGTH_BYTES = 4;
 /** The rest of a keepalive message: the RPC header, with no body. */
@@ -284,8 +396,8 @@ try {
     return p;
   };
 
-  /** One pass: the listener's signals later than the direct client's events, per event (µs). */
-  async function overDirect(probe: Service, intervalMs: number, cycles: number): Promise<number[]> {
+  /** One pass: each change as the direct client and the listener's probe saw it. */
+  async function overDirect(probe: Service, intervalMs: number, cycles: number): Promise<Change[]> {
     const out = await eventProbe(libvirtd.uri, vm.name, cycles, intervalMs);
     // The last signal's line: a bus barrier would need a call, and the probe only listens.
     await new Promise((r) => setTimeout(r, 300));
@@ -298,7 +410,8 @@ try {
       signals
         .filter((s) => String(s.args[0]).endsWith(`=${op === 'suspend' ? 'paused' : 'running'}`))
         .map((s) => BigInt(s.t_ns));
-    const over: number[] = [];
+    const changes: Change[] = [];
+    const us = (ns: bigint) => Number(ns) / 1000;
     for (const l of out.split('\n')) {
       if (!l.includes('"type":"call"')) continue;
       const c = JSON.parse(l) as { op: string; t_call_ns: string; t_event_ns: string };
@@ -306,12 +419,19 @@ try {
       const tEvent = BigInt(c.t_event_ns);
       if (tEvent === 0n) continue;
       const at = arrivals(c.op).find((t) => t >= tCall);
-      if (at !== undefined) over.push(Number(at - tEvent) / 1000);
+      if (at !== undefined) changes.push({ callUs: us(tCall), eventUs: us(tEvent), arrivalUs: us(at) });
     }
-    return over;
+    return changes;
   }
 
   const listeners = ['relay', ...variants.map((v) => v.name)];
+  /** Per profiled variant and way: each round's profile and changes. */
+  const profiled = new Map<string, Array<{ profile: CpuProfile; parts: readonly Parts[] }>>();
+  const profiledSpans = (name: string, mode: Mode) => {
+    const key = `${name}, ${mode}`;
+    if (!profiled.has(key)) profiled.set(key, []);
+    return profiled.get(key)!;
+  };
   const rounds = new Map<string, Map<Mode, Pass[]>>(
     listeners.map((n) => [n, new Map(MODES.map((m) => [m.mode, [] as Pass[]]))]),
   );
@@ -322,6 +442,8 @@ try {
       const name = listener === 'relay' ? 'relay' : listener.name;
       const busName = `org.example.evsplit${r}${name.replace(/[^A-Za-z0-9]/g, '')}`;
       let pid: number;
+      const profiles = join(work, `${busName}-profile`);
+      const profiled = listener !== 'relay' && listener.profileIntervalUs !== undefined;
       if (listener === 'relay') {
         const relay = startService(
           `${TOOLS}/event-relay`,
@@ -338,8 +460,23 @@ try {
           harness,
           bus.address,
           busName,
-          [{ id: 'local', plugin: 'libvirt', uri: libvirtd.uri }],
-          { nodeArgs: listener.nodeArgs, root: listener.root },
+          [
+            {
+              id: 'local',
+              plugin: 'libvirt',
+              uri: libvirtd.uri,
+              ...(listener.sliceUs === undefined ? {} : { loopSliceMicroseconds: listener.sliceUs }),
+            },
+          ],
+          {
+            nodeArgs: [
+              ...listener.nodeArgs,
+              ...(profiled
+                ? ['--cpu-prof', `--cpu-prof-dir=${profiles}`, `--cpu-prof-interval=${listener.profileIntervalUs}`]
+                : []),
+            ],
+            root: listener.root,
+          },
         );
         pid = daemon.pid;
       }
@@ -350,16 +487,29 @@ try {
         const file = (what: string) => join(work, `r${r}-${name}-${m.mode}-${what}.perf`);
         const perf = await recordReadsAndWrites({ tid: pid }, file('rw'));
         const sched = await recordSwitches(pid, file('sched'));
-        const over = await overDirect(probe, m.intervalMs, m.cycles);
+        const changes = await overDirect(probe, m.intervalMs, m.cycles);
+        const over = changes.map((c) => c.arrivalUs - c.eventUs);
         const calls = await perf?.stop();
         const switches = await sched?.stop();
         const spans = calls === undefined ? [] : readToWrite(calls);
-        const split = spans.map((s) => s.to - s.from);
+        const own = spans.map((s) => s.to - s.from);
         const near = switches === undefined ? [] : around(spans, switches);
-        rounds.get(name)!.get(m.mode)!.push({ over, readToWrite: split, around: near });
-        console.log(`round ${r + 1} ${name}, ${m.mode}: ${describe(over, split, near)}`);
+        const parts = splitChanges(changes, spans, near);
+        rounds.get(name)!.get(m.mode)!.push({ over, parts, readToWrite: own, around: near });
+        console.log(`round ${r + 1} ${name}, ${m.mode}: ${describe(over, own, near)}`);
+        if (parts.length > 0) console.log(describeTail(parts));
       }
+      // The daemon writes its profile as it stops.
       for (const cleanup of harness.cleanups.splice(mark).reverse()) await cleanup();
+      if (profiled) {
+        const file = readdirSync(profiles).find((f) => f.endsWith('.cpuprofile'));
+        if (file === undefined) throw new Error(`${name}: the daemon wrote no CPU profile`);
+        const profile = JSON.parse(readFileSync(join(profiles, file), 'utf8')) as CpuProfile;
+        for (const m of MODES) {
+          const pass = rounds.get(name)!.get(m.mode)!.at(-1)!;
+          profiledSpans(name, m.mode).push({ profile, parts: pass.parts });
+        }
+      }
     }
   }
   console.log("\np50: the median of the rounds (each round: its median); p99: of all rounds' events together; µs");
@@ -395,6 +545,37 @@ try {
       );
     }
     console.log(row.map((c) => c.padStart(14)).join(''));
+  }
+  for (const [key, passes] of profiled) {
+    // Slow: at or above its pass's p95 over the direct client, as in the tail lines.
+    const sum = (pick: (parts: readonly Parts[], cut: number) => readonly Parts[]) =>
+      mergeProfileSplits(
+        passes.map(({ profile, parts }) => {
+          const cut = percentile(
+            parts.map((p) => p.over),
+            95,
+          );
+          return profileSplit(
+            profile,
+            pick(parts, cut).map((p) => ({ startUs: p.readUs, endUs: p.writeUs })),
+          );
+        }),
+      );
+    const slow = sum((parts, cut) => parts.filter((p) => p.over >= cut));
+    const other = sum((parts, cut) => parts.filter((p) => p.over < cut));
+    console.log(
+      `\n${key}: the main thread from the event's read to the signal's write (V8's profile), µs per event (and the share of events with ≥ 30 µs of it); slow: the slowest 5% of its pass over the direct client`,
+    );
+    for (const line of compareProfileSplits(slow, other, 'event')) console.log(line);
+  }
+  console.log(
+    "\nThe slowest 5% of all rounds' changes, each split where the listener read the event and wrote the signal:",
+  );
+  for (const [name, modes] of rounds) {
+    for (const m of MODES) {
+      const parts = modes.get(m.mode)!.flatMap((p) => p.parts);
+      if (parts.length > 0) console.log(`${name}, ${m.mode}:\n${describeTail(parts)}`);
+    }
   }
 } finally {
   for (const cleanup of harness.cleanups.reverse()) await cleanup().catch(() => undefined);

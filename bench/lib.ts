@@ -405,7 +405,8 @@ const PERF = ['/usr/bin/perf', '/usr/local/bin/perf'].find((p) => existsSync(p))
  * FIELDS`'s text.
  */
 async function perfRecord(args: readonly string[], file: string, fields: string): Promise<{ stop(): Promise<string> }> {
-  const perf = spawn(PERF!, ['record', '-q', ...args, '-o', file], { stdio: 'ignore' });
+  // CLOCK_MONOTONIC, the clock the C tools stamp with: a system call's time compares with theirs.
+  const perf = spawn(PERF!, ['record', '-q', '-k', 'CLOCK_MONOTONIC', ...args, '-o', file], { stdio: 'ignore' });
   const exited = new Promise((resolve) => perf.once('exit', resolve));
   await new Promise((resolve) => setTimeout(resolve, 500));
   return {
@@ -534,4 +535,111 @@ export async function recordReadsAndWrites(
       return calls;
     },
   };
+}
+
+/** A V8 CPU profile (`--cpu-prof`): its times are µs on CLOCK_MONOTONIC, as the C tools'. */
+export interface CpuProfile {
+  nodes: ProfileNode[];
+  startTime: number;
+  samples: number[];
+  timeDeltas: number[];
+}
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+
+/** What a profiled thread's time goes to, in {@link profileSplit}. */
+export const PROFILE_KINDS = ['waiting', 'garbage collection', 'V8 itself', 'native code', 'JavaScript'] as const;
+export type ProfileKind = (typeof PROFILE_KINDS)[number];
+
+function profileLabel(node: ProfileNode): string {
+  const { functionName, url, lineNumber } = node.callFrame;
+  return `${functionName || '(anonymous)'} ${url.split('/').pop() ?? ''}:${lineNumber + 1}`;
+}
+
+function profileKind(node: ProfileNode): ProfileKind {
+  const name = node.callFrame.functionName;
+  if (name === '(idle)') return 'waiting';
+  if (name === '(garbage collector)') return 'garbage collection';
+  if (name === '(program)') return 'V8 itself';
+  return node.callFrame.url === '' ? 'native code' : 'JavaScript';
+}
+
+/** {@link profileSplit}'s sums over a set of spans. */
+export interface ProfileSplit {
+  spans: number;
+  /** µs of each kind, summed over the spans. */
+  byKind: Map<ProfileKind, number>;
+  /** How many spans had at least 30 µs of each kind. */
+  withKind: Map<ProfileKind, number>;
+  /** µs of each function's self time (by name, file and line), summed over the spans. */
+  byFunction: Map<string, number>;
+}
+
+/** What the profiled thread did within each span (µs, the profile's clock), summed over the spans. */
+export function profileSplit(
+  profile: CpuProfile,
+  spans: ReadonlyArray<{ readonly startUs: number; readonly endUs: number }>,
+): ProfileSplit {
+  const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
+  const times: number[] = [];
+  let t = profile.startTime;
+  for (const delta of profile.timeDeltas) times.push((t += delta));
+  const out: ProfileSplit = { spans: spans.length, byKind: new Map(), withKind: new Map(), byFunction: new Map() };
+  let first = 0;
+  for (const span of [...spans].sort((a, b) => a.startUs - b.startUs)) {
+    while (first < times.length && times[first]! < span.startUs) first++;
+    const mine = new Map<ProfileKind, number>();
+    for (let i = first; i < times.length && times[i]! <= span.endUs; i++) {
+      const node = nodes.get(profile.samples[i]!)!;
+      const us = Math.min((times[i + 1] ?? times[i]!) - times[i]!, span.endUs - times[i]!);
+      const kind = profileKind(node);
+      mine.set(kind, (mine.get(kind) ?? 0) + us);
+      if (kind !== 'waiting')
+        out.byFunction.set(profileLabel(node), (out.byFunction.get(profileLabel(node)) ?? 0) + us);
+    }
+    for (const [kind, us] of mine) {
+      out.byKind.set(kind, (out.byKind.get(kind) ?? 0) + us);
+      if (us >= 30) out.withKind.set(kind, (out.withKind.get(kind) ?? 0) + 1);
+    }
+  }
+  return out;
+}
+
+/**
+ * Two {@link profileSplit}s side by side, as lines: µs of each kind per
+ * span (and the share of spans with ≥ 30 µs of it), then the functions
+ * that take the most more self time in a slow span than in another.
+ */
+export function compareProfileSplits(slow: ProfileSplit, other: ProfileSplit, what: string): string[] {
+  const lines = [`  ${'what'.padEnd(20)} ${'slow'.padStart(16)} ${'the others'.padStart(16)}`];
+  const cell = (x: ProfileSplit, kind: ProfileKind) =>
+    `${fmt((x.byKind.get(kind) ?? 0) / x.spans, 0)} (${fmt((100 * (x.withKind.get(kind) ?? 0)) / x.spans, 0)}%)`;
+  for (const kind of PROFILE_KINDS)
+    lines.push(`  ${kind.padEnd(20)} ${cell(slow, kind).padStart(16)} ${cell(other, kind).padStart(16)}`);
+  lines.push(`\nFunctions (self time) taking the most more time in a slow ${what}, µs per ${what} (slow, the others):`);
+  const excess = [...slow.byFunction]
+    .map(([fn, us]) => [fn, us / slow.spans, (other.byFunction.get(fn) ?? 0) / other.spans] as const)
+    .sort((a, b) => b[1] - b[2] - (a[1] - a[2]))
+    .slice(0, 15);
+  for (const [fn, a, b] of excess) lines.push(`  ${fmt(a).padStart(7)} ${fmt(b).padStart(7)}  ${fn}`);
+  return lines;
+}
+
+/** {@link profileSplit}s of several profiles, summed. */
+export function mergeProfileSplits(splits: readonly ProfileSplit[]): ProfileSplit {
+  const out: ProfileSplit = { spans: 0, byKind: new Map(), withKind: new Map(), byFunction: new Map() };
+  const add = <K>(to: Map<K, number>, from: Map<K, number>) => {
+    for (const [k, v] of from) to.set(k, (to.get(k) ?? 0) + v);
+  };
+  for (const s of splits) {
+    out.spans += s.spans;
+    add(out.byKind, s.byKind);
+    add(out.withKind, s.withKind);
+    add(out.byFunction, s.byFunction);
+  }
+  return out;
 }

@@ -24,7 +24,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startPrivateBus } from '../test/harness/dbus-daemon.js';
-import { fmt, load, percentile, run, startLibvirtDbus, startVmdevd, TOOLS } from './lib.js';
+import {
+  fmt,
+  load,
+  percentile,
+  compareProfileSplits,
+  profileSplit,
+  run,
+  startLibvirtDbus,
+  startVmdevd,
+  TOOLS,
+  type CpuProfile,
+} from './lib.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -46,19 +57,6 @@ interface Call {
   readonly endUs: number;
 }
 
-interface ProfileNode {
-  id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
-  children?: number[];
-}
-
-interface Profile {
-  nodes: ProfileNode[];
-  startTime: number;
-  samples: number[];
-  timeDeltas: number[];
-}
-
 /** `load --samples` output: "latency end" in ns per call. */
 function readCalls(file: string): Call[] {
   return readFileSync(file, 'utf8')
@@ -68,56 +66,6 @@ function readCalls(file: string): Call[] {
       const [latency, end] = line.split(' ').map(Number) as [number, number];
       return { latencyUs: latency / 1e3, startUs: (end - latency) / 1e3, endUs: end / 1e3 };
     });
-}
-
-const KINDS = ['waiting', 'garbage collection', 'V8 itself', 'native code', 'JavaScript'] as const;
-type Kind = (typeof KINDS)[number];
-
-function label(node: ProfileNode): string {
-  const { functionName, url, lineNumber } = node.callFrame;
-  return `${functionName || '(anonymous)'} ${url.split('/').pop() ?? ''}:${lineNumber + 1}`;
-}
-
-function kindOf(node: ProfileNode): Kind {
-  const name = node.callFrame.functionName;
-  if (name === '(idle)') return 'waiting';
-  if (name === '(garbage collector)') return 'garbage collection';
-  if (name === '(program)') return 'V8 itself';
-  return node.callFrame.url === '' ? 'native code' : 'JavaScript';
-}
-
-interface Split {
-  calls: number;
-  byKind: Map<Kind, number>;
-  /** Calls with at least 30 µs of each kind. */
-  withKind: Map<Kind, number>;
-  byFunction: Map<string, number>;
-}
-
-/** What the main thread did during each call, summed over the calls. */
-function split(profile: Profile, calls: readonly Call[]): Split {
-  const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
-  const times: number[] = [];
-  let t = profile.startTime;
-  for (const delta of profile.timeDeltas) times.push((t += delta));
-  const out: Split = { calls: calls.length, byKind: new Map(), withKind: new Map(), byFunction: new Map() };
-  let first = 0;
-  for (const call of [...calls].sort((a, b) => a.startUs - b.startUs)) {
-    while (first < times.length && times[first]! < call.startUs) first++;
-    const mine = new Map<Kind, number>();
-    for (let i = first; i < times.length && times[i]! <= call.endUs; i++) {
-      const node = nodes.get(profile.samples[i]!)!;
-      const us = Math.min((times[i + 1] ?? times[i]!) - times[i]!, call.endUs - times[i]!);
-      const kind = kindOf(node);
-      mine.set(kind, (mine.get(kind) ?? 0) + us);
-      if (kind !== 'waiting') out.byFunction.set(label(node), (out.byFunction.get(label(node)) ?? 0) + us);
-    }
-    for (const [kind, us] of mine) {
-      out.byKind.set(kind, (out.byKind.get(kind) ?? 0) + us);
-      if (us >= 30) out.withKind.set(kind, (out.withKind.get(kind) ?? 0) + 1);
-    }
-  }
-  return out;
 }
 
 function summary(calls: readonly Call[]): string {
@@ -169,14 +117,14 @@ try {
   await vmdevd.stop();
   const file = readdirSync(profiles).find((f) => f.endsWith('.cpuprofile'));
   if (file === undefined) throw new Error(`vmdevd wrote no CPU profile:\n${vmdevd.output()}`);
-  const profile = JSON.parse(readFileSync(join(profiles, file), 'utf8')) as Profile;
+  const profile = JSON.parse(readFileSync(join(profiles, file), 'utf8')) as CpuProfile;
   report(profile, readCalls(mine), readCalls(reference));
 } finally {
   for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
   rmSync(work, { recursive: true, force: true });
 }
 
-function report(profile: Profile, calls: readonly Call[], reference: readonly Call[]): void {
+function report(profile: CpuProfile, calls: readonly Call[], reference: readonly Call[]): void {
   const threshold = percentile(
     reference.map((c) => c.latencyUs),
     99,
@@ -190,18 +138,7 @@ function report(profile: Profile, calls: readonly Call[], reference: readonly Ca
     `  slow (over libvirt-dbus's p99, ${fmt(threshold)} µs): ${slow.length} calls (${fmt((100 * slow.length) / calls.length)}%)`,
   );
   if (slow.length === 0 || other.length === 0) return;
-  const s = split(profile, slow);
-  const o = split(profile, other);
   console.log("\nThe daemon's main thread during a call, µs per call (and the share of calls with ≥ 30 µs of it):");
-  console.log(`  ${'what'.padEnd(20)} ${'slow'.padStart(16)} ${'the others'.padStart(16)}`);
-  const cell = (x: Split, kind: Kind) =>
-    `${fmt((x.byKind.get(kind) ?? 0) / x.calls, 0)} (${fmt((100 * (x.withKind.get(kind) ?? 0)) / x.calls, 0)}%)`;
-  for (const kind of KINDS)
-    console.log(`  ${kind.padEnd(20)} ${cell(s, kind).padStart(16)} ${cell(o, kind).padStart(16)}`);
-  console.log('\nFunctions (self time) taking the most more time in a slow call, µs per call (slow, the others):');
-  const excess = [...s.byFunction]
-    .map(([fn, us]) => [fn, us / s.calls, (o.byFunction.get(fn) ?? 0) / o.calls] as const)
-    .sort((a, b) => b[1] - b[2] - (a[1] - a[2]))
-    .slice(0, 15);
-  for (const [fn, a, b] of excess) console.log(`  ${fmt(a).padStart(7)} ${fmt(b).padStart(7)}  ${fn}`);
+  for (const line of compareProfileSplits(profileSplit(profile, slow), profileSplit(profile, other), 'call'))
+    console.log(line);
 }
