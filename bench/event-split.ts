@@ -301,7 +301,8 @@ function splitChanges(changes: readonly Change[], spans: readonly Span[], near: 
 
 /**
  * The slowest changes (at or above the p95 of `over`), in words: the
- * median of each part, against all changes' median.
+ * median of each part, against all changes' median; then the three
+ * slowest (which set the p99) one by one.
  */
 function describeTail(parts: readonly Parts[]): string {
   if (parts.length === 0) return '';
@@ -322,7 +323,19 @@ function describeTail(parts: readonly Parts[]): string {
     `their places in the pass (from 0): ${slow
       .map((p) => p.index)
       .sort((a, b) => a - b)
-      .join(' ')}`
+      .join(' ')}` +
+    [...slow]
+      .sort((a, b) => b.over - a.over)
+      .slice(0, 3)
+      .map(
+        (p) =>
+          `\n    ${p.index}: over ${fmt(p.over, 0)} = event → read ${fmt(p.toRead, 0)} + own ${fmt(p.own, 0)} + write → probe ${fmt(p.toProbe, 0)}` +
+          (p.around === undefined
+            ? ''
+            : `; off a CPU ${fmt(p.around.offCpu, 0)}${p.around.preemptedBy.length > 0 ? ` (preempted by ${p.around.preemptedBy.join(', ')})` : ''}` +
+              (p.around.wokenToCpu === undefined ? '' : `, woken → on a CPU ${fmt(p.around.wokenToCpu, 0)}`)),
+      )
+      .join('')
   );
 }
 
