@@ -5,7 +5,7 @@
  * Options: `uri` (required, e.g. `qemu:///system`), `keepaliveIntervalSeconds`
  * (5) and `keepaliveCount` (3), `reconnectInitialMs` (500) and
  * `reconnectMaxMs` (30000) for the backoff after the connection is lost,
- * `loopSliceMicroseconds` (300; 0: none) for the main thread's time slice.
+ * `loopSliceMicroseconds` (1000; 0: none) for the main thread's time slice.
  */
 import { BackendFactory, ContainerModule, type VmdevdPlugin } from 'vmdevd/plugin-api';
 import { LibvirtBackend, OPTIONS_SCHEMA } from './libvirt-backend.js';

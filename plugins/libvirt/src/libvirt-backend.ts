@@ -100,7 +100,7 @@ export function readOptions(raw: Readonly<Record<string, unknown>>): LibvirtOpti
     keepaliveCount: (raw['keepaliveCount'] as number | undefined) ?? 3,
     reconnectInitialMs: (raw['reconnectInitialMs'] as number | undefined) ?? 500,
     reconnectMaxMs: (raw['reconnectMaxMs'] as number | undefined) ?? 30000,
-    loopSliceMicroseconds: (raw['loopSliceMicroseconds'] as number | undefined) ?? 300,
+    loopSliceMicroseconds: (raw['loopSliceMicroseconds'] as number | undefined) ?? 1000,
   };
 }
 

@@ -33,14 +33,14 @@ describe('libvirt backend on test:///default', () => {
     assert.match(details['uuid']!, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
   });
 
-  it("asks the kernel for a 300 µs slice for the daemon's main thread, and says what it got", () => {
+  it("asks the kernel for a 1,000 µs slice for the daemon's main thread, and says what it got", () => {
     const log = stack.daemon.output();
     const sched = readFileSync(`/proc/${stack.daemon.pid}/sched`, 'utf8');
     const slice = /^se\.slice\s*:\s*(\d+)/m.exec(sched);
     const shortened =
       /main thread: shorter time slice, so that an event gets a CPU sooner sliceUs=(\d+) wasUs=(\d+)/.exec(log);
     // A slice inherited from the test runner (or its caller) may already be as short.
-    const already = /main thread: its time slice was already as short as asked sliceUs=(\d+) askedUs=300/.exec(log);
+    const already = /main thread: its time slice was already as short as asked sliceUs=(\d+) askedUs=1000/.exec(log);
     assert.doesNotMatch(log, /could not shorten/);
     if (shortened === null && already === null) {
       // A kernel before 6.12 keeps no slice per thread.
@@ -48,8 +48,8 @@ describe('libvirt backend on test:///default', () => {
       return;
     }
     const granted = Number((shortened ?? already)![1]);
-    if (shortened !== null) assert.equal(granted, Math.min(300, Number(shortened[2])));
-    assert.ok(granted <= 300, `a slice of ${granted} µs`);
+    if (shortened !== null) assert.equal(granted, Math.min(1000, Number(shortened[2])));
+    assert.ok(granted <= 1000, `a slice of ${granted} µs`);
     assert.equal(Number(slice?.[1]) / 1000, granted);
   });
 
