@@ -22,7 +22,7 @@
  *   make -C bench/c && npm run build &&
  *     node dist/bench/detach-split.js [--rounds N] [--cycles N]
  *       [--variant NAME=NODE-OPTIONS]... [--binding NAME=FILE]...
- *       [--warm NAME=SECONDS]...
+ *       [--warm NAME=SECONDS]... [--daemon NAME=DIR]...
  *
  * `--variant NAME=NODE-OPTIONS` adds node options to that variant's daemon,
  * after bin/vmdevd's own, so a later one undoes an earlier one
@@ -34,7 +34,10 @@
  * SECONDS of `TestMethod` for a disk the VM lacks (one call in flight,
  * each ending `DeviceNotFound`) before its pairs, as the benchmark's
  * detach figure does (`--variant first= --warm warm=3` compares a daemon's
- * first requests with a warm one). Without variants, one daemon as it is. Run it as root, on a
+ * first requests with a warm one); `--daemon NAME=DIR` runs the variant
+ * NAME from another built checkout (its `bin/vmdevd`, bundles and
+ * binding: a change against the code before it). Without variants, one
+ * daemon as it is. Run it as root, on a
  * machine where nothing else runs, and not beside another benchmark.
  */
 import { copyFileSync, existsSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
@@ -69,6 +72,7 @@ const { values: opts } = parseArgs({
     variant: { type: 'string', multiple: true, default: [] },
     binding: { type: 'string', multiple: true, default: [] },
     warm: { type: 'string', multiple: true, default: [] },
+    daemon: { type: 'string', multiple: true, default: [] },
   },
 });
 const ROUNDS = Number(opts.rounds);
@@ -80,6 +84,7 @@ if (!(ROUNDS >= 1) || !(CYCLES >= 1)) throw new Error('--rounds and --cycles tak
 interface Variant extends DaemonVariant {
   binding?: string;
   warmSeconds?: number;
+  root?: string;
 }
 
 const variants = daemonVariants<Variant>(opts.variant, [
@@ -97,6 +102,14 @@ const variants = daemonVariants<Variant>(opts.variant, [
     apply: (variant, value) => {
       if (!(Number(value) > 0)) throw new Error('NAME=SECONDS, SECONDS a positive number');
       variant.warmSeconds = Number(value);
+    },
+  },
+  {
+    option: '--daemon',
+    specs: opts.daemon,
+    apply: (variant, value) => {
+      if (!existsSync(join(value, 'bin/vmdevd'))) throw new Error('NAME=DIR, DIR a built checkout');
+      variant.root = value;
     },
   },
 ]);
@@ -175,6 +188,7 @@ try {
         [{ id: 'local', plugin: 'libvirt', uri: libvirtd.uri }],
         {
           nodeArgs: variant.nodeArgs,
+          root: variant.root,
         },
       );
       if (variant.warmSeconds !== undefined) await warmDetachPath(bus.address, busName, vm.name, variant.warmSeconds);
