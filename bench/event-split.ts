@@ -160,6 +160,8 @@ interface Pass {
   readonly readToWrite: readonly number[];
   /** With perf: the listener's thread around each event. */
   readonly around: readonly Around[];
+  /** With `--profile`: the daemon's CPU profile, written as it stopped. */
+  profile?: CpuProfile;
 }
 
 /**
@@ -299,18 +301,33 @@ function splitChanges(changes: readonly Change[], spans: readonly Span[], near: 
   return out;
 }
 
-/**
- * The slowest changes (at or above the p95 of `over`), in words: the
- * median of each part, against all changes' median; then the three
- * slowest (which set the p99) one by one.
- */
-function describeTail(parts: readonly Parts[]): string {
-  if (parts.length === 0) return '';
+/** The slowest changes: those at or above the p95 of `over`; and the others. */
+function slowest(parts: readonly Parts[]): { cut: number; slow: Parts[]; others: Parts[] } {
   const cut = percentile(
     parts.map((p) => p.over),
     95,
   );
-  const slow = parts.filter((p) => p.over >= cut);
+  return { cut, slow: parts.filter((p) => p.over >= cut), others: parts.filter((p) => p.over < cut) };
+}
+
+/** One change's parts, in words. */
+function describeChange(p: Parts): string {
+  let text = `${p.index}: over ${fmt(p.over, 0)} = event → read ${fmt(p.toRead, 0)} + own ${fmt(p.own, 0)} + write → probe ${fmt(p.toProbe, 0)}`;
+  if (p.around === undefined) return text;
+  text += `; off a CPU ${fmt(p.around.offCpu, 0)}`;
+  if (p.around.preemptedBy.length > 0) text += ` (preempted by ${p.around.preemptedBy.join(', ')})`;
+  if (p.around.wokenToCpu !== undefined) text += `, woken → on a CPU ${fmt(p.around.wokenToCpu, 0)}`;
+  return text;
+}
+
+/**
+ * The slowest changes ({@link slowest}), in words: the median of each
+ * part, against all changes' median; then the three slowest (which set
+ * the p99) one by one.
+ */
+function describeTail(parts: readonly Parts[]): string {
+  if (parts.length === 0) return '';
+  const { cut, slow } = slowest(parts);
   const part = (xs: readonly Parts[], f: (p: Parts) => number) => fmt(median(xs.map(f)), 0);
   const both = (f: (p: Parts) => number) => `${part(slow, f)} (all ${part(parts, f)})`;
   const preempted = slow.filter((p) => (p.around?.preemptedBy.length ?? 0) > 0).length;
@@ -327,14 +344,7 @@ function describeTail(parts: readonly Parts[]): string {
     [...slow]
       .sort((a, b) => b.over - a.over)
       .slice(0, 3)
-      .map(
-        (p) =>
-          `\n    ${p.index}: over ${fmt(p.over, 0)} = event → read ${fmt(p.toRead, 0)} + own ${fmt(p.own, 0)} + write → probe ${fmt(p.toProbe, 0)}` +
-          (p.around === undefined
-            ? ''
-            : `; off a CPU ${fmt(p.around.offCpu, 0)}${p.around.preemptedBy.length > 0 ? ` (preempted by ${p.around.preemptedBy.join(', ')})` : ''}` +
-              (p.around.wokenToCpu === undefined ? '' : `, woken → on a CPU ${fmt(p.around.wokenToCpu, 0)}`)),
-      )
+      .map((p) => `\n    ${describeChange(p)}`)
       .join('')
   );
 }
@@ -438,13 +448,6 @@ try {
   }
 
   const listeners = ['relay', ...variants.map((v) => v.name)];
-  /** Per profiled variant and way: each round's profile and changes. */
-  const profiled = new Map<string, Array<{ profile: CpuProfile; parts: readonly Parts[] }>>();
-  const profiledSpans = (name: string, mode: Mode) => {
-    const key = `${name}, ${mode}`;
-    if (!profiled.has(key)) profiled.set(key, []);
-    return profiled.get(key)!;
-  };
   const rounds = new Map<string, Map<Mode, Pass[]>>(
     listeners.map((n) => [n, new Map(MODES.map((m) => [m.mode, [] as Pass[]]))]),
   );
@@ -518,10 +521,7 @@ try {
         const file = readdirSync(profiles).find((f) => f.endsWith('.cpuprofile'));
         if (file === undefined) throw new Error(`${name}: the daemon wrote no CPU profile`);
         const profile = JSON.parse(readFileSync(join(profiles, file), 'utf8')) as CpuProfile;
-        for (const m of MODES) {
-          const pass = rounds.get(name)!.get(m.mode)!.at(-1)!;
-          profiledSpans(name, m.mode).push({ profile, parts: pass.parts });
-        }
+        for (const m of MODES) rounds.get(name)!.get(m.mode)!.at(-1)!.profile = profile;
       }
     }
   }
@@ -559,27 +559,25 @@ try {
     }
     console.log(row.map((c) => c.padStart(14)).join(''));
   }
-  for (const [key, passes] of profiled) {
-    // Slow: at or above its pass's p95 over the direct client, as in the tail lines.
-    const sum = (pick: (parts: readonly Parts[], cut: number) => readonly Parts[]) =>
-      mergeProfileSplits(
-        passes.map(({ profile, parts }) => {
-          const cut = percentile(
-            parts.map((p) => p.over),
-            95,
-          );
-          return profileSplit(
-            profile,
-            pick(parts, cut).map((p) => ({ startUs: p.readUs, endUs: p.writeUs })),
-          );
-        }),
+  for (const [name, modes] of rounds) {
+    for (const m of MODES) {
+      const passes = modes.get(m.mode)!.filter((p) => p.profile !== undefined);
+      if (passes.length === 0) continue;
+      // Slow: the slowest of its own pass, as in the tail lines.
+      const sum = (pick: 'slow' | 'others') =>
+        mergeProfileSplits(
+          passes.map(({ profile, parts }) =>
+            profileSplit(
+              profile!,
+              slowest(parts)[pick].map((p) => ({ startUs: p.readUs, endUs: p.writeUs })),
+            ),
+          ),
+        );
+      console.log(
+        `\n${name}, ${m.mode}: the main thread from the event's read to the signal's write (V8's profile), µs per event (and the share of events with ≥ 30 µs of it); slow: the slowest 5% of its pass over the direct client`,
       );
-    const slow = sum((parts, cut) => parts.filter((p) => p.over >= cut));
-    const other = sum((parts, cut) => parts.filter((p) => p.over < cut));
-    console.log(
-      `\n${key}: the main thread from the event's read to the signal's write (V8's profile), µs per event (and the share of events with ≥ 30 µs of it); slow: the slowest 5% of its pass over the direct client`,
-    );
-    for (const line of compareProfileSplits(slow, other, 'event')) console.log(line);
+      for (const line of compareProfileSplits(sum('slow'), sum('others'), 'event')) console.log(line);
+    }
   }
   console.log(
     "\nThe slowest 5% of all rounds' changes, each split where the listener read the event and wrote the signal:",
