@@ -43,7 +43,6 @@
 import { copyFileSync, existsSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { startPrivateBus } from '../test/harness/dbus-daemon.js';
 import { startLibvirtd } from '../test/harness/libvirtd.js';
 import { createTestVm, type TestVmConnection } from '../test/harness/test-vms.js';
@@ -63,9 +62,17 @@ import {
   type DaemonVariant,
   type Harness,
   type ReadOrWrite,
+  parseCommandLine,
 } from './lib.js';
 
-const { values: opts } = parseArgs({
+const USAGE = `
+usage: node dist/bench/detach-split.js [--rounds N] [--cycles N]
+         [--variant NAME=NODE-OPTIONS]... [--binding NAME=FILE]...
+         [--warm NAME=SECONDS]... [--daemon NAME=DIR]...
+The comment at the top of bench/detach-split.ts says what each does.
+`;
+
+const { values: opts } = parseCommandLine(USAGE, {
   options: {
     rounds: { type: 'string', default: '4' },
     cycles: { type: 'string', default: '30' },

@@ -54,7 +54,6 @@
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { startPrivateBus } from '../test/harness/dbus-daemon.js';
 import { startLibvirtd } from '../test/harness/libvirtd.js';
 import { createTestVm, type TestVmConnection } from '../test/harness/test-vms.js';
@@ -81,9 +80,18 @@ import {
   type ReadOrWrite,
   type Switch,
   type Service,
+  parseCommandLine,
 } from './lib.js';
 
-const { values: opts } = parseArgs({
+const USAGE = `
+usage: node dist/bench/event-split.js [--rounds N] [--cycles N]
+         [--variant NAME=NODE-OPTIONS]... [--warm NAME=CYCLES]...
+         [--daemon NAME=DIR]... [--slice NAME=MICROSECONDS]...
+         [--profile NAME=MICROSECONDS]...
+The comment at the top of bench/event-split.ts says what each does.
+`;
+
+const { values: opts } = parseCommandLine(USAGE, {
   options: {
     rounds: { type: 'string', default: '4' },
     cycles: { type: 'string', default: '50' },

@@ -28,18 +28,22 @@
  */
 import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { FUZZ_STACK, FuzzDriver, Tally } from '../test/fuzz/fuzz-driver.js';
 import { RawClient } from '../test/fuzz/raw-client.js';
 import { Random } from '../test/fuzz/random-dbus.js';
 import { startStack } from '../test/harness/stack.js';
 import { CHECK_EVERY_MS, IDLE_BEFORE_COLLECTING_MS } from '../src/daemon/memory-reclaimer.js';
+import { parseCommandLine } from './lib.js';
 
 const TARGET = 1.1;
 /** Until the reclaimer has had its chance: its wait, a check's period and V8's first shrink after. */
 const RECLAIMER_MS = IDLE_BEFORE_COLLECTING_MS + CHECK_EVERY_MS + 4000;
 
-const { values: opts } = parseArgs({
+const USAGE = `
+usage: node dist/bench/fuzz-memory.js [--seed N] [--warmup N] [--calls N]
+`;
+
+const { values: opts } = parseCommandLine(USAGE, {
   options: {
     seed: { type: 'string' },
     warmup: { type: 'string', default: '8000' },

@@ -6,6 +6,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { DAEMON_ENV, DAEMON_NODE_ARGS } from '../test/harness/vmdevd-process.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -197,6 +198,27 @@ export function schedstat(pid: number, tid = pid): { runNs: number; waitNs: numb
 /** CLOCK_MONOTONIC in ns, the clock the C tools stamp with. */
 export function nowNs(): bigint {
   return process.hrtime.bigint();
+}
+
+/**
+ * A benchmark's options: `--help` (or `-h`) prints `usage` and exits 0; an
+ * option it does not know, or a value missing, prints what is wrong and
+ * `usage`, and exits 2, instead of a stack trace.
+ */
+export function parseCommandLine<T extends ParseArgsConfig>(usage: string, config: T): ReturnType<typeof parseArgs<T>> {
+  const args = config.args ?? process.argv.slice(2);
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(`${usage.trim()}\n`);
+    process.exit(0);
+  }
+  try {
+    return parseArgs(config);
+  } catch (err) {
+    if (!(err instanceof TypeError) || !String((err as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS'))
+      throw err;
+    process.stderr.write(`${err.message}\n${usage.trim()}\n`);
+    process.exit(2);
+  }
 }
 
 export const fmt = (v: number, digits = 1) => (Number.isFinite(v) ? v.toFixed(digits) : '–');

@@ -17,7 +17,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import dbus from 'dbus-next';
 import { create } from 'xmlbuilder2';
 import { startPrivateBus, type PrivateBus } from '../test/harness/dbus-daemon.js';
@@ -47,11 +46,20 @@ import {
   type LoadResult,
   type Service,
   warmDetachPath,
+  parseCommandLine,
 } from './lib.js';
 
 const dbusVariant = dbus.Variant;
 
-const { values: opts } = parseArgs({
+const USAGE = `
+usage: node dist/bench/run.js [--rounds N] [--warmup-rounds N] [--duration S] [--cycles N]
+                             [--detach-cycles N] [--event-warmup-cycles N]
+                             [--scale-hosts N] [--scale-vms N] [--quick] [--json FILE]
+                             [--skip calls|libvirt|detach|scale|startup]...
+bench/README.md says what each figure is.
+`;
+
+const { values: opts } = parseCommandLine(USAGE, {
   options: {
     rounds: { type: 'string', default: '3' },
     'warmup-rounds': { type: 'string', default: '3' },

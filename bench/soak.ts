@@ -25,16 +25,21 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, 
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import dbus from 'dbus-next';
 import { BUS_NAME, TestClient, type CallError } from '../test/harness/bus-client.js';
 import { startPrivateBus } from '../test/harness/dbus-daemon.js';
 import { TEST_BACKEND } from '../test/harness/stack.js';
 import { DAEMON_ENV, DAEMON_NODE_ARGS } from '../test/harness/vmdevd-process.js';
-import { fmt, ROOT, startService, waitUntil } from './lib.js';
+import { fmt, parseCommandLine, ROOT, startService, waitUntil } from './lib.js';
 import { linearSlope, soakSvg, type SoakSample } from './soak-plot.js';
 
-const { values: opts } = parseArgs({
+const USAGE = `
+usage: node dist/bench/soak.js [--minutes 60] [--rate 40] [--clients 8] [--sample-seconds 60]
+                              [--svg FILE] [--json FILE] [--seed N]
+       node dist/bench/soak.js --replot FILE.json [--svg FILE]
+`;
+
+const { values: opts } = parseCommandLine(USAGE, {
   options: {
     minutes: { type: 'string', default: '60' },
     rate: { type: 'string', default: '40' },

@@ -22,7 +22,6 @@
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { startPrivateBus } from '../test/harness/dbus-daemon.js';
 import {
   fmt,
@@ -35,9 +34,14 @@ import {
   startVmdevd,
   TOOLS,
   type CpuProfile,
+  parseCommandLine,
 } from './lib.js';
 
-const { values: opts } = parseArgs({
+const USAGE = `
+usage: node dist/bench/tail.js [--seconds S] [--warmup-rounds N] [--has-disk]
+`;
+
+const { values: opts } = parseCommandLine(USAGE, {
   options: {
     seconds: { type: 'string', default: '3' },
     'warmup-rounds': { type: 'string', default: '3' },
