@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { StateHub, type StateMap } from '../../src/core/state-hub.js';
+import type { VmInfo } from '../../src/plugin-api.js';
 
 function hub(): { hub: StateHub; seen: StateMap[] } {
   const h = new StateHub();
@@ -132,6 +133,82 @@ describe('StateHub announcements', () => {
     h.remove('a', 'x');
     assert.deepEqual(h.map(), {});
     assert.equal(h.find('a', 'x'), undefined);
+    h.dispose();
+  });
+});
+
+describe('StateHub, a change of a VM it already has', () => {
+  it('gives the entries and the map a build from scratch gives, keys and their order included', () => {
+    const { hub: h, seen } = hub();
+    const a: VmInfo[] = [
+      { name: 'x', uuid: 'ua', state: 'running' },
+      { name: '10', state: 'running' },
+      { name: 'b', state: 'paused' },
+    ];
+    const b: VmInfo[] = [
+      { name: 'x', uuid: 'ub', state: 'paused' },
+      { name: '9', state: 'running' },
+    ];
+    h.publish('a', a);
+    h.publish('b', b);
+    h.entries();
+    const first = { ...seen.at(-1)! };
+    h.update('a', { name: 'x', uuid: 'ua', state: 'paused' });
+    h.update('b', { name: '9', state: 'shutoff' });
+    h.update('a', { name: 'b', state: 'running' });
+    h.update('b', { name: 'x', uuid: 'ub', type: 'big', state: 'paused' });
+
+    const fresh = new StateHub();
+    fresh.publish('a', [
+      { name: 'x', uuid: 'ua', state: 'paused' },
+      { name: '10', state: 'running' },
+      { name: 'b', state: 'running' },
+    ]);
+    fresh.publish('b', [
+      { name: 'x', uuid: 'ub', type: 'big', state: 'paused' },
+      { name: '9', state: 'shutoff' },
+    ]);
+    assert.deepEqual(Object.entries(h.map()), Object.entries(fresh.map()));
+    assert.deepEqual(h.entries(), fresh.entries());
+    assert.ok(Object.isFrozen(h.map()));
+    assert.deepEqual(Object.entries(seen.at(-1)!), Object.entries(fresh.map()));
+    assert.deepEqual(seen[1], first, 'a map once announced never changes');
+    assert.equal(seen.length, 5, 'the two publishes and three changes of a state');
+    h.dispose();
+    fresh.dispose();
+  });
+
+  it('announces a change of state, not one of uuid or type only, which its entry shows', () => {
+    const { hub: h, seen } = hub();
+    h.publish('a', [{ name: 'x', uuid: 'u1', type: 't1', state: 'running' }]);
+    h.update('a', { name: 'x', uuid: 'u2', type: 't2', state: 'running' });
+    assert.equal(seen.length, 1);
+    assert.deepEqual(h.find('a', 'x')!.vm, { name: 'x', uuid: 'u2', type: 't2', state: 'running' });
+    h.update('a', { name: 'x', uuid: 'u2', type: 't2', state: 'paused' });
+    h.update('a', { name: 'x', uuid: 'u2', type: 't2', state: 'running' });
+    assert.deepEqual(
+      seen.map((m) => m['x']),
+      ['running', 'paused', 'running'],
+    );
+    h.dispose();
+  });
+
+  it('announces once, at the release, what changed while held, and each change after it', () => {
+    const { hub: h, seen } = hub();
+    h.publish('a', [
+      { name: 'x', state: 'running' },
+      { name: 'y', state: 'running' },
+    ]);
+    const release = h.hold();
+    h.update('a', { name: 'x', state: 'paused' });
+    h.update('a', { name: 'y', state: 'paused' });
+    release();
+    h.update('a', { name: 'x', state: 'running' });
+    assert.deepEqual(seen, [
+      { x: 'running', y: 'running' },
+      { x: 'paused', y: 'paused' },
+      { x: 'running', y: 'paused' },
+    ]);
     h.dispose();
   });
 });
