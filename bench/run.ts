@@ -668,7 +668,7 @@ async function scaleBenchmarks(bus: PrivateBus): Promise<void> {
   cleanups.push(async () => {
     for (const d of daemons) await d.stop();
   });
-  const backends: unknown[] = [];
+  const backends: Array<{ id: string; plugin: string; uri: string }> = [];
   for (let h = 0; h < SCALE_HOSTS; h++) {
     const file = join(work, `node-${h}.xml`);
     writeFileSync(file, nodeXml(h * SCALE_VMS, SCALE_VMS));
@@ -695,11 +695,10 @@ async function scaleBenchmarks(bus: PrivateBus): Promise<void> {
   // listing its domains, all at once. Opening a test-driver URI makes
   // libvirtd read its node's domains, for every connection anew, so this
   // is the part of the start that is libvirtd's work, whoever the client.
-  const uris = backends.map((b) => (b as { uri: string }).uri);
   const floors: number[] = [];
   for (let i = 0; i < SCALE_FLOOR_ROUNDS; i++) {
     const t0 = performance.now();
-    const listed = await Promise.all(uris.map((uri) => run('virsh', ['-c', uri, 'list', '--all', '--name'])));
+    const listed = await Promise.all(backends.map(({ uri }) => run('virsh', ['-c', uri, 'list', '--all', '--name'])));
     floors.push(performance.now() - t0);
     const count = listed.reduce((n, out) => n + out.split('\n').filter((l) => l.trim() !== '').length, 0);
     if (count !== total) throw new Error(`virsh listed ${count} domains of ${total}`);

@@ -16,6 +16,7 @@ import 'reflect-metadata';
 import { StateHub, type StateMap } from '../src/core/state-hub.js';
 import { StateBodyEncoder } from '../src/dbus/state-bodies.js';
 import { INTERFACE_NAME } from '../src/dbus/interface-definition.js';
+import { INVALIDATED_WITH_STATES } from '../src/dbus/dbus-frontend.js';
 import { fmt, median, parseCommandLine } from './lib.js';
 
 const USAGE = `
@@ -63,7 +64,7 @@ function round(vms: number, changes: number, onMap: (map: StateMap) => void): nu
   return us;
 }
 
-const encoder = new StateBodyEncoder(INTERFACE_NAME, ['Vms']);
+const encoder = new StateBodyEncoder(INTERFACE_NAME, INVALIDATED_WITH_STATES);
 let bytes = 0;
 const encode = (map: StateMap) => {
   bytes += encoder.encode(map).testSignal.length;

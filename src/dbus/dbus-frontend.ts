@@ -81,7 +81,7 @@ const NO_REPLY_EXPECTED = 0x1;
 export const MAX_CALL_BYTES = 4 * 1024 * 1024;
 const LIMITS_EXCEEDED = DBUS_ERRORS.LimitsExceeded;
 /** What the PropertiesChanged of TestProperty lists as invalidated with it. */
-const INVALIDATED_WITH_STATES: readonly string[] = ['Vms'];
+export const INVALIDATED_WITH_STATES: readonly string[] = ['Vms'];
 
 /** Unique names are never reused on a bus, so credentials can be kept; this bounds the memory. */
 const CREDENTIAL_CACHE_SIZE = 1024;
