@@ -14,7 +14,7 @@
  */
 import 'reflect-metadata';
 import { StateHub, type StateMap } from '../src/core/state-hub.js';
-import { StateBodyEncoder } from '../src/dbus/state-bodies.js';
+import { StateBodyEncoder, type StateBodies } from '../src/dbus/state-bodies.js';
 import { INTERFACE_NAME } from '../src/dbus/interface-definition.js';
 import { INVALIDATED_WITH_STATES } from '../src/dbus/dbus-frontend.js';
 import { fmt, median, parseCommandLine } from './lib.js';
@@ -51,10 +51,10 @@ function hubOf(vms: number): StateHub {
   return hub;
 }
 
-/** µs per change over `changes` changes of one VM, with `onMap` as the hub's listener. */
-function round(vms: number, changes: number, onMap: (map: StateMap) => void): number {
+/** µs per change over `changes` changes of one VM, with the listener `onMap` makes as the hub's. */
+function round(vms: number, changes: number, onMap: (hub: StateHub) => (map: StateMap) => void): number {
   const hub = hubOf(vms);
-  hub.onDidChangeMap(onMap);
+  hub.onDidChangeMap(onMap(hub));
   const host = 'host0';
   const vm = { name: 'vm-0000', uuid: 'uuid-0', type: 'test' };
   const t0 = performance.now();
@@ -66,22 +66,36 @@ function round(vms: number, changes: number, onMap: (map: StateMap) => void): nu
 
 const encoder = new StateBodyEncoder(INTERFACE_NAME, INVALIDATED_WITH_STATES);
 let bytes = 0;
-const encode = (map: StateMap) => {
-  bytes += encoder.encode(map).testSignal.length;
+const none = () => () => undefined;
+// As the D-Bus frontend encodes each map it is told of: from the last one's
+// bytes when the hub says only one value changed.
+let last: { map: StateMap; bodies: StateBodies } | undefined;
+const encode = (hub: StateHub) => {
+  last = undefined;
+  return (map: StateMap) => {
+    last = { map, bodies: encoder.encodeNext(map, hub.patchOf(map), last) };
+    bytes += last.bodies.testSignal.length;
+  };
 };
+/** The last map's bodies are those of the map encoded whole. */
+function check(): void {
+  if (last === undefined || !last.bodies.testSignal.equals(encoder.encode(last.map).testSignal))
+    throw new Error('the bodies encoded change by change differ from the map encoded whole');
+}
 
 console.log(`one VM's change of state, µs per change (median of ${ROUNDS} rounds)`);
 console.log(`${'VMs'.padStart(6)}  ${'the hub'.padStart(9)}  ${'+ encoding'.padStart(11)}`);
 for (const vms of [1, 1000, 10000]) {
   const changes = vms >= 10000 ? CHANGES : CHANGES * 10;
   // A first round of each, unmeasured: the JIT's compilations.
-  round(vms, changes, () => undefined);
+  round(vms, changes, none);
   round(vms, changes, encode);
   const hubOnly: number[] = [];
   const withEncoding: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
-    hubOnly.push(round(vms, changes, () => undefined));
+    hubOnly.push(round(vms, changes, none));
     withEncoding.push(round(vms, changes, encode));
+    check();
   }
   console.log(
     `${String(vms).padStart(6)}  ${fmt(median(hubOnly)).padStart(9)}  ${fmt(median(withEncoding)).padStart(11)}`,

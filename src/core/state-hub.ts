@@ -17,8 +17,10 @@
  * key as it was, so its entries are the last ones with that VM's entry
  * replaced (an array copy, no sort), the map is built from them, and a
  * state that differs from the map last announced is announced without
- * comparing the two maps. Any other change (a VM added or removed, a
- * backend's republish), and every change while announcements are held,
+ * comparing the two maps; `patchOf` tells a listener that such a map is
+ * the one before it with one value changed, so that it can encode only
+ * that (the D-Bus frontend does). Any other change (a VM added or removed,
+ * a backend's republish), and every change while announcements are held,
  * builds the entries and the map again, once, when they are next asked
  * for. `bench/state-change.ts` measures it.
  */
@@ -28,6 +30,12 @@ import type { Disposable } from './disposable.js';
 import { Emitter, type Event } from './event.js';
 
 export type StateMap = Readonly<Record<string, string>>;
+
+/** How a map differs from the one built before it: in the value of one key, every key and its order the same. */
+export interface MapPatch {
+  readonly previous: StateMap;
+  readonly key: string;
+}
 
 export interface VmEntry {
   readonly key: string;
@@ -42,6 +50,10 @@ export class StateHub implements Disposable {
   /** Where each VM is in `entriesCache` (`<backend id>\0<name>`), made at the first patch of those entries. */
   private positions: Map<string, number> | undefined;
   private mapCache: StateMap | undefined;
+  /** The patch the next map is built by: set when a patch drops a built map, until that map is built. */
+  private nextPatch: MapPatch | undefined;
+  /** The last map built by a patch, and how. */
+  private lastPatch: { readonly map: StateMap; readonly patch: MapPatch } | undefined;
   private lastAnnounced: StateMap | undefined;
   private forceNext = false;
   private holds = 0;
@@ -107,8 +119,22 @@ export class StateHub implements Disposable {
       const map: Record<string, string> = {};
       for (const entry of this.entries()) map[entry.key] = entry.vm.state;
       this.mapCache = Object.freeze(map);
+      if (this.nextPatch !== undefined) {
+        this.lastPatch = { map: this.mapCache, patch: this.nextPatch };
+        this.nextPatch = undefined;
+      }
     }
     return this.mapCache;
+  }
+
+  /**
+   * When `map` is the current map and was built from the map before it by
+   * one VM's change of state: that map and the key. Keys and their order
+   * are the same in both (`Object.keys`), and only that key's value differs.
+   */
+  patchOf(map: StateMap): MapPatch | undefined {
+    const last = this.lastPatch;
+    return last !== undefined && last.map === map && map === this.mapCache ? last.patch : undefined;
   }
 
   /** The VM as its backend last reported it, or `undefined`. */
@@ -154,6 +180,8 @@ export class StateHub implements Disposable {
     this.entriesCache = undefined;
     this.positions = undefined;
     this.mapCache = undefined;
+    this.nextPatch = undefined;
+    this.lastPatch = undefined;
     this.settle();
   }
 
@@ -184,6 +212,9 @@ export class StateHub implements Disposable {
       // It differs from the map last announced in this entry: no need to compare them.
       if (map === this.lastAnnounced) this.forceNext = true;
       this.mapCache = undefined;
+      // The map built next, at once (settle), is this one with `key` changed.
+      this.nextPatch = { previous: map, key };
+      this.lastPatch = undefined;
     }
     this.settle();
     return true;

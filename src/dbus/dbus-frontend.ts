@@ -684,13 +684,15 @@ export class DbusFrontend implements Disposable {
   /**
    * The encoded bodies of the messages that carry `map`, made once per map
    * (the hub hands out the same map object until a VM changes): a change is
-   * encoded once for its two signals and every `Get` until the next one.
+   * encoded once for its two signals and every `Get` until the next one,
+   * from the last map's bytes when the hub says only one value changed.
    */
   private bodiesOf(map: StateMap): StateBodies {
-    if (this.stateBodies?.map !== map) {
-      this.stateBodies = { map, bodies: this.stateBodyEncoder.encode(map) };
-    }
-    return this.stateBodies.bodies;
+    const last = this.stateBodies;
+    if (last?.map === map) return last.bodies;
+    const bodies = this.stateBodyEncoder.encodeNext(map, this.hub.patchOf(map), last);
+    this.stateBodies = { map, bodies };
+    return bodies;
   }
 
   private reply(msg: Message, signature: string, body: unknown[], rawBody?: Buffer): void {

@@ -27,6 +27,34 @@ describe('state storms: 1,000 VMs for 10 s', { timeout: 300_000 }, () => {
     await stack?.stop();
   });
 
+  it('publishes each change of one VM exactly, wherever its key is in the map', async () => {
+    // A map this large is encoded from the last one's bytes when one VM
+    // changes state (src/dbus/state-bodies.ts): keys at every place, and
+    // states of every length. The entries behind the changed one move when
+    // its end crosses a multiple of 8 bytes, as names of 4 to 7 bytes do
+    // between "paused" and "pmsuspended" ("vm-0050", in the middle, and
+    // "vm-é", last); "42" is an integer-like key, first in the map's order.
+    for (const name of ['42', 'vm-é', 'vm-0050']) {
+      await stack.control('test', { cmd: 'add', vm: { name, uuid: `uuid-${name}`, type: 'added', state: 'running' } });
+    }
+    await state.until((m) => Object.keys(m).length === VMS + 3, 30_000, 'TestSignal with the added VMs');
+    const expected = { ...state.last! };
+    const states = ['pmsuspended', 'paused', 'shutdown', 'crashed', 'nostate', 'running'];
+    for (const vm of ['vm-0050', '42', 'vm-é', 'vm-00000', 'vm-00500', 'vm-00999']) {
+      for (const next of states) {
+        const count = state.count;
+        await stack.control('test', { cmd: 'state', vm, state: next });
+        expected[vm] = next;
+        await state.until(() => state.count > count, 30_000, `the TestSignal of ${vm} ${next}`);
+        assert.deepEqual(state.last, expected, `the TestSignal after ${vm} went ${next}`);
+      }
+      const property = await stack.client.getProperty<Record<string, string>>('TestProperty');
+      assert.deepEqual(property, expected, `TestProperty after the changes of ${vm}`);
+    }
+    for (const name of ['42', 'vm-é', 'vm-0050']) await stack.control('test', { cmd: 'remove', name });
+    await state.until((m) => Object.keys(m).length === VMS, 30_000, 'TestSignal without the added VMs');
+  });
+
   for (const pattern of ['random', 'sweep'] as const) {
     it(`publishes the backend's final state last (${pattern})`, async () => {
       const before = processFigures(stack.daemon.pid);

@@ -212,3 +212,62 @@ describe('StateHub, a change of a VM it already has', () => {
     h.dispose();
   });
 });
+
+describe('StateHub patchOf', () => {
+  /** Each map announced, with what patchOf said of it when it was announced. */
+  function watched(): { hub: StateHub; seen: Array<{ map: StateMap; patch: ReturnType<StateHub['patchOf']> }> } {
+    const h = new StateHub();
+    const seen: Array<{ map: StateMap; patch: ReturnType<StateHub['patchOf']> }> = [];
+    h.onDidChangeMap((map) => seen.push({ map, patch: h.patchOf(map) }));
+    return { hub: h, seen };
+  }
+
+  it('names the map before and the one key whose value changed, for a change of state of a known VM', () => {
+    const { hub: h, seen } = watched();
+    h.publish('a', [
+      { name: 'x', state: 'running' },
+      { name: '10', state: 'running' },
+    ]);
+    h.publish('b', [{ name: 'x', state: 'running' }]);
+    h.update('a', { name: 'x', state: 'paused' });
+    h.update('b', { name: 'x', state: 'crashed' });
+    h.update('a', { name: '10', state: 'shutoff' });
+    assert.equal(seen.length, 5);
+    assert.equal(seen[0]!.patch, undefined, 'a publish');
+    assert.equal(seen[1]!.patch, undefined, 'a publish');
+    for (const [i, key] of [
+      [2, 'a/x'],
+      [3, 'b/x'],
+      [4, '10'],
+    ] as const) {
+      const { map, patch } = seen[i]!;
+      assert.equal(patch?.previous, seen[i - 1]!.map, `change ${i}: the map announced before`);
+      assert.equal(patch.key, key);
+      assert.deepEqual(Object.keys(map), Object.keys(patch.previous));
+      const changed = Object.keys(map).filter((k) => map[k] !== patch.previous[k]);
+      assert.deepEqual(changed, [key], `change ${i}: that key's value alone differs`);
+    }
+    assert.equal(h.patchOf(seen[3]!.map), undefined, 'a map that is no longer the current one');
+    h.dispose();
+  });
+
+  it('says nothing of a map built after a VM came or went, a republish, or changes while held', () => {
+    const { hub: h, seen } = watched();
+    h.publish('a', [{ name: 'x', state: 'running' }]);
+    h.update('a', { name: 'y', state: 'running' });
+    h.remove('a', 'y');
+    h.update('a', { name: 'x', state: 'paused' });
+    assert.ok(h.patchOf(seen.at(-1)!.map), 'a change of state patches');
+    h.publish('a', [{ name: 'x', state: 'running' }]);
+    const release = h.hold();
+    h.update('a', { name: 'x', state: 'paused' });
+    release();
+    h.update('a', { name: 'x', state: 'crashed' });
+    assert.deepEqual(
+      seen.map((s) => s.patch?.key),
+      [undefined, undefined, undefined, 'x', undefined, undefined, 'x'],
+      'publish, VM added, VM removed, change, republish, change while held, change',
+    );
+    h.dispose();
+  });
+});
