@@ -1,8 +1,9 @@
 /**
  * What one VM's change of state costs the daemon's main thread before the
- * socket write, at 1, 1,000 and 10,000 VMs: the state hub's new map and its
- * announcement, and the `TestSignal` body encoded from it (what the D-Bus
- * frontend does for every change), in one process, no bus. The VMs are
+ * socket write, at 1, 1,000 and 10,000 VMs: the state hub's change and its
+ * announcement, and the `TestSignal` body of the new map (encoded as the
+ * D-Bus frontend does for every change, by its `CurrentStateBodies`), in
+ * one process, no bus. The VMs are
  * spread over ten backends (one at 1 VM), named as the scale part of
  * `run.js` names them; one VM goes paused and running again, over and over.
  *
@@ -13,8 +14,8 @@
  * own `dist/bench/state-change.js` one after the other.
  */
 import 'reflect-metadata';
-import { StateHub, type StateMap } from '../src/core/state-hub.js';
-import { StateBodyEncoder, type StateBodies } from '../src/dbus/state-bodies.js';
+import { StateHub } from '../src/core/state-hub.js';
+import { CurrentStateBodies, StateBodyEncoder } from '../src/dbus/state-bodies.js';
 import { INTERFACE_NAME } from '../src/dbus/interface-definition.js';
 import { INVALIDATED_WITH_STATES } from '../src/dbus/dbus-frontend.js';
 import { fmt, median, parseCommandLine } from './lib.js';
@@ -52,7 +53,7 @@ function hubOf(vms: number): StateHub {
 }
 
 /** µs per change over `changes` changes of one VM, with the listener `onMap` makes as the hub's. */
-function round(vms: number, changes: number, onMap: (hub: StateHub) => (map: StateMap) => void): number {
+function round(vms: number, changes: number, onMap: (hub: StateHub) => () => void): number {
   const hub = hubOf(vms);
   hub.onDidChangeMap(onMap(hub));
   const host = 'host0';
@@ -67,19 +68,18 @@ function round(vms: number, changes: number, onMap: (hub: StateHub) => (map: Sta
 const encoder = new StateBodyEncoder(INTERFACE_NAME, INVALIDATED_WITH_STATES);
 let bytes = 0;
 const none = () => () => undefined;
-// As the D-Bus frontend encodes each map it is told of: from the last one's
-// bytes when the hub says only one value changed.
-let last: { map: StateMap; bodies: StateBodies } | undefined;
+// As the D-Bus frontend encodes each map it is told of.
+let last: { hub: StateHub; bodies: CurrentStateBodies } | undefined;
 const encode = (hub: StateHub) => {
-  last = undefined;
-  return (map: StateMap) => {
-    last = { map, bodies: encoder.encodeNext(map, hub.patchOf(map), last) };
-    bytes += last.bodies.testSignal.length;
+  const bodies = new CurrentStateBodies(encoder, hub);
+  last = { hub, bodies };
+  return () => {
+    bytes += bodies.get().testSignal.length;
   };
 };
 /** The last map's bodies are those of the map encoded whole. */
 function check(): void {
-  if (last === undefined || !last.bodies.testSignal.equals(encoder.encode(last.map).testSignal))
+  if (last === undefined || !last.bodies.get().testSignal.equals(encoder.encode(last.hub.map()).testSignal))
     throw new Error('the bodies encoded change by change differ from the map encoded whole');
 }
 

@@ -182,8 +182,9 @@ export interface TrustedMessage {
   readonly replySerial?: number;
   readonly destination?: string;
   readonly signature: string;
-  readonly body: readonly unknown[];
-  /** See `OutgoingMessage.rawBody`. */
+  /** The body's values; or none, and `rawBody`. */
+  readonly body?: readonly unknown[];
+  /** The body already encoded (see `OutgoingMessage.rawBody`); sent as it is. */
   readonly rawBody?: Buffer;
 }
 

@@ -39,7 +39,7 @@ import {
   whenWritten,
   type MessageBus,
 } from './bus-connection.js';
-import { StateBodyEncoder, type StateBodies } from './state-bodies.js';
+import { CurrentStateBodies, StateBodyEncoder } from './state-bodies.js';
 import type { UndecodableMessage } from './wire/fast-connection.js';
 import { SignalTemplate } from './wire/encoder.js';
 import {
@@ -197,9 +197,11 @@ export class DbusFrontend implements Disposable {
   /** Fires once if the bus connection breaks after `connect()` (not when `close()` ends it). */
   readonly onDidLoseConnection: Event<Error> = this.onDidLoseConnectionEmitter.event;
   private readonly credentialCache = new Map<string, Credentials>();
-  /** The encoded messages of the current state map (see state-bodies.ts). */
-  private stateBodies: { readonly map: StateMap; readonly bodies: StateBodies } | undefined;
-  private readonly stateBodyEncoder = new StateBodyEncoder(INTERFACE_NAME, INVALIDATED_WITH_STATES);
+  /**
+   * The encoded messages of the current state map (see state-bodies.ts): a
+   * change is encoded once for its two signals and every `Get` until the next.
+   */
+  private readonly stateBodies: CurrentStateBodies;
   /** Holds the hub's announcements while a state signal is still waiting to be written. */
   private stateHold: (() => void) | undefined;
   private methodHandler: Disposable | undefined;
@@ -216,6 +218,7 @@ export class DbusFrontend implements Disposable {
     @inject(RootLogger) logger: RootLogger,
   ) {
     this.log = logger.child('dbus');
+    this.stateBodies = new CurrentStateBodies(new StateBodyEncoder(INTERFACE_NAME, INVALIDATED_WITH_STATES), hub);
   }
 
   /** Connects to the bus; `onDidLoseConnection` tells if the connection breaks later. */
@@ -272,7 +275,7 @@ export class DbusFrontend implements Disposable {
     bus.addMethodHandler(handler);
     this.methodHandler = { dispose: () => bus.removeMethodHandler(handler) };
     this.disposables.add(this.jobs.onDidFinish((e) => this.emitOutcome(e)));
-    this.disposables.add(this.hub.onDidChangeMap((map) => this.announced && this.emitStates(map)));
+    this.disposables.add(this.hub.onDidChangeMap(() => this.announced && this.emitStates()));
     this.disposables.add(
       this.registry.onDidChangeHealth(() => {
         if (this.announced) this.emitPropertiesChanged({ Backends: this.registry.healthMap() });
@@ -290,7 +293,7 @@ export class DbusFrontend implements Disposable {
   announce(): void {
     if (this.announced) return;
     this.announced = true;
-    this.emitStates(this.hub.map());
+    this.emitStates();
   }
 
   /** New calls are refused from now on (the daemon is shutting down). */
@@ -344,22 +347,14 @@ export class DbusFrontend implements Disposable {
    * PropertiesChanged, which says the same, is encoded and follows in the
    * next write.
    */
-  private emitStates(map: StateMap): void {
+  private emitStates(): void {
     if (this.closed) return;
-    const bodies = this.bodiesOf(map);
+    const bodies = this.stateBodies.get();
     sendSignalNow(this.bus!, TEST_SIGNAL, bodies.testSignal);
     const held = this.stateHold === undefined;
     if (held) this.stateHold = this.hub.hold();
     process.nextTick(() => {
-      if (!this.closed) {
-        this.signal(
-          PROPERTIES,
-          'PropertiesChanged',
-          'sa{sv}as',
-          [INTERFACE_NAME, { TestProperty: new Variant('a{ss}', map) }, INVALIDATED_WITH_STATES],
-          bodies.propertiesChanged,
-        );
-      }
+      if (!this.closed) this.signal(PROPERTIES, 'PropertiesChanged', 'sa{sv}as', bodies.propertiesChanged);
       if (!held) return;
       whenWritten(this.bus!, () => {
         const release = this.stateHold;
@@ -369,15 +364,17 @@ export class DbusFrontend implements Disposable {
     });
   }
 
-  private signal(iface: string, member: string, signature: string, body: unknown[], rawBody?: Buffer): void {
+  /** `body`: its values, or the body already encoded for `signature`. */
+  private signal(iface: string, member: string, signature: string, body: readonly unknown[] | Buffer): void {
+    const raw = Buffer.isBuffer(body);
     sendTrusted(this.bus!, {
       type: MessageType.SIGNAL,
       path: OBJECT_PATH,
       interface: iface,
       member,
       signature,
-      body,
-      rawBody,
+      body: raw ? undefined : body,
+      rawBody: raw ? body : undefined,
     });
   }
 
@@ -651,9 +648,9 @@ export class DbusFrontend implements Disposable {
 
     if (msg.member === 'Get') {
       if (prop.access === 'write') throw invalidArgs(`property ${name} cannot be read`);
-      const value = this.propertyValue(name);
-      const body = [new Variant(prop.type, value)];
-      this.reply(msg, 'v', body, name === 'TestProperty' ? this.bodiesOf(value as StateMap).getReply : undefined);
+      // TestProperty's reply is encoded once per change of the map (see state-bodies.ts).
+      if (name === 'TestProperty') this.reply(msg, 'v', this.stateBodies.get().getReply);
+      else this.reply(msg, 'v', [new Variant(prop.type, this.propertyValue(name))]);
       return;
     }
 
@@ -681,29 +678,17 @@ export class DbusFrontend implements Disposable {
     throw new VmdevError('Failed', `property ${name} has no value`);
   }
 
-  /**
-   * The encoded bodies of the messages that carry `map`, made once per map
-   * (the hub hands out the same map object until a VM changes): a change is
-   * encoded once for its two signals and every `Get` until the next one,
-   * from the last map's bytes when the hub says only one value changed.
-   */
-  private bodiesOf(map: StateMap): StateBodies {
-    const last = this.stateBodies;
-    if (last?.map === map) return last.bodies;
-    const bodies = this.stateBodyEncoder.encodeNext(map, this.hub.patchOf(map), last);
-    this.stateBodies = { map, bodies };
-    return bodies;
-  }
-
-  private reply(msg: Message, signature: string, body: unknown[], rawBody?: Buffer): void {
+  /** `body`: its values, or the body already encoded for `signature`. */
+  private reply(msg: Message, signature: string, body: readonly unknown[] | Buffer): void {
     if ((msg.flags & NO_REPLY_EXPECTED) !== 0 || this.bus === undefined) return;
+    const raw = Buffer.isBuffer(body);
     sendTrusted(this.bus, {
       type: MessageType.METHOD_RETURN,
       replySerial: msg.serial!,
       destination: msg.sender,
       signature,
-      body,
-      rawBody,
+      body: raw ? undefined : body,
+      rawBody: raw ? body : undefined,
     });
   }
 

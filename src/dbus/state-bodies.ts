@@ -16,7 +16,8 @@
  * entry's layout depends only on its own bytes, as every entry starts
  * 8-aligned, so the entries before and after the changed one are copied as
  * they are. At 10,000 VMs that is a copy of some 300 KB instead of an
- * encoding of 20,000 strings (`bench/state-change.ts`).
+ * encoding of 20,000 strings, and no map object is built (`CurrentStateBodies`;
+ * `bench/state-change.ts`).
  *
  * The map's keys and values come from the state hub, which holds only
  * names that may go on the bus (no NUL, no lone surrogate: see the backend
@@ -46,14 +47,17 @@ export class StateBodies {
   declare private readonly encoder: StateBodyEncoder;
   declare private propertiesChangedBody: Buffer | undefined;
   declare private getReplyBody: Buffer | undefined;
+  /** The map's keys in the order of its entries, when it was encoded whole (until `layout` is made from them). */
+  declare keys: readonly string[] | undefined;
   /** Where each entry starts: made when a change is first encoded from these bodies. */
   declare layout: EntryLayout | undefined;
 
-  constructor(testSignal: Buffer, encoder: StateBodyEncoder, layout?: EntryLayout) {
+  constructor(testSignal: Buffer, encoder: StateBodyEncoder, keys?: readonly string[], layout?: EntryLayout) {
     this.testSignal = testSignal;
     this.encoder = encoder;
     this.propertiesChangedBody = undefined;
     this.getReplyBody = undefined;
+    this.keys = keys;
     this.layout = layout;
   }
 
@@ -92,6 +96,42 @@ interface EntryLayout {
  * and the path of a small host's events stays as it was.
  */
 const PATCH_MIN_BYTES = 2048;
+
+/** Where the maps come from (the state hub). */
+export interface StateSource {
+  /** Changes whenever the map may have changed. */
+  readonly version: number;
+  /** When the map is that of `version` with one value changed: that key and value. */
+  patchSince(version: number): MapPatch | undefined;
+  map(): Readonly<Record<string, string>>;
+}
+
+/**
+ * The bodies of a source's current map, made once per version of it: from
+ * the last bodies' bytes when one value changed since, else whole.
+ */
+export class CurrentStateBodies {
+  #version = 0;
+  #bodies: StateBodies | undefined;
+
+  constructor(
+    private readonly encoder: StateBodyEncoder,
+    private readonly source: StateSource,
+  ) {}
+
+  get(): StateBodies {
+    const version = this.source.version;
+    const last = this.#bodies;
+    if (last !== undefined && this.#version === version) return last;
+    const patch = last === undefined ? undefined : this.source.patchSince(this.#version);
+    const bodies =
+      (patch === undefined ? undefined : this.encoder.patch(last!, patch.key, patch.value)) ??
+      this.encoder.encode(this.source.map());
+    this.#version = version;
+    this.#bodies = bodies;
+    return bodies;
+  }
+}
 
 /** Encodes state maps for an interface whose `PropertiesChanged` lists `invalidated`. */
 export class StateBodyEncoder {
@@ -136,42 +176,22 @@ export class StateBodyEncoder {
   }
 
   encode(map: Readonly<Record<string, string>>): StateBodies {
-    return new StateBodies(encodeMap(map), this);
+    const keys = Object.keys(map);
+    return new StateBodies(encodeMap(map, keys), this, keys);
   }
 
   /**
-   * The bodies of `map`, which follows the map of `last`: when `patch` says
-   * `map` is `last.map` with one value changed, encoded from `last`'s bytes,
-   * else whole.
+   * The bodies of the map of `previous` with the value of `key` set to
+   * `value`; `undefined` when the map is small (see above) or has no such
+   * key.
    */
-  encodeNext(
-    map: Readonly<Record<string, string>>,
-    patch: MapPatch | undefined,
-    last: { readonly map: Readonly<Record<string, string>>; readonly bodies: StateBodies } | undefined,
-  ): StateBodies {
-    if (patch !== undefined && last !== undefined && patch.previous === last.map) {
-      const bodies = this.patch(last.bodies, last.map, patch.key, map[patch.key]!);
-      if (bodies !== undefined) return bodies;
-    }
-    return this.encode(map);
-  }
-
-  /**
-   * The bodies of `previousMap` (encoded as `previous`) with the value of
-   * `key` set to `value`; `undefined` when the map is small (see above) or
-   * has no such key.
-   */
-  patch(
-    previous: StateBodies,
-    previousMap: Readonly<Record<string, string>>,
-    key: string,
-    value: string,
-  ): StateBodies | undefined {
+  patch(previous: StateBodies, key: string, value: string): StateBodies | undefined {
     const old = previous.testSignal;
     let layout = previous.layout;
     if (layout === undefined) {
-      if (old.length < PATCH_MIN_BYTES) return undefined;
-      layout = previous.layout = layoutOf(old, previousMap);
+      if (old.length < PATCH_MIN_BYTES || previous.keys === undefined) return undefined;
+      layout = previous.layout = layoutOf(old, previous.keys);
+      previous.keys = undefined;
     }
     const i = layout.index.get(key);
     if (i === undefined) return undefined;
@@ -200,7 +220,7 @@ export class StateBodyEncoder {
       next = starts.slice();
       for (let j = i + 1; j <= n; j++) next[j] = starts[j]! + shift;
     }
-    return new StateBodies(b.subarray(0, pos), this, { index: layout.index, starts: next });
+    return new StateBodies(b.subarray(0, pos), this, undefined, { index: layout.index, starts: next });
   }
 
   /** The `PropertiesChanged` body around the entries of a `TestSignal` body. */
@@ -230,9 +250,8 @@ export class StateBodyEncoder {
  * every 50 ms in an otherwise idle process.
  */
 
-/** `a{ss}` of `map`, in one buffer of the size it needs. */
-function encodeMap(map: Readonly<Record<string, string>>): Buffer {
-  const keys = Object.keys(map);
+/** `a{ss}` of `map`, whose keys are `keys`, in one buffer of the size it needs. */
+function encodeMap(map: Readonly<Record<string, string>>, keys: readonly string[]): Buffer {
   // UTF-8 takes at most 3 bytes per UTF-16 unit; each entry at most 7 bytes of padding.
   let bound = 8;
   for (const key of keys) bound += 7 + 4 + 3 * key.length + 1 + 3 + 4 + 3 * map[key]!.length + 1;
@@ -249,9 +268,8 @@ function encodeMap(map: Readonly<Record<string, string>>): Buffer {
   return b.subarray(0, pos);
 }
 
-/** Where each entry of `body` (the `TestSignal` body of `map`) starts, read off its lengths. */
-function layoutOf(body: Buffer, map: Readonly<Record<string, string>>): EntryLayout {
-  const keys = Object.keys(map);
+/** Where each entry of `body` (a `TestSignal` body of a map of `keys`) starts, read off its lengths. */
+function layoutOf(body: Buffer, keys: readonly string[]): EntryLayout {
   const index = new Map<string, number>();
   const starts = new Uint32Array(keys.length + 1);
   let pos = 8;

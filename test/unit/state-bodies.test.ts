@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import dbus from 'dbus-next';
-import { StateBodyEncoder, type StateBodies } from '../../src/dbus/state-bodies.js';
+import { CurrentStateBodies, StateBodyEncoder, type StateSource } from '../../src/dbus/state-bodies.js';
 import { encodeBody } from '../../src/dbus/wire/encoder.js';
 
 const { Variant } = dbus;
@@ -48,6 +48,34 @@ describe('state bodies of one changed value', () => {
     }
   }
 
+  /** A source of maps as the state hub is one: a version, and the one value changed since. */
+  class Source implements StateSource {
+    version = 0;
+    asked = 0;
+    #map: Record<string, string>;
+    #patch: { from: number; key: string; value: string } | undefined;
+    constructor(map: Record<string, string>) {
+      this.#map = map;
+    }
+    set(key: string, value: string): void {
+      this.#map = { ...this.#map, [key]: value };
+      this.#patch = { from: this.version++, key, value };
+    }
+    replace(map: Record<string, string>): void {
+      this.#map = map;
+      this.version++;
+      this.#patch = undefined;
+    }
+    patchSince(version: number) {
+      const p = this.#patch;
+      return p !== undefined && p.from === version && version + 1 === this.version ? p : undefined;
+    }
+    map(): Record<string, string> {
+      this.asked++;
+      return this.#map;
+    }
+  }
+
   it('are the bytes of the whole map, change after change, wherever the key is', () => {
     // Names of every length (entries end anywhere in 8 bytes), integer-like
     // keys (first in the map's order), names that are not ASCII.
@@ -55,44 +83,42 @@ describe('state bodies of one changed value', () => {
     for (let i = 0; i < 300; i++) base[`vm-${'n'.repeat(i % 9)}${i}`] = 'running';
     for (const k of ['7', '42', 'vm-é', '虚拟机', 'zz-last']) base[k] = 'paused';
     const keys = Object.keys(base);
-    let map: Record<string, string> = base;
-    let last: { map: Record<string, string>; bodies: StateBodies } = { map, bodies: encoder.encode(map) };
+    const source = new Source(base);
+    const current = new CurrentStateBodies(encoder, source);
+    current.get();
     const random = lcg(7);
     const picks = [keys[0]!, keys[1]!, keys.at(-1)!, keys.at(-2)!, '42', 'vm-é', '虚拟机'];
     for (let i = 0; i < 400; i++) {
       const key = i < picks.length * 3 ? picks[i % picks.length]! : keys[random.next().value! % keys.length]!;
       const value = states[random.next().value! % states.length]!;
-      const next = { ...map, [key]: value };
-      const bodies = encoder.patch(last.bodies, last.map, key, value);
-      assert.ok(bodies, `change ${i} is encoded from the last bytes`);
-      const whole = encoder.encode(next);
-      assert.deepEqual(bodies.testSignal, whole.testSignal, `change ${i}: ${key} → ${JSON.stringify(value)}`);
-      map = next;
-      last = { map, bodies };
+      source.set(key, value);
+      const bodies = current.get();
+      assert.equal(current.get(), bodies, 'made once per version');
+      assert.deepEqual(bodies.testSignal, encoder.encode(source.map()).testSignal, `change ${i}: ${key} → ${value}`);
     }
-    assert.deepEqual(last.bodies.testSignal, encodeBody('a{ss}', [map]));
-    assert.deepEqual(last.bodies.getReply, encodeBody('v', [new Variant('a{ss}', map)]));
+    assert.equal(source.asked, 1 + 400, 'only the first map was asked for to encode it (and each here, to compare)');
+    const map = source.map();
+    const bodies = current.get();
+    assert.deepEqual(bodies.testSignal, encodeBody('a{ss}', [map]));
+    assert.deepEqual(bodies.getReply, encodeBody('v', [new Variant('a{ss}', map)]));
     assert.deepEqual(
-      last.bodies.propertiesChanged,
+      bodies.propertiesChanged,
       encodeBody('sa{sv}as', ['org.example.dbustest.Module', { TestProperty: new Variant('a{ss}', map) }, ['Vms']]),
     );
   });
 
-  it('encode a small map, a key it lacks, or a map that does not follow the last one whole', () => {
+  it('encode a small map, a key it lacks, and a change of more than one value whole', () => {
     const small = { a: 'running', b: 'paused' };
-    assert.equal(encoder.patch(encoder.encode(small), small, 'a', 'paused'), undefined, 'a small map');
+    assert.equal(encoder.patch(encoder.encode(small), 'a', 'paused'), undefined, 'a small map');
     const big = Object.fromEntries(Array.from({ length: 200 }, (_, i) => [`vm-${i}`, 'running']));
-    const bodies = encoder.encode(big);
-    assert.equal(encoder.patch(bodies, big, 'no-such-vm', 'paused'), undefined, 'a key the map lacks');
-    const other = { ...big, 'vm-3': 'paused', 'vm-4': 'paused' };
-    // The patch names a map other than the last one: encoded whole, right.
-    const next = encoder.encodeNext(other, { previous: { ...big }, key: 'vm-3' }, { map: big, bodies });
-    assert.deepEqual(next.testSignal, encodeBody('a{ss}', [other]));
-    const patched = encoder.encodeNext(
-      { ...big, 'vm-3': 'paused' },
-      { previous: big, key: 'vm-3' },
-      { map: big, bodies },
-    );
-    assert.deepEqual(patched.testSignal, encodeBody('a{ss}', [{ ...big, 'vm-3': 'paused' }]));
+    assert.equal(encoder.patch(encoder.encode(big), 'no-such-vm', 'paused'), undefined, 'a key the map lacks');
+    const source = new Source(big);
+    const current = new CurrentStateBodies(encoder, source);
+    current.get();
+    source.set('vm-3', 'paused');
+    source.set('vm-4', 'paused');
+    assert.deepEqual(current.get().testSignal, encodeBody('a{ss}', [source.map()]), 'two changes since');
+    source.replace({ ...source.map(), 'vm-new': 'running' });
+    assert.deepEqual(current.get().testSignal, encodeBody('a{ss}', [source.map()]), 'a new key');
   });
 });

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { StateHub, type StateMap } from '../../src/core/state-hub.js';
+import { StateHub, type MapPatch, type StateMap } from '../../src/core/state-hub.js';
 import type { VmInfo } from '../../src/plugin-api.js';
 
 function hub(): { hub: StateHub; seen: StateMap[] } {
   const h = new StateHub();
   const seen: StateMap[] = [];
-  h.onDidChangeMap((m) => seen.push(m));
+  h.onDidChangeMap(() => seen.push(h.map()));
   return { hub: h, seen };
 }
 
@@ -213,16 +213,22 @@ describe('StateHub, a change of a VM it already has', () => {
   });
 });
 
-describe('StateHub patchOf', () => {
-  /** Each map announced, with what patchOf said of it when it was announced. */
-  function watched(): { hub: StateHub; seen: Array<{ map: StateMap; patch: ReturnType<StateHub['patchOf']> }> } {
+describe('StateHub patchSince', () => {
+  /** Each map announced, its version, and what patchSince said of the version before. */
+  function watched(): {
+    hub: StateHub;
+    seen: Array<{ map: StateMap; version: number; patch: MapPatch | undefined }>;
+  } {
     const h = new StateHub();
-    const seen: Array<{ map: StateMap; patch: ReturnType<StateHub['patchOf']> }> = [];
-    h.onDidChangeMap((map) => seen.push({ map, patch: h.patchOf(map) }));
+    const seen: Array<{ map: StateMap; version: number; patch: MapPatch | undefined }> = [];
+    h.onDidChangeMap(() => {
+      const before = seen.at(-1)?.version;
+      seen.push({ map: h.map(), version: h.version, patch: before === undefined ? undefined : h.patchSince(before) });
+    });
     return { hub: h, seen };
   }
 
-  it('names the map before and the one key whose value changed, for a change of state of a known VM', () => {
+  it('names the one key whose value changed since the version before, for a change of state of a known VM', () => {
     const { hub: h, seen } = watched();
     h.publish('a', [
       { name: 'x', state: 'running' },
@@ -233,31 +239,30 @@ describe('StateHub patchOf', () => {
     h.update('b', { name: 'x', state: 'crashed' });
     h.update('a', { name: '10', state: 'shutoff' });
     assert.equal(seen.length, 5);
-    assert.equal(seen[0]!.patch, undefined, 'a publish');
     assert.equal(seen[1]!.patch, undefined, 'a publish');
-    for (const [i, key] of [
-      [2, 'a/x'],
-      [3, 'b/x'],
-      [4, '10'],
+    for (const [i, key, value] of [
+      [2, 'a/x', 'paused'],
+      [3, 'b/x', 'crashed'],
+      [4, '10', 'shutoff'],
     ] as const) {
       const { map, patch } = seen[i]!;
-      assert.equal(patch?.previous, seen[i - 1]!.map, `change ${i}: the map announced before`);
-      assert.equal(patch.key, key);
-      assert.deepEqual(Object.keys(map), Object.keys(patch.previous));
-      const changed = Object.keys(map).filter((k) => map[k] !== patch.previous[k]);
+      const previous = seen[i - 1]!.map;
+      assert.deepEqual(patch, { key, value }, `change ${i}`);
+      assert.deepEqual(Object.keys(map), Object.keys(previous), `change ${i}: the same keys in the same order`);
+      const changed = Object.keys(map).filter((k) => map[k] !== previous[k]);
       assert.deepEqual(changed, [key], `change ${i}: that key's value alone differs`);
     }
-    assert.equal(h.patchOf(seen[3]!.map), undefined, 'a map that is no longer the current one');
+    assert.equal(h.patchSince(seen[2]!.version), undefined, 'two changes since');
+    assert.equal(h.patchSince(h.version), undefined, 'no change since');
     h.dispose();
   });
 
-  it('says nothing of a map built after a VM came or went, a republish, or changes while held', () => {
+  it('says nothing after a VM came or went, a republish, or changes while held', () => {
     const { hub: h, seen } = watched();
     h.publish('a', [{ name: 'x', state: 'running' }]);
     h.update('a', { name: 'y', state: 'running' });
     h.remove('a', 'y');
     h.update('a', { name: 'x', state: 'paused' });
-    assert.ok(h.patchOf(seen.at(-1)!.map), 'a change of state patches');
     h.publish('a', [{ name: 'x', state: 'running' }]);
     const release = h.hold();
     h.update('a', { name: 'x', state: 'paused' });
@@ -268,6 +273,20 @@ describe('StateHub patchOf', () => {
       [undefined, undefined, undefined, 'x', undefined, undefined, 'x'],
       'publish, VM added, VM removed, change, republish, change while held, change',
     );
+    h.dispose();
+  });
+
+  it("keeps the version and announces nothing when only a VM's uuid or type changed", () => {
+    const { hub: h, seen } = watched();
+    h.publish('a', [{ name: 'x', uuid: 'u1', state: 'running' }]);
+    const version = h.version;
+    const map = h.map();
+    h.update('a', { name: 'x', uuid: 'u2', type: 't', state: 'running' });
+    assert.equal(h.version, version);
+    assert.equal(h.map(), map);
+    h.update('a', { name: 'x', uuid: 'u2', type: 't', state: 'paused' });
+    assert.deepEqual(seen.at(-1)!.patch, { key: 'x', value: 'paused' });
+    assert.equal(seen.length, 2);
     h.dispose();
   });
 });

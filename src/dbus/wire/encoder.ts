@@ -52,9 +52,8 @@ export interface OutgoingMessage {
   /**
    * The body already encoded (by {@link encodeBody}) for `signature`; it is
    * copied instead of encoding `body`, or (see {@link encodeHeaderInto})
-   * written from this buffer as it is, so it must not change once sent. A
-   * connection without this codec ignores it and sends `body`, so both must
-   * say the same.
+   * written from this buffer as it is, so it must not change once sent.
+   * With it, `body` may be left out.
    */
   readonly rawBody?: Buffer;
 }
@@ -218,7 +217,8 @@ function writeMessage(w: WireWriter, msg: OutgoingMessage, withBody: boolean): v
   const signature = msg.signature === undefined ? '' : msg.signature;
   const types = parseSignature(signature);
   const body = msg.body === undefined ? [] : msg.body;
-  if (!Array.isArray(body) || body.length !== types.length) {
+  // A body already encoded stands for the values, which may be left out.
+  if (msg.rawBody === undefined && (!Array.isArray(body) || body.length !== types.length)) {
     throw new EncodeError(
       `Expected ${types.length} body elements for signature '${signature}' (got ${Array.isArray(body) ? body.length : typeof body})`,
     );
