@@ -2,6 +2,7 @@
  * Line-oriented logging to stderr. Under systemd (JOURNAL_STREAM is set) each
  * line starts with a syslog priority prefix so the journal records levels.
  */
+import * as fs from 'node:fs';
 import type { Logger } from '../plugin-api.js';
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -14,41 +15,147 @@ const LEVEL_TAGS: Record<LogLevel, string> = { error: 'error ', warn: 'warn  ', 
 export interface LogSink {
   /** `urgent`: an error or a warning, written without delay. */
   write(line: string, urgent?: boolean): void;
+  /** Resolves once every line written so far has reached the file (see `stderrSink`). */
+  drain?(): Promise<void>;
 }
 
 const FLUSH_INTERVAL_MS = 10;
+/** Text held for a file that is not taking it (journald stalled) before lines are dropped. */
+const MAX_HELD_CHARS = 4 * 1024 * 1024;
+/** How long the exit waits for a full pipe to take the last lines. */
+const EXIT_WAIT_MS = 1000;
 
 /**
- * stderr, until it breaks: when whoever reads it goes away (EPIPE), logging
- * stops instead of raising errors that would themselves be logged.
+ * The daemon's log on file descriptor 2 (stderr), until it breaks: when
+ * whoever reads it goes away (EPIPE), logging stops instead of raising
+ * errors that would themselves be logged.
+ *
+ * Lines are written at most every 10 ms, together, by libuv's thread pool
+ * (`fs.write`), not by the main thread: under load every request logs a
+ * line, and Node's `process.stderr` writes on the calling thread (a file
+ * always, a pipe or the journal's socket whenever it has room), so that
+ * write held up whichever call was in flight (bench/README.md, "The test
+ * driver's p99"). One write is in flight at a time, so lines keep their
+ * order. Errors and warnings, when no write is in flight, are written at
+ * once, synchronously, with what was held before them; what is left at
+ * exit is too. Each line is formatted when it is logged,
+ * not at the write: formatting 10 ms of lines at once held up whichever
+ * call arrived meanwhile ("Where the tail comes from").
+ *
+ * A file that takes nothing for long (a journal that stopped reading) does
+ * not make the daemon hold ever more: past 4 Mi characters held, lines
+ * are dropped, and a line then says how many.
  */
-function stderrSink(): LogSink {
+export function stderrSink(
+  fd = 2,
+  droppedLine: (count: number) => string = (count) => `log: ${count} lines dropped\n`,
+): LogSink {
   let broken = false;
-  let pending = '';
-  process.stderr.on('error', () => {
-    broken = true;
-  });
-  // Lines are written at most every 10 ms, together: under load every
-  // request logs a line, and a write each would cost a system call per
-  // request. Errors and warnings, and whatever waits at exit, go out at once.
-  // Each line is formatted when it is logged, not at the write: formatting
-  // 10 ms of lines at once held up whichever call arrived meanwhile (bench/
-  // README.md, "Where the tail comes from").
+  let held = '';
+  let dropped = 0;
+  /** The text of the write in flight, and how much of it was written. */
+  let inFlight: { readonly bytes: Buffer; written: number } | undefined;
   let timer: NodeJS.Timeout | undefined;
-  const flush = () => {
+  let drained: Array<() => void> = [];
+
+  const takeHeld = (): string => {
+    let text = held;
+    held = '';
+    if (dropped > 0) {
+      text += droppedLine(dropped);
+      dropped = 0;
+    }
+    return text;
+  };
+  const settle = () => {
+    if (inFlight !== undefined || (held !== '' && !broken)) return;
+    const waiting = drained;
+    drained = [];
+    for (const resolve of waiting) resolve();
+  };
+  const fail = () => {
+    broken = true;
+    inFlight = undefined;
+    held = '';
+    settle();
+  };
+  const next = () => {
+    const w = inFlight!;
+    fs.write(fd, w.bytes, w.written, w.bytes.length - w.written, null, (err, n) => {
+      if (err) {
+        // A pipe another part of the process made non-blocking: try again shortly.
+        if (err.code === 'EAGAIN') setTimeout(next, FLUSH_INTERVAL_MS).unref();
+        else fail();
+        return;
+      }
+      w.written += n;
+      if (w.written < w.bytes.length) return next();
+      inFlight = undefined;
+      // What was logged meanwhile goes out at once.
+      if (held !== '') start();
+      else settle();
+    });
+  };
+  const start = () => {
     clearTimeout(timer);
     timer = undefined;
-    if (pending === '') return;
-    const text = pending;
-    pending = '';
-    if (!broken) process.stderr.write(text);
+    if (inFlight !== undefined || broken) return;
+    if (held === '') return settle();
+    inFlight = { bytes: Buffer.from(takeHeld()), written: 0 };
+    next();
   };
-  process.on('exit', flush);
+  /**
+   * Writes `text` on this thread; false when the file is gone. A file that
+   * is full (a non-blocking pipe) gets the rest from the thread pool, or,
+   * at exit, when there is no later, is waited for (a second at most).
+   */
+  const writeNow = (bytes: Buffer, atExit: boolean): boolean => {
+    const giveUp = Date.now() + EXIT_WAIT_MS;
+    for (let off = 0; off < bytes.length;) {
+      try {
+        off += fs.writeSync(fd, bytes, off);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') return false;
+        if (atExit) {
+          if (Date.now() > giveUp) return false;
+          continue;
+        }
+        inFlight = { bytes, written: off };
+        next();
+        return true;
+      }
+    }
+    return true;
+  };
+  process.on('exit', () => {
+    clearTimeout(timer);
+    if (broken) return;
+    // A write still in flight may or may not have happened: its text is
+    // written again rather than risk losing it.
+    const rest = inFlight === undefined ? [] : [inFlight.bytes.subarray(inFlight.written)];
+    inFlight = undefined;
+    writeNow(Buffer.concat([...rest, Buffer.from(takeHeld())]), true);
+  });
   return {
     write(line: string, urgent?: boolean) {
-      pending += line;
-      if (urgent) flush();
-      else timer ??= setTimeout(flush, FLUSH_INTERVAL_MS).unref();
+      if (broken) return;
+      if (held.length + line.length > MAX_HELD_CHARS) {
+        dropped++;
+        return;
+      }
+      held += line;
+      if (urgent && inFlight === undefined) {
+        clearTimeout(timer);
+        timer = undefined;
+        if (!writeNow(Buffer.from(takeHeld()), false)) fail();
+      } else timer ??= setTimeout(start, FLUSH_INTERVAL_MS).unref();
+    },
+    drain() {
+      start();
+      return new Promise((resolve) => {
+        drained.push(resolve);
+        settle();
+      });
     },
   };
 }
@@ -66,17 +173,33 @@ export class RootLogger {
   private level: LogLevel;
   private readonly journal: boolean;
 
-  constructor(
-    level: LogLevel = 'info',
-    private readonly sink: LogSink = stderrSink(),
-    env: NodeJS.ProcessEnv = process.env,
-  ) {
+  private readonly sink: LogSink;
+
+  constructor(level: LogLevel = 'info', sink?: LogSink, env: NodeJS.ProcessEnv = process.env) {
     this.level = level;
     this.journal = Boolean(env['JOURNAL_STREAM']);
+    this.sink =
+      sink ??
+      stderrSink(2, (count) =>
+        this.format(Date.now(), 'warn', 'log', `${count} lines dropped: the log file took nothing for too long`),
+      );
   }
 
   setLevel(level: LogLevel): void {
     this.level = level;
+  }
+
+  /**
+   * Resolves once every line logged so far is written, or after
+   * `timeoutMs` (a log file that takes nothing must not keep the daemon
+   * from exiting; the exit writes what is left, see `stderrSink`).
+   */
+  drain(timeoutMs = 5000): Promise<void> {
+    const drained = this.sink.drain?.();
+    if (drained === undefined) return Promise.resolve();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
+    return Promise.race([drained, late]).finally(() => clearTimeout(timer));
   }
 
   enabled(level: LogLevel): boolean {

@@ -115,7 +115,11 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (err instanceof ConfigError) process.stderr.write(`vmdevd: ${err.message}\n`);
     else log.error('start failed', { error: errorMessage(err) });
     await daemon.stop('start failed');
+    await logger.drain();
     return code;
   }
-  return exit;
+  const code = await exit;
+  // The log is written off the main thread: what is in flight is let finish.
+  await logger.drain();
+  return code;
 }
