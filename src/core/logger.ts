@@ -34,13 +34,13 @@ const EXIT_WAIT_MS = 1000;
  * (`fs.write`), not by the main thread: under load every request logs a
  * line, and Node's `process.stderr` writes on the calling thread (a file
  * always, a pipe or the journal's socket whenever it has room), so that
- * write held up whichever call was in flight (bench/README.md, "The test
- * driver's p99"). One write is in flight at a time, so lines keep their
- * order. Errors and warnings, when no write is in flight, are written at
- * once, synchronously, with what was held before them; what is left at
- * exit is too. Each line is formatted when it is logged,
- * not at the write: formatting 10 ms of lines at once held up whichever
- * call arrived meanwhile ("Where the tail comes from").
+ * write held up whichever call was in flight (bench/README.md, "Where the
+ * tail comes from"). One write is in flight at a time, so lines keep
+ * their order. Errors and warnings, when no write is in flight, are
+ * written at once, synchronously, with what was held before them; what
+ * is left at exit is too. Each line is formatted when it is logged, not
+ * at the write: formatting 10 ms of lines at once held up whichever call
+ * arrived meanwhile (the same section).
  *
  * A file that takes nothing for long (a journal that stopped reading) does
  * not make the daemon hold ever more: past 4 Mi characters held, lines
