@@ -105,7 +105,7 @@ export function stderrSink(
     next();
   };
   /**
-   * Writes `text` on this thread; false when the file is gone. A file that
+   * Writes `bytes` on this thread; false when the file is gone. A file that
    * is full (a non-blocking pipe) gets the rest from the thread pool, or,
    * at exit, when there is no later, is waited for (a second at most).
    */
