@@ -58,14 +58,15 @@ export function stderrSink(
   let timer: NodeJS.Timeout | undefined;
   let drained: Array<() => void> = [];
 
-  const takeHeld = (): string => {
+  /** What is held, as bytes to write, and the count of dropped lines if any. */
+  const takeHeld = (): Buffer => {
     let text = held;
     held = '';
     if (dropped > 0) {
       text += droppedLine(dropped);
       dropped = 0;
     }
-    return text;
+    return Buffer.from(text);
   };
   const settle = () => {
     if (inFlight !== undefined || (held !== '' && !broken)) return;
@@ -101,7 +102,7 @@ export function stderrSink(
     timer = undefined;
     if (inFlight !== undefined || broken) return;
     if (held === '') return settle();
-    inFlight = { bytes: Buffer.from(takeHeld()), written: 0 };
+    inFlight = { bytes: takeHeld(), written: 0 };
     next();
   };
   /**
@@ -134,7 +135,7 @@ export function stderrSink(
     // written again rather than risk losing it.
     const rest = inFlight === undefined ? [] : [inFlight.bytes.subarray(inFlight.written)];
     inFlight = undefined;
-    writeNow(Buffer.concat([...rest, Buffer.from(takeHeld())]), true);
+    writeNow(Buffer.concat([...rest, takeHeld()]), true);
   });
   return {
     write(line: string, urgent?: boolean) {
@@ -147,7 +148,7 @@ export function stderrSink(
       if (urgent && inFlight === undefined) {
         clearTimeout(timer);
         timer = undefined;
-        if (!writeNow(Buffer.from(takeHeld()), false)) fail();
+        if (!writeNow(takeHeld(), false)) fail();
       } else timer ??= setTimeout(start, FLUSH_INTERVAL_MS).unref();
     },
     drain() {

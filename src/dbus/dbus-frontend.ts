@@ -38,6 +38,7 @@ import {
   sendTrusted,
   whenWritten,
   type MessageBus,
+  type TrustedMessage,
 } from './bus-connection.js';
 import { CurrentStateBodies, StateBodyEncoder } from './state-bodies.js';
 import type { UndecodableMessage } from './wire/fast-connection.js';
@@ -366,15 +367,13 @@ export class DbusFrontend implements Disposable {
 
   /** `body`: its values, or the body already encoded for `signature`. */
   private signal(iface: string, member: string, signature: string, body: readonly unknown[] | Buffer): void {
-    const raw = Buffer.isBuffer(body);
     sendTrusted(this.bus!, {
       type: MessageType.SIGNAL,
       path: OBJECT_PATH,
       interface: iface,
       member,
       signature,
-      body: raw ? undefined : body,
-      rawBody: raw ? body : undefined,
+      ...bodyOf(body),
     });
   }
 
@@ -681,14 +680,12 @@ export class DbusFrontend implements Disposable {
   /** `body`: its values, or the body already encoded for `signature`. */
   private reply(msg: Message, signature: string, body: readonly unknown[] | Buffer): void {
     if ((msg.flags & NO_REPLY_EXPECTED) !== 0 || this.bus === undefined) return;
-    const raw = Buffer.isBuffer(body);
     sendTrusted(this.bus, {
       type: MessageType.METHOD_RETURN,
       replySerial: msg.serial!,
       destination: msg.sender,
       signature,
-      body: raw ? undefined : body,
-      rawBody: raw ? body : undefined,
+      ...bodyOf(body),
     });
   }
 
@@ -782,4 +779,9 @@ function machineId(): string {
     }
   }
   throw new VmdevError('Failed', 'this host has no machine id (/etc/machine-id or /var/lib/dbus/machine-id)');
+}
+
+/** A message's body fields: its values, or the body already encoded. */
+function bodyOf(body: readonly unknown[] | Buffer): Pick<TrustedMessage, 'body' | 'rawBody'> {
+  return Buffer.isBuffer(body) ? { rawBody: body } : { body };
 }
