@@ -65,7 +65,32 @@ process.kill(process.pid, 'SIGKILL');`);
     assert.deepEqual(lines(out), [...expected, 'info  t: after']);
   });
 
-  it('drops what is past 4 Mi characters held, and says how many', () => {
+  it('writes text that is not ASCII, in short and long pieces, across many writes in turn', () => {
+    // Lines logged over many turns of the loop, so that the two buffers
+    // take turns while writes are in flight.
+    const out = stderrOf(`const long = 'é€😀'.repeat(200) + 'x';
+for (let turn = 0; turn < 50; turn++) {
+  for (let i = 0; i < 100; i++) log.info('é line', { turn, i, short: 'aé€😀b', long, lone: 'a\\ud800b' });
+  await new Promise((resolve) => setImmediate(resolve));
+}
+await root.drain();
+process.kill(process.pid, 'SIGKILL');`);
+    const long = 'é€😀'.repeat(200) + 'x';
+    const expected: string[] = [];
+    for (let turn = 0; turn < 50; turn++)
+      for (let i = 0; i < 100; i++)
+        expected.push(`info  t: é line turn=${turn} i=${i} short=aé€😀b long=${long} lone=a\ufffdb`);
+    assert.deepEqual(lines(out), expected);
+  });
+
+  it('keeps each line one line, and logs values that JSON cannot encode', () => {
+    const out = stderrOf(
+      `log.info('two\\nlines', { text: 'a\\nb', n: 12n, odd: { toJSON() { throw new Error('no'); } } });`,
+    );
+    assert.deepEqual(lines(out), ['info  t: two\\nlines text="a\\nb" n=12 odd="(unencodable object)"']);
+  });
+
+  it('drops what is past 4 MiB held, and says how many', () => {
     // One synchronous loop: nothing can be written before it ends, so everything is held.
     const out = stderrOf(`const pad = 'x'.repeat(80);
 for (let i = 0; i < 60000; i++) log.info('line', { i, pad });
@@ -77,7 +102,7 @@ process.kill(process.pid, 'SIGKILL');`);
     const kept = got.filter((l) => l.startsWith('info  t: line '));
     assert.ok(kept.length > 0 && kept.length < 60000, `${kept.length} lines kept`);
     kept.forEach((l, i) => assert.ok(l.startsWith(`info  t: line i=${i} `), l));
-    // Held up to 4 Mi characters: one line more would have gone past.
+    // Held up to 4 MiB (ASCII: a byte per character): one line more would have gone past.
     const heldChars = out.indexOf('warn  log: ');
     assert.ok(heldChars <= 4 * 1024 * 1024 && heldChars + out.indexOf('\n') + 1 > 4 * 1024 * 1024, `${heldChars}`);
     assert.deepEqual(got.slice(kept.length), [
