@@ -63,6 +63,16 @@ function failure(err: unknown, op: Operation = 'detach'): DeviceOutcome {
   return { ok: false, error: e.kind, message: e.message };
 }
 
+/** Whether `xml` has every device the batch's detaches name, as they describe it. */
+function allDescribed(batch: readonly Item[], xml: DomainXml): boolean {
+  for (const item of batch) {
+    if (item.op !== 'detach') continue;
+    const found = findDevice(xml, item.request.device);
+    if (found === undefined || mismatch(found, item.request.device) !== undefined) return false;
+  }
+  return true;
+}
+
 export class DomainQueue {
   private intake: Item[] = [];
   private waiting: Item[] = [];
@@ -222,28 +232,36 @@ export class DomainQueue {
       return;
     }
     // Detaches are looked up in the XML first; attaches need nothing of it yet.
-    const detaches = batch.filter((i) => i.op === 'detach');
+    let detaches = 0;
+    let persistentDetach = false;
+    for (const item of batch) {
+      if (item.op !== 'detach') continue;
+      detaches++;
+      if (item.request.device.persistent) persistentDetach = true;
+    }
     let live: DomainXml | undefined;
     let config: DomainXml | undefined;
-    const wantConfig = domain.persistent && (!domain.active || detaches.some((i) => i.request.device.persistent));
-    const read = async (fresh: boolean) => {
-      live = domain.active ? await this.backend.domainXml(this.uuid, false, fresh) : undefined;
-      config = wantConfig ? await this.backend.domainXml(this.uuid, true, fresh) : undefined;
-    };
-    const described = (spec: DeviceRequest['device']) => {
-      const found = findDevice(live ?? config!, spec);
-      return found !== undefined && mismatch(found, spec) === undefined;
-    };
-    if (detaches.length > 0) {
+    if (detaches > 0) {
+      const wantConfig = domain.persistent && (!domain.active || persistentDetach);
       try {
-        await read(false);
+        // The XML kept, when it is there, without a wait.
+        live = domain.active ? this.backend.domainXmlNow(this.uuid) : undefined;
+        config = wantConfig ? this.backend.domainXmlNow(this.uuid, true) : undefined;
+        if ((domain.active && live === undefined) || (wantConfig && config === undefined)) {
+          live = domain.active ? await this.backend.domainXml(this.uuid) : undefined;
+          config = wantConfig ? await this.backend.domainXml(this.uuid, true) : undefined;
+        }
         // The XML kept from before lacks a device added (or changed) since
         // only if libvirt sent no event for it; ask once more before calling
         // a device missing.
-        if (detaches.some((i) => !described(i.request.device))) await read(true);
+        if (!allDescribed(batch, live ?? config!)) {
+          live = domain.active ? await this.backend.domainXml(this.uuid, false, true) : undefined;
+          config = wantConfig ? await this.backend.domainXml(this.uuid, true, true) : undefined;
+        }
       } catch (err) {
-        for (const item of detaches)
-          item.resolve(failure(toBackendError(err, `reading the XML of VM "${domain.name}"`)));
+        for (const item of batch)
+          if (item.op === 'detach')
+            item.resolve(failure(toBackendError(err, `reading the XML of VM "${domain.name}"`)));
       }
     }
     for (const item of batch) {

@@ -144,9 +144,9 @@ export class LibvirtBackend implements VmBackend {
   private readonly connectedWaiters = new Set<() => void>();
   private readonly strayEvents = new Set<string>();
   /** Domain XML by UUID, dropped on every event of the domain (see domainXml). */
-  private readonly xmlCache = new Map<string, { live?: Promise<DomainXml>; config?: Promise<DomainXml> }>();
+  private readonly xmlCache = new Map<string, XmlKept>();
   /** The last XML fetched of each domain and kind, parsed: a fetch that returns the same text reuses it. */
-  private readonly lastXml = new Map<string, DomainXml>();
+  private readonly lastXml = new Map<string, { live?: DomainXml; config?: DomainXml }>();
   /** The second connection, for detaches that wait on a guest; of one generation of the main one. */
   private guestLane: { readonly generation: number; readonly conn: Promise<Connection | undefined> } | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -267,21 +267,38 @@ export class LibvirtBackend implements VmBackend {
     const cached = entry[key];
     if (cached !== undefined && !fresh) return cached;
     const conn = this.connection();
-    const last = `${uuid}\u0000${key}`;
-    const fetched = conn.getXml(uuid, { inactive }).then((text) => {
-      // Asked again for a device it lacks, a domain mostly has not changed:
-      // its XML is not parsed again.
-      const previous = this.lastXml.get(last);
-      if (previous?.text === text) return previous;
-      const parsed = new DomainXml(text);
-      this.lastXml.set(last, parsed);
-      return parsed;
-    });
+    const kept = entry;
+    kept[inactive ? 'configNow' : 'liveNow'] = undefined;
+    const fetched = conn.getXml(uuid, { inactive }).then(
+      (text) => {
+        // Asked again for a device it lacks, a domain mostly has not changed:
+        // its XML is not parsed again.
+        let last = this.lastXml.get(uuid);
+        if (last === undefined) this.lastXml.set(uuid, (last = {}));
+        let parsed = last[key];
+        if (parsed?.text !== text) last[key] = parsed = new DomainXml(text);
+        if (kept[key] === fetched) kept[inactive ? 'configNow' : 'liveNow'] = parsed;
+        return parsed;
+      },
+      (err: unknown) => {
+        if (kept[key] === fetched) delete kept[key];
+        throw err;
+      },
+    );
     entry[key] = fetched;
-    fetched.catch(() => {
-      if (this.xmlCache.get(uuid)?.[key] === fetched) delete this.xmlCache.get(uuid)![key];
-    });
+    // Kept for later callers: never an unhandled rejection, whoever asks.
+    fetched.catch(ignore);
     return fetched;
+  }
+
+  /**
+   * The XML `domainXml` keeps, when it has arrived: undefined while none
+   * is kept, or while its fetch is in flight. Lets a detach that finds its
+   * device in it go on without waiting for a turn of the microtask queue.
+   */
+  domainXmlNow(uuid: string, inactive = false): DomainXml | undefined {
+    const entry = this.xmlCache.get(uuid);
+    return inactive ? entry?.configNow : entry?.liveNow;
   }
 
   private xmlChanged(uuid: string): void {
@@ -661,8 +678,7 @@ export class LibvirtBackend implements VmBackend {
     if (conn !== this.conn && this.conn !== undefined) return;
     const old = this.domains.get(uuid);
     if (next === undefined) {
-      this.lastXml.delete(`${uuid}\u0000live`);
-      this.lastXml.delete(`${uuid}\u0000config`);
+      this.lastXml.delete(uuid);
       if (old === undefined) return;
       this.domains.delete(uuid);
       if (publish) this.ctx.remove(old.name);
@@ -771,6 +787,16 @@ export class LibvirtBackend implements VmBackend {
     }, delay);
   }
 }
+
+/** The XML kept of one domain (see domainXml): its fetches, and what they brought once they did. */
+interface XmlKept {
+  live?: Promise<DomainXml>;
+  config?: Promise<DomainXml>;
+  liveNow?: DomainXml | undefined;
+  configNow?: DomainXml | undefined;
+}
+
+function ignore(): void {}
 
 function closeAll(connections: readonly Connection[]): Promise<unknown> {
   return Promise.all(connections.map((c) => c.close().catch(() => undefined)));

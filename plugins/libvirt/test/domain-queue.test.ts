@@ -44,7 +44,17 @@ function fakeBackend() {
   const calls: Array<{ target: string; finish: () => void; fail: (err: Error) => void }> = [];
   const watchers = new Map<string, (r: RemovalResult, stray: boolean) => void>();
   const waiters = new Set<() => void>();
-  const state = { xml: XML, dead: false, number: 1, stopped: false, waits: 0 };
+  const state = {
+    xml: XML,
+    /** The XML the backend keeps and has at hand (none: every lookup asks domainXml). */
+    kept: undefined as DomainXml | undefined,
+    /** Each domainXml asked of the backend: the XML kept, or fresh from libvirt. */
+    asked: [] as Array<'kept' | 'fresh'>,
+    dead: false,
+    number: 1,
+    stopped: false,
+    waits: 0,
+  };
   const conn = {
     detachDevice: (_uuid: string, xml: string) =>
       new Promise<void>((resolve, reject) => {
@@ -56,7 +66,11 @@ function fakeBackend() {
     uri: 'qemu:///system',
     ctx: { log: { debug() {}, info() {}, warn() {}, error() {} } },
     domain: () => ({ uuid: UUID, name: 'vm1', active: true, persistent: false }),
-    domainXml: () => (state.dead ? Promise.reject(LOST) : Promise.resolve(new DomainXml(state.xml))),
+    domainXml: (_uuid: string, _inactive = false, fresh = false) => {
+      state.asked.push(fresh ? 'fresh' : 'kept');
+      return state.dead ? Promise.reject(LOST) : Promise.resolve(new DomainXml(state.xml));
+    },
+    domainXmlNow: () => state.kept,
     isConnected: () => !state.stopped,
     get connectionNumber() {
       return state.number;
@@ -161,6 +175,47 @@ async function waitingForItsEvent() {
 }
 
 describe('DomainQueue', () => {
+  it('looks a device up in the XML at hand without a wait, and asks libvirt once when that XML lacks it', async () => {
+    const fake = fakeBackend();
+    fake.state.kept = new DomainXml(XML);
+    const queue = new DomainQueue(fake.backend, UUID);
+    void queue.submit('detach', request('sda'));
+    // One microtask classifies the batch: with the XML at hand the call is issued in it.
+    await new Promise<void>((resolve) => queueMicrotask(resolve));
+    assert.deepEqual(
+      fake.calls.map((c) => c.target),
+      ['sda'],
+    );
+    assert.deepEqual(fake.state.asked, [], 'nothing asked of the backend');
+
+    // Kept from before sdc was added (its event lost): asked fresh once, then found.
+    const fresh = fakeBackend();
+    fresh.state.kept = new DomainXml(XML);
+    fresh.state.xml = XML.replace(
+      '</devices>',
+      "<disk type='file' device='disk'><target dev='sdc' bus='scsi'/><alias name='scsi0-0-0-2'/></disk></devices>",
+    );
+    const second = new DomainQueue(fresh.backend, UUID);
+    void second.submit('detach', request('sdc'));
+    await settle();
+    assert.deepEqual(fresh.state.asked, ['fresh']);
+    assert.deepEqual(
+      fresh.calls.map((c) => c.target),
+      ['sdc'],
+    );
+
+    // Not at hand (its fetch in flight): the XML kept is awaited, not fetched again.
+    const none = fakeBackend();
+    const third = new DomainQueue(none.backend, UUID);
+    void third.submit('detach', request('sdb'));
+    await settle();
+    assert.deepEqual(none.state.asked, ['kept']);
+    assert.deepEqual(
+      none.calls.map((c) => c.target),
+      ['sdb'],
+    );
+  });
+
   it('ends a detach waiting in line at its abort, and listens to no signal but a waiting one', async () => {
     const { queue, calls, watchers, first, second, outcomes } = twoInLine();
     await settle();
