@@ -22,6 +22,10 @@ export interface Latency {
 }
 
 export interface LoadResult {
+  /** Calls made before the measured ones. */
+  readonly warmup: number;
+  /** Calls answered in the measured time (after `warmup`). */
+  readonly calls: number;
   readonly calls_per_s: number;
   readonly latency: Latency;
   readonly client: { readonly cpu_us_per_call: number };
