@@ -176,44 +176,28 @@ async function waitingForItsEvent() {
 
 describe('DomainQueue', () => {
   it('looks a device up in the XML at hand without a wait, and asks libvirt once when that XML lacks it', async () => {
-    const fake = fakeBackend();
-    fake.state.kept = new DomainXml(XML);
-    const queue = new DomainQueue(fake.backend, UUID);
-    void queue.submit('detach', request('sda'));
+    /** A detach of `target` with `kept` at hand and `xml` in libvirt: what the queue asked, and the calls issued once `wait` resolves. */
+    const lookup = async (target: string, kept: string | undefined, xml: string, wait: () => Promise<void>) => {
+      const fake = fakeBackend();
+      fake.state.kept = kept === undefined ? undefined : new DomainXml(kept);
+      fake.state.xml = xml;
+      void new DomainQueue(fake.backend, UUID).submit('detach', request(target));
+      await wait();
+      return { asked: fake.state.asked, issued: fake.calls.map((c) => c.target) };
+    };
     // One microtask classifies the batch: with the XML at hand the call is issued in it.
-    await new Promise<void>((resolve) => queueMicrotask(resolve));
-    assert.deepEqual(
-      fake.calls.map((c) => c.target),
-      ['sda'],
-    );
-    assert.deepEqual(fake.state.asked, [], 'nothing asked of the backend');
+    const oneMicrotask = () => new Promise<void>((resolve) => queueMicrotask(resolve));
+    assert.deepEqual(await lookup('sda', XML, XML, oneMicrotask), { asked: [], issued: ['sda'] });
 
     // Kept from before sdc was added (its event lost): asked fresh once, then found.
-    const fresh = fakeBackend();
-    fresh.state.kept = new DomainXml(XML);
-    fresh.state.xml = XML.replace(
+    const added = XML.replace(
       '</devices>',
       "<disk type='file' device='disk'><target dev='sdc' bus='scsi'/><alias name='scsi0-0-0-2'/></disk></devices>",
     );
-    const second = new DomainQueue(fresh.backend, UUID);
-    void second.submit('detach', request('sdc'));
-    await settle();
-    assert.deepEqual(fresh.state.asked, ['fresh']);
-    assert.deepEqual(
-      fresh.calls.map((c) => c.target),
-      ['sdc'],
-    );
+    assert.deepEqual(await lookup('sdc', XML, added, settle), { asked: ['fresh'], issued: ['sdc'] });
 
     // Not at hand (its fetch in flight): the XML kept is awaited, not fetched again.
-    const none = fakeBackend();
-    const third = new DomainQueue(none.backend, UUID);
-    void third.submit('detach', request('sdb'));
-    await settle();
-    assert.deepEqual(none.state.asked, ['kept']);
-    assert.deepEqual(
-      none.calls.map((c) => c.target),
-      ['sdb'],
-    );
+    assert.deepEqual(await lookup('sdb', undefined, XML, settle), { asked: ['kept'], issued: ['sdb'] });
   });
 
   it('ends a detach waiting in line at its abort, and listens to no signal but a waiting one', async () => {
