@@ -268,23 +268,24 @@ export class LibvirtBackend implements VmBackend {
     if (cached !== undefined && !fresh) return cached;
     const conn = this.connection();
     const kept = entry;
-    kept[inactive ? 'configNow' : 'liveNow'] = undefined;
-    const fetched = conn.getXml(uuid, { inactive }).then(
-      (text) => {
-        // Asked again for a device it lacks, a domain mostly has not changed:
-        // its XML is not parsed again.
-        let last = this.lastXml.get(uuid);
-        if (last === undefined) this.lastXml.set(uuid, (last = {}));
-        let parsed = last[key];
-        if (parsed?.text !== text) last[key] = parsed = new DomainXml(text);
-        if (kept[key] === fetched) kept[inactive ? 'configNow' : 'liveNow'] = parsed;
-        return parsed;
-      },
-      (err: unknown) => {
-        if (kept[key] === fetched) delete kept[key];
-        throw err;
-      },
-    );
+    const now = inactive ? 'configNow' : 'liveNow';
+    kept[now] = undefined;
+    /** A fetch that failed is not kept: the next caller asks again. */
+    const failed = (err: unknown): never => {
+      if (kept[key] === fetched) delete kept[key];
+      throw err;
+    };
+    const fetched = conn.getXml(uuid, { inactive }).then((text) => {
+      // Asked again for a device it lacks, a domain mostly has not changed:
+      // its XML is not parsed again.
+      let last = this.lastXml.get(uuid);
+      if (last === undefined) this.lastXml.set(uuid, (last = {}));
+      let parsed = last[key];
+      // (DomainXml parses when first read: this cannot throw.)
+      if (parsed?.text !== text) last[key] = parsed = new DomainXml(text);
+      if (kept[key] === fetched) kept[now] = parsed;
+      return parsed;
+    }, failed);
     entry[key] = fetched;
     // Kept for later callers: never an unhandled rejection, whoever asks.
     fetched.catch(ignore);
