@@ -258,21 +258,18 @@ export class LibvirtBackend implements VmBackend {
    * libvirt in any case.
    */
   domainXml(uuid: string, inactive = false, fresh = false): Promise<DomainXml> {
-    let entry = this.xmlCache.get(uuid);
-    if (entry === undefined) {
-      entry = {};
-      this.xmlCache.set(uuid, entry);
-    }
+    const known = this.xmlCache.get(uuid);
+    const entry: XmlKept = known ?? {};
+    if (known === undefined) this.xmlCache.set(uuid, entry);
     const key = inactive ? 'config' : 'live';
     const cached = entry[key];
     if (cached !== undefined && !fresh) return cached;
     const conn = this.connection();
-    const kept = entry;
     const now = inactive ? 'configNow' : 'liveNow';
-    kept[now] = undefined;
+    entry[now] = undefined;
     /** A fetch that failed is not kept: the next caller asks again. */
     const failed = (err: unknown): never => {
-      if (kept[key] === fetched) delete kept[key];
+      if (entry[key] === fetched) delete entry[key];
       throw err;
     };
     const fetched = conn.getXml(uuid, { inactive }).then((text) => {
@@ -283,7 +280,7 @@ export class LibvirtBackend implements VmBackend {
       let parsed = last[key];
       // (DomainXml parses when first read: this cannot throw.)
       if (parsed?.text !== text) last[key] = parsed = new DomainXml(text);
-      if (kept[key] === fetched) kept[now] = parsed;
+      if (entry[key] === fetched) entry[now] = parsed;
       return parsed;
     }, failed);
     entry[key] = fetched;
